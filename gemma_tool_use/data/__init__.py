@@ -1,0 +1,1 @@
+"""Training data: loading canonical conversations and turning them into padded batches."""

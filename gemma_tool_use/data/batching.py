@@ -1,0 +1,113 @@
+"""Rendered conversations -> fixed-shape training batches.
+
+Shapes are bucketed so XLA compiles a handful of programs, not one per batch:
+  * sequence length T: the smallest of `length_buckets` that fits the longest row;
+  * loss positions K: the smallest of T/8, T/4, T/2, T that fits the row with the most
+    target tokens. The loss gathers hidden states at those K positions only, so the
+    vocabulary projection runs on K, not T, positions.
+The order is a pure function of (seed, epoch): a resumed run replays the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from gemma_tool_use.chat_format import DEFAULT_TOOL_SYSTEM_PROMPT, RenderedConversation, render_conversation
+from gemma_tool_use.data.conversations import DataError
+from gemma_tool_use.tokenizer import PAD_ID, GemmaTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizedSet:
+    examples: list[RenderedConversation]
+    dropped: Counter = field(default_factory=Counter)
+
+
+def tokenize_conversations(convs: list[dict], tokenizer: GemmaTokenizer, *, max_length: int,
+                           overlength: str = "drop", system_prompt: str | None = None) -> TokenizedSet:
+    out = TokenizedSet([])
+    prompt = system_prompt if system_prompt is not None else DEFAULT_TOOL_SYSTEM_PROMPT
+    for i, conv in enumerate(convs):
+        r = render_conversation(conv, tokenizer, system_prompt=prompt)
+        if len(r) > max_length:
+            if overlength == "error":
+                raise DataError(f"row {i}: {len(r)} tokens > data.max_length={max_length}")
+            out.dropped["overlength"] += 1
+            continue
+        if not r.loss_mask.any():
+            out.dropped["no_target_tokens"] += 1
+            continue
+        out.examples.append(r)
+    if out.dropped:
+        log.info("tokenized %d rows, dropped %s", len(out.examples), dict(out.dropped))
+    if not out.examples:
+        raise DataError(f"no usable rows after tokenization (dropped: {dict(out.dropped)})")
+    return out
+
+
+def pick_bucket(n: int, buckets) -> int:
+    for b in buckets:
+        if n <= b:
+            return int(b)
+    raise DataError(f"length {n} exceeds the largest bucket {buckets[-1]}")
+
+
+def collate(examples: list[RenderedConversation], length_buckets) -> dict[str, np.ndarray]:
+    """Right-padded batch with gathered loss targets.
+
+    Target j of row b: the token at target_positions[b, j] + 1, predicted from position
+    target_positions[b, j], weighted by target_weights[b, j] (0 for padding slots)."""
+    T = pick_bucket(max(len(e) for e in examples), length_buckets)
+    n_targets = [int(e.loss_mask[1:].sum()) for e in examples]
+    K = next(k for k in (max(T // 8, 1), T // 4, T // 2, T) if k >= max(n_targets))
+    B = len(examples)
+    tokens = np.full((B, T), PAD_ID, np.int32)
+    valid = np.zeros((B, T), bool)
+    pos = np.zeros((B, K), np.int32)
+    tgt = np.zeros((B, K), np.int32)
+    w = np.zeros((B, K), np.float32)
+    for b, e in enumerate(examples):
+        n = len(e)
+        tokens[b, :n] = e.ids
+        valid[b, :n] = True
+        idx = np.nonzero(e.loss_mask[1:])[0]  # position p predicts token p + 1
+        pos[b, : len(idx)] = idx
+        tgt[b, : len(idx)] = e.ids[idx + 1]
+        w[b, : len(idx)] = 1.0
+    return {"input_tokens": tokens, "input_mask": valid, "target_positions": pos,
+            "target_ids": tgt, "target_weights": w}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train_batches(data: TokenizedSet, batch_size: int, length_buckets, seed: int) -> Iterator[dict]:
+    """Endless, deterministic stream of shuffled batches (drops each epoch's ragged tail
+    unless the set is smaller than one batch, in which case rows repeat)."""
+    n = len(data.examples)
+    epoch = 0
+    while True:
+        order = epoch_order(n, seed, epoch)
+        if n < batch_size:
+            order = np.resize(order, batch_size)
+        for s in range(0, len(order) - batch_size + 1, batch_size):
+            yield collate([data.examples[i] for i in order[s : s + batch_size]], length_buckets)
+        epoch += 1
+
+
+def eval_batches(data: TokenizedSet, batch_size: int, length_buckets, max_batches: int) -> list[dict]:
+    """Fixed validation batches (first rows, in order), so every evaluation sees the same data."""
+    ex = data.examples
+    if len(ex) < batch_size:
+        ex = [ex[i % len(ex)] for i in range(batch_size)]
+    batches = [collate(ex[s : s + batch_size], length_buckets)
+               for s in range(0, len(ex) - batch_size + 1, batch_size)]
+    return batches[:max_batches]

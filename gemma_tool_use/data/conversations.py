@@ -1,0 +1,78 @@
+"""Load canonical conversations ({"tools": [...], "messages": [...]}) from JSONL files.
+
+Bad rows never crash a run: each is reported with its file and line number and skipped,
+or raised as an error in strict mode."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gemma_tool_use.chat_format import FormatError, validate_conversation
+from gemma_tool_use.paths import RESOURCES_DIR
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A data file or row is unusable (strict mode), or no usable rows remain."""
+
+
+@dataclass
+class LoadReport:
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+    examples: list[str] = field(default_factory=list)  # first few "file:line: reason"
+
+    def note(self, where: str, reason: str, detail: str) -> None:
+        self.dropped[reason] += 1
+        if len(self.examples) < 10:
+            self.examples.append(f"{where}: {reason}: {detail}")
+
+
+def resolve_data_file(name: str) -> Path:
+    """Absolute path, else bundled package data (resources/data/), else relative to cwd."""
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        candidates = [RESOURCES_DIR / "data" / p, Path.cwd() / p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise DataError(f"data file not found: {name} (looked in: {', '.join(str(c) for c in candidates)})")
+
+
+def load_jsonl_conversations(path: str | Path, *, strict: bool = False,
+                             report: LoadReport | None = None) -> list[dict]:
+    path = resolve_data_file(str(path))
+    report = report if report is not None else LoadReport()
+    rows: list[dict] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                if strict:
+                    raise DataError(f"{where}: malformed JSON: {e}") from e
+                report.note(where, "malformed_json", str(e))
+                continue
+            try:
+                validate_conversation(row)
+            except FormatError as e:
+                if strict:
+                    raise DataError(f"{where}: {e}") from e
+                report.note(where, "invalid_conversation", str(e))
+                continue
+            rows.append(row)
+            report.kept += 1
+    if report.dropped:
+        log.warning("%s: kept %d rows, dropped %s; e.g. %s", path, report.kept,
+                    dict(report.dropped), "; ".join(report.examples[:3]))
+    return rows

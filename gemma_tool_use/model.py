@@ -1,0 +1,137 @@
+"""Gemma 3 through tunix, with logits computed only where they are needed.
+
+`ToolGemma3` is tunix's Gemma3 with one extra keyword, `logits_at` [B, K]: hidden states are
+gathered at those positions before the final norm and the vocabulary projection, which is
+~60% of the 270M model's FLOPs and, over a full sequence, a [B, T, 262144] tensor. Training
+uses it for the loss positions, generation for the last prompt position at prefill.
+It stays tunix's `__call__` (same signature), so qwix LoRA interception and tunix's sampler
+and trainers work unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from tunix.models.gemma3 import model as tunix_gemma3
+
+from gemma_tool_use.config import WeightSource
+
+log = logging.getLogger(__name__)
+
+
+class ToolGemma3(tunix_gemma3.Gemma3):
+    def __call__(
+        self,
+        last_tokens,
+        positions=None,
+        cache=None,
+        attention_mask=None,
+        output_hidden_states: bool = False,
+        *,
+        images=None,
+        logits_at=None,  # [B, K] int positions; None = logits at every position
+    ):
+        new_cache = None if cache is None else {}
+        x = self._encode_and_get_inputs(tokens=last_tokens, images=images)
+        for i, layer in enumerate(self.layers):
+            name = f"layer_{i}"
+            layer_cache, x = layer(x, positions, cache[name] if cache else None, attention_mask)
+            if cache is not None:
+                new_cache[name] = layer_cache
+        if logits_at is not None:
+            # RMSNorm and the projection are per-position: gathering first is exact.
+            x = jnp.take_along_axis(x, logits_at.astype(jnp.int32)[..., None], axis=1)
+        x = self.final_norm(x)
+        if output_hidden_states:
+            self.sow(nnx.Intermediate, "all_hidden_states", x)
+        return self.embedder.decode(x), new_cache
+
+
+def tunix_config(model_cfg) -> tunix_gemma3.ModelConfig:
+    a = model_cfg.arch
+    dtype = jnp.bfloat16 if str(model_cfg.dtype.value if hasattr(model_cfg.dtype, "value") else model_cfg.dtype) == "bfloat16" else jnp.float32
+    return tunix_gemma3.ModelConfig(
+        num_layers=a.num_layers, num_embed=a.num_embed, embed_dim=a.embed_dim,
+        hidden_dim=a.hidden_dim, num_heads=a.num_heads, head_dim=a.head_dim,
+        num_kv_heads=a.num_kv_heads, sliding_window_size=a.sliding_window_size,
+        local_base_frequency=a.local_base_frequency, global_base_frequency=a.global_base_frequency,
+        param_dtype=dtype,
+    )
+
+
+def _test_friendly_init(model: nnx.Module, seed: int) -> None:
+    """Replace all-zero Params (tunix's MLP kernels and norm scales) by small random values and
+    rescale the embedding to std 2/sqrt(d) (logits with a spread LoRA can reshape)."""
+    state = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    key = jax.random.key(seed)
+    out = []
+    for i, leaf in enumerate(leaves):
+        if hasattr(leaf, "shape") and leaf.size and not bool(jnp.any(leaf != 0)):
+            leaf = (0.05 * jax.random.normal(jax.random.fold_in(key, i), leaf.shape)).astype(leaf.dtype)
+        out.append(leaf)
+    nnx.update(model, jax.tree_util.tree_unflatten(treedef, out))
+    emb = model.embedder.input_embedding
+    d = emb.value.shape[-1]
+    emb.value = (emb.value.astype(jnp.float32) * ((2.0 / d**0.5) / jnp.std(emb.value.astype(jnp.float32)))).astype(emb.value.dtype)
+
+
+def shard_model(model: nnx.Module, mesh) -> nnx.Module:
+    """Place every variable according to its logical sharding annotation on `mesh`."""
+    state = nnx.state(model)
+    pspecs = nnx.get_partition_spec(state)
+    sharded = jax.tree.map(
+        lambda x, spec: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)) if hasattr(x, "shape") else x,
+        state, pspecs,
+    )
+    nnx.update(model, sharded)
+    return model
+
+
+def build_random_model(model_cfg, seed: int) -> ToolGemma3:
+    model = ToolGemma3(tunix_config(model_cfg), rngs=nnx.Rngs(params=seed))
+    if model_cfg.test_friendly_init:
+        _test_friendly_init(model, seed + 1)
+    return model
+
+
+def build_base_model(model_cfg, seed: int) -> ToolGemma3:
+    """The base model (before LoRA) from the configured weight source."""
+    source = WeightSource(model_cfg.source)
+    if source is WeightSource.random:
+        return build_random_model(model_cfg, seed)
+    raise NotImplementedError(
+        f"model.source={source.value}: loading real checkpoints is tracked in the model-loading "
+        "issue; use model=tiny (model.source=random) for now"
+    )
+
+
+def apply_lora(model: ToolGemma3, lora_cfg, seed: int) -> ToolGemma3:
+    import qwix
+
+    provider = qwix.LoraProvider(
+        module_path=lora_cfg.target_modules, rank=int(lora_cfg.rank),
+        alpha=float(lora_cfg.alpha), dropout=float(lora_cfg.dropout),
+    )
+    lora_model = qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(params=seed, dropout=seed), **model.get_model_input())
+    n_lora = count_params(lora_model, nnx.LoRAParam)
+    if n_lora == 0:
+        raise ValueError(f"model.lora.target_modules={lora_cfg.target_modules!r} matched no module; nothing to train")
+    return lora_model
+
+
+def count_params(model: nnx.Module, kind=nnx.Param) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, kind))))
+
+
+def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
+    model = build_base_model(model_cfg, seed)
+    if model_cfg.lora.enabled:
+        model = apply_lora(model, model_cfg.lora, seed + 7)
+    model = shard_model(model, mesh)
+    log.info("model %s: %.2fM params, %.3fM LoRA params", model_cfg.name,
+             count_params(model, nnx.Param) / 1e6, count_params(model, nnx.LoRAParam) / 1e6)
+    return model

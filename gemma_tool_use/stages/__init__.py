@@ -1,0 +1,37 @@
+"""Stage runners, one module each. `stage=<name>` on the command line picks one.
+
+    sft_small, sft_full  -> stages/sft.py      (LoRA SFT, then optional BFCL eval)
+    eval                 -> stages/eval.py     (BFCL evaluation)
+    predict              -> stages/predict.py  (JSONL in, parsed tool calls out)
+    grpo                 -> stages/grpo.py     (GRPO with tool-call rewards)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from omegaconf import DictConfig
+
+
+class StageNotBuilt(RuntimeError):
+    """The selected stage has no runner yet."""
+
+
+# stage name -> "module:function"; None = planned, not built yet.
+STAGES: dict[str, str | None] = {
+    "sft_small": "gemma_tool_use.stages.sft:run",
+    "sft_full": "gemma_tool_use.stages.sft:run",
+    "eval": None,
+    "predict": None,
+    "grpo": None,
+}
+
+
+def run_stage(cfg: DictConfig):
+    name = str(cfg.stage.name.value if hasattr(cfg.stage.name, "value") else cfg.stage.name)
+    target = STAGES.get(name)
+    if target is None:
+        built = ", ".join(k for k, v in STAGES.items() if v)
+        raise StageNotBuilt(f"stage '{name}' is not built yet (built stages: {built})")
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(cfg)

@@ -1,0 +1,133 @@
+"""Stages 3-4: LoRA SFT (`stage=sft_small`, `stage=sft_full`).
+
+Run dir (Hydra's output dir) after a run:
+    .hydra/              composed config and overrides
+    checkpoints/<step>/  Orbax checkpoints (trainable params + optimizer state)
+    metrics.jsonl        one line per logged step (train/eval loss, lr, grad norm, tokens/s, memory)
+    train_summary.json   final numbers
+    wandb/               offline W&B run (tracking.mode=offline)
+Re-running with the same `hydra.run.dir=<run dir>` resumes from the latest checkpoint with the
+same data order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from gemma_tool_use.mesh import build_mesh, prepare_runtime
+
+log = logging.getLogger(__name__)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # called outside a Hydra app (tests, notebooks)
+        return Path(cfg.get("run_dir") or "outputs/manual")
+
+
+def wandb_group(cfg: DictConfig) -> str | None:
+    if cfg.tracking.group:
+        return cfg.tracking.group
+    try:
+        hc = HydraConfig.get()
+        if str(hc.mode) == "RunMode.MULTIRUN":
+            return Path(hc.sweep.dir).name  # all jobs of one multirun share a group
+    except ValueError:
+        pass
+    return None
+
+
+def run(cfg: DictConfig) -> float:
+    prepare_runtime(cfg.tpu)  # before JAX starts: simulated devices, multi-host init
+
+    import orbax.checkpoint as ocp
+    from tunix.sft import peft_trainer
+
+    from gemma_tool_use.data.batching import eval_batches, tokenize_conversations, train_batches
+    from gemma_tool_use.data.conversations import load_jsonl_conversations
+    from gemma_tool_use.model import build_model
+    from gemma_tool_use.tokenizer import load_tokenizer
+    from gemma_tool_use.tracking import Tracker
+    from gemma_tool_use.training import (SftTrainer, Throughput, TrackerMetricsLogger, completion_loss,
+                                         make_optimizer, peak_rss_gib)
+
+    run_dir = run_dir_of(cfg)
+    t_start = time.time()
+    mesh = build_mesh(cfg.tpu)
+    tokenizer = load_tokenizer(cfg.model.tokenizer_path)
+
+    def load(files):
+        convs = [row for f in files for row in load_jsonl_conversations(f)]
+        return tokenize_conversations(convs, tokenizer, max_length=cfg.data.max_length,
+                                      overlength=cfg.data.overlength, system_prompt=cfg.data.system_prompt)
+
+    train_set = load(cfg.data.train_files)
+    val_set = load(cfg.data.val_files) if cfg.data.val_files else None
+    buckets = list(cfg.data.length_buckets)
+    log.info("data %s: %d train rows, %d val rows", cfg.data.name, len(train_set.examples),
+             len(val_set.examples) if val_set else 0)
+
+    model = build_model(cfg.model, mesh, cfg.seed)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.max_steps)
+    accum = int(cfg.train.grad_accum_steps)
+    training_config = peft_trainer.TrainingConfig(
+        eval_every_n_steps=int(cfg.train.eval_every_steps),
+        max_steps=int(cfg.train.max_steps),
+        gradient_accumulation_steps=accum if accum > 1 else None,
+        checkpoint_root_directory=str((run_dir / "checkpoints").absolute()),
+        checkpointing_options=ocp.CheckpointManagerOptions(
+            save_interval_steps=int(cfg.train.checkpoint_every_steps),
+            max_to_keep=int(cfg.train.max_checkpoints_to_keep),
+        ),
+        pbar_description=str(cfg.stage.name.value if hasattr(cfg.stage.name, "value") else cfg.stage.name),
+    )
+    if not cfg.train.resume and any((run_dir / "checkpoints").glob("*")):
+        raise RuntimeError(f"{run_dir}/checkpoints exists and train.resume=false; use a fresh hydra.run.dir")
+
+    config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    throughput = Throughput()
+    with Tracker(run_dir, cfg.tracking, config_dict, name=run_dir.name, group=wandb_group(cfg)) as tracker, mesh:
+        trainer = SftTrainer(model, optimizer, training_config,
+                             metrics_logger=TrackerMetricsLogger(tracker, throughput), throughput=throughput)
+        trainer = trainer.with_loss_fn(completion_loss)
+        start_step = trainer.train_steps
+        if start_step:
+            log.info("resumed from checkpoint at step %d", start_step)
+        train_iter = train_batches(train_set, int(cfg.train.batch_size), buckets, int(cfg.seed))
+        val = eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches)) if val_set else None
+        t_train = time.time()
+        trainer.train(train_iter, val)
+        train_seconds = time.time() - t_train
+
+        logger = trainer.metrics_logger
+        def last(name, mode):
+            try:
+                return float(logger.get_metric_history("", name, mode)[-1])
+            except (ValueError, KeyError, IndexError):
+                return None
+        summary = {
+            "stage": training_config.pbar_description,
+            "steps": trainer.train_steps,
+            "resumed_from_step": start_step,
+            "final_train_loss": last("loss", "train"),
+            "final_val_loss": last("loss", "eval"),
+            "train_seconds": round(train_seconds, 2),
+            "total_seconds": round(time.time() - t_start, 2),
+            "tokens_trained": throughput.tokens,
+            "target_tokens_trained": throughput.target_tokens,
+            "tokens_per_s": round(throughput.tokens / train_seconds, 1) if train_seconds > 0 else None,
+            "peak_rss_gib": round(peak_rss_gib(), 2),
+            "final_lr": float(schedule(trainer.train_steps)),
+            "checkpoint_dir": training_config.checkpoint_root_directory,
+        }
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        tracker.summary(summary)
+        log.info("done: %s", json.dumps(summary))
+    return summary["final_val_loss"] if summary["final_val_loss"] is not None else summary["final_train_loss"]

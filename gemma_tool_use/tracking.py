@@ -1,0 +1,88 @@
+"""Experiment tracking: metrics.jsonl in the run dir always; W&B offline (default), online,
+or disabled by `tracking.mode`. W&B never needs a network or an account unless online.
+
+A Tracker is a context manager: the W&B run is finished even when the job fails (with a
+non-zero exit code), so a multirun never leaves a dangling run behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _plain(value: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray) and value.size == 1:
+            return value.item()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(value, "item") and getattr(value, "size", None) == 1:
+        return value.item()
+    return value
+
+
+class Tracker:
+    def __init__(self, run_dir: str | Path, tracking_cfg, config: dict, *, name: str | None = None,
+                 group: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.mode = str(getattr(tracking_cfg.mode, "value", tracking_cfg.mode))
+        self.wandb_run = None
+        if self.mode != "disabled":
+            self.wandb_run = self._init_wandb(tracking_cfg, config, name, group)
+
+    def _init_wandb(self, cfg, config, name, group):
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        t0 = time.time()
+        run = wandb.init(
+            project=cfg.project, entity=cfg.entity, group=group or cfg.group, name=name,
+            tags=list(cfg.tags), config=config, dir=str(self.run_dir), mode=self.mode,
+            reinit="finish_previous",  # one process, several jobs (multirun): never reuse a run
+        )
+        log.info("W&B %s run %s in %s (%.1fs)", self.mode, run.id, run.dir, time.time() - t0)
+        return run
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        metrics = {k: _plain(v) for k, v in metrics.items()}
+        self._metrics.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
+        self._metrics.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.wandb_run is not None:
+            for k, v in values.items():
+                self.wandb_run.summary[k] = _plain(v)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({key: wandb.Table(columns=columns, data=rows)})
+
+    def finish(self, exit_code: int = 0) -> None:
+        if not self._metrics.closed:
+            self._metrics.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=exit_code)
+            self.wandb_run = None
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)

@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REFERENCE_TOKENIZER = SHARED / "reference" / "gemma3_tokenizer" / "tokenizer.json"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from gemma_tool_use.tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def reference_tokenizer():
+    if not REFERENCE_TOKENIZER.is_file():
+        pytest.skip(f"official tokenizer.json not found at {REFERENCE_TOKENIZER}")
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(REFERENCE_TOKENIZER))
+
+
+def run_cli(*args, cwd=None, env_extra=None, timeout=600, python=None):
+    """Run `python -m gemma_tool_use ARGS` in a fresh process (fresh JAX, W&B and Hydra state)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
+    env.update(env_extra or {})
+    return subprocess.run([python or sys.executable, "-m", "gemma_tool_use", *args], cwd=cwd or REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
