@@ -10,14 +10,19 @@ and trainers work unchanged.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from tunix.models.gemma3 import model as tunix_gemma3
 
+from gemma_tool_use import weights
 from gemma_tool_use.config import WeightSource
+from gemma_tool_use.weights import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +57,12 @@ class ToolGemma3(tunix_gemma3.Gemma3):
 
 def tunix_config(model_cfg) -> tunix_gemma3.ModelConfig:
     a = model_cfg.arch
-    dtype = jnp.bfloat16 if str(model_cfg.dtype.value if hasattr(model_cfg.dtype, "value") else model_cfg.dtype) == "bfloat16" else jnp.float32
     return tunix_gemma3.ModelConfig(
         num_layers=a.num_layers, num_embed=a.num_embed, embed_dim=a.embed_dim,
         hidden_dim=a.hidden_dim, num_heads=a.num_heads, head_dim=a.head_dim,
         num_kv_heads=a.num_kv_heads, sliding_window_size=a.sliding_window_size,
         local_base_frequency=a.local_base_frequency, global_base_frequency=a.global_base_frequency,
-        param_dtype=dtype,
+        param_dtype=_dtype(model_cfg),
     )
 
 
@@ -98,15 +102,98 @@ def build_random_model(model_cfg, seed: int) -> ToolGemma3:
     return model
 
 
-def build_base_model(model_cfg, seed: int) -> ToolGemma3:
+def _dtype(model_cfg):
+    return jnp.bfloat16 if str(model_cfg.dtype) == "bfloat16" else jnp.float32
+
+
+def _check_arch(model_cfg, hf_dir: Path) -> None:
+    """Compare model.arch with the checkpoint's config.json before loading (clear error)."""
+    cfg_file = hf_dir / "config.json"
+    if not cfg_file.is_file():
+        return
+    hf = json.loads(cfg_file.read_text())
+    hf = hf.get("text_config", hf)
+    a = model_cfg.arch
+    pairs = {"num_layers": "num_hidden_layers", "embed_dim": "hidden_size", "hidden_dim": "intermediate_size",
+             "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+             "num_embed": "vocab_size"}
+    bad = [f"model.arch.{ours}={getattr(a, ours)} but {cfg_file} has {theirs}={hf[theirs]}"
+           for ours, theirs in pairs.items() if theirs in hf and int(hf[theirs]) != int(getattr(a, ours))]
+    if bad:
+        raise WeightsError("checkpoint does not match the configured architecture: " + "; ".join(bad))
+
+
+def load_hf_dir(model_cfg, hf_dir: Path, mesh=None) -> ToolGemma3:
+    """Hugging Face layout (safetensors) through tunix's loader, into our model class."""
+    from tunix.models import safetensors_loader
+    from tunix.models.gemma3 import params_safetensors as tunix_st
+
+    _check_arch(model_cfg, hf_dir)
+    cfg = tunix_config(model_cfg)
+    # tunix's public create_model_from_safe_tensors hard-codes its Gemma3 class; its loader
+    # takes the class, so we pass ours with tunix's (pinned-version) key mapping.
+    return safetensors_loader.load_and_create_model(
+        file_dir=str(hf_dir), model_class=ToolGemma3, config=cfg,
+        key_mapping=tunix_st._get_key_and_transform_mapping, mesh=mesh,
+        preprocess_fn=tunix_st._make_preprocess_fn(cfg), dtype=_dtype(model_cfg),
+    )
+
+
+def as_tool_model(model: tunix_gemma3.Gemma3, model_cfg) -> ToolGemma3:
+    """Move a tunix Gemma3's state into a ToolGemma3 (same variables, extra `logits_at`)."""
+    target = nnx.eval_shape(lambda: ToolGemma3(tunix_config(model_cfg), rngs=nnx.Rngs(0)))
+    nnx.update(target, nnx.state(model))
+    return target
+
+
+def load_orbax_dir(model_cfg, ckpt_dir: Path, mesh=None) -> ToolGemma3:
+    """Kaggle/Orbax layout (upstream 'transformer/...' tree) through tunix's loader."""
+    from tunix.models.gemma3 import params as tunix_params
+
+    model = tunix_params.create_model_from_checkpoint(str(ckpt_dir), tunix_config(model_cfg), mesh, _dtype(model_cfg))
+    return as_tool_model(model, model_cfg)
+
+
+def checkpoint_dir(model_cfg) -> Path | None:
+    """Where the configured source's files are (downloading/converting as needed)."""
+    source = WeightSource(model_cfg.source)
+    if source is WeightSource.random:
+        return None
+    if source is WeightSource.gguf:
+        return weights.converted_gguf_dir(model_cfg.path)
+    if source is WeightSource.hf:
+        return weights.resolve_hf_dir(model_cfg.path or "google/gemma-3-270m")
+    return weights.orbax_params_dir(weights.resolve_kaggle_dir(model_cfg.path or "google/gemma-3/flax/gemma3-270m"))
+
+
+def build_base_model(model_cfg, seed: int, mesh=None) -> ToolGemma3:
     """The base model (before LoRA) from the configured weight source."""
     source = WeightSource(model_cfg.source)
     if source is WeightSource.random:
         return build_random_model(model_cfg, seed)
-    raise NotImplementedError(
-        f"model.source={source.value}: loading real checkpoints is tracked in the model-loading "
-        "issue; use model=tiny (model.source=random) for now"
-    )
+    t0 = time.time()
+    where = checkpoint_dir(model_cfg)
+    if source is WeightSource.kaggle:
+        model = load_orbax_dir(model_cfg, where, mesh)
+    else:
+        model = load_hf_dir(model_cfg, where, mesh)
+    log.info("loaded %s weights from %s in %.1fs", source.value, where, time.time() - t0)
+    return model
+
+
+def load_tokenizer_for(model_cfg):
+    """model.tokenizer_path, else the checkpoint's tokenizer.model, else the offline GGUF's."""
+    from gemma_tool_use.tokenizer import load_tokenizer
+
+    if model_cfg.tokenizer_path:
+        return load_tokenizer(model_cfg.tokenizer_path)
+    if WeightSource(model_cfg.source) is WeightSource.gguf and model_cfg.path:
+        return load_tokenizer(model_cfg.path)
+    if WeightSource(model_cfg.source) in (WeightSource.hf, WeightSource.kaggle):
+        found = weights.find_tokenizer_file(checkpoint_dir(model_cfg))
+        if found:
+            return load_tokenizer(str(found))
+    return load_tokenizer()
 
 
 def apply_lora(model: ToolGemma3, lora_cfg, seed: int) -> ToolGemma3:
@@ -128,7 +215,7 @@ def count_params(model: nnx.Module, kind=nnx.Param) -> int:
 
 
 def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
-    model = build_base_model(model_cfg, seed)
+    model = build_base_model(model_cfg, seed, mesh)
     if model_cfg.lora.enabled:
         model = apply_lora(model, model_cfg.lora, seed + 7)
     model = shard_model(model, mesh)

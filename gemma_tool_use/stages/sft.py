@@ -52,8 +52,7 @@ def run(cfg: DictConfig) -> float:
 
     from gemma_tool_use.data.batching import eval_batches, tokenize_conversations, train_batches
     from gemma_tool_use.data.conversations import load_jsonl_conversations
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.tokenizer import load_tokenizer
+    from gemma_tool_use.model import build_model, load_tokenizer_for
     from gemma_tool_use.tracking import Tracker
     from gemma_tool_use.training import (SftTrainer, Throughput, TrackerMetricsLogger, completion_loss,
                                          make_optimizer, peak_rss_gib)
@@ -61,7 +60,7 @@ def run(cfg: DictConfig) -> float:
     run_dir = run_dir_of(cfg)
     t_start = time.time()
     mesh = build_mesh(cfg.tpu)
-    tokenizer = load_tokenizer(cfg.model.tokenizer_path)
+    tokenizer = load_tokenizer_for(cfg.model)
 
     def load(files):
         convs = [row for f in files for row in load_jsonl_conversations(f)]
