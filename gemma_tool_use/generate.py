@@ -1,0 +1,212 @@
+"""Batched generation for evaluation, GRPO and users: greedy or sampled, with a KV cache.
+
+* Prompts are sorted by length, left-padded to a length bucket and batched, so XLA compiles
+  one prefill and one decode loop per (batch, bucket) shape, not one per prompt.
+* Prefill computes the vocabulary projection at the last prompt position only (`logits_at`):
+  never [B, T, 262144] logits over the whole prompt.
+* The decode loop runs inside one `jax.lax.while_loop` and stops when every row has emitted a
+  stop id (default <eos>, <end_of_turn>) or after max_new_tokens.
+* Too-long prompts follow an explicit policy: error (default, naming the prompt), skip
+  (reported in the result), or truncate_left (keep <bos> and the most recent tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gemma_tool_use.tokenizer import BOS_ID, END_OF_TURN_ID, EOS_ID, PAD_ID
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+class GenerationError(ValueError):
+    """A prompt cannot be generated from under the configured policy."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int = 0
+    stop_ids: tuple[int, ...] = (EOS_ID, END_OF_TURN_ID)
+
+
+@dataclass
+class Generation:
+    index: int  # position in the input list
+    prompt_tokens: int
+    token_ids: list[int]  # generated ids, without the stop id
+    text: str
+    stop_reason: str  # "stop" | "length" | "skipped_overlength"
+    truncated_prompt: bool = False
+    seconds: float = 0.0  # wall time of its batch, shared by the batch's rows
+
+
+def _sample(logits, rng, params: SamplingParams):
+    logits = logits.astype(jnp.float32)
+    if params.temperature <= 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / params.temperature
+    if params.top_k and params.top_k > 0:
+        kth = jax.lax.top_k(logits, params.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if params.top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < params.top_p
+        keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+        logits = jnp.where(keep, logits, -jnp.inf)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _init_cache(cfg, batch: int, size: int, dtype):
+    shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
+    return {f"layer_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+                           "end_index": jnp.zeros((batch,), jnp.int32)} for i in range(cfg.num_layers)}
+
+
+class Generator:
+    def __init__(self, model, tokenizer, *, batch_size: int = 8, max_prompt_len: int = 8192,
+                 overlength: str = "error", prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
+                 max_batch_tokens: int = 32768):
+        if overlength not in ("error", "skip", "truncate_left"):
+            raise GenerationError(f"overlength policy must be error, skip or truncate_left, got {overlength!r}")
+        self.tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        self.max_prompt_len = int(max_prompt_len)
+        self.overlength = overlength
+        self.buckets = tuple(sorted(b for b in prompt_buckets if b < self.max_prompt_len)) + (self.max_prompt_len,)
+        # Long prompts get smaller batches: the attention scores of a prefill grow as T^2.
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.graphdef, self.state = nnx.split(model)
+        self.model_config = model.config
+        self.dtype = model.embedder.input_embedding.value.dtype
+        self._programs: dict = {}
+        self.compiled_shapes: set[tuple] = set()
+
+    # ---------------------------------------------------------------- jitted programs
+
+    def _program(self, params: SamplingParams):
+        key = dataclasses.replace(params, seed=0)
+        if key in self._programs:
+            return self._programs[key]
+        graphdef, cfg, dtype = self.graphdef, self.model_config, self.dtype
+        stop_ids = jnp.asarray(params.stop_ids, jnp.int32)
+        max_new = int(params.max_new_tokens)
+
+        def run(state, tokens, valid, rng):
+            model = nnx.merge(graphdef, state)
+            B, Tp = tokens.shape
+            S = Tp + max_new
+            positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+            key_valid = jnp.zeros((B, S), bool).at[:, :Tp].set(valid)
+            causal = jnp.arange(Tp)[:, None] >= jnp.arange(S)[None, :]
+            mask = causal[None] & key_valid[:, None, :]
+            cache = _init_cache(cfg, B, S, dtype)
+            logits, cache = model(tokens, positions, cache, mask, logits_at=jnp.full((B, 1), Tp - 1, jnp.int32))
+            rng, sub = jax.random.split(rng)
+            token = _sample(logits[:, -1], sub, params)
+            next_pos = positions[:, -1] + 1
+            out = jnp.full((B, max_new), PAD_ID, jnp.int32)
+            done = jnp.zeros((B,), bool)
+
+            def cond(c):
+                step, _, _, _, _, done, _, _ = c
+                return (step < max_new) & ~jnp.all(done)
+
+            def body(c):
+                # Merge inside the loop body: qwix LoRA modules set attributes while called,
+                # which nnx only allows at the trace level where the module was created.
+                model = nnx.merge(graphdef, state)
+                step, cache, key_valid, token, next_pos, done, out, rng = c
+                out = out.at[:, step].set(jnp.where(done, PAD_ID, token))
+                done = done | jnp.isin(token, stop_ids)
+                key_valid = key_valid.at[:, Tp + step].set(True)
+                logits, cache = model(token[:, None], next_pos[:, None], cache, key_valid[:, None, :],
+                                      logits_at=jnp.zeros((B, 1), jnp.int32))
+                rng, sub = jax.random.split(rng)
+                token = _sample(logits[:, -1], sub, params)
+                return step + 1, cache, key_valid, token, next_pos + 1, done, out, rng
+
+            carry = (jnp.int32(0), cache, key_valid, token, next_pos, done, out, rng)
+            _, _, _, _, _, _, out, _ = jax.lax.while_loop(cond, body, carry)
+            return out
+
+        program = jax.jit(run)
+        self._programs[key] = program
+        return program
+
+    # ---------------------------------------------------------------- public API
+
+    def _fit(self, i: int, ids: list[int]) -> tuple[list[int] | None, bool]:
+        if len(ids) <= self.max_prompt_len:
+            return ids, False
+        if self.overlength == "error":
+            raise GenerationError(f"prompt {i} has {len(ids)} tokens > max_prompt_len={self.max_prompt_len} "
+                                  "(set the overlength policy to skip or truncate_left, or raise the limit)")
+        if self.overlength == "skip":
+            return None, False
+        keep = self.max_prompt_len - 1
+        return [BOS_ID] + ids[-keep:], True
+
+    def _bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if n <= b)
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
+                     progress=None) -> list[Generation]:
+        """Generate for every prompt (token ids, starting with <bos>); results in input order.
+        `progress`: optional callable(n_done) for progress bars."""
+        results: list[Generation | None] = [None] * len(prompts)
+        todo = []
+        for i, p in enumerate(prompts):
+            ids, truncated = self._fit(i, [int(x) for x in p])
+            if ids is None:
+                results[i] = Generation(i, len(p), [], "", "skipped_overlength")
+            else:
+                todo.append((i, ids, truncated))
+        todo.sort(key=lambda t: len(t[1]))
+        program = self._program(params)
+        rng = jax.random.key(params.seed)
+        start = 0
+        done_count = len(prompts) - len(todo)
+        while start < len(todo):
+            Tp = self._bucket(len(todo[start][1]))
+            B = max(1, min(self.batch_size, self.max_batch_tokens // Tp))
+            chunk = [t for t in todo[start : start + B] if self._bucket(len(t[1])) == Tp]
+            start += len(chunk)
+            tokens = np.full((B, Tp), PAD_ID, np.int32)
+            valid = np.zeros((B, Tp), bool)
+            for r in range(B):  # pad the batch with copies of its first row: fixed shapes
+                ids = chunk[r if r < len(chunk) else 0][1]
+                tokens[r, Tp - len(ids):] = ids
+                valid[r, Tp - len(ids):] = True
+            t0 = time.perf_counter()
+            rng, sub = jax.random.split(rng)
+            out = np.asarray(program(self.state, tokens, valid, sub))
+            seconds = time.perf_counter() - t0
+            self.compiled_shapes.add((B, Tp, params.max_new_tokens))
+            for r, (i, ids, truncated) in enumerate(chunk):
+                row = out[r].tolist()
+                stop = next((k for k, t in enumerate(row) if t in params.stop_ids), None)
+                gen = row[:stop] if stop is not None else row
+                results[i] = Generation(i, len(ids), gen, self.tokenizer.decode(gen), "stop" if stop is not None else "length",
+                                        truncated, seconds)
+            done_count += len(chunk)
+            if progress:
+                progress(done_count)
+        return results  # type: ignore[return-value]
