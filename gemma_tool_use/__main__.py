@@ -25,9 +25,12 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from gemma_tool_use.stages import StageNotBuilt, run_stage
+    from gemma_tool_use.stages.predict import PredictInputError
+    from gemma_tool_use.weights import WeightsError
 
     # absl (tunix, orbax) logs every checkpoint file operation at INFO; keep warnings only.
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" on CPU hosts
 
     try:
         check_config(cfg)
@@ -39,6 +42,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except StageNotBuilt as e:
         log.error("%s", e)
         sys.exit(3)
+    except (WeightsError, PredictInputError) as e:  # user-facing input problems: no traceback
+        log.error("%s", e)
+        sys.exit(4)
 
 
 def main() -> None:

@@ -90,6 +90,9 @@ class ModelConfig:
     test_friendly_init: bool = True
     arch: ArchConfig = field(default_factory=ArchConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # LoRA weights to load on top of the base: an SFT run dir (latest step; its LoRA settings
+    # are adopted from its .hydra/config.yaml), its checkpoints/ dir, or checkpoints/<step>.
+    lora_checkpoint: Optional[str] = None
 
 
 @dataclass
@@ -170,9 +173,28 @@ class EvalConfig:
     )
     limit: Optional[int] = None
     ids: list[str] = field(default_factory=list)
-    batch_size: int = 8
-    max_new_tokens: int = 256
     run_after_training: bool = False
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 8
+    # Prompts longer than this: "error" (default), "skip" (reported per row) or "truncate_left".
+    max_prompt_len: int = 8192
+    overlength: str = "error"
+    # Long-prompt batches shrink so that batch x bucket stays under this many tokens.
+    max_batch_tokens: int = 32768
+    stop_ids: list[int] = field(default_factory=lambda: [1, 106])  # <eos>, <end_of_turn>
+
+
+@dataclass
+class PredictConfig:
+    input_file: Optional[str] = None  # JSONL rows {"tools": [...], "messages": [...]}
+    output_file: Optional[str] = None  # default: <run dir>/predictions.jsonl
 
 
 @dataclass
@@ -194,6 +216,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     seed: int = 0
     # Free-form notes an experiment config carries (how to run it, what it gave).
     notes: dict[str, Any] = field(default_factory=dict)
@@ -243,6 +267,12 @@ def check_config(cfg) -> None:
         fail("tpu.axis_sizes", f"sizes must be positive or -1, got {list(cfg.tpu.axis_sizes)}")
     if cfg.tpu.platform not in ("cpu", "tpu", "gpu"):
         fail("tpu.platform", f"must be cpu, tpu or gpu, got {cfg.tpu.platform!r}")
+    if cfg.generation.overlength not in ("error", "skip", "truncate_left"):
+        fail("generation.overlength", f"must be error, skip or truncate_left, got {cfg.generation.overlength!r}")
+    if cfg.generation.temperature < 0 or not 0 < cfg.generation.top_p <= 1:
+        fail("generation.temperature", "temperature must be >= 0 and top_p in (0, 1]")
+    if cfg.generation.max_new_tokens <= 0 or cfg.generation.batch_size <= 0:
+        fail("generation.max_new_tokens", "max_new_tokens and batch_size must be > 0")
     if cfg.data.overlength not in ("drop", "error"):
         fail("data.overlength", f"must be 'drop' or 'error', got {cfg.data.overlength!r}")
     buckets = list(cfg.data.length_buckets)

@@ -214,10 +214,54 @@ def count_params(model: nnx.Module, kind=nnx.Param) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, kind))))
 
 
+def resolve_lora_checkpoint(path: str) -> tuple[Path, int | None, dict | None]:
+    """(checkpoints root, step or None for latest, the run's model.lora settings if known)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise WeightsError(f"model.lora_checkpoint={path!r} does not exist")
+    step = None
+    if p.name.isdigit() and p.parent.name == "checkpoints":
+        step, p = int(p.name), p.parent
+    if (p / "checkpoints").is_dir():
+        p = p / "checkpoints"
+    if not any(c.name.isdigit() for c in p.iterdir()):
+        raise WeightsError(f"model.lora_checkpoint={path!r}: no checkpoints/<step> directories found")
+    lora = None
+    run_cfg = p.parent / ".hydra" / "config.yaml"
+    if run_cfg.is_file():
+        from omegaconf import OmegaConf
+
+        lora = OmegaConf.to_container(OmegaConf.load(run_cfg).model.lora)
+    return p, step, lora
+
+
+def load_lora_checkpoint(model, root: Path, step: int | None) -> int:
+    from tunix.sft.checkpoint_manager import CheckpointManager
+
+    manager = CheckpointManager(root_directory=str(root))
+    restored, _ = manager.maybe_restore(model, step=step, restore_only_lora_params=True)
+    manager.close()
+    if not restored:
+        raise WeightsError(f"no LoRA checkpoint could be restored from {root}")
+    return restored
+
+
 def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
     model = build_base_model(model_cfg, seed, mesh)
-    if model_cfg.lora.enabled:
-        model = apply_lora(model, model_cfg.lora, seed + 7)
+    lora_cfg, ckpt = model_cfg.lora, None
+    if model_cfg.lora_checkpoint:
+        root, step, run_lora = resolve_lora_checkpoint(model_cfg.lora_checkpoint)
+        ckpt = (root, step)
+        if run_lora is not None:
+            from omegaconf import OmegaConf
+
+            lora_cfg = OmegaConf.create(run_lora)  # the adapters' own shape, whatever model.lora says
+        lora_cfg.enabled = True
+    if lora_cfg.enabled:
+        model = apply_lora(model, lora_cfg, seed + 7)
+    if ckpt:
+        restored = load_lora_checkpoint(model, *ckpt)
+        log.info("loaded LoRA adapters (rank %s) from %s step %d", lora_cfg.rank, ckpt[0], restored)
     model = shard_model(model, mesh)
     log.info("model %s: %.2fM params, %.3fM LoRA params", model_cfg.name,
              count_params(model, nnx.Param) / 1e6, count_params(model, nnx.LoRAParam) / 1e6)

@@ -22,7 +22,7 @@ STAGES: dict[str, str | None] = {
     "sft_small": "gemma_tool_use.stages.sft:run",
     "sft_full": "gemma_tool_use.stages.sft:run",
     "eval": None,
-    "predict": None,
+    "predict": "gemma_tool_use.stages.predict:run",
     "grpo": None,
 }
 
