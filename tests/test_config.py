@@ -132,7 +132,7 @@ def test_cli_errors_are_short_and_fast(tmp_path):
 def test_help_and_cfg_job_answer_in_seconds():
     t0 = time.time()
     r = run_cli("--help")
-    assert r.returncode == 0 and "model: gemma3_270m, tiny" in r.stdout
+    assert r.returncode == 0 and "model: gemma3_270m, gemma3_270m_random, tiny" in r.stdout and "gemma_tool_use is powered by Hydra" in r.stdout
     r = run_cli("--cfg", "job", "experiments=tiny_smoke")
     assert r.returncode == 0 and "max_steps: 12" in r.stdout
     assert time.time() - t0 < 20, "no JAX import before the config is known"
