@@ -21,7 +21,7 @@ class StageNotBuilt(RuntimeError):
 STAGES: dict[str, str | None] = {
     "sft_small": "gemma_tool_use.stages.sft:run",
     "sft_full": "gemma_tool_use.stages.sft:run",
-    "eval": None,
+    "eval": "gemma_tool_use.stages.eval:run",
     "predict": "gemma_tool_use.stages.predict:run",
     "grpo": None,
 }
