@@ -40,6 +40,15 @@ def read_done(path: Path) -> dict[str, dict]:
     return done
 
 
+def drop_torn_tail(path: Path) -> None:
+    """A kill mid-write leaves a partial last line; cut it so appended records stay parseable."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def select_entries(entries: list[dict], ids, limit) -> list[dict]:
     if ids:
         wanted = set(ids)
@@ -53,6 +62,7 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
 
     entries = select_entries(bfcl.load_entries(category), list(eval_cfg.ids), eval_cfg.limit)
     answers = bfcl.load_answers(category)
+    drop_torn_tail(out_path)
     done = read_done(out_path)
     todo = [e for e in entries if e["id"] not in done]
     kwargs = {} if system_prompt is None else {"system_prompt": system_prompt}

@@ -1,0 +1,131 @@
+"""Stage 2: bfcl-eval's verdicts on our decoded outputs, aggregates, resume, re-scoring."""
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from gemma_tool_use import bfcl
+from gemma_tool_use.chat_format import render_call
+
+
+def call_text(*calls):
+    return "\n".join(render_call({"name": n, "args": a}) for n, a in calls)
+
+
+@pytest.fixture(scope="module")
+def entries():
+    cats = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "irrelevance")
+    return {c: (bfcl.load_entries(c), bfcl.load_answers(c)) for c in cats}
+
+
+def first_answer_args(answer):
+    """One acceptable argument set per call from BFCL's possible answers."""
+    out = []
+    for call in answer:
+        (name, params), = call.items()
+        out.append((name, {k: v[0] for k, v in params.items() if v and v[0] != ""}))
+    return out
+
+
+@pytest.mark.parametrize("category", ["simple_python", "simple_java", "simple_javascript", "multiple", "parallel"])
+def test_correct_calls_pass_bfcls_checker(entries, category):
+    es, answers = entries[category]
+    for e in es[:5]:
+        text = call_text(*first_answer_args(answers[e["id"]]))
+        verdict = bfcl.score_entry(category, e, text, answers[e["id"]])
+        assert verdict["valid"], (e["id"], text, verdict)
+
+
+def test_wrong_and_malformed_outputs_fail_with_bfcls_error_types(entries):
+    es, answers = entries["simple_python"]
+    e, ans = es[0], answers[es[0]["id"]]
+    name, args = first_answer_args(ans)[0]
+    wrong_value = dict(args, **{next(iter(args)): 123456})
+    cases = {
+        call_text((name, wrong_value)): "value_error",
+        call_text(("not_the_function", args)): "simple_function_checker:wrong_func_name",
+        call_text((name, args)).replace("}\n</tool_call>", "\n</tool_call>"): "ast_decoder:decoder_failed",
+        "I think the area is 25.": "simple_function_checker:wrong_count",
+        call_text((name, args), (name, args)): "simple_function_checker:wrong_count",
+    }
+    for text, kind in cases.items():
+        verdict = bfcl.score_entry("simple_python", e, text, ans)
+        assert not verdict["valid"] and verdict["error_type"].startswith(kind), (text, verdict)
+
+
+def test_irrelevance_rule(entries):
+    e = entries["irrelevance"][0][0]
+    assert bfcl.score_entry("irrelevance", e, "Sorry, none of the tools can do that.", None)["valid"]
+    assert not bfcl.score_entry("irrelevance", e, call_text(("anything", {"x": 1})), None)["valid"]
+    # BFCL's rule: output that fails to decode is "no call", so it passes irrelevance.
+    assert bfcl.score_entry("irrelevance", e, "<tool_call>\n{oops\n</tool_call>", None)["valid"]
+
+
+def test_aggregates_match_hand_computed_values():
+    per = {"simple_python": {"accuracy": 0.9, "total_count": 400}, "simple_java": {"accuracy": 0.6, "total_count": 100},
+           "simple_javascript": {"accuracy": 0.3, "total_count": 50}, "multiple": {"accuracy": 0.8, "total_count": 200},
+           "parallel": {"accuracy": 0.5, "total_count": 200}, "parallel_multiple": {"accuracy": 0.4, "total_count": 200},
+           "irrelevance": {"accuracy": 0.7, "total_count": 240}, "live_irrelevance": {"accuracy": 0.5, "total_count": 884},
+           "live_simple": {"accuracy": 0.6, "total_count": 258}, "live_multiple": {"accuracy": 0.5, "total_count": 1053},
+           "live_parallel": {"accuracy": 0.25, "total_count": 16}, "live_parallel_multiple": {"accuracy": 0.5, "total_count": 24},
+           "multi_turn_base": {"accuracy": 0.1, "total_count": 200}, "multi_turn_miss_func": {"accuracy": 0.2, "total_count": 200},
+           "multi_turn_miss_param": {"accuracy": 0.3, "total_count": 200}, "multi_turn_long_context": {"accuracy": 0.0, "total_count": 200}}
+    agg = bfcl.aggregate(per)
+    simple = (0.9 + 0.6 + 0.3) / 3  # 0.6
+    assert agg["simple"] == pytest.approx(simple)
+    assert agg["non_live"] == pytest.approx((simple + 0.8 + 0.5 + 0.4) / 4)  # 0.575
+    live = (0.6 * 258 + 0.5 * 1053 + 0.25 * 16 + 0.5 * 24) / (258 + 1053 + 16 + 24)
+    assert agg["live"] == pytest.approx(live)
+    assert agg["irrelevance"] == pytest.approx(0.6)
+    assert agg["multi_turn"] == pytest.approx(0.15)
+    assert agg["overall_agentic_not_run"] == pytest.approx(0.1 * 0.575 + 0.1 * live + 0.1 * 0.6 + 0.3 * 0.15)
+    assert agg["agentic_run"] is False
+    partial = bfcl.aggregate({"simple_python": per["simple_python"]})
+    assert partial["non_live"] is None and "simple_java" in partial["missing"]["non_live"]
+
+
+def test_unknown_category_is_a_config_error():
+    with pytest.raises(bfcl.BfclError, match="unknown BFCL category 'simple_cobol'"):
+        bfcl.check_categories(["simple_cobol"])
+    assert bfcl.check_categories(["web_search", "irrelevance"]) == ["irrelevance"]
+
+
+def test_tiny_end_to_end_eval_resume_and_independent_rescoring(tmp_path):
+    from bfcl_eval.eval_checker.eval_runner import evaluate_task
+
+    cats = "eval.categories=[simple_python,multiple,parallel,irrelevance]"
+    common = ["stage=eval", cats, "eval.limit=3", "generation.max_new_tokens=8", "generation.batch_size=2",
+              "tracking=disabled", f"hydra.run.dir={tmp_path}"]
+    r = run_cli(*common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["categories"]) == {"simple_python", "multiple", "parallel", "irrelevance"}
+    assert summary["partial"] and (tmp_path / "results.md").is_file() and (tmp_path / "accuracy.png").is_file()
+    lines = {c: (tmp_path / "bfcl" / f"{c}.jsonl").read_text().splitlines() for c in summary["categories"]}
+    assert all(len(v) == 3 for v in lines.values())
+
+    # Resume: drop two finished entries (and tear the last line), re-run: only those are redone.
+    path = tmp_path / "bfcl" / "multiple.jsonl"
+    kept = lines["multiple"][:1]
+    path.write_text("\n".join(kept) + "\n" + lines["multiple"][1][:20])
+    r = run_cli(*common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((tmp_path / "summary.json").read_text())
+    assert again["categories"]["multiple"]["generated_now"] == 2
+    assert again["categories"]["simple_python"]["generated_now"] == 0
+    assert again["categories"]["multiple"]["total_count"] == 3
+
+    # Anyone can re-score the per-entry files with bfcl-eval's own runner and our handler.
+    for cat, res in again["categories"].items():
+        records = {}
+        for line in (tmp_path / "bfcl" / f"{cat}.jsonl").read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records[rec["id"]] = {"id": rec["id"], "result": rec["result"]}
+        table = evaluate_task(cat, None, tmp_path / "score", list(records.values()), bfcl.MODEL_NAME, bfcl.handler(), {},
+                              allow_missing=True)
+        assert table[bfcl.MODEL_NAME][cat]["accuracy"] == pytest.approx(res["accuracy"])
+        assert table[bfcl.MODEL_NAME][cat]["total_count"] == res["total_count"]
