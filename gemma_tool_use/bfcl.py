@@ -96,10 +96,13 @@ def check_categories(categories) -> list[str]:
     return out
 
 
-def load_entries(category: str) -> list[dict]:
+def load_entries(category: str, *, hints: bool = True) -> list[dict]:
+    """hints=True: what the model sees (BFCL's Python 3 note, Java/JavaScript types rewritten
+    as strings with a hint). hints=False: the original docs, which BFCL's checker needs
+    (its Java/JS type conversion reads the original type names)."""
     from bfcl_eval.utils import load_dataset_entry
 
-    return load_dataset_entry(category, include_prereq=False, include_language_specific_hint=True)
+    return load_dataset_entry(category, include_prereq=False, include_language_specific_hint=hints)
 
 
 def load_answers(category: str) -> dict[str, list]:
@@ -142,7 +145,8 @@ def language_of(category: str):
 
 
 def score_entry(category: str, entry: dict, raw_text: str, answer) -> dict:
-    """bfcl-eval's own verdict for one single-turn entry: {"valid", "error_type", "error"}."""
+    """bfcl-eval's own verdict for one single-turn entry: {"valid", "error_type", "error"}.
+    `entry` must be loaded with hints=False, as bfcl-eval's own evaluation loads it."""
     from bfcl_eval.eval_checker import eval_runner
 
     h = handler()

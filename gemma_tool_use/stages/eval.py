@@ -62,6 +62,7 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
 
     entries = select_entries(bfcl.load_entries(category), list(eval_cfg.ids), eval_cfg.limit)
     answers = bfcl.load_answers(category)
+    originals = {e["id"]: e for e in bfcl.load_entries(category, hints=False)}  # for the checker
     drop_torn_tail(out_path)
     done = read_done(out_path)
     todo = [e for e in entries if e["id"] not in done]
@@ -84,7 +85,7 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
                     verdict = {"valid": False, "error_type": "prompt_too_long",
                                "error": [f"{r.prompt_tokens} prompt tokens > generation.max_prompt_len"]}
                 else:
-                    verdict = bfcl.score_entry(category, e, r.text, answers.get(e["id"]))
+                    verdict = bfcl.score_entry(category, originals[e["id"]], r.text, answers.get(e["id"]))
                 rec = {"id": e["id"], "category": category, "result": r.text, "prompt_tokens": r.prompt_tokens,
                        "new_tokens": len(r.token_ids), "stop_reason": r.stop_reason, "decoded": parsed.calls,
                        "parse_errors": [x.kind for x in parsed.errors], **verdict,
