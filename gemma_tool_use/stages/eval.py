@@ -66,15 +66,19 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
     drop_torn_tail(out_path)
     done = read_done(out_path)
     todo = [e for e in entries if e["id"] not in done]
+    progress.reset(total=len(entries))
+    progress.update(len(entries) - len(todo))
+    progress.set_description(category)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if category in bfcl.MULTI_TURN:
+        run_multi_turn_category(category, todo, answers, originals, generator, tokenizer, params, out_path,
+                                system_prompt, progress)
+        return category_result(out_path, entries, len(todo), eval_cfg)
     kwargs = {} if system_prompt is None else {"system_prompt": system_prompt}
     prompts = {e["id"]: render_conversation(bfcl.entry_conversation(e), tokenizer, add_generation_prompt=True,
                                             **kwargs).ids for e in todo}
     todo.sort(key=lambda e: len(prompts[e["id"]]))  # similar lengths share a bucket
     chunk = max(1, generator.batch_size) * 4  # results hit the disk every few batches (resume)
-    progress.reset(total=len(entries))
-    progress.update(len(entries) - len(todo))
-    progress.set_description(category)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("a", encoding="utf-8") as f:
         for s in range(0, len(todo), chunk):
             part = todo[s : s + chunk]
@@ -93,11 +97,41 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             progress.update(len(part))
+    return category_result(out_path, entries, len(todo), eval_cfg)
+
+
+def category_result(out_path: Path, entries, generated_now: int, eval_cfg) -> dict:
     records = read_done(out_path)
     selected = [records[e["id"]] for e in entries if e["id"] in records]
     correct = sum(1 for r in selected if r["valid"])
     return {"accuracy": correct / len(selected) if selected else 0.0, "correct": correct,
-            "total_count": len(selected), "generated_now": len(todo), "full_category": not (eval_cfg.ids or eval_cfg.limit)}
+            "total_count": len(selected), "generated_now": generated_now,
+            "full_category": not (eval_cfg.ids or eval_cfg.limit)}
+
+
+def run_multi_turn_category(category, todo, answers, originals, generator, tokenizer, params, out_path,
+                            system_prompt, progress) -> None:
+    from gemma_tool_use.multi_turn import run_dialogues, score_dialogue
+
+    with out_path.open("a", encoding="utf-8") as f:
+        def on_done(d):
+            t = time.perf_counter()
+            verdict = score_dialogue(category, d, answers[d.entry["id"]], originals[d.entry["id"]])
+            if d.error and d.error.startswith("prompt_too_long"):
+                verdict = {"valid": False, "error_type": "prompt_too_long", "error": [d.error]}
+            rec = {"id": d.entry["id"], "category": category, "result": d.results,
+                   "prompt_tokens": d.prompt_tokens[0] if d.prompt_tokens else None, "new_tokens": d.new_tokens,
+                   "steps": sum(len(t) for t in d.results), "turns": len(d.results), "inference_error": d.error,
+                   **verdict, "scoring_seconds": round(time.perf_counter() - t, 3)}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+            progress.update(1)
+
+        # Dialogues of similar length advance together; groups bound the memory of a step.
+        todo = sorted(todo, key=lambda e: len(json.dumps(e.get("function", []))))
+        group = max(1, generator.batch_size) * 4
+        for s in range(0, len(todo), group):
+            run_dialogues(todo[s : s + group], generator, tokenizer, params, system_prompt, on_done=on_done)
 
 
 def write_reports(run_dir: Path, summary: dict) -> None:
@@ -156,10 +190,6 @@ def run(cfg: DictConfig) -> float:
 
     categories = bfcl.check_categories(cfg.eval.categories)  # config error before JAX starts
     not_run = {c: bfcl.NOT_RUN[c] for c in cfg.eval.categories if c in bfcl.NOT_RUN}
-    multi = [c for c in categories if c in bfcl.MULTI_TURN]
-    for c in multi:
-        not_run[c] = "multi-turn runner not built yet"
-    categories = [c for c in categories if c not in bfcl.MULTI_TURN]
     prepare_runtime(cfg.tpu)
 
     from tqdm import tqdm
