@@ -155,14 +155,15 @@ class RenderedConversation:
 
 def _turns(conv: dict, system_prompt: str | None) -> list[tuple[str, str]]:
     """Group messages into Gemma turns: ('user'|'model', text). Consecutive tool results form
-    one user turn; the system prompt and tool list go at the top of the first user turn."""
+    one user turn. The top of the first user turn holds, in order: the conversation's own system
+    message, then (when tools are present) the tool instructions and the tool list."""
     msgs = list(conv["messages"])
     system_parts = []
     if msgs and msgs[0]["role"] == "system":
         system_parts.append(msgs.pop(0)["content"].strip())
     tools = conv.get("tools") or []
     if tools:
-        if not system_parts and system_prompt:
+        if system_prompt:  # the format instructions are needed whatever the conversation's own system text
             system_parts.append(system_prompt.strip())
         system_parts.append(render_tools(tools))
     prefix = "\n\n".join(p for p in system_parts if p)

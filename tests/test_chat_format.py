@@ -36,7 +36,13 @@ def test_render_text_matches_documented_layout():
     )
 
 
-def test_system_message_replaces_default_prompt_and_merges_into_first_user_turn():
+def test_system_message_comes_before_tool_instructions():
+    conv = dict(EXAMPLE, messages=[{"role": "system", "content": "Be brief."}] + EXAMPLE["messages"][:1])
+    text = cf.render_text(conv, system_prompt="SYS")
+    assert text.startswith("<bos><start_of_turn>user\nBe brief.\n\nSYS\n\n<tools>\n")
+
+
+def test_system_message_merges_into_first_user_turn():
     conv = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                          {"role": "assistant", "content": "Hello."}]}
     assert cf.render_text(conv) == (

@@ -162,7 +162,7 @@ def write_reports(run_dir: Path, summary: dict) -> None:
     for name, anchors in bfcl.PUBLISHED_ANCHORS.items():
         if any(c in anchors for c in cats):
             series[name] = [anchors.get(c, np.nan) for c in cats]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cats)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(cats)), 5.5))
     width = 0.8 / len(series)
     for i, (name, vals) in enumerate(series.items()):
         ax.bar(np.arange(len(cats)) + i * width - 0.4 + width / 2, vals, width, label=name,
@@ -171,7 +171,7 @@ def write_reports(run_dir: Path, summary: dict) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"BFCL per-category accuracy: {summary['model']}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
     fig.tight_layout()
     fig.savefig(run_dir / "accuracy.png", dpi=120)
     plt.close(fig)
