@@ -69,3 +69,27 @@ def test_training_runs_on_a_simulated_4_device_mesh(tmp_path):
     assert "mesh {'fsdp': 4, 'tp': 1} over 4 cpu devices" in r.stderr + r.stdout
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["steps"] == 2
+
+
+DISTRIBUTED_CHECK = r"""
+import json, socket
+from omegaconf import OmegaConf
+from gemma_tool_use.mesh import prepare_runtime, build_mesh, _distributed_initialized
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+cfg = OmegaConf.create({"name": "cpu", "platform": "cpu", "axis_names": ["fsdp", "tp"], "axis_sizes": [-1, 1],
+                        "simulated_devices": 2, "distributed": True, "coordinator_address": f"127.0.0.1:{port}",
+                        "num_processes": 1, "process_id": 0, "num_hosts": 1, "chips_per_host": 0})
+prepare_runtime(cfg)
+import jax
+mesh = build_mesh(cfg)
+print(json.dumps({"initialized": _distributed_initialized(), "processes": jax.process_count(),
+                  "devices": jax.device_count(), "mesh": dict(mesh.shape)}))
+"""
+
+
+def test_multi_host_initialisation_with_a_local_coordinator():
+    """jax.distributed.initialize() through the tpu config (one process on loopback here)."""
+    r = subprocess.run([sys.executable, "-c", DISTRIBUTED_CHECK], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out == {"initialized": True, "processes": 1, "devices": 2, "mesh": {"fsdp": 2, "tp": 1}}
