@@ -1,0 +1,245 @@
+"""Training-row augmentations. Each is a pure function of (row(s), rng) and keeps the row valid;
+`augment_rows` applies them with configured ratios, deterministically for a given seed.
+
+  irrelevance     remove every called tool: the answer becomes a plain-text refusal
+  distractors     add tools from other rows (no name clashes) and shuffle the tool order
+  mask_names      Hammer-style: random function and parameter names, consistently in the
+                  tool list and the calls, so the model reads descriptions, not names
+  join_parallel   two independent single-call requests joined into one parallel request
+  procedural      rows generated from tool schemas alone (valid args drawn from the schema)
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import string
+from typing import Any
+
+from gemma_tool_use.data.schema import classify
+
+REFUSALS = (
+    "None of the available tools can help with this request.",
+    "I can't do that with the tools I have.",
+    "Sorry, no available function fits this request.",
+    "The provided functions cannot answer this; none of them applies.",
+)
+JOINERS = (" Also, ", " And ", " Then, ", "\n", " Additionally, ")
+
+
+def _tag(row: dict, how: str) -> dict:
+    meta = dict(row.get("meta", {}))
+    meta["augmentation"] = how
+    meta["category"] = classify(row)
+    row["meta"] = meta
+    return row
+
+
+def _single_turn_calls(row: dict) -> list[dict] | None:
+    """The calls of a single-turn call row (user -> assistant with calls), else None."""
+    msgs = [m for m in row["messages"] if m["role"] != "system"]
+    if len(msgs) != 2 or msgs[0]["role"] != "user" or msgs[1]["role"] != "assistant":
+        return None
+    return msgs[1].get("tool_calls") or None
+
+
+def make_irrelevant(row: dict, rng: random.Random) -> dict | None:
+    calls = _single_turn_calls(row)
+    if not calls:
+        return None
+    called = {c["name"] for c in calls}
+    tools = [t for t in row["tools"] if t["name"] not in called]
+    if not tools:
+        return None  # an irrelevance row still offers some tool
+    out = copy.deepcopy(row)
+    out["tools"] = tools
+    out["messages"][-1] = {"role": "assistant", "content": rng.choice(REFUSALS)}
+    return _tag(out, "irrelevance")
+
+
+def add_distractors(row: dict, pool: list[dict], rng: random.Random, k: int = 3) -> dict:
+    out = copy.deepcopy(row)
+    names = {t["name"] for t in out["tools"]}
+    candidates = [t for t in pool if t["name"] not in names]
+    extra = []
+    for t in rng.sample(candidates, min(k, len(candidates))):
+        if t["name"] not in names:
+            names.add(t["name"])
+            extra.append(copy.deepcopy(t))
+    out["tools"] = out["tools"] + extra
+    rng.shuffle(out["tools"])
+    return _tag(out, "distractors")
+
+
+def _random_name(rng: random.Random, prefix: str) -> str:
+    return prefix + "_" + "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+
+
+def mask_names(row: dict, rng: random.Random) -> dict | None:
+    """Replace function names and parameter names by random identifiers everywhere."""
+    if any(m["role"] == "tool" for m in row["messages"]):
+        return None  # tool responses may mention names in free text: leave multi-turn rows alone
+    out = copy.deepcopy(row)
+    fn_map = {t["name"]: _random_name(rng, "func") for t in out["tools"]}
+    param_maps = {}
+    for t in out["tools"]:
+        props = (t.get("parameters") or {}).get("properties") or {}
+        pm = {p: _random_name(rng, "arg") for p in props}
+        param_maps[t["name"]] = pm
+        params = t.get("parameters") or {}
+        if props:
+            params["properties"] = {pm[p]: v for p, v in props.items()}
+        if params.get("required"):
+            params["required"] = [pm.get(p, p) for p in params["required"]]
+        t["name"] = fn_map[t["name"]]
+    for m in out["messages"]:
+        for c in m.get("tool_calls") or []:
+            pm = param_maps.get(c["name"], {})
+            c["args"] = {pm.get(k, k): v for k, v in c.get("args", {}).items()}
+            c["name"] = fn_map.get(c["name"], c["name"])
+    return _tag(out, "mask_names")
+
+
+def join_parallel(a: dict, b: dict, rng: random.Random) -> dict | None:
+    """Two single-turn call rows with disjoint tools -> one request with both sets of calls."""
+    ca, cb = _single_turn_calls(a), _single_turn_calls(b)
+    if not ca or not cb:
+        return None
+    names_a, names_b = {t["name"] for t in a["tools"]}, {t["name"] for t in b["tools"]}
+    if names_a & names_b:
+        return None
+    qa = next(m for m in a["messages"] if m["role"] == "user")["content"].strip()
+    qb = next(m for m in b["messages"] if m["role"] == "user")["content"].strip()
+    tools = copy.deepcopy(a["tools"] + b["tools"])
+    rng.shuffle(tools)
+    out = {"tools": tools, "messages": [
+        {"role": "user", "content": qa + rng.choice(JOINERS) + qb},
+        {"role": "assistant", "content": "", "tool_calls": copy.deepcopy(ca + cb)}],
+        "meta": {"source": f"{a.get('meta', {}).get('source')}+{b.get('meta', {}).get('source')}",
+                 "row": f"{a.get('meta', {}).get('row')}+{b.get('meta', {}).get('row')}"}}
+    return _tag(out, "join_parallel")
+
+
+# ------------------------------------------------------------------------------ procedural rows
+
+_WORDS = ("alpha", "orbit", "harbor", "maple", "quartz", "delta", "violet", "summit", "cedar", "nova")
+
+
+def sample_value(schema: dict, rng: random.Random, depth: int = 0) -> Any:
+    """A value valid for a (simple) JSON Schema."""
+    if "enum" in schema and schema["enum"]:
+        return rng.choice(schema["enum"])
+    typ = schema.get("type", "string")
+    if isinstance(typ, list):
+        typ = rng.choice([t for t in typ if t != "null"] or ["string"])
+    if typ == "integer":
+        lo, hi = int(schema.get("minimum", 0)), int(schema.get("maximum", 100))
+        return rng.randint(lo, max(lo, hi))
+    if typ == "number":
+        lo, hi = float(schema.get("minimum", 0)), float(schema.get("maximum", 1000))
+        return round(rng.uniform(lo, max(lo, hi)), 2)
+    if typ == "boolean":
+        return rng.random() < 0.5
+    if typ == "array":
+        if depth > 2:
+            return []
+        return [sample_value(schema.get("items") or {"type": "string"}, rng, depth + 1) for _ in range(rng.randint(1, 3))]
+    if typ == "object":
+        props = schema.get("properties") or {}
+        if depth > 2 or not props:
+            return {}
+        return {k: sample_value(v, rng, depth + 1) for k, v in props.items() if k in (schema.get("required") or props)}
+    return rng.choice(_WORDS) + (str(rng.randint(1, 99)) if rng.random() < 0.3 else "")
+
+
+def validate_args(args: dict, params: dict) -> list[str]:
+    """Problems of `args` against a tool's JSON Schema parameters (required, types, enums)."""
+    problems = []
+    props = params.get("properties") or {}
+    for req in params.get("required") or []:
+        if req not in args:
+            problems.append(f"missing required '{req}'")
+    kinds = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
+    for k, v in args.items():
+        if k not in props:
+            if props:
+                problems.append(f"unknown argument '{k}'")
+            continue
+        spec = props[k]
+        typ = spec.get("type")
+        if isinstance(typ, str) and typ in kinds:
+            ok = isinstance(v, kinds[typ]) and not (typ in ("integer", "number") and isinstance(v, bool))
+            if not ok:
+                problems.append(f"'{k}' should be {typ}, got {type(v).__name__}")
+        if spec.get("enum") and v not in spec["enum"]:
+            problems.append(f"'{k}'={v!r} not in enum")
+    return problems
+
+
+def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = None) -> dict | None:
+    """A templated request for one tool and a schema-valid call (plus distractors from pool)."""
+    params = tool.get("parameters") or {"type": "object", "properties": {}}
+    props = params.get("properties") or {}
+    required = params.get("required") or []
+    chosen = [p for p in props if p in required or rng.random() < 0.4]
+    args = {p: sample_value(props[p], rng) for p in chosen}
+    if validate_args(args, params):
+        return None
+    desc = (tool.get("description") or tool["name"]).strip().rstrip(".")
+    details = ", ".join(f"{p.replace('_', ' ')} {v if not isinstance(v, (dict, list)) else repr(v)}" for p, v in args.items())
+    templates = ("Please {d}{w}.", "Can you {d}{w}?", "I need to {d}{w}.", "{D}{w}, please.")
+    d = desc[0].lower() + desc[1:] if desc else tool["name"]
+    w = f" with {details}" if details else ""
+    query = rng.choice(templates).format(d=d, D=d[0].upper() + d[1:], w=w)
+    tools = [copy.deepcopy(tool)]
+    if pool:
+        others = [t for t in pool if t["name"] != tool["name"]]
+        tools += copy.deepcopy(rng.sample(others, min(len(others), rng.randint(0, 3))))
+        rng.shuffle(tools)
+    row = {"tools": tools, "messages": [{"role": "user", "content": query},
+                                        {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": args}]}],
+           "meta": {"source": "procedural", "row": tool["name"]}}
+    return _tag(row, "procedural")
+
+
+# ------------------------------------------------------------------------------ applying ratios
+
+
+def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None = None) -> tuple[list[dict], dict]:
+    """Originals plus augmented copies, by ratio of the originals (cfg: irrelevance,
+    distractors, mask_names, join_parallel, procedural; floats >= 0). Deterministic."""
+    rng = random.Random(seed)
+    pool = tool_pool or [t for r in rows for t in r.get("tools", [])]
+    out = list(rows)
+    counts = {}
+
+    def n_of(ratio):
+        return int(round(float(ratio) * len(rows)))
+
+    def pick(n):
+        return [rows[i] for i in rng.sample(range(len(rows)), min(n, len(rows)))] if rows else []
+
+    made = [make_irrelevant(r, rng) for r in pick(n_of(cfg.get("irrelevance", 0)))]
+    counts["irrelevance"] = sum(m is not None for m in made)
+    out += [m for m in made if m]
+    made = [add_distractors(r, pool, rng) for r in pick(n_of(cfg.get("distractors", 0)))]
+    counts["distractors"] = len(made)
+    out += made
+    made = [mask_names(r, rng) for r in pick(n_of(cfg.get("mask_names", 0)))]
+    counts["mask_names"] = sum(m is not None for m in made)
+    out += [m for m in made if m]
+    singles = [r for r in rows if _single_turn_calls(r)]
+    joined = []
+    for _ in range(n_of(cfg.get("join_parallel", 0))):
+        if len(singles) < 2:
+            break
+        a, b = rng.sample(singles, 2)
+        j = join_parallel(a, b, rng)
+        if j:
+            joined.append(j)
+    counts["join_parallel"] = len(joined)
+    out += joined
+    made = [procedural_row(t, rng, pool) for t in (rng.sample(pool, min(len(pool), n_of(cfg.get("procedural", 0)))) if pool else [])]
+    counts["procedural"] = sum(m is not None for m in made)
+    out += [m for m in made if m]
+    return out, counts

@@ -1,0 +1,124 @@
+"""Decontamination against BFCL, using the data shipped inside bfcl-eval.
+
+A training row is dropped when
+  * a user message equals a BFCL question after normalisation (case, punctuation, spacing),
+    or shares a run of QUERY_NGRAM consecutive words with one (near-duplicate questions);
+  * a tool's description equals a BFCL function description after normalisation (if it has
+    at least MIN_DESC_WORDS words), or the tool has a BFCL function's name and shares at least
+    half of that description's DESC_NGRAM-word runs (a lightly edited copy of a BFCL doc).
+Every drop is counted by reason; the index covers every BFCL category bfcl-eval ships
+(non-live, live, irrelevance/relevance, multi-turn, including held-out functions).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+QUERY_NGRAM = 10
+DESC_NGRAM = 5
+MIN_DESC_WORDS = 5
+
+BFCL_CATEGORIES = (
+    "simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
+    "irrelevance", "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple",
+    "live_irrelevance", "live_relevance", "multi_turn_base", "multi_turn_miss_func",
+    "multi_turn_miss_param", "multi_turn_long_context",
+)
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", str(text)).lower()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+def ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+@dataclass
+class BfclIndex:
+    queries: set[str] = field(default_factory=set)
+    query_ngrams: set[tuple] = field(default_factory=set)
+    descriptions: set[str] = field(default_factory=set)
+    desc_ngrams_by_name: dict[str, list[set]] = field(default_factory=dict)
+    n_entries: int = 0
+
+    def add_query(self, text: str) -> None:
+        norm = normalize(text)
+        if not norm:
+            return
+        self.queries.add(norm)
+        self.query_ngrams |= ngrams(norm.split(), QUERY_NGRAM)
+
+    def add_function(self, name: str, description: str) -> None:
+        norm = normalize(description)
+        if len(norm.split()) >= MIN_DESC_WORDS:
+            self.descriptions.add(norm)
+        grams = ngrams(norm.split(), DESC_NGRAM)
+        if grams:
+            self.desc_ngrams_by_name.setdefault(name, []).append(grams)
+
+
+def _strip_bfcl_hint(description: str) -> str:
+    # bfcl-eval appends language notes ("Note that the provided function is in Python 3 syntax.")
+    return re.sub(r"\s*Note that the provided function is in .*? syntax\.?", "", description or "")
+
+
+@lru_cache(maxsize=1)
+def bfcl_index() -> BfclIndex:
+    from gemma_tool_use import bfcl
+
+    index = BfclIndex()
+    for category in BFCL_CATEGORIES:
+        for entry in bfcl.load_entries(category, hints=False):
+            index.n_entries += 1
+            for turn in entry.get("question", []):
+                for msg in turn:
+                    if msg.get("role") == "user":
+                        index.add_query(msg.get("content", ""))
+            functions = list(entry.get("function", []))
+            for held_out in (entry.get("missed_function") or {}).values():
+                functions.extend(held_out)
+            for f in functions:
+                index.add_function(f.get("name", ""), _strip_bfcl_hint(f.get("description", "")))
+    return index
+
+
+def contamination_reason(row: dict, index: BfclIndex | None = None) -> str | None:
+    """Why `row` overlaps BFCL (a reason string), or None if it is clean."""
+    index = index or bfcl_index()
+    for m in row.get("messages", []):
+        if m.get("role") != "user" or not isinstance(m.get("content"), str):
+            continue
+        norm = normalize(m["content"])
+        if norm in index.queries:
+            return "bfcl_query_exact"
+        if ngrams(norm.split(), QUERY_NGRAM) & index.query_ngrams:
+            return "bfcl_query_near"
+    for tool in row.get("tools", []):
+        norm = normalize(tool.get("description", ""))
+        if norm in index.descriptions:
+            return "bfcl_tool_description_exact"
+        grams = ngrams(norm.split(), DESC_NGRAM)
+        for ref in index.desc_ngrams_by_name.get(tool.get("name", ""), []):
+            if grams and len(grams & ref) >= 0.5 * len(ref):
+                return "bfcl_tool_near"
+    return None
+
+
+def decontaminate(rows: list[dict], index: BfclIndex | None = None) -> tuple[list[dict], Counter]:
+    """(clean rows, dropped counts by reason)."""
+    index = index or bfcl_index()
+    kept, dropped = [], Counter()
+    for row in rows:
+        reason = contamination_reason(row, index)
+        if reason:
+            dropped[reason] += 1
+        else:
+            kept.append(row)
+    return kept, dropped

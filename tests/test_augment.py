@@ -1,0 +1,95 @@
+"""Each augmentation keeps rows valid and has its invariant; all are deterministic."""
+
+import json
+import random
+
+import pytest
+
+from gemma_tool_use.chat_format import validate_conversation
+from gemma_tool_use.data import augment as A
+from gemma_tool_use.data.schema import classify
+
+W = {"name": "get_weather", "description": "Current weather for a city.",
+     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+                    "required": ["city"]}}
+S = {"name": "get_stock", "description": "Latest price of a stock ticker.",
+     "parameters": {"type": "object", "properties": {"ticker": {"type": "string"}}, "required": ["ticker"]}}
+B = {"name": "book_table", "description": "Book a restaurant table.",
+     "parameters": {"type": "object", "properties": {"people": {"type": "integer", "minimum": 1, "maximum": 12},
+                                                    "time": {"type": "string"}, "vip": {"type": "boolean"}},
+                    "required": ["people", "time"]}}
+
+
+def row(tools, q, calls):
+    return {"tools": tools, "messages": [{"role": "user", "content": q},
+                                         {"role": "assistant", "content": "", "tool_calls": calls}],
+            "meta": {"source": "t", "row": q}}
+
+
+R1 = row([W, S], "Weather in Oslo?", [{"name": "get_weather", "args": {"city": "Oslo"}}])
+R2 = row([B], "Table for 2 at 8pm", [{"name": "book_table", "args": {"people": 2, "time": "20:00"}}])
+
+
+def called_names(r):
+    return [c["name"] for m in r["messages"] for c in m.get("tool_calls") or []]
+
+
+def test_irrelevance_removes_every_called_tool():
+    out = A.make_irrelevant(R1, random.Random(0))
+    validate_conversation(out)
+    assert [t["name"] for t in out["tools"]] == ["get_stock"] and called_names(out) == []
+    assert out["meta"]["category"] == "irrelevance" and out["messages"][-1]["content"] in A.REFUSALS
+    assert A.make_irrelevant(R2, random.Random(0)) is None  # no tool would be left
+
+
+def test_distractors_keep_gold_calls_and_add_unique_tools():
+    out = A.add_distractors(R2, [W, S, B], random.Random(1), k=3)
+    validate_conversation(out)
+    names = [t["name"] for t in out["tools"]]
+    assert len(names) == len(set(names)) == 3 and called_names(out) == ["book_table"]
+    assert out["meta"]["category"] == "multiple"
+
+
+def test_mask_names_is_a_consistent_bijection():
+    out = A.mask_names(R2, random.Random(2))
+    validate_conversation(out)
+    tool = out["tools"][0]
+    call = out["messages"][1]["tool_calls"][0]
+    assert tool["name"] != "book_table" and call["name"] == tool["name"]
+    assert set(call["args"]) <= set(tool["parameters"]["properties"]) and set(tool["parameters"]["required"]) == set(call["args"])
+    assert list(call["args"].values()) == [2, "20:00"] and tool["description"] == B["description"]
+
+
+def test_join_parallel_concatenates_independent_calls():
+    out = A.join_parallel(R1, R2, random.Random(3))
+    validate_conversation(out)
+    assert called_names(out) == ["get_weather", "book_table"] and out["meta"]["category"] == "parallel_multiple"
+    assert "Oslo" in out["messages"][0]["content"] and "8pm" in out["messages"][0]["content"]
+    assert A.join_parallel(R1, R1, random.Random(3)) is None  # shared tools: not independent
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_procedural_rows_satisfy_their_schema(seed):
+    out = A.procedural_row(B, random.Random(seed), pool=[W, S])
+    validate_conversation(out)
+    (call,) = out["messages"][1]["tool_calls"]
+    assert A.validate_args(call["args"], B["parameters"]) == []
+    assert 1 <= call["args"]["people"] <= 12
+
+
+def test_validate_args_reports_problems():
+    assert A.validate_args({"people": "two"}, B["parameters"]) == ["missing required 'time'", "'people' should be integer, got str"]
+    assert A.validate_args({"city": "x", "unit": "k"}, W["parameters"]) == ["'unit'='k' not in enum"]
+
+
+def test_augment_rows_is_deterministic_and_counts():
+    rows = [R1, R2] * 10
+    cfg = {"irrelevance": 0.2, "distractors": 0.3, "mask_names": 0.2, "join_parallel": 0.2, "procedural": 0.1}
+    a, ca = A.augment_rows(rows, cfg, seed=7)
+    b, cb = A.augment_rows(rows, cfg, seed=7)
+    c, _ = A.augment_rows(rows, cfg, seed=8)
+    assert json.dumps(a) == json.dumps(b) and ca == cb and json.dumps(a) != json.dumps(c)
+    assert len(a) == len(rows) + sum(ca.values()) and ca["distractors"] == 6
+    for r in a:
+        validate_conversation(r)
+        assert r["meta"]["category"] == classify(r) if "augmentation" in r["meta"] else True
