@@ -96,8 +96,29 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Augmented copies added to the training split, as fractions of its rows."""
+
+    irrelevance: float = 0.0
+    distractors: float = 0.0
+    mask_names: float = 0.0
+    join_parallel: float = 0.0
+    procedural: float = 0.0
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
+    # Real-source mixes (data=sft_small / sft_full): source names from data/sources_local.py,
+    # read under `root` (null: $GEMMA_TOOL_USE_DATA, else ~/.cache/gemma_tool_use/datasets).
+    root: Optional[str] = None
+    sources: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)  # keep only these task categories ([] = all)
+    decontaminate: bool = True  # drop rows overlapping BFCL (queries or tool docs)
+    strict: bool = False  # bad upstream rows raise instead of being counted and skipped
+    val_tool_fraction: float = 0.0  # tools held out for validation (their rows form val)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_rows_per_category: Optional[int] = None
     # JSONL files of canonical conversations ({"tools": [...], "messages": [...]}).
     # Relative paths resolve against the package's bundled data, then the working directory.
     train_files: list[str] = field(default_factory=list)
@@ -273,6 +294,13 @@ def check_config(cfg) -> None:
         fail("generation.temperature", "temperature must be >= 0 and top_p in (0, 1]")
     if cfg.generation.max_new_tokens <= 0 or cfg.generation.batch_size <= 0:
         fail("generation.max_new_tokens", "max_new_tokens and batch_size must be > 0")
+    if not 0 <= cfg.data.val_tool_fraction < 1:
+        fail("data.val_tool_fraction", f"must be in [0, 1), got {cfg.data.val_tool_fraction}")
+    for k, v in cfg.data.augment.items():
+        if v < 0:
+            fail(f"data.augment.{k}", f"must be >= 0, got {v}")
+    if not cfg.data.sources and not cfg.data.train_files:
+        fail("data.sources", "a data config needs sources (real datasets) or train_files (JSONL)")
     if cfg.data.overlength not in ("drop", "error"):
         fail("data.overlength", f"must be 'drop' or 'error', got {cfg.data.overlength!r}")
     buckets = list(cfg.data.length_buckets)

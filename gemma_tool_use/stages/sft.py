@@ -50,8 +50,8 @@ def run(cfg: DictConfig) -> float:
     import orbax.checkpoint as ocp
     from tunix.sft import peft_trainer
 
-    from gemma_tool_use.data.batching import eval_batches, tokenize_conversations, train_batches
-    from gemma_tool_use.data.conversations import load_jsonl_conversations
+    from gemma_tool_use.data.batching import eval_batches, train_batches
+    from gemma_tool_use.data.prepare import prepare_training_data
     from gemma_tool_use.model import build_model, load_tokenizer_for
     from gemma_tool_use.tracking import Tracker
     from gemma_tool_use.training import (SftTrainer, Throughput, TrackerMetricsLogger, completion_loss,
@@ -62,13 +62,7 @@ def run(cfg: DictConfig) -> float:
     mesh = build_mesh(cfg.tpu)
     tokenizer = load_tokenizer_for(cfg.model)
 
-    def load(files):
-        convs = [row for f in files for row in load_jsonl_conversations(f)]
-        return tokenize_conversations(convs, tokenizer, max_length=cfg.data.max_length,
-                                      overlength=cfg.data.overlength, system_prompt=cfg.data.system_prompt)
-
-    train_set = load(cfg.data.train_files)
-    val_set = load(cfg.data.val_files) if cfg.data.val_files else None
+    train_set, val_set, data_card = prepare_training_data(cfg, tokenizer, run_dir)
     buckets = list(cfg.data.length_buckets)
     log.info("data %s: %d train rows, %d val rows", cfg.data.name, len(train_set.examples),
              len(val_set.examples) if val_set else 0)
@@ -93,6 +87,9 @@ def run(cfg: DictConfig) -> float:
     config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     throughput = Throughput()
     with Tracker(run_dir, cfg.tracking, config_dict, name=run_dir.name, group=wandb_group(cfg)) as tracker, mesh:
+        if data_card:
+            tracker.summary({"data/train_rows": data_card["steps"]["train"]["rows"],
+                             "data/no_call_share": data_card["no_call_share"].get("train", 0.0)})
         trainer = SftTrainer(model, optimizer, training_config,
                              metrics_logger=TrackerMetricsLogger(tracker, throughput), throughput=throughput)
         trainer = trainer.with_loss_fn(completion_loss)

@@ -1,0 +1,103 @@
+"""Training data for a run: a real-source mix (data.sources) or JSONL files (data.train_files),
+tokenized through the Stage 1 renderer and cached, so a second run with the same data config,
+seed and tokenizer starts training without re-processing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from gemma_tool_use.chat_format import DEFAULT_TOOL_SYSTEM_PROMPT, RenderedConversation
+from gemma_tool_use.data.batching import TokenizedSet, tokenize_conversations
+from gemma_tool_use.data.conversations import load_jsonl_conversations
+
+log = logging.getLogger(__name__)
+
+LENGTH_EDGES = (128, 256, 512, 1024, 2048, 4096)
+
+
+def length_histogram(ts: TokenizedSet) -> dict[str, int]:
+    lengths = [len(e) for e in ts.examples]
+    hist = {}
+    lo = 0
+    for edge in LENGTH_EDGES:
+        hist[str(edge)] = sum(1 for n in lengths if lo < n <= edge)
+        lo = edge
+    hist[f">{LENGTH_EDGES[-1]}"] = sum(1 for n in lengths if n > LENGTH_EDGES[-1])
+    return hist
+
+
+def _save(path: Path, ts: TokenizedSet) -> None:
+    lengths = np.asarray([len(e) for e in ts.examples], np.int64)
+    np.savez(path, ids=np.concatenate([e.ids for e in ts.examples]), mask=np.concatenate([e.loss_mask for e in ts.examples]),
+             lengths=lengths, dropped=json.dumps(dict(ts.dropped)))
+
+
+def _load(path: Path) -> TokenizedSet:
+    with np.load(path) as z:
+        ids, mask, lengths = z["ids"], z["mask"], z["lengths"]
+        dropped = json.loads(str(z["dropped"]))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ex = [RenderedConversation(ids[a:b], mask[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
+    from collections import Counter
+
+    return TokenizedSet(ex, Counter(dropped))
+
+
+def prepare_training_data(cfg, tokenizer, run_dir: Path):
+    """(train TokenizedSet, val TokenizedSet or None, card dict or None); writes the data card
+    (data_card.json / data_card.md) into the run dir when the data comes from a mix."""
+    d = cfg.data
+    prompt = d.system_prompt if d.system_prompt is not None else DEFAULT_TOOL_SYSTEM_PROMPT
+
+    def tokenize(convs):
+        return tokenize_conversations(convs, tokenizer, max_length=d.max_length, overlength=d.overlength,
+                                      system_prompt=prompt)
+
+    if not d.sources:
+        train = tokenize([r for f in d.train_files for r in load_jsonl_conversations(f, strict=d.strict)])
+        val = tokenize([r for f in d.val_files for r in load_jsonl_conversations(f, strict=d.strict)]) if d.val_files else None
+        return train, val, None
+
+    from gemma_tool_use.data.mix import build_mix, mix_fingerprint
+    from gemma_tool_use.tokenizer import cache_root
+
+    key = mix_fingerprint(d, int(cfg.seed), tokenizer.source + f"|{d.max_length}|{d.overlength}|{prompt}")
+    cache = cache_root() / "mixes" / f"{d.name}-{key}"
+    if (cache / "COMPLETE").is_file():
+        log.info("data mix %s: loading tokenized cache %s", d.name, cache)
+        train = _load(cache / "train.npz")
+        val = _load(cache / "val.npz") if (cache / "val.npz").is_file() else None
+        card = json.loads((cache / "data_card.json").read_text())
+    else:
+        train_rows, val_rows, mix_card = build_mix(d, int(cfg.seed))
+        train = tokenize(train_rows)
+        val = tokenize(val_rows) if val_rows else None
+        mix_card.token_lengths["train"] = length_histogram(train)
+        mix_card.dropped["tokenize_train"] = dict(train.dropped)
+        if val:
+            mix_card.token_lengths["val"] = length_histogram(val)
+            mix_card.dropped["tokenize_val"] = dict(val.dropped)
+        card = mix_card.to_dict()
+        card["markdown"] = mix_card.to_markdown()
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        _save(tmp / "train.npz", train)
+        if val:
+            _save(tmp / "val.npz", val)
+        (tmp / "data_card.json").write_text(json.dumps(card, indent=2))
+        (tmp / "train_rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_rows))
+        (tmp / "COMPLETE").write_text(key)
+        if cache.exists():
+            import shutil
+
+            shutil.rmtree(cache)
+        tmp.rename(cache)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data_card.json").write_text(json.dumps({k: v for k, v in card.items() if k != "markdown"}, indent=2))
+    (run_dir / "data_card.md").write_text(card["markdown"])
+    print(card["markdown"])
+    return train, val, card

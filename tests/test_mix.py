@@ -1,0 +1,89 @@
+"""Mix building: decontamination, category filter, tool-disjoint validation split,
+augmentation, determinism, data card, tokenization cache."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from gemma_tool_use import bfcl
+from gemma_tool_use.config import DataConfig
+from gemma_tool_use.data import mix as mix_mod
+from gemma_tool_use.data.schema import make_row
+from gemma_tool_use.data.conversations import LoadReport
+
+
+def synthetic_rows():
+    report = LoadReport()
+    rows = []
+    for i in range(60):
+        tools = [{"name": f"tool_{i}", "description": f"Does thing number {i} for the user.",
+                  "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
+                 {"name": f"other_{i}", "description": f"Unrelated helper {i}.", "parameters": {"type": "object", "properties": {}}}]
+        if i % 3 == 0:
+            msgs = [{"role": "user", "content": f"Tell me a joke number {i}"}, {"role": "assistant", "content": "Ha."}]
+        else:
+            msgs = [{"role": "user", "content": f"Please do thing {i} with x={i}"},
+                    {"role": "assistant", "content": "", "tool_calls": [{"name": f"tool_{i}", "args": {"x": i}}]}]
+        rows.append(make_row(tools, msgs, source="synthetic", row_id=i, report=report))
+    # a planted BFCL row
+    e = bfcl.load_entries("simple_python")[7]
+    conv = bfcl.entry_conversation(e)
+    rows.append(make_row(conv["tools"], conv["messages"] + [{"role": "assistant", "content": "x"}],
+                         source="synthetic", row_id="bfcl", report=report))
+    return rows
+
+
+@pytest.fixture
+def patched(monkeypatch, tmp_path):
+    monkeypatch.setattr(mix_mod, "load_sources", lambda names, root, strict: (synthetic_rows(), {"synthetic": {"bad": 2}}))
+    monkeypatch.setenv("GEMMA_TOOL_USE_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def data_cfg(**over):
+    base = {"name": "test_mix", "root": "/", "sources": ["synthetic"], "val_tool_fraction": 0.2,
+            "augment": {"irrelevance": 0.2, "distractors": 0.2}}
+    base.update(over)
+    return OmegaConf.merge(OmegaConf.structured(DataConfig), base)
+
+
+def tool_names(rows):
+    return {t["name"] for r in rows for t in r["tools"]}
+
+
+def test_mix_steps_split_and_determinism(patched):
+    train, val, card = mix_mod.build_mix(data_cfg(), seed=0)
+    assert card.dropped["decontaminated"] == {"bfcl_query_exact": 1}
+    assert card.dropped["loaded"] == {"synthetic:bad": 2}
+    assert val and not (tool_names(val) & tool_names([r for r in train if "augmentation" not in r["meta"]]))
+    assert card.augmentations["distractors"] > 0 and card.augmentations["irrelevance"] > 0
+    assert set(card.steps) >= {"loaded", "decontaminated", "val", "train"}
+    again, _, _ = mix_mod.build_mix(data_cfg(), seed=0)
+    other, _, _ = mix_mod.build_mix(data_cfg(), seed=1)
+    assert json.dumps(train) == json.dumps(again) and json.dumps(train) != json.dumps(other)
+
+
+def test_category_filter_and_cap(patched):
+    train, _, card = mix_mod.build_mix(data_cfg(categories=["multiple"], augment={}, val_tool_fraction=0.0,
+                                                max_rows_per_category=10), seed=0)
+    assert len(train) == 10 and {r["meta"]["category"] for r in train} == {"multiple"}
+    assert card.dropped["categories"] == {"irrelevance": 20}
+
+
+def test_prepare_caches_tokenized_mix_and_writes_card(patched, tokenizer, monkeypatch):
+    from gemma_tool_use.data.prepare import prepare_training_data
+
+    cfg = OmegaConf.create({"data": OmegaConf.to_container(data_cfg()), "seed": 0})
+    cfg.data = data_cfg()
+    train, val, card = prepare_training_data(cfg, tokenizer, patched / "run1")
+    assert (patched / "run1" / "data_card.md").read_text().startswith("# Data card: test_mix")
+    assert card["token_lengths"]["train"] and 0 < card["no_call_share"]["train"] < 1
+
+    def boom(*a, **k):
+        raise AssertionError("second run must not rebuild the mix")
+
+    monkeypatch.setattr(mix_mod, "build_mix", boom)
+    train2, val2, _ = prepare_training_data(cfg, tokenizer, patched / "run2")
+    assert [e.ids.tolist() for e in train2.examples] == [e.ids.tolist() for e in train.examples]
+    assert [e.loss_mask.tolist() for e in val2.examples] == [e.loss_mask.tolist() for e in val.examples]
