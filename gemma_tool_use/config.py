@@ -118,6 +118,8 @@ class DataConfig:
     strict: bool = False  # bad upstream rows raise instead of being counted and skipped
     val_tool_fraction: float = 0.0  # tools held out for validation (their rows form val)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Tool schemas for procedural rows and distractors (see data/mix.py tool_pool).
+    tool_pools: list[str] = field(default_factory=list)
     max_rows_per_category: Optional[int] = None
     # JSONL files of canonical conversations ({"tools": [...], "messages": [...]}).
     # Relative paths resolve against the package's bundled data, then the working directory.

@@ -87,3 +87,29 @@ def test_prepare_caches_tokenized_mix_and_writes_card(patched, tokenizer, monkey
     train2, val2, _ = prepare_training_data(cfg, tokenizer, patched / "run2")
     assert [e.ids.tolist() for e in train2.examples] == [e.ids.tolist() for e in train.examples]
     assert [e.loss_mask.tolist() for e in val2.examples] == [e.loss_mask.tolist() for e in val.examples]
+
+
+def test_missing_files_are_fetched_from_pinned_upstream_and_verified(tmp_path, monkeypatch):
+    import shutil
+
+    from conftest import SHARED
+    from gemma_tool_use.data import sources_local as sl
+
+    src = SHARED / "datasets"
+    if not src.is_dir():
+        pytest.skip("shared datasets not available")
+    mirror = tmp_path / "mirror"
+    name = "llamafactory/reason_tool_use"
+    url = sl.upstream_raw_url(name)
+    rel = url.split("raw.githubusercontent.com/", 1)[1]
+    (mirror / rel).parent.mkdir(parents=True)
+    shutil.copy(src / sl.SOURCE_UPSTREAM[name]["files"][0]["local"], mirror / rel)
+    monkeypatch.setenv("GEMMA_TOOL_USE_DATA_MIRROR", mirror.as_uri())
+    root = tmp_path / "root"
+    mix_mod.ensure_source_files(name, root)
+    assert sl.verify_local_files(root, [name]) == []
+    # A corrupted upstream copy is refused.
+    (root / sl.SOURCE_UPSTREAM[name]["files"][0]["local"]).unlink()
+    (mirror / rel).write_text("tampered")
+    with pytest.raises(mix_mod.DataError, match="does not match the pinned"):
+        mix_mod.ensure_source_files(name, root)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,11 @@ class MixCard:
         for split, share in self.no_call_share.items():
             lines.append(f"no-call share ({split}): {share:.1%}")
         for split, hist in self.token_lengths.items():
-            lines.append(f"token lengths ({split}): " + ", ".join(f"<={k}: {v}" for k, v in hist.items()))
+            lines.append(f"token lengths ({split}): " + ", ".join(
+                f"{k if k.startswith('>') else '<=' + k}: {v}" for k, v in hist.items()))
+        for step in ("tokenize_train", "tokenize_val"):
+            if self.dropped.get(step):
+                lines.append(f"dropped at {step}: " + ", ".join(f"{k} {v}" for k, v in self.dropped[step].items()))
         return "\n".join(lines) + "\n"
 
 
@@ -93,6 +98,46 @@ def split_by_tool(rows: list[dict], fraction: float, seed: int) -> tuple[list[di
     return train, val, mixed
 
 
+def ensure_source_files(name: str, root: Path) -> None:
+    """Download a source's files that are missing under `root` from its pinned upstream commit
+    and verify them by sha256. $GEMMA_TOOL_USE_DATA_MIRROR replaces the GitHub raw host
+    (mirrors, air-gapped copies, tests)."""
+    import shutil
+    import urllib.request
+
+    from gemma_tool_use.data import sources_local
+
+    entry = sources_local.SOURCE_UPSTREAM.get(name)
+    if entry is None:
+        return
+    for i, f in enumerate(entry["files"]):
+        dest = root / f["local"]
+        if dest.is_file():
+            continue
+        url = sources_local.upstream_raw_url(name, i)
+        mirror = os.environ.get("GEMMA_TOOL_USE_DATA_MIRROR")
+        if mirror:
+            url = mirror.rstrip("/") + "/" + url.split("raw.githubusercontent.com/", 1)[1]
+        log.info("fetching %s -> %s", url, dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp, tmp.open("wb") as out:
+                shutil.copyfileobj(resp, out)
+        except OSError as e:
+            raise DataError(f"{dest} is missing and could not be fetched from {url}: {e}; "
+                            "set data.root to a folder holding the datasets") from e
+        digest = sources_local.sha256_file(tmp)
+        if digest != f["sha256"] and "subset" not in entry.get("note", ""):
+            tmp.unlink()
+            raise DataError(f"{url}: sha256 {digest} does not match the pinned {f['sha256']}")
+        tmp.replace(dest)
+
+
+def tool_names_of(rows: list[dict]) -> set[str]:
+    return {t["name"] for r in rows for t in r["tools"]}
+
+
 def load_sources(names, root: Path, strict: bool) -> tuple[list[dict], dict]:
     from gemma_tool_use.data import sources_local
 
@@ -100,6 +145,7 @@ def load_sources(names, root: Path, strict: bool) -> tuple[list[dict], dict]:
     for name in names:
         if name not in sources_local.LOCAL_SOURCES:
             raise DataError(f"data.sources: unknown source {name!r} (known: {', '.join(sorted(sources_local.LOCAL_SOURCES))})")
+        ensure_source_files(name, root)
         report = LoadReport()
         got = sources_local.LOCAL_SOURCES[name](root, report, strict)
         rows.extend(got)
@@ -109,14 +155,34 @@ def load_sources(names, root: Path, strict: bool) -> tuple[list[dict], dict]:
     return rows, dropped
 
 
+def tool_pool(names, root: Path, strict: bool) -> list[dict]:
+    """Tool schemas for procedural rows and distractors: "seal_tools/tool.jsonl" (3.6k schemas
+    with parameters), "toolalpaca/public_apis.json" (1.4k API descriptions, no parameters)."""
+    from gemma_tool_use.data import sources_local
+
+    pool = []
+    for name in names:
+        if name == "seal_tools/tool.jsonl":
+            pool += list(sources_local._seal_catalog(root, strict).values())
+        elif name == "toolalpaca/public_apis.json":
+            entries = json.loads((root / "toolalpaca" / "public_apis.json").read_text())["entries"]
+            for e in entries:
+                fname = "_".join(re.findall(r"[A-Za-z0-9]+", e["API"])).lower()
+                if fname:
+                    pool.append({"name": fname, "description": f"{e['Description']} ({e['Category']} API).",
+                                 "parameters": {"type": "object", "properties": {}}})
+        else:
+            raise DataError(f"data.tool_pools: unknown pool {name!r} (seal_tools/tool.jsonl, toolalpaca/public_apis.json)")
+    return pool
+
+
 def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
     from gemma_tool_use.data.augment import augment_rows
     from gemma_tool_use.data.decontaminate import decontaminate
 
     card = MixCard(name=data_cfg.name)
     root = data_root(data_cfg.root)
-    if not root.is_dir():
-        raise DataError(f"data root {root} does not exist (set data.root or GEMMA_TOOL_USE_DATA)")
+    root.mkdir(parents=True, exist_ok=True)  # missing files are fetched from their pinned upstream
     rows, load_dropped = load_sources(list(data_cfg.sources), root, bool(data_cfg.strict))
     card.record("loaded", rows)
     card.dropped["loaded"] = {f"{s}:{k}": v for s, d in load_dropped.items() for k, v in d.items()}
@@ -135,7 +201,16 @@ def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
     card.record("train_before_augmentation", train)
     card.record("val", val)
     aug_cfg = dict(data_cfg.augment)
-    train, counts = augment_rows(train, aug_cfg, seed)
+    pool = tool_pool(list(data_cfg.tool_pools), root, bool(data_cfg.strict)) if data_cfg.tool_pools else None
+    if pool and data_cfg.decontaminate:  # procedural rows must not reintroduce BFCL tools
+        from gemma_tool_use.data.decontaminate import bfcl_index, contamination_reason
+
+        index = bfcl_index()
+        pool = [t for t in pool if not contamination_reason({"tools": [t], "messages": []}, index)]
+    if val:  # nor validation tools
+        held = tool_names_of(val)
+        pool = [t for t in pool if t["name"] not in held] if pool else pool
+    train, counts = augment_rows(train, aug_cfg, seed, tool_pool=pool)
     card.augmentations = counts
     cap = data_cfg.max_rows_per_category
     if cap:
