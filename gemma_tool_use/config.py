@@ -118,6 +118,8 @@ class DataConfig:
     strict: bool = False  # bad upstream rows raise instead of being counted and skipped
     val_tool_fraction: float = 0.0  # tools held out for validation (their rows form val)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Local copies of hub datasets' upstream files: {"Salesforce/xlam-function-calling-60k": "/path/x.json"}.
+    hub_files: dict[str, str] = field(default_factory=dict)
     # Tool schemas for procedural rows and distractors (see data/mix.py tool_pool).
     tool_pools: list[str] = field(default_factory=list)
     max_rows_per_category: Optional[int] = None

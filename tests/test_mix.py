@@ -36,7 +36,7 @@ def synthetic_rows():
 
 @pytest.fixture
 def patched(monkeypatch, tmp_path):
-    monkeypatch.setattr(mix_mod, "load_sources", lambda names, root, strict: (synthetic_rows(), {"synthetic": {"bad": 2}}))
+    monkeypatch.setattr(mix_mod, "load_sources", lambda names, root, strict, hub_files=None: (synthetic_rows(), {"synthetic": {"bad": 2}}))
     monkeypatch.setenv("GEMMA_TOOL_USE_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
@@ -113,3 +113,17 @@ def test_missing_files_are_fetched_from_pinned_upstream_and_verified(tmp_path, m
     (mirror / rel).write_text("tampered")
     with pytest.raises(mix_mod.DataError, match="does not match the pinned"):
         mix_mod.ensure_source_files(name, root)
+
+
+def test_hub_sources_join_a_mix_from_local_upstream_files(tmp_path, monkeypatch):
+    from conftest import REPO
+
+    fixtures = REPO / "tests" / "fixtures" / "hub"
+    xlam = next(fixtures.glob("xlam*60k*"), None) or next(fixtures.glob("xlam*"), None)
+    if xlam is None:
+        pytest.skip("no xLAM fixture")
+    monkeypatch.setenv("GEMMA_TOOL_USE_CACHE", str(tmp_path / "cache"))
+    cfg = data_cfg(sources=["hub:Salesforce/xlam-function-calling-60k"], root=str(tmp_path),
+                   hub_files={"Salesforce/xlam-function-calling-60k": str(xlam)}, augment={}, val_tool_fraction=0.0)
+    train, _, card = mix_mod.build_mix(cfg, seed=0)
+    assert train and card.steps["loaded"]["by_source"] == {"Salesforce/xlam-function-calling-60k": card.steps["loaded"]["rows"]}

@@ -138,11 +138,27 @@ def tool_names_of(rows: list[dict]) -> set[str]:
     return {t["name"] for r in rows for t in r["tools"]}
 
 
-def load_sources(names, root: Path, strict: bool) -> tuple[list[dict], dict]:
+def load_sources(names, root: Path, strict: bool, hub_files=None) -> tuple[list[dict], dict]:
+    """Local sources by registry name; hub datasets as "hub:<id>[:<config>]" (fetched at the
+    pinned revision, or read from data.hub_files[<id>] = local copies of the upstream files)."""
     from gemma_tool_use.data import sources_local
 
     rows, dropped = [], {}
     for name in names:
+        if name.startswith("hub:"):
+            from gemma_tool_use.data import sources_hub
+
+            hub_id, _, config = name[4:].partition(":")
+            if hub_id not in sources_hub.HUB_SOURCES:
+                raise DataError(f"data.sources: unknown hub dataset {hub_id!r} (known: {', '.join(sources_hub.HUB_SOURCES)})")
+            report = LoadReport()
+            got = sources_hub.load_hub_dataset(hub_id, revision=sources_hub.HUB_SOURCES[hub_id].revision, report=report,
+                                               strict=strict, config=config or None,
+                                               data_files=(hub_files or {}).get(hub_id))
+            rows.extend(got)
+            if report.dropped:
+                dropped[name] = dict(report.dropped)
+            continue
         if name not in sources_local.LOCAL_SOURCES:
             raise DataError(f"data.sources: unknown source {name!r} (known: {', '.join(sorted(sources_local.LOCAL_SOURCES))})")
         ensure_source_files(name, root)
@@ -183,7 +199,7 @@ def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
     card = MixCard(name=data_cfg.name)
     root = data_root(data_cfg.root)
     root.mkdir(parents=True, exist_ok=True)  # missing files are fetched from their pinned upstream
-    rows, load_dropped = load_sources(list(data_cfg.sources), root, bool(data_cfg.strict))
+    rows, load_dropped = load_sources(list(data_cfg.sources), root, bool(data_cfg.strict), dict(data_cfg.hub_files))
     card.record("loaded", rows)
     card.dropped["loaded"] = {f"{s}:{k}": v for s, d in load_dropped.items() for k, v in d.items()}
     if data_cfg.decontaminate:
