@@ -93,3 +93,22 @@ def test_augment_rows_is_deterministic_and_counts():
     for r in a:
         validate_conversation(r)
         assert r["meta"]["category"] == classify(r) if "augmentation" in r["meta"] else True
+
+
+def test_make_row_repairs_stringified_types_and_drops_schema_violations():
+    from gemma_tool_use.data.conversations import DataError, LoadReport
+    from gemma_tool_use.data.schema import make_row
+
+    report = LoadReport()
+    msgs = [{"role": "user", "content": "table"},
+            {"role": "assistant", "content": "", "tool_calls": [{"name": "book_table", "args": {"people": "4", "time": "8pm",
+                                                                                                "vip": "true"}}]}]
+    row = make_row([B], msgs, source="t", row_id=1, report=report)
+    assert row["messages"][1]["tool_calls"][0]["args"] == {"people": 4, "time": "8pm", "vip": True}
+    assert report.repaired == 2
+    bad = [{"role": "user", "content": "table"},
+           {"role": "assistant", "content": "", "tool_calls": [{"name": "book_table", "args": {"people": "four"}}]}]
+    assert make_row([B], bad, source="t", row_id=2, report=report) is None
+    assert report.dropped == {"args_violate_schema": 1}
+    with pytest.raises(DataError, match="t:2: args violate the schema"):
+        make_row([B], bad, source="t", row_id=2, report=LoadReport(), strict=True)

@@ -86,20 +86,20 @@ def test_source_loads_into_canonical_rows(name, loaded):
 
 
 # Exact drops on the pinned files (checksums above): each is an upstream defect or a documented choice.
-EXPECTED_DROPS = {
-    "seal_tools/dev": {"dependent_call": 28},
-    "seal_tools/test_in_domain": {"dependent_call": 30},
-    "seal_tools/finetune_dev": {"dependent_call": 28, "unknown_tool": 3},
-    "seal_tools/finetune_test_in_domain": {"dependent_call": 30, "unknown_tool": 2},
-    "toolrl/rlla_sft": {"unknown_tool": 2},
-    "toolrl/rlla_4k_test": {"unknown_tool": 2},
-    "hammer/apibank_l1": {},
+EXPECTED_DROPS = {  # args_violate_schema: calls left invalid after lossless type repair (data/schema.py)
+    "seal_tools/dev": {"dependent_call": 28, "args_violate_schema": 4},
+    "seal_tools/test_in_domain": {"dependent_call": 30, "args_violate_schema": 6},
+    "seal_tools/finetune_dev": {"dependent_call": 28, "unknown_tool": 3, "args_violate_schema": 4},
+    "seal_tools/finetune_test_in_domain": {"dependent_call": 30, "unknown_tool": 2, "args_violate_schema": 6},
+    "toolrl/rlla_sft": {"unknown_tool": 2, "args_violate_schema": 30},
+    "toolrl/rlla_4k_test": {"unknown_tool": 2, "args_violate_schema": 7},
+    "hammer/apibank_l1": {"args_violate_schema": 8},
     "hammer/apibank_l2": {"unknown_tool": 6},
-    "hammer/toolalpaca": {"unknown_tool": 6},
-    "hammer/masking_example": {},
-    "llamafactory/glaive_en": {},
-    "llamafactory/glaive_zh": {"orphan_tool_response": 2},
-    "llamafactory/reason_tool_use": {},
+    "hammer/toolalpaca": {"unknown_tool": 6, "args_violate_schema": 5},
+    "hammer/masking_example": {"args_violate_schema": 1},
+    "llamafactory/glaive_en": {"args_violate_schema": 1},
+    "llamafactory/glaive_zh": {"orphan_tool_response": 2, "args_violate_schema": 4},
+    "llamafactory/reason_tool_use": {"args_violate_schema": 1},
 }
 
 # (categories that must occur, categories that must not)

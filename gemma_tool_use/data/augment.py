@@ -16,7 +16,7 @@ import random
 import string
 from typing import Any
 
-from gemma_tool_use.data.schema import classify
+from gemma_tool_use.data.schema import classify, validate_args  # noqa: F401 (re-exported)
 
 REFUSALS = (
     "None of the available tools can help with this request.",
@@ -150,30 +150,6 @@ def sample_value(schema: dict, rng: random.Random, depth: int = 0) -> Any:
             return {}
         return {k: sample_value(v, rng, depth + 1) for k, v in props.items() if k in (schema.get("required") or props)}
     return rng.choice(_WORDS) + (str(rng.randint(1, 99)) if rng.random() < 0.3 else "")
-
-
-def validate_args(args: dict, params: dict) -> list[str]:
-    """Problems of `args` against a tool's JSON Schema parameters (required, types, enums)."""
-    problems = []
-    props = params.get("properties") or {}
-    for req in params.get("required") or []:
-        if req not in args:
-            problems.append(f"missing required '{req}'")
-    kinds = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
-    for k, v in args.items():
-        if k not in props:
-            if props:
-                problems.append(f"unknown argument '{k}'")
-            continue
-        spec = props[k]
-        typ = spec.get("type")
-        if isinstance(typ, str) and typ in kinds:
-            ok = isinstance(v, kinds[typ]) and not (typ in ("integer", "number") and isinstance(v, bool))
-            if not ok:
-                problems.append(f"'{k}' should be {typ}, got {type(v).__name__}")
-        if spec.get("enum") and v not in spec["enum"]:
-            problems.append(f"'{k}'={v!r} not in enum")
-    return problems
 
 
 def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = None) -> dict | None:

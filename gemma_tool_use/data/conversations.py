@@ -25,6 +25,7 @@ class DataError(ValueError):
 class LoadReport:
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> count
+    repaired: int = 0  # argument values converted to their schema type (e.g. "5" -> 5)
     examples: list[str] = field(default_factory=list)  # first few "file:line: reason"
 
     def note(self, where: str, reason: str, detail: str) -> None:

@@ -42,6 +42,79 @@ def classify(conv: dict) -> str:
     return "parallel" if len({c["name"] for c in calls}) == 1 else "parallel_multiple"
 
 
+def validate_args(args: dict, params: dict) -> list[str]:
+    """Problems of `args` against a tool's JSON Schema parameters (required, types, enums)."""
+    problems = []
+    props = params.get("properties") or {}
+    for req in params.get("required") or []:
+        if req not in args:
+            problems.append(f"missing required '{req}'")
+    kinds = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
+    for k, v in args.items():
+        if k not in props:
+            if props:
+                problems.append(f"unknown argument '{k}'")
+            continue
+        spec = props[k]
+        typ = spec.get("type")
+        if isinstance(typ, str) and typ in kinds:
+            ok = isinstance(v, kinds[typ]) and not (typ in ("integer", "number") and isinstance(v, bool))
+            if not ok:
+                problems.append(f"'{k}' should be {typ}, got {type(v).__name__}")
+        if spec.get("enum") and v not in spec["enum"]:
+            problems.append(f"'{k}'={v!r} not in enum")
+    return problems
+
+
+def _coerce(value, spec: dict):
+    """A lossless conversion of a stringified value to the schema's type, or the value unchanged."""
+    import ast
+    import json
+
+    typ = spec.get("type")
+    if not isinstance(value, str) or typ in (None, "string") or not isinstance(typ, str):
+        return value
+    text = value.strip()
+    try:
+        if typ == "integer" and text.lstrip("-").isdigit():
+            return int(text)
+        if typ == "number":
+            f = float(text)
+            return int(f) if f.is_integer() and "." not in text and "e" not in text.lower() else f
+        if typ == "boolean" and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        if typ in ("array", "object"):
+            for parse in (json.loads, ast.literal_eval):
+                try:
+                    out = parse(text)
+                except (ValueError, SyntaxError):
+                    continue
+                if isinstance(out, list if typ == "array" else dict):
+                    return out
+    except (ValueError, OverflowError):
+        pass
+    return value
+
+
+def repair_call_args(tools: list, messages: list) -> tuple[int, list[str]]:
+    """Convert stringified numbers/booleans/lists/objects to their schema types in place;
+    return (values repaired, remaining problems)."""
+    by_name = {t["name"]: t for t in tools}
+    repaired, problems = 0, []
+    for m in messages:
+        for c in m.get("tool_calls") or []:
+            params = (by_name.get(c["name"]) or {}).get("parameters") or {}
+            props = params.get("properties") or {}
+            for k, v in list(c.get("args", {}).items()):
+                if k in props:
+                    new = _coerce(v, props[k])
+                    if new is not v:
+                        c["args"][k] = new
+                        repaired += 1
+            problems += [f"{c['name']}: {p}" for p in validate_args(c.get("args", {}), params)]
+    return repaired, problems
+
+
 def make_row(tools: list, messages: list, *, source: str, row_id, report: LoadReport, strict: bool = False,
              where: str = "") -> dict | None:
     """Build, validate and tag one canonical row; None (noted in report) if it is unusable."""
@@ -54,6 +127,15 @@ def make_row(tools: list, messages: list, *, source: str, row_id, report: LoadRe
         if strict:
             raise DataError(f"{where or source}:{row_id}: {e}") from e
         report.note(f"{where or source}:{row_id}", "invalid_conversation", str(e))
+        return None
+    # Calls must satisfy their tool's schema: BFCL's checker compares types, so training on
+    # '"page": "1"' for an integer parameter teaches the wrong habit. Lossless fixes first.
+    repaired, problems = repair_call_args(conv["tools"], conv["messages"])
+    report.repaired += repaired
+    if problems:
+        if strict:
+            raise DataError(f"{where or source}:{row_id}: args violate the schema: {'; '.join(problems)}")
+        report.note(f"{where or source}:{row_id}", "args_violate_schema", "; ".join(problems)[:300])
         return None
     conv["meta"] = {"source": source, "row": str(row_id), "category": classify(conv)}
     report.kept += 1
