@@ -90,6 +90,10 @@ class ModelConfig:
     test_friendly_init: bool = True
     arch: ArchConfig = field(default_factory=ArchConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Embedding rows trained beside LoRA (a delta on the tied embedding), e.g. [105, 106] for
+    # <start_of_turn>/<end_of_turn>, untrained in the base model. model.lora.enabled=false
+    # instead fine-tunes every parameter.
+    train_token_ids: list[int] = field(default_factory=list)
     # LoRA weights to load on top of the base: an SFT run dir (latest step; its LoRA settings
     # are adopted from its .hydra/config.yaml), its checkpoints/ dir, or checkpoints/<step>.
     lora_checkpoint: Optional[str] = None

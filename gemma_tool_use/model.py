@@ -55,6 +55,43 @@ class ToolGemma3(tunix_gemma3.Gemma3):
         return self.embedder.decode(x), new_cache
 
 
+class TrainableRowsEmbedder(tunix_gemma3.Embedder):
+    """The tied embedding with a trainable delta on a few rows (typed LoRAParam, so tunix's
+    PeftTrainer trains it beside the LoRA adapters and checkpoints it with them).
+
+    The pretrained base never learned <start_of_turn>/<end_of_turn> (their rows sit among the
+    unused tokens), and LoRA cannot move embedding rows: this lets SFT teach exactly those rows
+    (input side and, through the tied head, output side) without unfreezing 168M parameters."""
+
+    def __init__(self, base: tunix_gemma3.Embedder, row_ids, *, rngs=None):
+        self.input_embedding = base.input_embedding
+        self.shd_config = base.shd_config
+        self.row_ids = nnx.Variable(jnp.asarray(row_ids, jnp.int32))
+        d = base.input_embedding.value.shape[1]
+        self.row_delta = nnx.LoRAParam(jnp.zeros((len(row_ids), d), base.input_embedding.value.dtype))
+
+    def _delta_for(self, tokens):
+        hit = tokens[..., None] == self.row_ids.value  # [..., k]
+        return jnp.einsum("...k,kd->...d", hit.astype(self.row_delta.value.dtype), self.row_delta.value)
+
+    def encode(self, x):
+        e = self.input_embedding[(x,)] + self._delta_for(x)
+        return e * jnp.sqrt(e.shape[-1]).astype(e.dtype)
+
+    def decode(self, x):
+        logits = jnp.dot(x, self.input_embedding.value.T)
+        return logits.at[..., self.row_ids.value].add(jnp.dot(x, self.row_delta.value.T))
+
+    def merged_table(self):
+        return self.input_embedding.value.at[self.row_ids.value].add(self.row_delta.value)
+
+
+def add_trainable_rows(model: "ToolGemma3", row_ids) -> "ToolGemma3":
+    if row_ids:
+        model.embedder = TrainableRowsEmbedder(model.embedder, list(row_ids))
+    return model
+
+
 def tunix_config(model_cfg) -> tunix_gemma3.ModelConfig:
     a = model_cfg.arch
     return tunix_gemma3.ModelConfig(
@@ -215,8 +252,8 @@ def count_params(model: nnx.Module, kind=nnx.Param) -> int:
 
 
 def resolve_lora_checkpoint(path: str) -> tuple[Path, int | None, dict | None]:
-    """(checkpoints root, step or None for latest, the run's model.lora settings if known)."""
-    p = Path(path).expanduser()
+    """(checkpoints root, step or None for latest, the run's model config if known)."""
+    p = Path(path).expanduser().absolute()  # orbax wants absolute paths
     if not p.exists():
         raise WeightsError(f"model.lora_checkpoint={path!r} does not exist")
     step = None
@@ -226,20 +263,22 @@ def resolve_lora_checkpoint(path: str) -> tuple[Path, int | None, dict | None]:
         p = p / "checkpoints"
     if not any(c.name.isdigit() for c in p.iterdir()):
         raise WeightsError(f"model.lora_checkpoint={path!r}: no checkpoints/<step> directories found")
-    lora = None
+    model = None
     run_cfg = p.parent / ".hydra" / "config.yaml"
     if run_cfg.is_file():
         from omegaconf import OmegaConf
 
-        lora = OmegaConf.to_container(OmegaConf.load(run_cfg).model.lora)
-    return p, step, lora
+        model = OmegaConf.to_container(OmegaConf.load(run_cfg).model)
+    return p, step, model
 
 
-def load_lora_checkpoint(model, root: Path, step: int | None) -> int:
+def load_lora_checkpoint(model, root: Path, step: int | None, lora_only: bool = True) -> int:
+    """Restore trained parameters (LoRA adapters + trainable rows, or every parameter after full
+    fine-tuning) from an SFT checkpoint directory; the optimizer state is not touched."""
     from tunix.sft.checkpoint_manager import CheckpointManager
 
     manager = CheckpointManager(root_directory=str(root))
-    restored, _ = manager.maybe_restore(model, step=step, restore_only_lora_params=True)
+    restored, _ = manager.maybe_restore(model, step=step, restore_only_lora_params=lora_only)
     manager.close()
     if not restored:
         raise WeightsError(f"no LoRA checkpoint could be restored from {root}")
@@ -248,20 +287,22 @@ def load_lora_checkpoint(model, root: Path, step: int | None) -> int:
 
 def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
     model = build_base_model(model_cfg, seed, mesh)
-    lora_cfg, ckpt = model_cfg.lora, None
+    lora_cfg, rows, ckpt = model_cfg.lora, list(model_cfg.train_token_ids), None
     if model_cfg.lora_checkpoint:
-        root, step, run_lora = resolve_lora_checkpoint(model_cfg.lora_checkpoint)
+        root, step, run_model = resolve_lora_checkpoint(model_cfg.lora_checkpoint)
         ckpt = (root, step)
-        if run_lora is not None:
+        if run_model is not None:  # the checkpoint's own shape, whatever model.lora says now
             from omegaconf import OmegaConf
 
-            lora_cfg = OmegaConf.create(run_lora)  # the adapters' own shape, whatever model.lora says
-        lora_cfg.enabled = True
+            lora_cfg = OmegaConf.create(run_model["lora"])
+            rows = list(run_model.get("train_token_ids") or [])
     if lora_cfg.enabled:
+        model = add_trainable_rows(model, rows)
         model = apply_lora(model, lora_cfg, seed + 7)
     if ckpt:
-        restored = load_lora_checkpoint(model, *ckpt)
-        log.info("loaded LoRA adapters (rank %s) from %s step %d", lora_cfg.rank, ckpt[0], restored)
+        restored = load_lora_checkpoint(model, *ckpt, lora_only=bool(lora_cfg.enabled))
+        log.info("loaded %s from %s step %d", f"LoRA adapters (rank {lora_cfg.rank})" if lora_cfg.enabled
+                 else "fully fine-tuned weights", ckpt[0], restored)
     model = shard_model(model, mesh)
     log.info("model %s: %.2fM params, %.3fM LoRA params", model_cfg.name,
              count_params(model, nnx.Param) / 1e6, count_params(model, nnx.LoRAParam) / 1e6)

@@ -59,3 +59,16 @@ def test_lora_checkpoint_restores_trained_adapters(tmp_path):
     loaded = nnx.state(build_model(cfg.model, mesh, 0), nnx.LoRAParam)
     diffs = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(loaded))]
     assert any(diffs), "restored adapters differ from a fresh LoRA init"
+
+
+def test_sft_full_initialises_from_an_sft_small_run_by_experiment_name(tmp_path):
+    r = run_cli("experiments=tiny_smoke", "train.max_steps=2", "model.train_token_ids=[105,106]", "tracking=disabled",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli("experiments=tiny_smoke", "stage=sft_full", "train.init_from=tiny_smoke", "train.max_steps=1",
+                "tracking=disabled", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stderr + r.stdout
+    assert "initialising from outputs/sft_small/" in log and "loaded LoRA adapters (rank 4)" in log
+    r = run_cli("stage=sft_full", "train.init_from=no_such_experiment", "tracking=disabled", cwd=tmp_path)
+    assert r.returncode != 0 and "neither a checkpoint path nor an experiment" in r.stderr + r.stdout

@@ -118,3 +118,48 @@ def test_only_trainable_params_change(tokenizer):
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(frozen_after)))
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(lora_before), jax.tree.leaves(lora_after))]
     assert len(changed) > 0 and all(changed), "every LoRA matrix (incl. MLP ones) receives updates"
+
+
+def test_trainable_embedding_rows_train_and_match_a_merged_table(tokenizer):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from tunix.sft import peft_trainer
+    from tunix.sft.metrics_logger import MetricsLogger
+
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.data.batching import tokenize_conversations, train_batches
+    from gemma_tool_use.data.conversations import load_jsonl_conversations
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model
+    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["model.train_token_ids=[105,106]", "optim.lr=1e-2"])
+    mesh = build_mesh(cfg.tpu)
+    model = build_model(cfg.model, mesh, 0)
+    table = np.asarray(model.embedder.input_embedding.value)
+    data = tokenize_conversations(load_jsonl_conversations("tiny/train.jsonl"), tokenizer, max_length=512)
+    opt, _ = make_optimizer(cfg.optim, 4)
+    with mesh:
+        trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=100, max_steps=4),
+                             metrics_logger=MetricsLogger(), throughput=Throughput()).with_loss_fn(completion_loss)
+        trainer.train(train_batches(data, 2, [128, 256, 512], 0))
+    delta = np.asarray(model.embedder.row_delta.value)
+    assert np.abs(delta).sum() > 0, "the <start_of_turn>/<end_of_turn> rows were trained"
+    assert np.array_equal(np.asarray(model.embedder.input_embedding.value), table), "the rest stays frozen"
+    # Same logits as a plain model whose table has the delta merged into rows 105/106.
+    x = jnp.asarray([[2, 105, 40, 41, 106, 107]])
+    T = x.shape[1]
+    args = (x, jnp.arange(T)[None], None, jnp.tril(jnp.ones((1, T, T), bool)))
+    with_delta, _ = model(*args)
+    merged = model.embedder.merged_table()
+    model.embedder.input_embedding.value = merged
+    model.embedder.row_delta.value = jnp.zeros_like(model.embedder.row_delta.value)
+    plain, _ = model(*args)
+    np.testing.assert_allclose(np.asarray(with_delta), np.asarray(plain), atol=1e-4)

@@ -44,6 +44,26 @@ def wandb_group(cfg: DictConfig) -> str | None:
     return None
 
 
+def resolve_init_from(value: str) -> str:
+    """A checkpoint path, or the name of an experiment (experiments/<name>.yaml) whose latest
+    run under outputs/ or multirun/ is used."""
+    p = Path(value).expanduser()
+    if p.exists():
+        return str(p)
+    runs = []
+    for base in (Path("outputs"), Path("multirun")):
+        for overrides in base.glob("**/.hydra/overrides.yaml"):
+            text = overrides.read_text()
+            if f"experiments={value}" in text and (overrides.parent.parent / "checkpoints").is_dir():
+                runs.append(overrides.parent.parent)
+    if not runs:
+        from gemma_tool_use.weights import WeightsError
+
+        raise WeightsError(f"train.init_from={value!r}: neither a checkpoint path nor an experiment with a "
+                                "finished run under outputs/ or multirun/")
+    return str(max(runs, key=lambda r: r.stat().st_mtime))
+
+
 def run(cfg: DictConfig) -> float:
     prepare_runtime(cfg.tpu)  # before JAX starts: simulated devices, multi-host init
 
@@ -67,6 +87,12 @@ def run(cfg: DictConfig) -> float:
     log.info("data %s: %d train rows, %d val rows", cfg.data.name, len(train_set.examples),
              len(val_set.examples) if val_set else 0)
 
+    if cfg.train.init_from:  # e.g. sft_full starting from an sft_small run (weights only, fresh optimizer)
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.model.lora_checkpoint = resolve_init_from(cfg.train.init_from)
+        log.info("initialising from %s", cfg.model.lora_checkpoint)
     model = build_model(cfg.model, mesh, cfg.seed)
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.max_steps)
     accum = int(cfg.train.grad_accum_steps)
