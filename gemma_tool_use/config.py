@@ -188,8 +188,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 50
     max_checkpoints_to_keep: int = 2
     resume: bool = True
-    # Checkpoint to start from (a path); null = the base weights.
+    # Weights to start from: a run dir / checkpoint path, or an experiment name; null = the base.
     init_from: Optional[str] = None
+    # After training: write merged weights as a Hugging Face checkpoint (<run dir>/merged_hf).
+    export_merged: bool = False
 
 
 @dataclass

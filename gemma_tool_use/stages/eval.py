@@ -185,61 +185,70 @@ def git_commit() -> str | None:
         return None
 
 
+def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker) -> dict:
+    """BFCL on `cfg.eval.categories` for an already built model; writes the reports into out_dir."""
+    from tqdm import tqdm
+
+    from gemma_tool_use import bfcl
+    from gemma_tool_use.generate import Generator, SamplingParams
+
+    categories = bfcl.check_categories(cfg.eval.categories)
+    not_run = {c: bfcl.NOT_RUN[c] for c in cfg.eval.categories if c in bfcl.NOT_RUN}
+    g = cfg.generation
+    # An eval never aborts on one long prompt: such entries are skipped and scored invalid.
+    overlength = "skip" if g.overlength == "error" else g.overlength
+    t_start = time.time()
+    generator = Generator(model, tokenizer, batch_size=g.batch_size, max_prompt_len=g.max_prompt_len,
+                          overlength=overlength, max_batch_tokens=g.max_batch_tokens)
+    params = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
+                            top_p=g.top_p, seed=cfg.seed, stop_ids=tuple(g.stop_ids))
+    per_category = {}
+    with tqdm(total=0, unit="entry", dynamic_ncols=True) as progress:
+        for category in categories:
+            t0 = time.time()
+            res = evaluate_category(category, generator, tokenizer, params, out_dir / "bfcl" / f"{category}.jsonl",
+                                    cfg.eval, cfg.data.system_prompt, progress)
+            res["seconds"] = round(time.time() - t0, 1)
+            res["entries_per_s"] = round(res["generated_now"] / res["seconds"], 3) if res["generated_now"] else None
+            per_category[category] = res
+            log.info("%s: %.2f%% (%d/%d) in %.0fs", category, 100 * res["accuracy"], res["correct"],
+                     res["total_count"], res["seconds"])
+            tracker.log({f"bfcl/{category}": res["accuracy"]}, step=0)
+    summary = {
+        "model": cfg.model.name + (f" + {cfg.model.lora_checkpoint}" if cfg.model.lora_checkpoint else ""),
+        "commit": git_commit(),
+        "categories": per_category,
+        "aggregates": bfcl.aggregate(per_category),
+        "not_run": not_run,
+        "partial": bool(cfg.eval.limit or cfg.eval.ids),
+        "generation": OmegaConf.to_container(cfg.generation),
+        "total_seconds": round(time.time() - t_start, 1),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_reports(out_dir, summary)
+    tracker.summary({f"bfcl/{k}": v for k, v in summary["aggregates"].items() if isinstance(v, float)})
+    tracker.log_table("bfcl/table", ["category", "accuracy", "correct", "total"],
+                      [[c, v["accuracy"], v["correct"], v["total_count"]] for c, v in per_category.items()])
+    log.info("BFCL summary written to %s", out_dir / "summary.json")
+    return summary
+
+
 def run(cfg: DictConfig) -> float:
     from gemma_tool_use import bfcl
 
-    categories = bfcl.check_categories(cfg.eval.categories)  # config error before JAX starts
-    not_run = {c: bfcl.NOT_RUN[c] for c in cfg.eval.categories if c in bfcl.NOT_RUN}
+    bfcl.check_categories(cfg.eval.categories)  # config error before JAX starts
     prepare_runtime(cfg.tpu)
 
-    from tqdm import tqdm
-
-    from gemma_tool_use.generate import Generator, SamplingParams
     from gemma_tool_use.model import build_model, load_tokenizer_for
     from gemma_tool_use.tracking import Tracker
 
     run_dir = run_dir_of(cfg)
     mesh = build_mesh(cfg.tpu)
     tokenizer = load_tokenizer_for(cfg.model)
-    g = cfg.generation
-    # An eval never aborts on one long prompt: such entries are skipped and scored invalid.
-    overlength = "skip" if g.overlength == "error" else g.overlength
     config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    t_start = time.time()
     with Tracker(run_dir, cfg.tracking, config_dict, name=run_dir.name, group=wandb_group(cfg)) as tracker, mesh:
         model = build_model(cfg.model, mesh, cfg.seed)
-        generator = Generator(model, tokenizer, batch_size=g.batch_size, max_prompt_len=g.max_prompt_len,
-                              overlength=overlength, max_batch_tokens=g.max_batch_tokens)
-        params = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                                top_p=g.top_p, seed=cfg.seed, stop_ids=tuple(g.stop_ids))
-        per_category = {}
-        with tqdm(total=0, unit="entry", dynamic_ncols=True) as progress:
-            for category in categories:
-                t0 = time.time()
-                res = evaluate_category(category, generator, tokenizer, params, run_dir / "bfcl" / f"{category}.jsonl",
-                                        cfg.eval, cfg.data.system_prompt, progress)
-                res["seconds"] = round(time.time() - t0, 1)
-                res["entries_per_s"] = round(res["generated_now"] / res["seconds"], 3) if res["generated_now"] else None
-                per_category[category] = res
-                log.info("%s: %.2f%% (%d/%d) in %.0fs", category, 100 * res["accuracy"], res["correct"],
-                         res["total_count"], res["seconds"])
-                tracker.log({f"bfcl/{category}": res["accuracy"]}, step=0)
-        summary = {
-            "model": cfg.model.name + (f" + LoRA {cfg.model.lora_checkpoint}" if cfg.model.lora_checkpoint else ""),
-            "commit": git_commit(),
-            "overrides": list(OmegaConf.to_container(cfg.get("_overrides_", [])) if "_overrides_" in cfg else []),
-            "categories": per_category,
-            "aggregates": bfcl.aggregate(per_category),
-            "not_run": not_run,
-            "partial": bool(cfg.eval.limit or cfg.eval.ids),
-            "generation": OmegaConf.to_container(cfg.generation),
-            "total_seconds": round(time.time() - t_start, 1),
-        }
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        write_reports(run_dir, summary)
-        tracker.summary({f"bfcl/{k}": v for k, v in summary["aggregates"].items() if isinstance(v, float)})
-        tracker.log_table("bfcl/table", ["category", "accuracy", "correct", "total"],
-                          [[c, v["accuracy"], v["correct"], v["total_count"]] for c, v in per_category.items()])
-        log.info("BFCL summary written to %s", run_dir / "summary.json")
-    accs = [v["accuracy"] for v in per_category.values()]
+        summary = evaluate_model(cfg, model, tokenizer, run_dir, tracker)
+    accs = [v["accuracy"] for v in summary["categories"].values()]
     return sum(accs) / len(accs) if accs else 0.0

@@ -149,7 +149,18 @@ def run(cfg: DictConfig) -> float:
             "final_lr": float(schedule(trainer.train_steps)),
             "checkpoint_dir": training_config.checkpoint_root_directory,
         }
+        if cfg.train.export_merged:
+            from gemma_tool_use.export import export_hf
+
+            out = export_hf(model, cfg.model, run_dir / "merged_hf", tokenizer.source if Path(tokenizer.source).is_file() else None)
+            summary["merged_hf"] = str(out)
+        if cfg.eval.run_after_training:  # BFCL on the trained model; its summary lands beside the checkpoint
+            from gemma_tool_use.stages.eval import evaluate_model
+
+            bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker)
+            summary["bfcl"] = {k: v for k, v in bfcl_summary["aggregates"].items() if k != "missing"}
+            summary["bfcl_categories"] = {c: v["accuracy"] for c, v in bfcl_summary["categories"].items()}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        tracker.summary(summary)
+        tracker.summary({k: v for k, v in summary.items() if not isinstance(v, dict)})
         log.info("done: %s", json.dumps(summary))
     return summary["final_val_loss"] if summary["final_val_loss"] is not None else summary["final_train_loss"]
