@@ -39,13 +39,28 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         log.error("config error: %s", e)
         sys.exit(2)
     try:
-        return run_stage(cfg)
+        value = run_stage(cfg)
+        _write_job_result(value)
+        return value
     except StageNotBuilt as e:
         log.error("%s", e)
         sys.exit(3)
     except (WeightsError, PredictInputError, BfclError) as e:  # user-facing input problems: no traceback
         log.error("%s", e)
         sys.exit(4)
+
+
+def _write_job_result(value) -> None:
+    """The stage's return value beside its outputs (read by the subprocess launcher)."""
+    import json
+    import os
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir) / "job_result.json"
+    out.write_text(json.dumps({"value": value if isinstance(value, (int, float)) or value is None else str(value),
+                               "pid": os.getpid()}))
 
 
 def main() -> None:

@@ -54,6 +54,8 @@ class Tracker:
             reinit="finish_previous",  # one process, several jobs (multirun): never reuse a run
         )
         log.info("W&B %s run %s in %s (%.1fs)", self.mode, run.id, run.dir, time.time() - t0)
+        (self.run_dir / "wandb_run.json").write_text(json.dumps(
+            {"id": run.id, "group": run.group, "project": cfg.project, "mode": self.mode, "dir": run.dir}))
         return run
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
