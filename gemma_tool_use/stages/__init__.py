@@ -28,7 +28,7 @@ STAGES: dict[str, str | None] = {
 
 
 def run_stage(cfg: DictConfig):
-    name = str(cfg.stage.name.value if hasattr(cfg.stage.name, "value") else cfg.stage.name)
+    name = str(cfg.stage.name)  # StageName prints as its value
     target = STAGES.get(name)
     if target is None:
         built = ", ".join(k for k, v in STAGES.items() if v)

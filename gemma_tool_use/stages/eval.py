@@ -75,8 +75,8 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
                                 system_prompt, progress)
         return category_result(out_path, entries, len(todo), eval_cfg)
     kwargs = {} if system_prompt is None else {"system_prompt": system_prompt}
-    prompts = {e["id"]: render_conversation(bfcl.entry_conversation(e), tokenizer, add_generation_prompt=True,
-                                            **kwargs).ids for e in todo}
+    convs = {e["id"]: bfcl.entry_conversation(e) for e in todo}
+    prompts = {i: render_conversation(c, tokenizer, add_generation_prompt=True, **kwargs).ids for i, c in convs.items()}
     todo.sort(key=lambda e: len(prompts[e["id"]]))  # similar lengths share a bucket
     chunk = max(1, generator.batch_size) * 4  # results hit the disk every few batches (resume)
     with out_path.open("a", encoding="utf-8") as f:
@@ -84,7 +84,7 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
             part = todo[s : s + chunk]
             results = generator.generate_ids([prompts[e["id"]] for e in part], params)
             for e, r in zip(part, results):
-                parsed = parse_model_output(r.text, bfcl.entry_conversation(e)["tools"])
+                parsed = parse_model_output(r.text, convs[e["id"]]["tools"])
                 if r.stop_reason == "skipped_overlength":
                     verdict = {"valid": False, "error_type": "prompt_too_long",
                                "error": [f"{r.prompt_tokens} prompt tokens > generation.max_prompt_len"]}

@@ -105,7 +105,7 @@ def run(cfg: DictConfig) -> float:
             save_interval_steps=int(cfg.train.checkpoint_every_steps),
             max_to_keep=int(cfg.train.max_checkpoints_to_keep),
         ),
-        pbar_description=str(cfg.stage.name.value if hasattr(cfg.stage.name, "value") else cfg.stage.name),
+        pbar_description=str(cfg.stage.name),
     )
     if not cfg.train.resume and any((run_dir / "checkpoints").glob("*")):
         raise RuntimeError(f"{run_dir}/checkpoints exists and train.resume=false; use a fresh hydra.run.dir")
