@@ -1,0 +1,93 @@
+"""Our completion-only loss against tunix's default loss on the same batch and model:
+step time, tokens/s and peak memory of one LoRA train step on the real Gemma 3 270M.
+
+    .venv/bin/python scripts/bench_train_step.py --loss ours --out experiments/train_step_bench/ours.json
+    .venv/bin/python scripts/bench_train_step.py --loss tunix --out experiments/train_step_bench/tunix.json
+
+One loss per process, so each peak-RSS figure belongs to one loss only.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--loss", choices=["ours", "tunix"], required=True)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+    from tunix.sft import peft_trainer
+    from tunix.sft import utils as sft_utils
+    from tunix.sft.metrics_logger import MetricsLogger
+
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.data.batching import collate, tokenize_conversations
+    from gemma_tool_use.data.conversations import load_jsonl_conversations
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model, load_tokenizer_for
+    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
+
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["model=gemma3_270m"])
+    mesh = build_mesh(cfg.tpu)
+    model = build_model(cfg.model, mesh, 0)
+    tok = load_tokenizer_for(cfg.model)
+    rows = load_jsonl_conversations("tiny/train.jsonl")
+    data = tokenize_conversations(rows, tok, max_length=args.seq)
+    batch = collate([data.examples[i % len(data.examples)] for i in range(args.batch)], [args.seq])
+    batch["input_tokens"] = np.where(batch["input_mask"], batch["input_tokens"], 0)
+
+    def tunix_loss(model, input_tokens, input_mask, target_positions, target_ids, target_weights):
+        # tunix's default: full-vocabulary logits at every position and a one-hot target.
+        positions = sft_utils.build_positions_from_mask(input_mask)
+        attn = sft_utils.make_causal_attn_mask(input_mask)
+        logits, _ = model(input_tokens, positions, None, attn)
+        logits = logits[:, :-1, :]
+        loss_mask = jnp.zeros(input_tokens.shape, jnp.float32).at[
+            jnp.arange(input_tokens.shape[0])[:, None], target_positions + 1].max(target_weights)[:, 1:]
+        one_hot = jax.nn.one_hot(input_tokens[:, 1:], logits.shape[-1]) * loss_mask[..., None]
+        return -jnp.sum(jax.nn.log_softmax(logits) * one_hot) / (jnp.sum(loss_mask) + 1e-8)
+
+    opt, _ = make_optimizer(cfg.optim, 100)
+    times = []
+    with mesh:
+        trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=10**6, max_steps=args.steps + 1),
+                             metrics_logger=MetricsLogger(), throughput=Throughput())
+        trainer.with_loss_fn(completion_loss if args.loss == "ours" else tunix_loss)
+        step, _ = trainer.jit_train_and_eval_step()
+        for i in range(args.steps + 1):
+            t0 = time.perf_counter()
+            loss, _, _ = step(batch)
+            jax.block_until_ready(loss)
+            times.append(time.perf_counter() - t0)
+    warm = times[1:]
+    tokens = int(batch["input_mask"].sum())
+    out = {"loss_fn": args.loss, "batch": args.batch, "seq_len": args.seq, "tokens_per_step": tokens,
+           "target_tokens_per_step": int(batch["target_weights"].sum()), "first_step_s_incl_compile": round(times[0], 2),
+           "median_step_s": round(float(np.median(warm)), 3), "tokens_per_s": round(tokens / float(np.median(warm)), 1),
+           "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2),
+           "loss": float(loss), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
