@@ -163,3 +163,22 @@ def test_trainable_embedding_rows_train_and_match_a_merged_table(tokenizer):
     model.embedder.row_delta.value = jnp.zeros_like(model.embedder.row_delta.value)
     plain, _ = model(*args)
     np.testing.assert_allclose(np.asarray(with_delta), np.asarray(plain), atol=1e-4)
+
+
+def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
+    args = [sys.executable, "-m", "gemma_tool_use", "experiments=tiny_smoke", "train.max_steps=200",
+            "train.checkpoint_every_steps=1000", "tracking=disabled", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 180
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.is_file() and sum(1 for line in metrics.read_text().splitlines() if "train/loss" in line) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    log = (tmp_path / "gemma_tool_use.log").read_text()
+    assert proc.returncode != 0 and "checkpoint saved" in log, err[-2000:]
+    steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert steps and max(steps) >= 3, "no interval checkpoint was due, yet the work is on disk"

@@ -125,7 +125,16 @@ def run(cfg: DictConfig) -> float:
         train_iter = train_batches(train_set, int(cfg.train.batch_size), buckets, int(cfg.seed))
         val = eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches)) if val_set else None
         t_train = time.time()
-        trainer.train(train_iter, val)
+        try:
+            trainer.train(train_iter, val)
+        except KeyboardInterrupt:
+            # Ctrl-C loses nothing: save the steps done since the last checkpoint, then stop.
+            trainer._throttler.wait_for_all()
+            trainer._save_last_checkpoint()
+            trainer.checkpoint_manager.close()
+            log.warning("interrupted at step %d; checkpoint saved, re-run with hydra.run.dir=%s to resume",
+                        trainer.train_steps, run_dir)
+            raise
         train_seconds = time.time() - t_train
 
         logger = trainer.metrics_logger
