@@ -194,6 +194,7 @@ def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker) ->
 
     categories = bfcl.check_categories(cfg.eval.categories)
     not_run = {c: bfcl.NOT_RUN[c] for c in cfg.eval.categories if c in bfcl.NOT_RUN}
+    commit = git_commit()  # the code that runs, not HEAD when the run ends
     g = cfg.generation
     # An eval never aborts on one long prompt: such entries are skipped and scored invalid.
     overlength = "skip" if g.overlength == "error" else g.overlength
@@ -216,7 +217,7 @@ def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker) ->
             tracker.log({f"bfcl/{category}": res["accuracy"]}, step=0)
     summary = {
         "model": cfg.model.name + (f" + {cfg.model.lora_checkpoint}" if cfg.model.lora_checkpoint else ""),
-        "commit": git_commit(),
+        "commit": commit,
         "categories": per_category,
         "aggregates": bfcl.aggregate(per_category),
         "not_run": not_run,
