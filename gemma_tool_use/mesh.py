@@ -31,6 +31,14 @@ def prepare_runtime(tpu_cfg) -> None:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
+    cache_dir = getattr(tpu_cfg, "compilation_cache_dir", None)
+    if cache_dir:
+        cache_dir = os.path.expanduser(str(cache_dir))
+        os.makedirs(cache_dir, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        # Only programs that took a while to compile: the cache stays small and tiny
+        # test programs do not churn it.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
     if tpu_cfg.distributed and not _distributed_initialized():
         kwargs = {}
         if tpu_cfg.coordinator_address:

@@ -93,3 +93,24 @@ def test_multi_host_initialisation_with_a_local_coordinator():
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out == {"initialized": True, "processes": 1, "devices": 2, "mesh": {"fsdp": 2, "tp": 1}}
+
+
+def test_compilation_cache_is_written_and_shared_across_processes(tmp_path):
+    # Two fresh processes compile the same program: the first writes the persistent cache
+    # entry, the second finds it (no second entry for the same program).
+    code = f"""
+import time, jax, jax.numpy as jnp
+from omegaconf import OmegaConf
+from gemma_tool_use.mesh import prepare_runtime
+prepare_runtime(OmegaConf.create({{"simulated_devices": 0, "platform": "cpu", "distributed": False,
+                                   "compilation_cache_dir": "{tmp_path}/cache"}}))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+print(float(f(jnp.ones((64, 64)))))
+"""
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+        assert out.returncode == 0, out.stderr[-2000:]
+    entries = [p.name for p in (tmp_path / "cache").iterdir() if "-cache" in p.name or p.is_file()]
+    assert entries, "no compilation cache entries written"
+    assert len([e for e in entries if e.startswith("jit__lambda")]) == 1, entries

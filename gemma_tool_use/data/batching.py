@@ -89,17 +89,41 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def train_batches(data: TokenizedSet, batch_size: int, length_buckets, seed: int) -> Iterator[dict]:
-    """Endless, deterministic stream of shuffled batches (drops each epoch's ragged tail
-    unless the set is smaller than one batch, in which case rows repeat)."""
-    n = len(data.examples)
+def length_grouped_batches(lengths, batch_size: int, seed: int, epoch: int,
+                           group_batches: int = 16) -> list[np.ndarray]:
+    """One epoch of shuffled batches whose rows have similar lengths.
+
+    A random permutation is cut into windows of `group_batches` batches; each window is
+    sorted by length and cut into batches, and the batch order is shuffled again. With
+    random batches of 8, almost every batch holds one row > 512 tokens and pads to the
+    1024 bucket; grouped, most batches stay in their own bucket (HF's group_by_length).
+    Pure function of (seed, epoch), so a resumed run replays the same batches."""
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if n < batch_size:
+        return [np.resize(order, batch_size)]
+    window = batch_size * max(1, group_batches)
+    batches = []
+    for w in range(0, n, window):
+        chunk = order[w : w + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[s : s + batch_size] for s in range(0, len(chunk) - batch_size + 1, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def train_batches(data: TokenizedSet, batch_size: int, length_buckets, seed: int,
+                  group_batches: int = 16) -> Iterator[dict]:
+    """Endless, deterministic stream of shuffled, length-grouped batches (see
+    `length_grouped_batches`; `group_batches=1` = plain random batches). Each epoch drops
+    the ragged tail of every window unless the set is smaller than one batch, in which
+    case rows repeat."""
+    lengths = [len(e) for e in data.examples]
     epoch = 0
     while True:
-        order = epoch_order(n, seed, epoch)
-        if n < batch_size:
-            order = np.resize(order, batch_size)
-        for s in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate([data.examples[i] for i in order[s : s + batch_size]], length_buckets)
+        for idx in length_grouped_batches(lengths, batch_size, seed, epoch, group_batches):
+            yield collate([data.examples[i] for i in idx], length_buckets)
         epoch += 1
 
 

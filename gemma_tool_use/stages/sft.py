@@ -122,7 +122,8 @@ def run(cfg: DictConfig) -> float:
         start_step = trainer.train_steps
         if start_step:
             log.info("resumed from checkpoint at step %d", start_step)
-        train_iter = train_batches(train_set, int(cfg.train.batch_size), buckets, int(cfg.seed))
+        train_iter = train_batches(train_set, int(cfg.train.batch_size), buckets, int(cfg.seed),
+                                   int(cfg.train.length_group_batches))
         val = eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches)) if val_set else None
         t_train = time.time()
         try:
