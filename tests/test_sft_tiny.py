@@ -83,12 +83,13 @@ def test_resume_after_kill_continues_the_same_curve(full_run, tmp_path):
         assert loss == pytest.approx(full_losses[step], abs=1e-4), step
 
 
-def test_only_trainable_params_change(tokenizer):
-    import jax
-    from flax import nnx
+def _train_tiny_in_process(tokenizer, overrides, steps):
+    """Build the tiny default model from the composed config, snapshot its parameters and run
+    `steps` completion-loss steps on the bundled tiny data; returns (model, snapshot before)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from tunix.sft import peft_trainer
+    from tunix.sft.metrics_logger import MetricsLogger
 
     from gemma_tool_use.config import register_configs
     from gemma_tool_use.data.batching import tokenize_conversations, train_batches
@@ -97,62 +98,49 @@ def test_only_trainable_params_change(tokenizer):
     from gemma_tool_use.model import build_model
     from gemma_tool_use.paths import conf_dir
     from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
-    from tunix.sft.metrics_logger import MetricsLogger
 
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["optim.lr=1e-2", "optim.schedule=constant"])
+        cfg = compose("config", overrides=overrides)
     mesh = build_mesh(cfg.tpu)
     model = build_model(cfg.model, mesh, 0)
-    frozen_before = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.LoRAParam)))
-    lora_before = jax.tree.map(np.asarray, nnx.state(model, nnx.LoRAParam))
+    snapshot = _snapshot(model)
     data = tokenize_conversations(load_jsonl_conversations("tiny/train.jsonl"), tokenizer, max_length=512)
-    opt, _ = make_optimizer(cfg.optim, 5)
+    opt, _ = make_optimizer(cfg.optim, steps)
     with mesh:
-        trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=100, max_steps=5),
+        trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=100, max_steps=steps),
                              metrics_logger=MetricsLogger(), throughput=Throughput()).with_loss_fn(completion_loss)
         trainer.train(train_batches(data, 2, [128, 256, 512], 0))
-    frozen_after = jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.LoRAParam)))
-    lora_after = jax.tree.map(np.asarray, nnx.state(model, nnx.LoRAParam))
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(frozen_after)))
-    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(lora_before), jax.tree.leaves(lora_after))]
+    return model, snapshot
+
+
+def _snapshot(model):
+    import jax
+    from flax import nnx
+
+    return {"frozen": jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.LoRAParam))),
+            "lora": jax.tree.map(np.asarray, nnx.state(model, nnx.LoRAParam)),
+            "table": np.asarray(model.embedder.input_embedding.value)}
+
+
+def test_only_trainable_params_change(tokenizer):
+    import jax
+
+    model, before = _train_tiny_in_process(tokenizer, ["optim.lr=1e-2", "optim.schedule=constant"], 5)
+    after = _snapshot(model)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["frozen"]), jax.tree.leaves(after["frozen"])))
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["lora"]), jax.tree.leaves(after["lora"]))]
     assert len(changed) > 0 and all(changed), "every LoRA matrix (incl. MLP ones) receives updates"
 
 
 def test_trainable_embedding_rows_train_and_match_a_merged_table(tokenizer):
-    import jax
     import jax.numpy as jnp
-    from flax import nnx
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from tunix.sft import peft_trainer
-    from tunix.sft.metrics_logger import MetricsLogger
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.data.batching import tokenize_conversations, train_batches
-    from gemma_tool_use.data.conversations import load_jsonl_conversations
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
-    from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["model.train_token_ids=[105,106]", "optim.lr=1e-2"])
-    mesh = build_mesh(cfg.tpu)
-    model = build_model(cfg.model, mesh, 0)
-    table = np.asarray(model.embedder.input_embedding.value)
-    data = tokenize_conversations(load_jsonl_conversations("tiny/train.jsonl"), tokenizer, max_length=512)
-    opt, _ = make_optimizer(cfg.optim, 4)
-    with mesh:
-        trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=100, max_steps=4),
-                             metrics_logger=MetricsLogger(), throughput=Throughput()).with_loss_fn(completion_loss)
-        trainer.train(train_batches(data, 2, [128, 256, 512], 0))
+    model, before = _train_tiny_in_process(tokenizer, ["model.train_token_ids=[105,106]", "optim.lr=1e-2"], 4)
     delta = np.asarray(model.embedder.row_delta.value)
     assert np.abs(delta).sum() > 0, "the <start_of_turn>/<end_of_turn> rows were trained"
-    assert np.array_equal(np.asarray(model.embedder.input_embedding.value), table), "the rest stays frozen"
+    assert np.array_equal(np.asarray(model.embedder.input_embedding.value), before["table"]), "the rest stays frozen"
     # Same logits as a plain model whose table has the delta merged into rows 105/106.
     x = jnp.asarray([[2, 105, 40, 41, 106, 107]])
     T = x.shape[1]

@@ -94,9 +94,11 @@ _ARRAY_TYPES = {"list", "array", "tuple", "set", "frozenset", "sequence", "itera
 _OBJECT_TYPES = {"dict", "object", "mapping", "map", "json"}
 
 
-def _split_top(text: str, sep: str = ",") -> list[str]:
-    """Split at `sep` outside brackets and quotes."""
-    parts, depth, quote, start, i = [], 0, None, 0, 0
+def _top_level(text: str, stops: str, start: int = 0):
+    """Indices of `stops` chars outside brackets and quoted strings, from `start` on. A
+    closing bracket in `stops` is reported at depth 0, i.e. when it closes the text's own
+    level (how a call's closing parenthesis is found)."""
+    depth, quote, i = 0, None, start
     while i < len(text):
         c = text[i]
         if quote:
@@ -106,16 +108,24 @@ def _split_top(text: str, sep: str = ",") -> list[str]:
                 quote = None
         elif c in "\"'":
             quote = c
+        elif c in stops and depth == 0:
+            yield i
         elif c in "([{":
             depth += 1
         elif c in ")]}":
             depth -= 1
-        elif c == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
         i += 1
-    parts.append(text[start:])
-    return parts
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """Split at `sep` outside brackets and quotes."""
+    cuts = [-1, *_top_level(text, sep), len(text)]
+    return [text[a + 1:b] for a, b in zip(cuts, cuts[1:])]
+
+
+def _scan_to(text: str, start: int, stop: str) -> int:
+    """Index of the first `stop` char at depth 0 from `start`, skipping quoted strings; -1 if none."""
+    return next(_top_level(text, stop, start), -1)
 
 
 def python_type_to_schema(type_name: str) -> dict:
@@ -259,28 +269,6 @@ def _loads(text: Any, what: str, reason: str = "bad_json") -> Any:
         return parse_python_literal(text)
     except ValueError:
         raise ConversionError(reason, f"{what} is neither JSON nor a literal: {text[:120]!r}") from None
-
-
-def _scan_to(text: str, start: int, stop: str) -> int:
-    """Index of the first `stop` char at depth 0 from `start`, skipping quoted strings; -1 if none."""
-    depth, quote, i = 0, None, start
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == "\\":
-                i += 1
-            elif c == quote:
-                quote = None
-        elif c in "\"'":
-            quote = c
-        elif c in stop and depth == 0:
-            return i
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        i += 1
-    return -1
 
 
 def parse_python_calls(text: str) -> list[dict]:

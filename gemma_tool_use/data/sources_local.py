@@ -977,6 +977,18 @@ def _function_calls(text: Any) -> list[dict]:
     return [_call(v) for v in values]
 
 
+def _llamafactory_row(obj: Any, turns_key: str) -> tuple[list, list[dict]]:
+    """(the non-empty turn list under `turns_key`, the tools) of a LLaMA-Factory row."""
+    if not isinstance(obj, dict):
+        raise _Skip("malformed_json", f"row is a {type(obj).__name__}")
+    turns = obj.get(turns_key)
+    if not isinstance(turns, list):
+        raise _Skip("missing_field", f"row has no {turns_key!r}")
+    if not turns:
+        raise _Skip("empty", f"no {turns_key}")
+    return turns, _tools_field(obj.get("tools"))
+
+
 def load_glaive(root: Path, lang: str, report: LoadReport, strict: bool = False) -> list[dict]:
     """LLaMA-Factory glaive_toolcall_{en,zh}_demo.json: ShareGPT turns human / gpt /
     function_call / observation; tools as a JSON string."""
@@ -985,14 +997,7 @@ def load_glaive(root: Path, lang: str, report: LoadReport, strict: bool = False)
     path = _file(Path(root), _GLAIVE_FILES[lang])
 
     def convert(obj):
-        if not isinstance(obj, dict):
-            raise _Skip("malformed_json", f"row is a {type(obj).__name__}")
-        turns = obj.get("conversations")
-        if not isinstance(turns, list):
-            raise _Skip("missing_field", "row has no 'conversations'")
-        if not turns:
-            raise _Skip("empty", "no turns")
-        tools = _tools_field(obj.get("tools"))
+        turns, tools = _llamafactory_row(obj, "conversations")
         messages: list[dict] = []
         if isinstance(obj.get("system"), str) and obj["system"].strip():
             messages.append({"role": "system", "content": obj["system"].strip()})
@@ -1048,14 +1053,7 @@ def load_reason_tool_use(root: Path, report: LoadReport, strict: bool = False) -
     path = _file(Path(root), "llamafactory/reason_tool_use_demo_50.jsonl")
 
     def convert(obj):
-        if not isinstance(obj, dict):
-            raise _Skip("malformed_json", f"row is a {type(obj).__name__}")
-        raw = obj.get("messages")
-        if not isinstance(raw, list):
-            raise _Skip("missing_field", "row has no 'messages'")
-        if not raw:
-            raise _Skip("empty", "no messages")
-        tools = _tools_field(obj.get("tools"))
+        raw, tools = _llamafactory_row(obj, "messages")
         messages: list[dict] = []
         pending: list[dict] = []
         for m in raw:
