@@ -159,6 +159,13 @@ def run(cfg: DictConfig) -> float:
             "final_lr": float(schedule(trainer.train_steps)),
             "checkpoint_dir": training_config.checkpoint_root_directory,
         }
+        try:  # a plot is a convenience: never lose a finished run over it
+            from gemma_tool_use.report import plot_training_curves
+
+            summary["loss_curve"] = str(plot_training_curves(run_dir / "metrics.jsonl", run_dir / "loss_curve.png",
+                                                              f"{cfg.stage.name}: {cfg.model.name}"))
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not draw the loss curve: %s", e)
         if cfg.train.export_merged:
             from gemma_tool_use.export import export_hf
 

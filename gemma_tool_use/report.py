@@ -1,0 +1,161 @@
+"""Run reports: the training-curve plot of one run, and BFCL before/after tables across runs.
+
+    python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
+    python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
+        sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
+
+The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
+its stage-by-stage table (Markdown + PNG, one bar group per category).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines):  # only a run killed mid-write may leave a torn (last) line
+                raise ValueError(f"{path}: line {n} is not JSON") from None
+    return rows
+
+
+def plot_training_curves(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
+    """Train loss (raw and smoothed), validation loss and learning rate against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = sorted((r["step"], r["train/loss"]) for r in rows if "train/loss" in r)
+    val = sorted((r["step"], r["eval/loss"]) for r in rows if "eval/loss" in r)
+    lr = sorted((r["step"], r["train/learning_rate"]) for r in rows if "train/learning_rate" in r)
+    if not train and not val:
+        raise ValueError(f"{metrics_path}: no train/loss or eval/loss records to plot")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train loss (per step)")
+        k = min(len(losses), max(5, len(losses) // 10))  # moving mean over ~10% of the run
+        smooth = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, smooth, color="tab:blue", lw=2, label=f"train loss (mean of {k})")
+    if val:
+        ax.plot(*zip(*val), "o-", color="tab:red", lw=2, label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.grid(alpha=0.3)
+    if lr:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*lr), color="gray", ls="--", lw=1, label="learning rate")
+        ax2.set_ylabel("learning rate")
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
+    labels = [lab for a in fig.axes for lab in a.get_legend_handles_labels()[1]]
+    ax.legend(handles, labels, fontsize=8, loc="upper right")
+    ax.set_title(title or Path(metrics_path).parent.name)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
+    """Per-category BFCL accuracy of several runs side by side (`bfcl_compare.{md,json,png}`).
+    Categories missing from a run show as '-'; counts come from each summary.json."""
+    loaded = {}
+    for name, path in summaries.items():
+        p = Path(path)
+        if p.is_dir():
+            p = p / "summary.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"{name}: no BFCL summary.json at {path}")
+        loaded[name] = json.loads(p.read_text())
+    cats = list(dict.fromkeys(c for s in loaded.values() for c in s["categories"]))
+    header = "| category | " + " | ".join(loaded) + " |"
+    lines = [header, "|" + "---|" * (len(loaded) + 1)]
+    table = {}
+    for c in cats:
+        cells = []
+        for name, s in loaded.items():
+            v = s["categories"].get(c)
+            table.setdefault(name, {})[c] = v and {k: v[k] for k in ("accuracy", "correct", "total_count")}
+            cells.append("-" if v is None else f"{100 * v['accuracy']:.2f} ({v['correct']}/{v['total_count']})")
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    agg_keys = list(dict.fromkeys(k for s in loaded.values() for k, v in s.get("aggregates", {}).items()
+                                  if isinstance(v, (int, float))))
+    for k in agg_keys:
+        cells = [s.get("aggregates", {}).get(k) for s in loaded.values()]
+        lines.append(f"| **{k}** | " + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in cells) + " |")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bfcl_compare.md").write_text("\n".join(lines) + "\n")
+    result = {"runs": {n: {"commit": s.get("commit"), "categories": table[n],
+                           "aggregates": {k: s.get("aggregates", {}).get(k) for k in agg_keys}}
+                       for n, s in loaded.items()}}
+    (out_dir / "bfcl_compare.json").write_text(json.dumps(result, indent=2))
+    _plot_compare(loaded, cats, out_dir / "bfcl_compare.png")
+    return result
+
+
+def _plot_compare(loaded: dict, cats: list[str], out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cats) * max(1, len(loaded)) / 2), 4))
+    width = 0.8 / max(1, len(loaded))
+    for i, (name, s) in enumerate(loaded.items()):
+        xs = [j + i * width for j in range(len(cats))]
+        ys = [100 * s["categories"][c]["accuracy"] if c in s["categories"] else 0 for c in cats]
+        bars = ax.bar(xs, ys, width, label=name)
+        for x, y, c in zip(xs, ys, cats):
+            if c in s["categories"]:
+                ax.text(x, y + 1, f"{y:.0f}", ha="center", fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], cats, rotation=25, ha="right")
+    ax.set_ylabel("BFCL accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gemma_tool_use.report", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("curves", help="loss/LR curve of one run dir (reads metrics.jsonl)")
+    c.add_argument("run_dir")
+    c.add_argument("--out", default=None, help="PNG path (default: <run_dir>/loss_curve.png)")
+    m = sub.add_parser("compare", help="BFCL accuracy of runs side by side")
+    m.add_argument("runs", nargs="+", help="name=path to a BFCL summary.json or the folder holding it")
+    m.add_argument("--out", required=True, help="output folder")
+    args = ap.parse_args(argv)
+    if args.cmd == "curves":
+        run = Path(args.run_dir)
+        print(plot_training_curves(run / "metrics.jsonl", args.out or run / "loss_curve.png"))
+    else:
+        pairs = {}
+        for item in args.runs:
+            if "=" not in item:
+                ap.error(f"expected name=path, got {item!r}")
+            name, path = item.split("=", 1)
+            pairs[name] = path
+        compare_bfcl(pairs, args.out)
+        print((Path(args.out) / "bfcl_compare.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""Run reports: training-curve plot and the BFCL before/after table."""
+
+import json
+
+import pytest
+
+from gemma_tool_use.report import compare_bfcl, main, plot_training_curves, read_metrics
+
+
+def _summary(path, acc, aggregates):
+    cats = {c: {"accuracy": a, "correct": int(a * 10), "total_count": 10} for c, a in acc.items()}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "summary.json").write_text(json.dumps({"commit": "abc", "categories": cats, "aggregates": aggregates}))
+    return path
+
+
+def test_curves_plot_reads_metrics_and_tolerates_a_torn_last_line(tmp_path):
+    lines = [{"step": 0, "eval/loss": 2.0}]
+    lines += [{"step": s, "train/loss": 2.0 / s, "train/learning_rate": 1e-4} for s in range(1, 30)]
+    text = "\n".join(json.dumps(r) for r in lines) + '\n{"step": 30, "train/lo'
+    (tmp_path / "metrics.jsonl").write_text(text)
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 30
+    out = plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "c.png")
+    assert out.stat().st_size > 5000
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_metrics(tmp_path / "metrics.jsonl")
+
+
+def test_compare_lines_up_categories_and_aggregates(tmp_path):
+    base = _summary(tmp_path / "base", {"simple_python": 0.0, "irrelevance": 1.0}, {"non_live": 0.0})
+    sft = _summary(tmp_path / "sft", {"simple_python": 0.5, "parallel": 0.2}, {"non_live": 0.35})
+    assert main(["compare", f"base={base}", f"sft={sft / 'summary.json'}", "--out", str(tmp_path / "cmp")]) == 0
+    md = (tmp_path / "cmp" / "bfcl_compare.md").read_text().splitlines()
+    assert md[0] == "| category | base | sft |"
+    assert "| simple_python | 0.00 (0/10) | 50.00 (5/10) |" in md
+    assert "| parallel | - | 20.00 (2/10) |" in md
+    assert "| **non_live** | 0.00 | 35.00 |" in md
+    assert (tmp_path / "cmp" / "bfcl_compare.png").stat().st_size > 5000
+    with pytest.raises(FileNotFoundError, match="nope"):
+        compare_bfcl({"nope": tmp_path / "missing"}, tmp_path / "x")
