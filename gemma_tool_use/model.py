@@ -38,6 +38,7 @@ class ToolGemma3(tunix_gemma3.Gemma3):
         *,
         images=None,
         logits_at=None,  # [B, K] int positions; None = logits at every position
+        return_hidden: bool = False,  # final-norm hidden states instead of logits (chunked losses)
     ):
         new_cache = None if cache is None else {}
         x = self._encode_and_get_inputs(tokens=last_tokens, images=images)
@@ -52,6 +53,8 @@ class ToolGemma3(tunix_gemma3.Gemma3):
         x = self.final_norm(x)
         if output_hidden_states:
             self.sow(nnx.Intermediate, "all_hidden_states", x)
+        if return_hidden:
+            return x, new_cache
         return self.embedder.decode(x), new_cache
 
 

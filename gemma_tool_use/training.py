@@ -19,17 +19,52 @@ from tunix.sft import peft_trainer
 from tunix.sft import utils as sft_utils
 
 
+# Loss positions per chunk of the vocabulary projection. A [positions, 262k] f32 logits block
+# (plus its gradient) is ~2 GiB per 1,000 positions; above this size the loss runs a scan over
+# chunks and recomputes each chunk's logits in the backward pass, so memory stays flat.
+LOSS_CHUNK = 512
+
+
 def completion_loss(model, input_tokens, input_mask, target_positions, target_ids, target_weights):
     """Mean next-token NLL over model-turn targets only.
 
-    Logits are computed at the K gathered target positions ([B, K, V]) instead of every
-    position ([B, T, V]); labels are integers (no one-hot over 262k classes)."""
+    Hidden states are gathered at the K target positions ([B, K, D]) instead of every position,
+    labels are integers (no one-hot over 262k classes), and the vocabulary projection runs in
+    chunks of LOSS_CHUNK positions (see above)."""
     positions = sft_utils.build_positions_from_mask(input_mask)
     attention_mask = sft_utils.make_causal_attn_mask(input_mask)
-    logits, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, target_ids[..., None], axis=-1)[..., 0]
+    hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions, return_hidden=True)
+    nll = chunked_nll(model.embedder, hidden, target_ids)
     return jnp.sum(nll * target_weights) / jnp.maximum(jnp.sum(target_weights), 1.0)
+
+
+def _head_nll(table, row_ids, row_delta, h, targets):
+    """-log p(target) for hidden states h [N, D] under the tied head (plus trained row deltas)."""
+    logits = jnp.dot(h, table.T)
+    if row_delta is not None:
+        logits = logits.at[..., row_ids].add(jnp.dot(h, row_delta.T))
+    logits = logits.astype(jnp.float32)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - target_logit
+
+
+def chunked_nll(embedder, hidden, target_ids, chunk: int | None = None):
+    """Per-position NLL [B, K] of `target_ids` given final hidden states [B, K, D]."""
+    chunk = LOSS_CHUNK if chunk is None else chunk
+    table = embedder.input_embedding.value
+    row_delta = getattr(embedder, "row_delta", None)
+    row_ids = embedder.row_ids.value if row_delta is not None else None
+    row_delta = row_delta.value if row_delta is not None else None
+    B, K, D = hidden.shape
+    n = B * K
+    if n <= chunk:
+        return _head_nll(table, row_ids, row_delta, hidden, target_ids)
+    pad = -n % chunk
+    h = jnp.pad(hidden.reshape(n, D), ((0, pad), (0, 0))).reshape(-1, chunk, D)
+    t = jnp.pad(target_ids.reshape(n), (0, pad)).reshape(-1, chunk)
+    step = jax.checkpoint(lambda hc, tc: _head_nll(table, row_ids, row_delta, hc, tc))
+    _, nll = jax.lax.scan(lambda carry, xs: (carry, step(*xs)), None, (h, t))
+    return nll.reshape(-1)[:n].reshape(B, K)
 
 
 def learning_rate_schedule(optim_cfg, max_steps: int) -> optax.Schedule:
