@@ -48,15 +48,28 @@ class Tracker:
 
         os.environ.setdefault("WANDB_SILENT", "true")
         t0 = time.time()
+        # A resumed run (same run dir) continues its W&B run: one curve, not one run per restart.
+        previous = self._previous_run_id(cfg)
         run = wandb.init(
             project=cfg.project, entity=cfg.entity, group=group or cfg.group, name=name,
             tags=list(cfg.tags), config=config, dir=str(self.run_dir), mode=self.mode,
             reinit="finish_previous",  # one process, several jobs (multirun): never reuse a run
+            **({"id": previous, "resume": "allow"} if previous else {}),
         )
-        log.info("W&B %s run %s in %s (%.1fs)", self.mode, run.id, run.dir, time.time() - t0)
+        log.info("W&B %s run %s in %s (%.1fs)%s", self.mode, run.id, run.dir, time.time() - t0,
+                 " (resumed)" if previous else "")
         (self.run_dir / "wandb_run.json").write_text(json.dumps(
             {"id": run.id, "group": run.group, "project": cfg.project, "mode": self.mode, "dir": run.dir}))
         return run
+
+    def _previous_run_id(self, cfg) -> str | None:
+        try:
+            prev = json.loads((self.run_dir / "wandb_run.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if prev.get("project") == cfg.project and prev.get("mode") == self.mode and prev.get("id"):
+            return str(prev["id"])
+        return None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         metrics = {k: _plain(v) for k, v in metrics.items()}
