@@ -117,7 +117,7 @@ def test_tiny_end_to_end_eval_resume_and_independent_rescoring(tmp_path):
     from bfcl_eval.eval_checker.eval_runner import evaluate_task
 
     cats = "eval.categories=[simple_python,multiple,parallel,irrelevance,multi_turn_base]"
-    common = ["stage=eval", cats, "eval.limit=3", "eval.ids=[simple_python_0,simple_python_1,simple_python_2,"
+    common = ["stage=eval", "model=tiny", cats, "eval.limit=3", "eval.ids=[simple_python_0,simple_python_1,simple_python_2,"
               "multiple_0,multiple_1,multiple_2,parallel_0,parallel_1,parallel_2,irrelevance_0,irrelevance_1,"
               "irrelevance_2,multi_turn_base_105]", "generation.max_new_tokens=8", "generation.batch_size=2",
               "generation.max_prompt_len=4096", "tracking=disabled", f"hydra.run.dir={tmp_path}"]

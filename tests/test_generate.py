@@ -23,7 +23,7 @@ def tiny_model():
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         # sliding window 16 so that prompts + generation cross it
-        cfg = compose("config", overrides=["model.arch.sliding_window_size=16", "model.lora.enabled=false"])
+        cfg = compose("config", overrides=["model=tiny", "model.arch.sliding_window_size=16", "model.lora.enabled=false"])
     return build_model(cfg.model, build_mesh(cfg.tpu), 0)
 
 
@@ -112,7 +112,7 @@ def test_works_with_lora_model(tokenizer):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config")
+        cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[]"])
     model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
     r = Generator(model, tokenizer, prompt_buckets=(8,), max_prompt_len=16).generate_ids(
         [PROMPTS[0]], SamplingParams(max_new_tokens=4, stop_ids=(-1,)))[0]

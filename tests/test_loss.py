@@ -21,7 +21,7 @@ def test_chunked_loss_matches_the_unchunked_loss_and_gradients(rows):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model.train_token_ids={rows}"])
+        cfg = compose("config", overrides=["model=tiny", f"model.train_token_ids={rows}"])
     model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
     rng = np.random.default_rng(0)
     B, T, K = 2, 16, 7

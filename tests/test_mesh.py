@@ -35,7 +35,7 @@ from gemma_tool_use.paths import conf_dir
 from gemma_tool_use.mesh import prepare_runtime, build_mesh
 register_configs()
 with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-    cfg = compose("config", overrides=["tpu.simulated_devices=4", "tpu.axis_sizes=[2,2]"])
+    cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[]", "tpu.simulated_devices=4", "tpu.axis_sizes=[2,2]"])
 prepare_runtime(cfg.tpu)
 import jax, jax.numpy as jnp
 from gemma_tool_use.model import build_model

@@ -25,7 +25,7 @@ def test_predict_with_sft_lora_checkpoint_and_bad_rows(tmp_path, tokenizer):
                    + "\n" + json.dumps(rows[1]) + "\n")
     out_dir = tmp_path / "pred"
     # model.lora.rank=4 (tiny default) differs from the run's rank 2: adopted from the run's config.
-    r = run_cli("stage=predict", f"predict.input_file={src}", f"model.lora_checkpoint={sft_dir}",
+    r = run_cli("stage=predict", "model=tiny", f"predict.input_file={src}", f"model.lora_checkpoint={sft_dir}",
                 "generation.max_new_tokens=8", "tracking=disabled", f"hydra.run.dir={out_dir}")
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stderr + r.stdout
@@ -52,7 +52,7 @@ def test_lora_checkpoint_restores_trained_adapters(tmp_path):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config")
+        cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[]"])
     mesh = build_mesh(cfg.tpu)
     fresh = nnx.state(build_model(cfg.model, mesh, 0), nnx.LoRAParam)
     cfg.model.lora_checkpoint = str(sft_dir / "checkpoints" / "2")
@@ -70,5 +70,5 @@ def test_sft_full_initialises_from_an_sft_small_run_by_experiment_name(tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stderr + r.stdout
     assert "initialising from outputs/sft_small/" in log and "loaded LoRA adapters (rank 4)" in log
-    r = run_cli("stage=sft_full", "train.init_from=no_such_experiment", "tracking=disabled", cwd=tmp_path)
+    r = run_cli("stage=sft_full", "model=tiny", "data=tiny", "train.init_from=no_such_experiment", "tracking=disabled", cwd=tmp_path)
     assert r.returncode != 0 and "neither a checkpoint path nor an experiment" in r.stderr + r.stdout

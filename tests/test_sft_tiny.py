@@ -102,7 +102,7 @@ def _train_tiny_in_process(tokenizer, overrides, steps):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+        cfg = compose("config", overrides=["model=tiny", "data=tiny", *overrides])
     mesh = build_mesh(cfg.tpu)
     model = build_model(cfg.model, mesh, 0)
     snapshot = _snapshot(model)
@@ -127,7 +127,7 @@ def _snapshot(model):
 def test_only_trainable_params_change(tokenizer):
     import jax
 
-    model, before = _train_tiny_in_process(tokenizer, ["optim.lr=1e-2", "optim.schedule=constant"], 5)
+    model, before = _train_tiny_in_process(tokenizer, ["model.train_token_ids=[]", "optim.lr=1e-2", "optim.schedule=constant"], 5)
     after = _snapshot(model)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["frozen"]), jax.tree.leaves(after["frozen"])))
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["lora"]), jax.tree.leaves(after["lora"]))]

@@ -45,8 +45,9 @@ def wandb_group(cfg: DictConfig) -> str | None:
 
 
 def resolve_init_from(value: str) -> str:
-    """A checkpoint path, or the name of an experiment (experiments/<name>.yaml) whose latest
-    run under outputs/ or multirun/ is used."""
+    """A checkpoint path or run dir; else the newest finished run (one with checkpoints) of an
+    experiment (experiments/<name>.yaml, run under outputs/ or multirun/) or of a stage
+    (outputs/<stage>/*, e.g. `sft_small`)."""
     p = Path(value).expanduser()
     if p.exists():
         return str(p)
@@ -56,11 +57,13 @@ def resolve_init_from(value: str) -> str:
             text = overrides.read_text()
             if f"experiments={value}" in text and (overrides.parent.parent / "checkpoints").is_dir():
                 runs.append(overrides.parent.parent)
+    if not runs and "/" not in value:
+        runs = [d for d in Path("outputs", value).glob("*") if (d / "checkpoints").is_dir()]
     if not runs:
         from gemma_tool_use.weights import WeightsError
 
-        raise WeightsError(f"train.init_from={value!r}: neither a checkpoint path nor an experiment with a "
-                                "finished run under outputs/ or multirun/")
+        raise WeightsError(f"train.init_from={value!r}: neither a checkpoint path nor an experiment or stage with "
+                           "a finished run under outputs/ or multirun/ (train.init_from=null starts from the base)")
     return str(max(runs, key=lambda r: r.stat().st_mtime))
 
 
