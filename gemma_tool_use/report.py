@@ -4,8 +4,11 @@
     python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
         sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
 
+    python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
+
 The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
-its stage-by-stage table (Markdown + PNG, one bar group per category).
+its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
+small artifacts of a run (never checkpoints or weights) into experiments/.
 """
 
 from __future__ import annotations
@@ -132,6 +135,37 @@ def _plot_compare(loaded: dict, cats: list[str], out_png: Path) -> None:
     plt.close(fig)
 
 
+# What a run leaves that belongs in experiments/<name>/: small, text or plots, no weights.
+COLLECTED = ["train_summary.json", "metrics.jsonl", "loss_curve.png", "data_card.md", "data_card.json",
+             "summary.json", "results.md", "accuracy.png", "bfcl_eval/summary.json", "bfcl_eval/results.md",
+             "bfcl_eval/accuracy.png", "bfcl_eval/bfcl/*.jsonl", "bfcl/*.jsonl", ".hydra/overrides.yaml"]
+
+
+def collect_run(run_dir: str | Path, dest: str | Path) -> list[Path]:
+    """Copy a run's small artifacts (list above) into `dest`, plus its composed config as
+    config_resolved.yaml; absolute paths to the run dir inside JSON files become <run dir>."""
+    import shutil
+
+    run_dir, dest = Path(run_dir).resolve(), Path(dest)
+    if not (run_dir / ".hydra" / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no .hydra/config.yaml)")
+    copied = []
+    for pattern in COLLECTED:
+        for src in sorted(run_dir.glob(pattern)):
+            out = dest / src.relative_to(run_dir)
+            if out.name == "overrides.yaml":
+                out = dest / "overrides.yaml"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if src.suffix == ".json":
+                out.write_text(src.read_text().replace(str(run_dir), "<run dir>"))
+            else:
+                shutil.copyfile(src, out)
+            copied.append(out)
+    shutil.copyfile(run_dir / ".hydra" / "config.yaml", dest / "config_resolved.yaml")
+    copied.append(dest / "config_resolved.yaml")
+    return copied
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gemma_tool_use.report", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -141,8 +175,14 @@ def main(argv=None) -> int:
     m = sub.add_parser("compare", help="BFCL accuracy of runs side by side")
     m.add_argument("runs", nargs="+", help="name=path to a BFCL summary.json or the folder holding it")
     m.add_argument("--out", required=True, help="output folder")
+    k = sub.add_parser("collect", help="copy a run's small artifacts into experiments/<name>/")
+    k.add_argument("run_dir")
+    k.add_argument("dest")
     args = ap.parse_args(argv)
-    if args.cmd == "curves":
+    if args.cmd == "collect":
+        for path in collect_run(args.run_dir, args.dest):
+            print(path)
+    elif args.cmd == "curves":
         run = Path(args.run_dir)
         print(plot_training_curves(run / "metrics.jsonl", args.out or run / "loss_curve.png"))
     else:

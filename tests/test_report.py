@@ -39,3 +39,22 @@ def test_compare_lines_up_categories_and_aggregates(tmp_path):
     assert (tmp_path / "cmp" / "bfcl_compare.png").stat().st_size > 5000
     with pytest.raises(FileNotFoundError, match="nope"):
         compare_bfcl({"nope": tmp_path / "missing"}, tmp_path / "x")
+
+
+def test_collect_copies_small_artifacts_only(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run / ".hydra" / "overrides.yaml").write_text("- experiments=x\n")
+    (run / "train_summary.json").write_text(json.dumps({"checkpoint_dir": f"{run.resolve()}/checkpoints"}))
+    (run / "bfcl_eval" / "bfcl").mkdir(parents=True)
+    (run / "bfcl_eval" / "bfcl" / "simple_python.jsonl").write_text("{}\n")
+    (run / "checkpoints" / "13").mkdir(parents=True)
+    (run / "checkpoints" / "13" / "weights.bin").write_bytes(b"x" * 100)
+    dest = tmp_path / "exp"
+    assert main(["collect", str(run), str(dest)]) == 0
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert files == ["bfcl_eval/bfcl/simple_python.jsonl", "config_resolved.yaml", "overrides.yaml", "train_summary.json"]
+    assert json.loads((dest / "train_summary.json").read_text()) == {"checkpoint_dir": "<run dir>/checkpoints"}
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        main(["collect", str(tmp_path / "exp"), str(tmp_path / "x")])
