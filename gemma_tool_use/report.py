@@ -95,7 +95,7 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
             cells.append("-" if v is None else f"{100 * v['accuracy']:.2f} ({v['correct']}/{v['total_count']})")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     agg_keys = list(dict.fromkeys(k for s in loaded.values() for k, v in s.get("aggregates", {}).items()
-                                  if isinstance(v, (int, float))))
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)))
     for k in agg_keys:
         cells = [s.get("aggregates", {}).get(k) for s in loaded.values()]
         lines.append(f"| **{k}** | " + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in cells) + " |")
