@@ -121,7 +121,7 @@ def _plot_compare(loaded: dict, cats: list[str], out_png: Path) -> None:
     for i, (name, s) in enumerate(loaded.items()):
         xs = [j + i * width for j in range(len(cats))]
         ys = [100 * s["categories"][c]["accuracy"] if c in s["categories"] else 0 for c in cats]
-        bars = ax.bar(xs, ys, width, label=name)
+        ax.bar(xs, ys, width, label=name)
         for x, y, c in zip(xs, ys, cats):
             if c in s["categories"]:
                 ax.text(x, y + 1, f"{y:.0f}", ha="center", fontsize=7)

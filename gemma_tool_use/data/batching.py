@@ -85,10 +85,6 @@ def collate(examples: list[RenderedConversation], length_buckets) -> dict[str, n
             "target_ids": tgt, "target_weights": w}
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
 def length_grouped_batches(lengths, batch_size: int, seed: int, epoch: int,
                            group_batches: int = 16) -> list[np.ndarray]:
     """One epoch of shuffled batches whose rows have similar lengths.
