@@ -290,6 +290,15 @@ def check_config(cfg) -> None:
         fail("model.lora.dropout", f"must be in [0, 1), got {cfg.model.lora.dropout}")
     if cfg.optim.lr <= 0:
         fail("optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    if not cfg.model.lora.enabled and str(cfg.model.dtype) == "bfloat16":
+        # bf16 keeps 8 mantissa bits: an AdamW step of ~lr on a weight of ~0.03 is a relative
+        # change of lr/0.03, below 2^-8 for any lr under ~1e-4, so most updates round away.
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "model.dtype=bfloat16 with full fine-tuning (model.lora.enabled=false): AdamW updates of "
+            "~optim.lr=%g are below bf16's resolution for most weights and round away; use model.dtype=float32",
+            cfg.optim.lr)
     if cfg.optim.schedule not in ("cosine", "constant"):
         fail("optim.schedule", f"must be 'cosine' or 'constant', got {cfg.optim.schedule!r}")
     for key in ("max_steps", "batch_size", "grad_accum_steps", "checkpoint_every_steps", "eval_every_steps", "length_group_batches"):

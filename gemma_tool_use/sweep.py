@@ -14,7 +14,7 @@ def _job_rows(sweep_dir: Path) -> list[dict]:
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
         swept = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides
-                 if "=" in o and not o.startswith(("hydra.", "tracking.group", "experiments"))}
+                 if "=" in o and not o.startswith(("hydra.", "tracking.group"))}
         row = {"job": job.name, "overrides": swept, "status": "ok" if (job / "job_result.json").is_file() else "failed"}
         train = job / "train_summary.json"
         if train.is_file():
@@ -50,6 +50,14 @@ def write_sweep_summary(sweep_dir: str | Path) -> dict:
     return summary
 
 
+def _sort_key(value) -> tuple:
+    """Numbers in numeric order, then names (e.g. experiments=a,b) alphabetically."""
+    try:
+        return (0, float(value or 0), "")
+    except ValueError:
+        return (1, 0.0, str(value))
+
+
 def _plot(sweep_dir: Path, rows: list[dict], keys: list[str]) -> None:
     import matplotlib
 
@@ -68,7 +76,7 @@ def _plot(sweep_dir: Path, rows: list[dict], keys: list[str]) -> None:
     for r in pts:
         groups.setdefault(r["overrides"].get(series_key, "") if series_key else "", []).append(r)
     for name, rs in sorted(groups.items()):
-        rs = sorted(rs, key=lambda r: float(r["overrides"].get(x_key, 0) or 0))
+        rs = sorted(rs, key=lambda r: _sort_key(r["overrides"].get(x_key)))
         ys = [(100 * r[metric]) if metric == "bfcl_mean" else r[metric] for r in rs]
         ax.plot([r["overrides"].get(x_key) for r in rs], ys, marker="o", label=f"{series_key}={name}" if series_key else None)
     ax.set_xlabel(x_key)

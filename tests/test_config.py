@@ -115,6 +115,17 @@ def test_semantic_errors_name_the_key(override, key):
         check_config(cfg)
 
 
+def test_full_finetuning_in_bf16_warns(caplog):
+    with caplog.at_level("WARNING", logger="gemma_tool_use.config"):
+        check_config(_compose(["model.lora.enabled=false", "model.dtype=bfloat16"]))
+    assert "model.dtype=float32" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gemma_tool_use.config"):
+        check_config(_compose(["model.lora.enabled=false", "model.dtype=float32"]))
+        check_config(_compose(["model.dtype=bfloat16"]))  # LoRA: adapters start at zero, no issue
+    assert "bf16" not in caplog.text
+
+
 def test_cli_errors_are_short_and_fast(tmp_path):
     t0 = time.time()
     r = run_cli("model.lora.rnk=3", cwd=tmp_path)

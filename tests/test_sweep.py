@@ -21,3 +21,21 @@ def test_sweep_over_two_values_runs_two_isolated_jobs(tmp_path):
     assert "model.lora.rank" in table and table.count("| ok |") == 2
     assert (sweep / "sweep_summary.png").is_file()
     assert {j["overrides"]["model.lora.rank"] for j in json.loads((sweep / "sweep_summary.json").read_text())["jobs"]} == {"2", "4"}
+
+
+def test_summary_of_a_multirun_over_experiments(tmp_path):
+    """`-m experiments=a,b` (e.g. ft_compare): the experiment is the swept value, plotted by name."""
+    from gemma_tool_use.sweep import write_sweep_summary
+
+    for i, (name, acc) in enumerate([("ft_compare_lora_rows", 0.4), ("ft_compare_full", 0.2)]):
+        job = tmp_path / f"{i}_job"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- experiments={name}\n- hydra.sweep.dir=x\n")
+        (job / "job_result.json").write_text("{}")
+        (job / "train_summary.json").write_text(json.dumps(
+            {"final_val_loss": 0.5, "tokens_per_s": 100.0, "bfcl_categories": {"simple_python": acc}}))
+    summary = write_sweep_summary(tmp_path)
+    assert summary["swept"] == ["experiments"]
+    table = (tmp_path / "sweep_summary.md").read_text()
+    assert "| 0_job | ft_compare_lora_rows | 0.500 | 40.0 |" in table and table.count("| ok |") == 2
+    assert (tmp_path / "sweep_summary.png").is_file()
