@@ -72,17 +72,43 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path, title: s
     return out_png
 
 
+def output_behaviour(bfcl_dir: str | Path) -> dict | None:
+    """How a run's single-turn outputs end: the share that stopped on a stop id (the format's
+    `<end_of_turn>`) rather than at max_new_tokens, that decode to at least one call, that carry
+    parse errors; None when the per-entry files are absent. A model that has the calls right but
+    never learned to end its turn shows here, not in the accuracy alone."""
+    records = []
+    for f in sorted(Path(bfcl_dir).glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line from a killed run
+                continue
+            if "stop_reason" in r:  # multi-turn records hold whole dialogues instead
+                records.append(r)
+    if not records:
+        return None
+    n = len(records)
+    tokens = sorted(int(r.get("new_tokens") or 0) for r in records)
+    return {"entries": n,
+            "stopped": sum(r["stop_reason"] == "stop" for r in records) / n,
+            "length": sum(r["stop_reason"] == "length" for r in records) / n,
+            "with_call": sum(bool(r.get("decoded")) for r in records) / n,
+            "parse_error": sum(bool(r.get("parse_errors")) for r in records) / n,
+            "median_new_tokens": tokens[n // 2]}
+
+
 def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     """Per-category BFCL accuracy of several runs side by side (`bfcl_compare.{md,json,png}`).
     Categories missing from a run show as '-'; counts come from each summary.json."""
-    loaded = {}
+    loaded, dirs = {}, {}
     for name, path in summaries.items():
         p = Path(path)
         if p.is_dir():
             p = p / "summary.json"
         if not p.is_file():
             raise FileNotFoundError(f"{name}: no BFCL summary.json at {path}")
-        loaded[name] = json.loads(p.read_text())
+        loaded[name], dirs[name] = json.loads(p.read_text()), p.parent
     cats = list(dict.fromkeys(c for s in loaded.values() for c in s["categories"]))
     header = "| category | " + " | ".join(loaded) + " |"
     lines = [header, "|" + "---|" * (len(loaded) + 1)]
@@ -99,11 +125,21 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     for k in agg_keys:
         cells = [s.get("aggregates", {}).get(k) for s in loaded.values()]
         lines.append(f"| **{k}** | " + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in cells) + " |")
+    behaviour = {name: output_behaviour(dirs[name] / "bfcl") for name in loaded}
+    if any(behaviour.values()):
+        lines += ["", "How the outputs end (single-turn entries, from `bfcl/*.jsonl`):", "",
+                  "| run | entries | stopped at <end_of_turn>/<eos> | hit max_new_tokens | >= 1 decoded call | parse errors | median new tokens |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, b in behaviour.items():
+            if b:
+                lines.append(f"| {name} | {b['entries']} | {100 * b['stopped']:.1f}% | {100 * b['length']:.1f}% | "
+                             f"{100 * b['with_call']:.1f}% | {100 * b['parse_error']:.1f}% | {b['median_new_tokens']} |")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bfcl_compare.md").write_text("\n".join(lines) + "\n")
     result = {"runs": {n: {"commit": s.get("commit"), "categories": table[n],
-                           "aggregates": {k: s.get("aggregates", {}).get(k) for k in agg_keys}}
+                           "aggregates": {k: s.get("aggregates", {}).get(k) for k in agg_keys},
+                           "outputs": behaviour[n]}
                        for n, s in loaded.items()}}
     (out_dir / "bfcl_compare.json").write_text(json.dumps(result, indent=2))
     _plot_compare(loaded, cats, out_dir / "bfcl_compare.png")

@@ -41,6 +41,27 @@ def test_compare_lines_up_categories_and_aggregates(tmp_path):
         compare_bfcl({"nope": tmp_path / "missing"}, tmp_path / "x")
 
 
+def test_compare_reports_how_outputs_end(tmp_path):
+    """LoRA-only models got the call right, then never emitted <end_of_turn>: the table shows it."""
+    runs = {}
+    for name, stops in {"rows": ["stop", "stop", "stop", "length"], "lora_only": ["length"] * 3 + ["stop"]}.items():
+        run = _summary(tmp_path / name, {"simple_python": 0.5}, {})
+        (run / "bfcl").mkdir()
+        rows = [{"id": f"simple_python_{i}", "stop_reason": s, "new_tokens": 30 if s == "stop" else 128,
+                 "decoded": [{"name": "f", "args": {}}] if i else [], "parse_errors": [] if s == "stop" else ["bad_json"]}
+                for i, s in enumerate(stops)]
+        (run / "bfcl" / "simple_python.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"id": "torn')
+        runs[name] = run
+    result = compare_bfcl(runs, tmp_path / "cmp")
+    assert result["runs"]["rows"]["outputs"]["stopped"] == 0.75
+    assert result["runs"]["lora_only"]["outputs"] == {"entries": 4, "stopped": 0.25, "length": 0.75, "with_call": 0.75,
+                                                      "parse_error": 0.75, "median_new_tokens": 128}
+    md = (tmp_path / "cmp" / "bfcl_compare.md").read_text()
+    assert "| lora_only | 4 | 25.0% | 75.0% | 75.0% | 75.0% | 128 |" in md
+    base = _summary(tmp_path / "no_files", {"simple_python": 0.0}, {})
+    assert compare_bfcl({"base": base}, tmp_path / "cmp2")["runs"]["base"]["outputs"] is None
+
+
 def test_collect_copies_small_artifacts_only(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
