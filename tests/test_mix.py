@@ -89,6 +89,21 @@ def test_prepare_caches_tokenized_mix_and_writes_card(patched, tokenizer, monkey
     assert [e.loss_mask.tolist() for e in val2.examples] == [e.loss_mask.tolist() for e in val.examples]
 
 
+def test_card_counts_the_rows_that_fit_max_length(patched, tokenizer):
+    """A short data.max_length changes the mix; the card shows what is actually trained."""
+    from gemma_tool_use.data.prepare import prepare_training_data
+
+    full, _, _ = prepare_training_data(OmegaConf.create({"data": data_cfg(), "seed": 0}), tokenizer, patched / "a")
+    cut = int(sorted(len(e) for e in full.examples)[len(full.examples) // 2])
+    train, _, card = prepare_training_data(OmegaConf.create({"data": data_cfg(max_length=cut), "seed": 0}),
+                                           tokenizer, patched / "b")
+    trained = card["steps"]["train_tokenized"]
+    assert trained["rows"] == len(train.examples) < card["steps"]["train"]["rows"] == len(full.examples)
+    assert sum(trained["by_category"].values()) == trained["rows"] and max(len(e) for e in train.examples) <= cut
+    assert 0 <= card["no_call_share"]["train_tokenized"] <= 1
+    assert "## train_tokenized: " in (patched / "b" / "data_card.md").read_text()
+
+
 def test_missing_files_are_fetched_from_pinned_upstream_and_verified(tmp_path, monkeypatch):
     import shutil
 

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 class TokenizedSet:
     examples: list[RenderedConversation]
     dropped: Counter = field(default_factory=Counter)
+    kept: list[int] = field(default_factory=list)  # index of each example's row in the input
 
 
 def tokenize_conversations(convs: list[dict], tokenizer: GemmaTokenizer, *, max_length: int,
@@ -45,6 +46,7 @@ def tokenize_conversations(convs: list[dict], tokenizer: GemmaTokenizer, *, max_
             out.dropped["no_target_tokens"] += 1
             continue
         out.examples.append(r)
+        out.kept.append(i)
     if out.dropped:
         log.info("tokenized %d rows, dropped %s", len(out.examples), dict(out.dropped))
     if not out.examples:

@@ -241,8 +241,13 @@ def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
     random.Random(seed).shuffle(train)
     card.record("train", train)
     for split, rs in (("train", train), ("val", val)):
-        card.no_call_share[split] = (sum(1 for r in rs if r["meta"]["category"] in ("irrelevance", "chat")) / len(rs)) if rs else 0.0
+        card.no_call_share[split] = no_call_share(rs)
     return train, val, card
+
+
+def no_call_share(rows: list[dict]) -> float:
+    """Share of rows whose answer is text, not a call (refusals with tools present, chat)."""
+    return (sum(1 for r in rows if r["meta"]["category"] in ("irrelevance", "chat")) / len(rows)) if rows else 0.0
 
 
 def mix_fingerprint(data_cfg, seed: int, tokenizer_source: str) -> str:

@@ -62,7 +62,7 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
         val = tokenize([r for f in d.val_files for r in load_jsonl_conversations(f, strict=d.strict)]) if d.val_files else None
         return train, val, None
 
-    from gemma_tool_use.data.mix import build_mix, mix_fingerprint
+    from gemma_tool_use.data.mix import build_mix, mix_fingerprint, no_call_share
     from gemma_tool_use.tokenizer import cache_root
 
     key = mix_fingerprint(d, int(cfg.seed), tokenizer.source + f"|{d.max_length}|{d.overlength}|{prompt}")
@@ -78,6 +78,10 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
         val = tokenize(val_rows) if val_rows else None
         mix_card.token_lengths["train"] = length_histogram(train)
         mix_card.dropped["tokenize_train"] = dict(train.dropped)
+        # What is trained is what fits data.max_length: a short max_length changes the mix.
+        trained = [train_rows[i] for i in train.kept]
+        mix_card.record("train_tokenized", trained)
+        mix_card.no_call_share["train_tokenized"] = no_call_share(trained)
         if val:
             mix_card.token_lengths["val"] = length_histogram(val)
             mix_card.dropped["tokenize_val"] = dict(val.dropped)
