@@ -10,11 +10,14 @@ test picks up new group options and experiments automatically.
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+log = logging.getLogger(__name__)
 
 
 class _StrEnum(str, enum.Enum):
@@ -293,9 +296,7 @@ def check_config(cfg) -> None:
     if not cfg.model.lora.enabled and str(cfg.model.dtype) == "bfloat16":
         # bf16 keeps 8 mantissa bits: an AdamW step of ~lr on a weight of ~0.03 is a relative
         # change of lr/0.03, below 2^-8 for any lr under ~1e-4, so most updates round away.
-        import logging
-
-        logging.getLogger(__name__).warning(
+        log.warning(
             "model.dtype=bfloat16 with full fine-tuning (model.lora.enabled=false): AdamW updates of "
             "~optim.lr=%g are below bf16's resolution for most weights and round away; use model.dtype=float32",
             cfg.optim.lr)

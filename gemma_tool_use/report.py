@@ -18,7 +18,9 @@ import json
 from pathlib import Path
 
 
-def read_metrics(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file a run appends to (metrics.jsonl, bfcl/<category>.jsonl): a torn last
+    line from a kill is dropped, a bad line anywhere else is an error naming it."""
     lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
     rows = []
     for n, line in enumerate(lines, 1):
@@ -37,7 +39,7 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
+    rows = read_jsonl(metrics_path)
     train = sorted((r["step"], r["train/loss"]) for r in rows if "train/loss" in r)
     val = sorted((r["step"], r["eval/loss"]) for r in rows if "eval/loss" in r)
     lr = sorted((r["step"], r["train/learning_rate"]) for r in rows if "train/learning_rate" in r)
@@ -77,15 +79,8 @@ def output_behaviour(bfcl_dir: str | Path) -> dict | None:
     `<end_of_turn>`) rather than at max_new_tokens, that decode to at least one call, that carry
     parse errors; None when the per-entry files are absent. A model that has the calls right but
     never learned to end its turn shows here, not in the accuracy alone."""
-    records = []
-    for f in sorted(Path(bfcl_dir).glob("*.jsonl")):
-        for line in f.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line from a killed run
-                continue
-            if "stop_reason" in r:  # multi-turn records hold whole dialogues instead
-                records.append(r)
+    # multi-turn records hold whole dialogues instead of one stop_reason
+    records = [r for f in sorted(Path(bfcl_dir).glob("*.jsonl")) for r in read_jsonl(f) if "stop_reason" in r]
     if not records:
         return None
     n = len(records)

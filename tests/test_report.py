@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gemma_tool_use.report import compare_bfcl, main, plot_training_curves, read_metrics
+from gemma_tool_use.report import compare_bfcl, main, plot_training_curves, read_jsonl
 
 
 def _summary(path, acc, aggregates):
@@ -19,12 +19,12 @@ def test_curves_plot_reads_metrics_and_tolerates_a_torn_last_line(tmp_path):
     lines += [{"step": s, "train/loss": 2.0 / s, "train/learning_rate": 1e-4} for s in range(1, 30)]
     text = "\n".join(json.dumps(r) for r in lines) + '\n{"step": 30, "train/lo'
     (tmp_path / "metrics.jsonl").write_text(text)
-    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 30
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 30
     out = plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "c.png")
     assert out.stat().st_size > 5000
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 2"):
-        read_metrics(tmp_path / "metrics.jsonl")
+        read_jsonl(tmp_path / "metrics.jsonl")
 
 
 def test_compare_lines_up_categories_and_aggregates(tmp_path):

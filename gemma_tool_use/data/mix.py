@@ -253,6 +253,7 @@ def no_call_share(rows: list[dict]) -> float:
 def mix_fingerprint(data_cfg, seed: int, tokenizer_source: str) -> str:
     from omegaconf import OmegaConf
 
+    # version 2: cached cards carry the train_tokenized step
     blob = json.dumps({"data": OmegaConf.to_container(data_cfg, resolve=True), "seed": seed,
-                       "tokenizer": tokenizer_source, "version": 1}, sort_keys=True, default=str)
+                       "tokenizer": tokenizer_source, "version": 2}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

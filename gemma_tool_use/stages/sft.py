@@ -117,9 +117,8 @@ def run(cfg: DictConfig) -> float:
     throughput = Throughput()
     with Tracker(run_dir, cfg.tracking, config_dict, name=run_dir.name, group=wandb_group(cfg)) as tracker, mesh:
         if data_card:
-            trained = "train_tokenized" if "train_tokenized" in data_card["steps"] else "train"  # older cached cards
-            tracker.summary({"data/train_rows": data_card["steps"][trained]["rows"],
-                             "data/no_call_share": data_card["no_call_share"].get(trained, 0.0)})
+            tracker.summary({"data/train_rows": data_card["steps"]["train_tokenized"]["rows"],
+                             "data/no_call_share": data_card["no_call_share"]["train_tokenized"]})
         trainer = SftTrainer(model, optimizer, training_config,
                              metrics_logger=TrackerMetricsLogger(tracker, throughput), throughput=throughput)
         trainer = trainer.with_loss_fn(completion_loss)
