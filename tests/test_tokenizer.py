@@ -1,5 +1,8 @@
 """The tokenizer rebuilt from GGUF metadata matches the official tokenizer.json id for id."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from gemma_tool_use.tokenizer import (END_OF_TURN_ID, START_OF_TURN_ID, GemmaTokenizer, TokenizerError,
@@ -21,6 +24,32 @@ def test_ids_identical_to_official(tokenizer, reference_tokenizer, text):
     ours = tokenizer.encode(text, parse_special=True)
     assert ours == reference_tokenizer.encode(text, add_special_tokens=False).ids
     assert tokenizer.decode(ours) == text
+
+
+PARITY_FIXTURE = Path(__file__).parent / "fixtures" / "tokenizer_parity.json"
+
+
+def parity_cases():
+    return json.loads(PARITY_FIXTURE.read_text(encoding="utf-8"))["cases"]
+
+
+def test_ids_identical_to_recorded_official_ids(tokenizer):
+    """Runs on a clean clone: ids the official tokenizer.json gave for a few hundred diverse strings
+    (scripts/make_tokenizer_parity_fixture.py wrote them)."""
+    cases = parity_cases()
+    assert len(cases) >= 300
+    wrong = [(c["text"], ours, c["ids"]) for c in cases
+             if (ours := tokenizer.encode(c["text"], parse_special=True)) != c["ids"]]
+    assert not wrong, f"{len(wrong)}/{len(cases)} differ, e.g. (text, ours, official): {wrong[:3]}"
+    not_round_trip = [c["text"] for c in cases if tokenizer.decode(c["ids"]) != c["text"]]
+    assert not not_round_trip, not_round_trip[:5]
+
+
+def test_parity_fixture_is_what_the_official_tokenizer_gives(reference_tokenizer):
+    """The committed ids are still the official ones (skips without ../shared)."""
+    stale = [c["text"] for c in parity_cases()
+             if reference_tokenizer.encode(c["text"], add_special_tokens=False).ids != c["ids"]]
+    assert not stale, f"re-run scripts/make_tokenizer_parity_fixture.py: {stale[:5]}"
 
 
 def test_special_tokens(tokenizer):
