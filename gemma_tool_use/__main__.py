@@ -25,6 +25,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     from gemma_tool_use.bfcl import BfclError
+    from gemma_tool_use.runs import HandoffError
     from gemma_tool_use.stages import StageNotBuilt, run_stage
     from gemma_tool_use.stages.predict import PredictInputError
     from gemma_tool_use.weights import WeightsError
@@ -45,7 +46,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except StageNotBuilt as e:
         log.error("%s", e)
         sys.exit(3)
-    except (WeightsError, PredictInputError, BfclError) as e:  # user-facing input problems: no traceback
+    except (WeightsError, PredictInputError, BfclError, HandoffError) as e:  # user-facing input problems: no traceback
         log.error("%s", e)
         sys.exit(4)
 

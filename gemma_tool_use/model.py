@@ -266,13 +266,9 @@ def resolve_lora_checkpoint(path: str) -> tuple[Path, int | None, dict | None]:
         p = p / "checkpoints"
     if not any(c.name.isdigit() for c in p.iterdir()):
         raise WeightsError(f"model.lora_checkpoint={path!r}: no checkpoints/<step> directories found")
-    model = None
-    run_cfg = p.parent / ".hydra" / "config.yaml"
-    if run_cfg.is_file():
-        from omegaconf import OmegaConf
+    from gemma_tool_use.runs import run_model_config
 
-        model = OmegaConf.to_container(OmegaConf.load(run_cfg).model)
-    return p, step, model
+    return p, step, run_model_config(p)
 
 
 def load_lora_checkpoint(model, root: Path, step: int | None, lora_only: bool = True) -> int:
@@ -289,6 +285,10 @@ def load_lora_checkpoint(model, root: Path, step: int | None, lora_only: bool = 
 
 
 def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
+    if model_cfg.lora_checkpoint:  # refuse another architecture's adapters before loading anything
+        from gemma_tool_use.runs import check_same_architecture
+
+        check_same_architecture(model_cfg.lora_checkpoint, model_cfg, "model.lora_checkpoint")
     model = build_base_model(model_cfg, seed, mesh)
     lora_cfg, rows, ckpt = model_cfg.lora, list(model_cfg.train_token_ids), None
     if model_cfg.lora_checkpoint:

@@ -1,4 +1,5 @@
-"""Run reports: the training-curve plot of one run, and BFCL before/after tables across runs.
+"""Every plot and table the project writes: a run's training curve, a BFCL run's results table and
+accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
 
     python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
     python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
@@ -17,19 +18,20 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSONL file a run appends to (metrics.jsonl, bfcl/<category>.jsonl): a torn last
-    line from a kill is dropped, a bad line anywhere else is an error naming it."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
-    rows = []
-    for n, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines):  # only a run killed mid-write may leave a torn (last) line
-                raise ValueError(f"{path}: line {n} is not JSON") from None
-    return rows
+from gemma_tool_use.files import read_jsonl
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A GitHub-flavoured Markdown table (cells as given: format numbers before)."""
+    from tabulate import tabulate
+
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _pct(v, digits: int = 2) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}"
 
 
 def plot_training_curves(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
@@ -105,30 +107,26 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
             raise FileNotFoundError(f"{name}: no BFCL summary.json at {path}")
         loaded[name], dirs[name] = json.loads(p.read_text()), p.parent
     cats = list(dict.fromkeys(c for s in loaded.values() for c in s["categories"]))
-    header = "| category | " + " | ".join(loaded) + " |"
-    lines = [header, "|" + "---|" * (len(loaded) + 1)]
-    table = {}
+    rows, table = [], {}
     for c in cats:
         cells = []
         for name, s in loaded.items():
             v = s["categories"].get(c)
             table.setdefault(name, {})[c] = v and {k: v[k] for k in ("accuracy", "correct", "total_count")}
             cells.append("-" if v is None else f"{100 * v['accuracy']:.2f} ({v['correct']}/{v['total_count']})")
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        rows.append([c, *cells])
     agg_keys = list(dict.fromkeys(k for s in loaded.values() for k, v in s.get("aggregates", {}).items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)))
-    for k in agg_keys:
-        cells = [s.get("aggregates", {}).get(k) for s in loaded.values()]
-        lines.append(f"| **{k}** | " + " | ".join("-" if v is None else f"{100 * v:.2f}" for v in cells) + " |")
+    rows += [[f"**{k}**", *(_pct(s.get("aggregates", {}).get(k)) for s in loaded.values())] for k in agg_keys]
+    lines = [markdown_table(["category", *loaded], rows)]
     behaviour = {name: output_behaviour(dirs[name] / "bfcl") for name in loaded}
     if any(behaviour.values()):
         lines += ["", "How the outputs end (single-turn entries, from `bfcl/*.jsonl`):", "",
-                  "| run | entries | stopped at <end_of_turn>/<eos> | hit max_new_tokens | >= 1 decoded call | parse errors | median new tokens |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, b in behaviour.items():
-            if b:
-                lines.append(f"| {name} | {b['entries']} | {100 * b['stopped']:.1f}% | {100 * b['length']:.1f}% | "
-                             f"{100 * b['with_call']:.1f}% | {100 * b['parse_error']:.1f}% | {b['median_new_tokens']} |")
+                  markdown_table(["run", "entries", "stopped at <end_of_turn>/<eos>", "hit max_new_tokens",
+                                  ">= 1 decoded call", "parse errors", "median new tokens"],
+                                 [[name, b["entries"], f"{_pct(b['stopped'], 1)}%", f"{_pct(b['length'], 1)}%",
+                                   f"{_pct(b['with_call'], 1)}%", f"{_pct(b['parse_error'], 1)}%",
+                                   b["median_new_tokens"]] for name, b in behaviour.items() if b])]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bfcl_compare.md").write_text("\n".join(lines) + "\n")
@@ -163,6 +161,128 @@ def _plot_compare(loaded: dict, cats: list[str], out_png: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def write_bfcl_report(out_dir: Path, summary: dict) -> None:
+    """results.md (per category and BFCL v4 aggregates) and accuracy.png (per-category accuracy
+    beside the published anchors) of one BFCL evaluation summary."""
+    from gemma_tool_use import bfcl
+
+    per = summary["categories"]
+    lines = [markdown_table(["category", "accuracy", "correct / total"],
+                            [[c, _pct(v["accuracy"]), f"{v['correct']} / {v['total_count']}"] for c, v in per.items()])]
+    agg = summary["aggregates"]
+    keys = [k for k in ("non_live", "simple", "live", "irrelevance", "multi_turn", "overall_agentic_not_run") if k in agg]
+    lines += ["", markdown_table(["aggregate (BFCL v4)", "value"], [[k, "n/a" if agg[k] is None else _pct(agg[k])] for k in keys])]
+    if summary.get("not_run"):
+        lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in summary["not_run"].items())]
+    if summary.get("partial"):
+        lines += ["", "Partial: a subset of entries (eval.limit / eval.ids); not comparable to the leaderboard."]
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cats = list(per)
+    series = {"this run": [100 * per[c]["accuracy"] for c in cats]}
+    for name, anchors in bfcl.PUBLISHED_ANCHORS.items():
+        if any(c in anchors for c in cats):
+            series[name] = [anchors.get(c, np.nan) for c in cats]
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(cats)), 5.5))
+    width = 0.8 / len(series)
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar(np.arange(len(cats)) + i * width - 0.4 + width / 2, vals, width, label=name,
+               color="black" if name == "this run" else None)
+    ax.set_xticks(np.arange(len(cats)), cats, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"BFCL per-category accuracy: {summary['model']}")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy.png", dpi=120)
+    plt.close(fig)
+
+
+def _sweep_job_rows(sweep_dir: Path) -> list[dict]:
+    rows = []
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        swept = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides
+                 if "=" in o and not o.startswith(("hydra.", "tracking.group"))}
+        row = {"job": job.name, "overrides": swept, "status": "ok" if (job / "job_result.json").is_file() else "failed"}
+        train = job / "train_summary.json"
+        if train.is_file():
+            t = json.loads(train.read_text())
+            row.update({k: t.get(k) for k in ("final_val_loss", "final_train_loss", "tokens_per_s", "train_seconds")})
+            row["bfcl"] = t.get("bfcl_categories")
+        ev = job / "summary.json"
+        if ev.is_file():
+            row["bfcl"] = {c: v["accuracy"] for c, v in json.loads(ev.read_text())["categories"].items()}
+        if row.get("bfcl"):
+            row["bfcl_mean"] = sum(row["bfcl"].values()) / len(row["bfcl"])
+        rows.append(row)
+    return rows
+
+
+def write_sweep_summary(sweep_dir: str | Path) -> dict:
+    """One row per job of a multirun (its swept overrides, validation loss, BFCL numbers, throughput)
+    as sweep_summary.{json,md}, and BFCL accuracy (or val loss) against the swept values as .png."""
+    sweep_dir = Path(sweep_dir)
+    rows = _sweep_job_rows(sweep_dir)
+    all_keys = sorted({k for r in rows for k in r["overrides"]})
+    varying = [k for k in all_keys if len({r["overrides"].get(k) for r in rows}) > 1]
+    keys = varying or all_keys  # the swept values; overrides shared by every job are left out
+    fmt = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
+    table = markdown_table(["job", *keys, "val loss", "BFCL mean", "tokens/s", "status"],
+                           [[r["job"], *(r["overrides"].get(k, "") for k in keys), fmt(r.get("final_val_loss")),
+                             _pct(r.get("bfcl_mean"), 1), fmt(r.get("tokens_per_s"), 0), r["status"]] for r in rows])
+    summary = {"sweep_dir": str(sweep_dir), "swept": keys, "jobs": rows}
+    (sweep_dir / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
+    (sweep_dir / "sweep_summary.md").write_text(table + "\n")
+    _plot_sweep(sweep_dir, rows, keys)
+    return summary
+
+
+def _sort_key(value) -> tuple:
+    """Numbers in numeric order, then names (e.g. experiments=a,b) alphabetically."""
+    try:
+        return (0, float(value or 0), "")
+    except ValueError:
+        return (1, 0.0, str(value))
+
+
+def _plot_sweep(sweep_dir: Path, rows: list[dict], keys: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = "bfcl_mean" if any(r.get("bfcl_mean") is not None for r in rows) else "final_val_loss"
+    label = "BFCL accuracy (mean over categories, %)" if metric == "bfcl_mean" else "validation loss"
+    pts = [r for r in rows if r.get(metric) is not None]
+    if not pts or not keys:
+        return
+    x_key = next((k for k in keys if k.endswith("lora.rank")), keys[0])
+    series_key = next((k for k in keys if k != x_key), None)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = {}
+    for r in pts:
+        groups.setdefault(r["overrides"].get(series_key, "") if series_key else "", []).append(r)
+    for name, rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: _sort_key(r["overrides"].get(x_key)))
+        ys = [(100 * r[metric]) if metric == "bfcl_mean" else r[metric] for r in rs]
+        ax.plot([r["overrides"].get(x_key) for r in rs], ys, marker="o", label=f"{series_key}={name}" if series_key else None)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel(label)
+    if series_key:
+        ax.legend()
+    ax.set_title(f"sweep: {sweep_dir.name}")
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "sweep_summary.png", dpi=120)
     plt.close(fig)
 
 

@@ -17,7 +17,7 @@ def test_sweep_over_two_values_runs_two_isolated_jobs(tmp_path):
     runs = [json.loads((j / "wandb_run.json").read_text()) for j in jobs]
     assert len({run["id"] for run in runs}) == 2 and {run["group"] for run in runs} == {"sweep"}
     assert [json.loads((j / "train_summary.json").read_text())["steps"] for j in jobs] == [2, 2]
-    table = (sweep / "sweep_summary.md").read_text()
+    table = "\n".join(" ".join(line.split()) for line in (sweep / "sweep_summary.md").read_text().splitlines())
     assert "model.lora.rank" in table and table.count("| ok |") == 2
     assert (sweep / "sweep_summary.png").is_file()
     assert {j["overrides"]["model.lora.rank"] for j in json.loads((sweep / "sweep_summary.json").read_text())["jobs"]} == {"2", "4"}
@@ -25,7 +25,7 @@ def test_sweep_over_two_values_runs_two_isolated_jobs(tmp_path):
 
 def test_summary_of_a_multirun_over_experiments(tmp_path):
     """`-m experiments=a,b` (e.g. ft_compare): the experiment is the swept value, plotted by name."""
-    from gemma_tool_use.sweep import write_sweep_summary
+    from gemma_tool_use.report import write_sweep_summary
 
     for i, (name, acc) in enumerate([("ft_compare_lora_rows", 0.4), ("ft_compare_full", 0.2)]):
         job = tmp_path / f"{i}_job"
@@ -36,6 +36,6 @@ def test_summary_of_a_multirun_over_experiments(tmp_path):
             {"final_val_loss": 0.5, "tokens_per_s": 100.0, "bfcl_categories": {"simple_python": acc}}))
     summary = write_sweep_summary(tmp_path)
     assert summary["swept"] == ["experiments"]
-    table = (tmp_path / "sweep_summary.md").read_text()
+    table = "\n".join(" ".join(line.split()) for line in (tmp_path / "sweep_summary.md").read_text().splitlines())
     assert "| 0_job | ft_compare_lora_rows | 0.500 | 40.0 |" in table and table.count("| ok |") == 2
     assert (tmp_path / "sweep_summary.png").is_file()

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gemma_tool_use.mesh import build_mesh, prepare_runtime
-from gemma_tool_use.stages.sft import run_dir_of
+from gemma_tool_use.runs import run_dir_of
 
 log = logging.getLogger(__name__)
 

@@ -17,57 +17,17 @@ import logging
 import time
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from gemma_tool_use.mesh import build_mesh, prepare_runtime
+from gemma_tool_use.runs import resolve_init_from, run_dir_of, wandb_group
 
 log = logging.getLogger(__name__)
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
-    try:
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # called outside a Hydra app (tests, notebooks)
-        return Path(cfg.get("run_dir") or "outputs/manual")
-
-
-def wandb_group(cfg: DictConfig) -> str | None:
-    if cfg.tracking.group:
-        return cfg.tracking.group
-    try:
-        hc = HydraConfig.get()
-        if str(hc.mode) == "RunMode.MULTIRUN":
-            return Path(hc.sweep.dir).name  # all jobs of one multirun share a group
-    except ValueError:
-        pass
-    return None
-
-
-def resolve_init_from(value: str) -> str:
-    """A checkpoint path or run dir; else the newest finished run (one with checkpoints) of an
-    experiment (experiments/<name>.yaml, run under outputs/ or multirun/) or of a stage
-    (outputs/<stage>/*, e.g. `sft_small`)."""
-    p = Path(value).expanduser()
-    if p.exists():
-        return str(p)
-    runs = []
-    for base in (Path("outputs"), Path("multirun")):
-        for overrides in base.glob("**/.hydra/overrides.yaml"):
-            text = overrides.read_text()
-            if f"experiments={value}" in text and (overrides.parent.parent / "checkpoints").is_dir():
-                runs.append(overrides.parent.parent)
-    if not runs and "/" not in value:
-        runs = [d for d in Path("outputs", value).glob("*") if (d / "checkpoints").is_dir()]
-    if not runs:
-        from gemma_tool_use.weights import WeightsError
-
-        raise WeightsError(f"train.init_from={value!r}: neither a checkpoint path nor an experiment or stage with "
-                           "a finished run under outputs/ or multirun/ (train.init_from=null starts from the base)")
-    return str(max(runs, key=lambda r: r.stat().st_mtime))
-
-
 def run(cfg: DictConfig) -> float:
+    # The handoff is resolved (and a checkpoint of another architecture refused) before JAX loads.
+    init_from = resolve_init_from(cfg.train.init_from, cfg.model) if cfg.train.init_from else None
     prepare_runtime(cfg.tpu)  # before JAX starts: simulated devices, multi-host init
 
     import orbax.checkpoint as ocp
@@ -90,11 +50,11 @@ def run(cfg: DictConfig) -> float:
     log.info("data %s: %d train rows, %d val rows", cfg.data.name, len(train_set.examples),
              len(val_set.examples) if val_set else 0)
 
-    if cfg.train.init_from:  # e.g. sft_full starting from an sft_small run (weights only, fresh optimizer)
+    if init_from:  # e.g. sft_full starting from an sft_small run (weights only, fresh optimizer)
         from omegaconf import open_dict
 
         with open_dict(cfg):
-            cfg.model.lora_checkpoint = resolve_init_from(cfg.train.init_from)
+            cfg.model.lora_checkpoint = init_from
         log.info("initialising from %s", cfg.model.lora_checkpoint)
     model = build_model(cfg.model, mesh, cfg.seed)
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.max_steps)
@@ -175,7 +135,7 @@ def run(cfg: DictConfig) -> float:
             out = export_hf(model, cfg.model, run_dir / "merged_hf", tokenizer.source if Path(tokenizer.source).is_file() else None)
             summary["merged_hf"] = str(out)
         if cfg.eval.run_after_training:  # BFCL on the trained model; its summary lands beside the checkpoint
-            from gemma_tool_use.stages.eval import evaluate_model
+            from gemma_tool_use.evaluation import evaluate_model
 
             bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker)
             summary["bfcl"] = {k: v for k, v in bfcl_summary["aggregates"].items() if k != "missing"}

@@ -1,7 +1,7 @@
 """`hydra/launcher=subprocess`: every job of a multirun runs in a fresh Python process, so no
 JAX state (compiled programs, device buffers, jax.monitoring listeners) and no W&B run leaks
 from one job to the next; all jobs of one multirun share a W&B group (the sweep dir's name).
-After the last job, gemma_tool_use.sweep writes the sweep summary (table + plot)."""
+After the last job, gemma_tool_use.report writes the sweep summary (table + plot)."""
 
 
 import json
@@ -73,7 +73,7 @@ class SubprocessLauncher(Launcher):
                 ret.return_value = RuntimeError(f"job {idx} exited with code {proc.returncode}; see {job_dir}")
                 log.error("job %d failed (exit %d); the sweep goes on", idx, proc.returncode)
             runs.append(ret)
-        from gemma_tool_use.sweep import write_sweep_summary
+        from gemma_tool_use.report import write_sweep_summary
 
         write_sweep_summary(sweep_dir)
         return runs
