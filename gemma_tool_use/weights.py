@@ -15,7 +15,6 @@ is tunix's; the model class is ours (`ToolGemma3`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_tool_use.files import sha256_file
 from gemma_tool_use.tokenizer import cache_root, default_gguf_path, file_fingerprint
 
 log = logging.getLogger(__name__)
@@ -100,14 +100,6 @@ def _hf_config_json(tensors: dict[str, np.ndarray]) -> dict:
             "torch_dtype": "float32", "converted_by": "gemma_tool_use.weights (from GGUF)"}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cache_is_valid(cache_dir: Path) -> bool:
     marker = cache_dir / "COMPLETE.json"
     st = cache_dir / "model.safetensors"
@@ -115,7 +107,7 @@ def _cache_is_valid(cache_dir: Path) -> bool:
         return False
     try:
         meta = json.loads(marker.read_text())
-        return st.stat().st_size == meta["size"] and _sha256(st) == meta["sha256"]
+        return st.stat().st_size == meta["size"] and sha256_file(st) == meta["sha256"]
     except (ValueError, KeyError, OSError):
         return False
 
@@ -149,7 +141,7 @@ def converted_gguf_dir(gguf_path: str | os.PathLike | None = None) -> Path:
     except TokenizerError as e:  # weights-only GGUF: the tokenizer must come from elsewhere
         log.warning("%s", e)
     st = tmp / "model.safetensors"
-    (tmp / "COMPLETE.json").write_text(json.dumps({"size": st.stat().st_size, "sha256": _sha256(st),
+    (tmp / "COMPLETE.json").write_text(json.dumps({"size": st.stat().st_size, "sha256": sha256_file(st),
                                                    "source": str(gguf_path)}))
     tmp.rename(cache_dir)  # atomic: a killed conversion never leaves a valid-looking cache
     log.info("converted in %.1fs -> %s", time.time() - t0, cache_dir)
