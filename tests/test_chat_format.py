@@ -142,11 +142,15 @@ def test_one_bad_block_does_not_hide_good_ones():
     assert [(e.kind, e.block) for e in res.errors] == [(cf.BAD_JSON, 1)]
 
 
-@pytest.mark.parametrize("garbage", [None, 3, "", "<tool_call>", "</tool_call></tool_call>", "<tool_call><tool_call>"])
+@pytest.mark.parametrize("garbage", [None, 3, "", "<tool_call>", "</tool_call></tool_call>", "<tool_call><tool_call>",
+                                     '<tool_call>{"name": "f", "args": {"x": ' + "1" * 5000 + "}}</tool_call>",
+                                     '<tool_call>{"name": "f", "args": {"x": "\\ud800"}}</tool_call>',
+                                     "<tool_call>" + "[" * 10_000 + "</tool_call>"])
 def test_parser_never_raises(garbage):
     res = cf.parse_model_output(garbage)
     assert isinstance(res, cf.ParseResult)
-    json.dumps(res.to_dict())
+    json.dumps(res.to_dict(), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    # (tests/test_parser_fuzz.py fuzzes this, and the specific error kinds, at length)
 
 
 @pytest.mark.parametrize("conv,msg", [
