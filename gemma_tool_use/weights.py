@@ -184,7 +184,7 @@ def resolve_kaggle_dir(path_or_handle: str) -> Path:
     try:
         import kagglehub
     except ImportError as e:
-        raise WeightsError("kagglehub is needed to fetch Kaggle handles") from e
+        raise WeightsError("kagglehub is needed to fetch Kaggle handles: pip install 'gemma_tool_use[kaggle]'") from e
     try:
         return Path(kagglehub.model_download(path_or_handle))
     except Exception as e:  # kagglehub raises many kinds; all mean "not reachable here"

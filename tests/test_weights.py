@@ -2,6 +2,8 @@
 identical logits, which match an independent numpy reference."""
 
 import json
+import re
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -173,6 +175,12 @@ def test_architecture_mismatch_is_named(synthetic):
 def test_bad_sources_raise_clear_errors(source, path, msg):
     with pytest.raises(WeightsError, match=msg):
         build_base_model(model_cfg(source, path), 0)
+
+
+def test_kaggle_handle_without_kagglehub_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kagglehub", None)  # `import kagglehub` now raises ImportError
+    with pytest.raises(WeightsError, match=re.escape("pip install 'gemma_tool_use[kaggle]'")):
+        build_base_model(model_cfg("kaggle", "google/gemma-3/flax/gemma3-270m"), 0)
 
 
 def test_hf_dir_without_weights_is_named(tmp_path):
