@@ -51,6 +51,8 @@ def test_forward_matches_numpy_reference(real):
         top1 = float((ours.argmax(-1) == ref.argmax(-1)).mean())
         report.append((T, diff, top1))
         assert top1 == 1.0, (T, top1)
-        assert diff < 0.05, (T, diff)
+        # Measured (float32, 2-core CPU): 3e-5 to 6e-5 on the short prompts, 4.9e-4 to 5.5e-4 on the
+        # 1131-token one. 5e-3 is ~10x that: a 10x regression fails.
+        assert diff < 5e-3, (T, diff)
     assert max(r[0] for r in report) > 512
     print("prompt tokens, max |logit diff|, top-1 agreement:", report)
