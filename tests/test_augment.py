@@ -38,7 +38,7 @@ def test_irrelevance_removes_every_called_tool():
     out = A.make_irrelevant(R1, random.Random(0))
     validate_conversation(out)
     assert [t["name"] for t in out["tools"]] == ["get_stock"] and called_names(out) == []
-    assert out["meta"]["category"] == "irrelevance" and out["messages"][-1]["content"] in A.REFUSALS
+    assert out["meta"]["category"] == "irrelevance" and out["messages"][-1]["content"] == A.REFUSAL
     assert A.make_irrelevant(R2, random.Random(0)) is None  # no tool would be left
 
 
@@ -78,8 +78,13 @@ def test_procedural_rows_satisfy_their_schema(seed):
 
 
 def test_validate_args_reports_problems():
-    assert A.validate_args({"people": "two"}, B["parameters"]) == ["missing required 'time'", "'people' should be integer, got str"]
-    assert A.validate_args({"city": "x", "unit": "k"}, W["parameters"]) == ["'unit'='k' not in enum"]
+    assert A.validate_args({"people": "two"}, B["parameters"]) == [
+        "args: 'time' is a required property", "people: 'two' is not of type 'integer'"]
+    assert A.validate_args({"city": "x", "unit": "k"}, W["parameters"]) == ["unit: 'k' is not one of ['c', 'f']"]
+    assert A.validate_args({"city": "x", "extra": 1}, W["parameters"]) == [
+        "args: Additional properties are not allowed ('extra' was unexpected)"]
+    assert A.validate_args({"people": 2.0, "time": "8pm"}, B["parameters"]) == [  # 2.0 is no integer to BFCL
+        "people: 2.0 is not of type 'integer'"]
 
 
 def test_augment_rows_is_deterministic_and_counts():

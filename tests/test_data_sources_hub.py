@@ -1,16 +1,22 @@
-"""Hub dataset loaders (xLAM 60k, xLAM irrelevance, ToolACE, Hermes function calling): upstream
-rows -> canonical rows. Fixtures in tests/fixtures/hub/ are small hand-written files in each
+"""Hub dataset loaders (data/sources: xLAM 60k, xLAM irrelevance, ToolACE, Hermes function calling):
+upstream rows -> canonical rows. Fixtures in tests/fixtures/hub/ are small hand-written files in each
 dataset's upstream layout; nothing here touches the network."""
 
 import copy
+import functools
 import json
 from pathlib import Path
 
 import pytest
 
 from gemma_tool_use.chat_format import render_conversation, render_text, validate_conversation
-from gemma_tool_use.data import sources_hub as hub
+from gemma_tool_use.data import sources as hub
 from gemma_tool_use.data.conversations import DataError, LoadReport
+from gemma_tool_use.data.schema import REFUSAL
+from gemma_tool_use.data.sources.common import RowError, convert_rows, type_schema
+from gemma_tool_use.data.sources.hermes import hermes_row_to_conversation, hermes_system_to_tools
+from gemma_tool_use.data.sources.toolace import parse_python_calls, toolace_row_to_conversation
+from gemma_tool_use.data.sources.xlam import xlam_row_to_conversation
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 
@@ -107,7 +113,7 @@ def test_xlam_parameters_become_json_schema():
     ("Callable", {}), ("Any", {}),
 ])
 def test_python_type_names_map_to_json_schema(name, schema):
-    assert hub.python_type_to_schema(name) == schema
+    assert type_schema(name)[0] == schema
 
 
 def test_xlam_irrelevance_rows_answer_in_plain_text():
@@ -117,8 +123,9 @@ def test_xlam_irrelevance_rows_answer_in_plain_text():
     assert [r["meta"]["category"] for r in rows] == ["irrelevance", "irrelevance", "chat"]  # the last offers no tool
     assert [r["meta"]["row"] for r in rows] == ["0", "1", "2"]  # rows carry no id: their index
     for r in rows:
-        assert r["messages"][-1] == {"role": "assistant", "content": hub.NO_CALL_REPLY}
-    custom = hub.load_xlam_irrelevance(raw("xlam_irrelevance.json")[:1], LoadReport(), no_call_reply="No tool fits.")
+        assert r["messages"][-1] == {"role": "assistant", "content": REFUSAL}
+    custom = convert_rows(raw("xlam_irrelevance.json")[:1], functools.partial(
+        xlam_row_to_conversation, no_call_reply="No tool fits."), source=hub.XLAM_IRRELEVANCE_ID)
     assert custom[0]["messages"][-1]["content"] == "No tool fits."
 
 
@@ -156,15 +163,16 @@ def test_toolace_system_prompt_boilerplate_is_dropped_and_other_text_kept():
 
 
 def test_python_calls_are_parsed_without_evaluation():
-    assert hub.parse_python_calls('[f(a=-1, b=[1, 2.5], c={"k": None}, d=true, e="x, (y)")]') == [
+    assert parse_python_calls('[f(a=-1, b=[1, 2.5], c={"k": None}, d=true, e="x, (y)")]') == [
         {"name": "f", "args": {"a": -1, "b": [1, 2.5], "c": {"k": None}, "d": True, "e": "x, (y)"}}]
-    assert hub.parse_python_calls("[Get Team Logo(), g(x='a')]") == [
-        {"name": "Get Team Logo", "args": {}}, {"name": "g", "args": {"x": "a"}}]
+    assert parse_python_calls("[Get Team Logo(), g(x='a'), h(from=\"x\")]") == [
+        {"name": "Get Team Logo", "args": {}}, {"name": "g", "args": {"x": "a"}},
+        {"name": "h", "args": {"from": "x"}}]  # a Python keyword as an argument name
     for text in ('[f(a=__import__("os").getcwd())]', "[f(a=(lambda: 1)())]", "[f(a=1 + 2)]", "[f(1)]",
                  "[f(a=1, a=2)]", "[f(a=1) g(b=2)]", "[f(a=1]", "[f(**{'a': 1})]", "[f(a=x)]"):
-        with pytest.raises(hub.ConversionError) as e:
-            hub.parse_python_calls(text)
-        assert e.value.reason == "bad_call" and isinstance(e.value, ValueError)
+        with pytest.raises(RowError) as e:
+            parse_python_calls(text)
+        assert e.value.reason == "malformed_json" and isinstance(e.value, ValueError)
 
 
 # ------------------------------------------------------------------------------------ Hermes
@@ -213,15 +221,15 @@ def test_hermes_glaive_rows_and_rows_without_tools():
 def test_hermes_tool_prompt_is_cut_out_of_the_system_text():
     glaive_system = raw("hermes_glaive_func_calling.json")[0]["conversations"][0]["value"]
     text = "You are Bob, a terse assistant.\n\n" + glaive_system + "\nAnswer in French."
-    tools, rest = hub.hermes_system_to_tools(text)
+    tools, rest = hermes_system_to_tools(text)
     assert [t["name"] for t in tools] == ["get_movie_details", "calculate_tip"]
     assert rest == "You are Bob, a terse assistant.\n\nAnswer in French."
     # Tools come from the row's `tools` field first; the system prompt's copy only when that is empty.
     row = raw("hermes_func_calling_singleturn.json")[1]
     row["tools"] = json.dumps([json.loads(row["tools"])[0]])
-    assert [t["name"] for t in hub.hermes_row_to_conversation(row)[0]] == ["get_stock_price"]
+    assert [t["name"] for t in hermes_row_to_conversation(row)[0]] == ["get_stock_price"]
     row["tools"] = "[]"
-    assert [t["name"] for t in hub.hermes_row_to_conversation(row)[0]] == ["get_stock_price", "get_company_news"]
+    assert [t["name"] for t in hermes_row_to_conversation(row)[0]] == ["get_stock_price", "get_company_news"]
 
 
 # ------------------------------------------------------------------------------------ bad rows
@@ -229,13 +237,13 @@ def test_hermes_tool_prompt_is_cut_out_of_the_system_text():
 
 @pytest.mark.parametrize("hub_id, name, kept, dropped, first", [
     (hub.XLAM_ID, "xlam_bad.json", 1,
-     {"bad_json": 1, "unknown_tool": 1, "bad_query": 1, "bad_tools": 1}, "xlam_bad.json:100: bad_json"),
+     {"malformed_json": 1, "unknown_tool": 1, "empty": 1, "bad_tool_schema": 1}, "xlam_bad.json:100: malformed_json"),
     (hub.TOOLACE_ID, "toolace_bad.json", 0,
-     {"no_tool_list": 1, "bad_call": 1, "unknown_tool": 1, "orphan_tool_response": 1},
-     "toolace_bad.json:0: no_tool_list"),
+     {"malformed_prompt": 1, "malformed_json": 1, "unknown_tool": 1, "orphan_tool_response": 1},
+     "toolace_bad.json:0: malformed_prompt"),
     (hub.HERMES_ID, "hermes_bad.json", 0,
-     {"text_after_call": 1, "orphan_tool_response": 1, "bad_call": 1, "bad_turn": 1, "bad_tools": 1},
-     "hermes_bad.json:bad-1: text_after_call"),
+     {"malformed_prompt": 1, "orphan_tool_response": 1, "malformed_json": 1, "missing_field": 1,
+      "bad_tool_schema": 1}, "hermes_bad.json:bad-1: malformed_prompt"),
 ])
 def test_bad_rows_are_counted_and_skipped(hub_id, name, kept, dropped, first):
     rows, report = load(hub_id, name)
@@ -245,28 +253,28 @@ def test_bad_rows_are_counted_and_skipped(hub_id, name, kept, dropped, first):
 
 
 @pytest.mark.parametrize("hub_id, name, where", [
-    (hub.XLAM_ID, "xlam_bad.json", "xlam_bad.json:100: bad_json"),
-    (hub.TOOLACE_ID, "toolace_bad.json", "toolace_bad.json:0: no_tool_list"),
-    (hub.HERMES_ID, "hermes_bad.json", "hermes_bad.json:bad-1: text_after_call"),
+    (hub.XLAM_ID, "xlam_bad.json", "xlam_bad.json:100: malformed_json"),
+    (hub.TOOLACE_ID, "toolace_bad.json", "toolace_bad.json:0: malformed_prompt"),
+    (hub.HERMES_ID, "hermes_bad.json", "hermes_bad.json:bad-1: malformed_prompt"),
 ])
 def test_strict_mode_raises_naming_the_row(hub_id, name, where):
     with pytest.raises(DataError, match=where.replace(".", r"\.")):
         load(hub_id, name, strict=True)
     with pytest.raises(DataError, match=r"^my/source:101: unknown_tool"):
-        hub.load_xlam(raw("xlam_bad.json")[1:2], LoadReport(), strict=True, source="my/source")
+        convert_rows(raw("xlam_bad.json")[1:2], xlam_row_to_conversation, strict=True, source="my/source")
 
 
 def test_row_converters_are_pure_and_raise_value_errors():
     row = raw("xlam_function_calling_60k.json")[2]
     before = copy.deepcopy(row)
-    first = hub.xlam_row_to_conversation(row)
-    assert hub.xlam_row_to_conversation(row) == first and row == before
-    for convert, bad in [(hub.xlam_row_to_conversation, raw("xlam_bad.json")[0]),
-                         (hub.toolace_row_to_conversation, raw("toolace_bad.json")[1]),
-                         (hub.hermes_row_to_conversation, raw("hermes_bad.json")[0])]:
+    first = xlam_row_to_conversation(row)
+    assert xlam_row_to_conversation(row) == first and row == before
+    for convert, bad in [(xlam_row_to_conversation, raw("xlam_bad.json")[0]),
+                         (toolace_row_to_conversation, raw("toolace_bad.json")[1]),
+                         (hermes_row_to_conversation, raw("hermes_bad.json")[0])]:
         with pytest.raises(ValueError) as e:
             convert(bad)
-        assert isinstance(e.value, hub.ConversionError) and e.value.reason
+        assert isinstance(e.value, RowError) and e.value.reason
 
 
 def test_converters_work_with_dataset_map():
@@ -274,7 +282,7 @@ def test_converters_work_with_dataset_map():
 
     ds = Dataset.from_list(raw("xlam_function_calling_60k.json"))
     def to_json(r):
-        tools, messages = hub.xlam_row_to_conversation(r)
+        tools, messages = xlam_row_to_conversation(r)
         return {"conversation": json.dumps({"tools": tools, "messages": messages})}
 
     out = ds.map(to_json, remove_columns=ds.column_names)
@@ -283,8 +291,9 @@ def test_converters_work_with_dataset_map():
 
 def test_a_row_that_crashes_a_converter_is_still_only_noted():
     report = LoadReport()
-    rows = hub.convert_rows([{"query": "x"}, 7], lambda r: 1 / 0, report, source="s")
-    assert rows == [] and dict(report.dropped) == {"unexpected_error": 1, "bad_row": 1}
+    rows = convert_rows([{"query": "x"}, 7], lambda r: 1 / 0, source="s", report=report)
+    assert rows == [] and dict(report.dropped) == {"malformed_row": 2}
+    assert "ZeroDivisionError" in report.examples[0] and "row is a int" in report.examples[1]
 
 
 # ------------------------------------------------------------------------------------ files and hub
@@ -347,7 +356,7 @@ def test_registry_and_argument_checks():
 @pytest.mark.parametrize("hub_id, name, index, expect", [
     (hub.XLAM_ID, "xlam_function_calling_60k.json", 2,
      '{"name": "video_comments", "args": {"video_id": 456789123, "count": 15}}'),
-    (hub.XLAM_IRRELEVANCE_ID, "xlam_irrelevance.json", 0, hub.NO_CALL_REPLY),
+    (hub.XLAM_IRRELEVANCE_ID, "xlam_irrelevance.json", 0, REFUSAL),
     (hub.TOOLACE_ID, "toolace.json", 0, '{"name": "Get Team Logo", "args": {"team": "Alianza Lima", "size": 128}}'),
     (hub.HERMES_ID, "hermes_func_calling.json", 0,
      '{"name": "get_company_news", "args": {"symbol": "TSLA", "limit": 3}}'),

@@ -1,22 +1,37 @@
-"""Loaders for the real datasets in shared/datasets (data/sources_local.py): every registered source
-loads into canonical rows, every upstream row is accounted for, and bad rows written in each
-source's own schema are counted and skipped (or raise DataError in strict mode)."""
+"""Loaders for the local datasets (data/sources): every registered source loads into canonical rows,
+every upstream row is accounted for, and bad rows written in each source's own schema are counted
+and skipped (or raise DataError in strict mode).
+
+The loader tests run on the committed fixtures (tests/fixtures/local: a few real rows per file) and,
+when present, on the full files in ../shared/datasets ($GEMMA_TOOL_USE_TEST_DATASETS overrides that
+folder); exact drop counts and checksums are of the full files."""
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from gemma_tool_use.chat_format import render_conversation, validate_conversation
-from gemma_tool_use.data import sources_local as sl
 from gemma_tool_use.data.conversations import DataError, LoadReport
-from gemma_tool_use.data.schema import CATEGORIES
+from gemma_tool_use.data.schema import CATEGORIES, REFUSAL
+from gemma_tool_use.data.sources import LOCAL_SOURCES, fetch, load_source
+from gemma_tool_use.data.sources.common import params_schema
+from gemma_tool_use.files import sha256_file
 
-ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-pytestmark = pytest.mark.skipif(not (ROOT / "seal_tools").is_dir(), reason=f"datasets not found at {ROOT}")
+FIXTURES = Path(__file__).parent / "fixtures" / "local"
+SHARED = Path(os.environ.get("GEMMA_TOOL_USE_TEST_DATASETS")
+              or Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
+ROOTS = {"fixtures": FIXTURES, "shared": SHARED}
 
-NAMES = sorted(sl.LOCAL_SOURCES)
+NAMES = sorted(LOCAL_SOURCES)
+
+
+def root_of(kind: str) -> Path:
+    if not (ROOTS[kind] / "seal_tools").is_dir():
+        pytest.skip(f"datasets not found at {ROOTS[kind]}")
+    return ROOTS[kind]
 
 
 def upstream_row_count(path: Path) -> int:
@@ -29,13 +44,15 @@ def upstream_row_count(path: Path) -> int:
     return len(json.loads(path.read_text(encoding="utf-8")))
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    out = {}
+@pytest.fixture(scope="module", params=list(ROOTS))
+def data(request):
+    """(kind, root, {source: (rows, report)}) for the fixtures, then the full files."""
+    root = root_of(request.param)
+    loaded = {}
     for name in NAMES:
         report = LoadReport()
-        out[name] = (sl.LOCAL_SOURCES[name](ROOT, report, False), report)
-    return out
+        loaded[name] = (LOCAL_SOURCES[name](root, report, False), report)
+    return request.param, root, loaded
 
 
 @pytest.fixture(scope="module")
@@ -48,26 +65,66 @@ def tok():
 # ------------------------------------------------------------------------------- real files
 
 
-def test_registry_and_provenance_cover_the_same_sources():
-    assert set(sl.LOCAL_SOURCES) == set(sl.SOURCE_UPSTREAM)
-    for name, entry in sl.SOURCE_UPSTREAM.items():
-        assert entry["repo"].startswith("https://github.com/") and len(entry["commit"]) == 40
-        assert entry["files"] and all(len(f["sha256"]) == 64 and f["upstream"] for f in entry["files"])
-        assert sl.upstream_raw_url(name).startswith("https://raw.githubusercontent.com/")
-    assert sl.upstream_raw_url("seal_tools/dev") == (
+def test_every_source_file_is_pinned_upstream():
+    for name, source in LOCAL_SOURCES.items():
+        assert source.name == name and source.files and set(source.files) <= set(fetch.PINNED)
+    for local, sha in fetch.PINNED.items():
+        repo, commit, _ = fetch.REPOS[local.split("/")[0]]
+        assert len(sha) == 64 and len(commit) == 40 and fetch.raw_url(local).startswith(
+            f"https://raw.githubusercontent.com/{repo}/{commit}/")
+    assert fetch.raw_url("seal_tools/dev.jsonl") == (
         "https://raw.githubusercontent.com/fairyshine/Seal-Tools/ce753ecd60ed08dd376984035de531ab8421f1c6/"
         "Seal-Tools_Dataset/dev.jsonl")
+    assert fetch.raw_url("toolrl/rlla_4k_test.parquet").endswith("/dataset/rlla_4k/test.parquet")
 
 
 def test_local_files_match_recorded_checksums():
-    assert sl.verify_local_files(ROOT) == []
+    assert fetch.verify(root_of("shared")) == []
+
+
+def test_fixtures_mirror_the_data_root_layout():
+    assert {f for f in fetch.PINNED if (FIXTURES / f).is_file()} == set(fetch.PINNED)
+
+
+def _pin_fixtures(monkeypatch, files):
+    for f in files:  # the fixtures are subsets: pin what they hold
+        monkeypatch.setitem(fetch.PINNED, f, sha256_file(FIXTURES / f))
+
+
+def test_missing_files_are_fetched_and_every_file_is_verified(tmp_path, monkeypatch):
+    import shutil
+
+    files = LOCAL_SOURCES["seal_tools/dev"].files  # dev.jsonl and tool.jsonl, a documented subset
+    _pin_fixtures(monkeypatch, files)
+    mirror, root = tmp_path / "mirror", tmp_path / "root"
+    monkeypatch.setenv("GEMMA_TOOL_USE_DATA_MIRROR", mirror.as_uri())
+    upstream = mirror / fetch.raw_url(files[0]).removeprefix(mirror.as_uri() + "/")
+    upstream.parent.mkdir(parents=True)
+    shutil.copy(FIXTURES / files[0], upstream)
+    with pytest.raises(DataError, match="cannot be fetched: it is the tools the Seal-Tools rows use"):
+        load_source("seal_tools/dev", root, LoadReport())  # the subset must be placed
+    shutil.copy(FIXTURES / files[1], root / files[1])
+    report = LoadReport()
+    rows = load_source("seal_tools/dev", root, report)  # dev.jsonl fetched from the mirror, both verified
+    assert rows and fetch.verify(root, files) == []
+    assert report.kept + sum(report.dropped.values()) == upstream_row_count(root / files[0])
+    with (root / files[0]).open("a") as f:  # a local file that changed is refused, not only a fetched one
+        f.write("\n")
+    with pytest.raises(DataError, match=r"dev\.jsonl: sha256 .* does not match the pinned"):
+        load_source("seal_tools/dev", root, LoadReport())
+    (root / files[0]).unlink()
+    upstream.write_text("tampered")
+    with pytest.raises(DataError, match="does not match the pinned"):
+        load_source("seal_tools/dev", root, LoadReport())
+    assert not (root / files[0]).exists()
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_source_loads_into_canonical_rows(name, loaded):
+def test_source_loads_into_canonical_rows(name, data):
+    _, root, loaded = data
     rows, report = loaded[name]
     assert rows and len(rows) == report.kept
-    upstream = upstream_row_count(ROOT / sl.SOURCE_UPSTREAM[name]["files"][0]["local"])
+    upstream = upstream_row_count(root / LOCAL_SOURCES[name].files[0])
     assert report.kept + sum(report.dropped.values()) == upstream, (report.kept, dict(report.dropped))
     for row in rows:
         validate_conversation(row)
@@ -86,6 +143,7 @@ def test_source_loads_into_canonical_rows(name, loaded):
 
 
 # Exact drops on the pinned files (checksums above): each is an upstream defect or a documented choice.
+# The fixtures hold the first dropped row of each reason: one drop per reason.
 EXPECTED_DROPS = {  # args_violate_schema: calls left invalid after lossless type repair (data/schema.py)
     "seal_tools/dev": {"dependent_call": 28, "args_violate_schema": 4},
     "seal_tools/test_in_domain": {"dependent_call": 30, "args_violate_schema": 6},
@@ -122,16 +180,19 @@ CATEGORY_MIX = {
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_drops_and_category_mix_are_as_documented(name, loaded):
+def test_drops_and_category_mix_are_as_documented(name, data):
+    kind, _, loaded = data
     rows, report = loaded[name]
-    assert dict(report.dropped) == EXPECTED_DROPS[name], report.examples
+    expected = EXPECTED_DROPS[name] if kind == "shared" else dict.fromkeys(EXPECTED_DROPS[name], 1)
+    assert dict(report.dropped) == expected, report.examples
     cats = Counter(r["meta"]["category"] for r in rows)
     must, must_not = CATEGORY_MIX[name]
     assert must <= set(cats), cats
     assert not must_not & set(cats), cats
 
 
-def test_multi_turn_sources_carry_tool_responses(loaded):
+def test_multi_turn_sources_carry_tool_responses(data):
+    loaded = data[2]
     for name in ("llamafactory/glaive_en", "llamafactory/glaive_zh", "toolrl/rlla_sft", "hammer/apibank_l2",
                  "llamafactory/reason_tool_use"):
         rows = loaded[name][0]
@@ -146,7 +207,8 @@ def test_multi_turn_sources_carry_tool_responses(loaded):
                     assert m["name"] in called, (name, r["meta"])
 
 
-def test_seal_tools_rows_hold_independent_calls_only(loaded):
+def test_seal_tools_rows_hold_independent_calls_only(data):
+    loaded = data[2]
     for name in ("seal_tools/dev", "seal_tools/finetune_dev"):
         for r in loaded[name][0]:
             assert "API_call_" not in json.dumps(r["messages"])
@@ -157,42 +219,44 @@ def test_seal_tools_rows_hold_independent_calls_only(loaded):
     assert not finetune[0]["messages"][0]["content"].startswith("Please chooose")  # the wrapper is gone
 
 
-def test_schema_conversion_keeps_descriptions_enums_and_required(loaded):
+def test_schema_conversion_keeps_descriptions_enums_and_required(data):
+    loaded = data[2]
     # Seal-Tools layout: python type names, top-level required list, "choices" -> enum.
     tool = next(t for r in loaded["seal_tools/dev"][0] for t in r["tools"] if t["name"] == "getHealthWorkforce")
     assert tool["parameters"]["required"] == ["location"]
     assert tool["parameters"]["properties"]["location"]["type"] == "string"
     assert tool["parameters"]["properties"]["location"]["description"].startswith("The location")
-    schema = sl._object_schema({"movement_type": {"type": "str", "description": "d", "choices": ["walk", "run"]},
+    schema = params_schema({"movement_type": {"type": "str", "description": "d", "choices": ["walk", "run"]},
                                 "v": {"type": "float", "description": "speed", "unit": "m/s"}}, ["movement_type"])
     assert schema == {"type": "object", "properties": {
         "movement_type": {"type": "string", "description": "d", "enum": ["walk", "run"]},
         "v": {"type": "number", "description": "speed (unit: m/s)"}}, "required": ["movement_type"]}
     # xLAM layout: "type, optional" markers beside required parameters; List[int]; placeholder default.
-    schema = sl._object_schema({"a": {"type": "List[int]", "description": "x", "default": ""},
+    schema = params_schema({"a": {"type": "List[int]", "description": "x", "default": ""},
                                 "b": {"type": "str, optional", "description": "y", "default": "US"}})
     assert schema == {"type": "object", "properties": {
         "a": {"type": "array", "items": {"type": "integer"}, "description": "x"},
         "b": {"type": "string", "description": "y", "default": "US"}}, "required": ["a"]}
     # JSON Schema passes through (nested items kept); ToolAlpaca's per-parameter flags.
     js = {"type": "object", "properties": {"xs": {"type": "array", "items": {"type": "string"}}}, "required": ["xs"]}
-    assert sl._object_schema(js) == js
-    assert sl._object_schema({"q": {"type": "string", "description": "", "required": True},
-                              "n": {"type": "integer", "description": ""}}, per_param_flags=True)["required"] == ["q"]
+    assert params_schema(js) == js
+    assert params_schema({"q": {"type": "string", "description": "", "required": True},
+                              "n": {"type": "integer", "description": ""}}, flags=True)["required"] == ["q"]
     # Unknown to the source: no required list is invented.
-    assert "required" not in sl._object_schema({"q": {"type": "str", "description": "z"}})
+    assert "required" not in params_schema({"q": {"type": "str", "description": "z"}})
 
 
-def test_loading_is_deterministic_and_in_file_order(loaded):
-    again = sl.LOCAL_SOURCES["hammer/toolalpaca"](ROOT, LoadReport(), False)
+def test_loading_is_deterministic_and_in_file_order(data):
+    _, root, loaded = data
+    again = LOCAL_SOURCES["hammer/toolalpaca"](root, LoadReport(), False)
     assert again == loaded["hammer/toolalpaca"][0]
     ids = [int(r["meta"]["row"]) for r in again]
     assert ids == sorted(ids)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_loaded_rows_render_with_a_loss_mask(name, loaded, tok):
-    rows = loaded[name][0]
+def test_loaded_rows_render_with_a_loss_mask(name, data, tok):
+    rows = data[2][name][0]
     picks = {rows[0]["meta"]["row"]: rows[0]}
     for r in rows:  # plus one row of each category the source has
         picks.setdefault(r["meta"]["category"], r)
@@ -246,7 +310,7 @@ def test_seal_tools_bad_rows(tmp_path):
         json.dumps({"id": "dev-easy-6", "query": "q", "calling": []}),
     ]
     path = _write(tmp_path, "seal_tools/dev.jsonl", "\n".join(lines) + "\n\n")
-    rows = _check_bad_rows(sl.LOCAL_SOURCES["seal_tools/dev"], tmp_path, path, 1, {
+    rows = _check_bad_rows(LOCAL_SOURCES["seal_tools/dev"], tmp_path, path, 1, {
         "malformed_json": 1, "unknown_tool": 1, "args_not_object": 1, "dependent_call": 1, "missing_field": 1,
         "empty": 1}, "line2")
     assert rows[0]["meta"] == {"source": "seal_tools/dev", "row": "dev-easy-0", "category": "simple"}
@@ -271,7 +335,7 @@ def test_seal_tools_finetune_bad_rows(tmp_path):
             {"from": "human", "value": prompt([SEAL_TOOL], "q")}, {"from": "gpt", "value": "[{'api': "}]},
     ]
     path = _write(tmp_path, "seal_tools/dataset_for_finetune/dev.json", data)
-    rows = _check_bad_rows(sl.LOCAL_SOURCES["seal_tools/finetune_dev"], tmp_path, path, 1,
+    rows = _check_bad_rows(LOCAL_SOURCES["seal_tools/finetune_dev"], tmp_path, path, 1,
                            {"malformed_prompt": 1, "unknown_tool": 1, "malformed_json": 1}, "dev-easy-1")
     assert rows[0]["messages"][0]["content"] == "Weather in Paris?"
 
@@ -308,7 +372,7 @@ def test_toolrl_bad_rows(tmp_path):
         {"instruction": TOOLRL_INSTRUCTION, "input": hist, "output": "<think> nothing to do </think>"},
     ]
     path = _write(tmp_path, "toolrl/rlla_sft.json", data)
-    rows = _check_bad_rows(sl.LOCAL_SOURCES["toolrl/rlla_sft"], tmp_path, path, 2, {
+    rows = _check_bad_rows(LOCAL_SOURCES["toolrl/rlla_sft"], tmp_path, path, 2, {
         "unknown_tool": 1, "args_not_object": 1, "malformed_json": 1, "missing_field": 1, "empty": 1}, "1")
     assert rows[0]["messages"] == [{"role": "user", "content": "Weather in Paris?"}, {
         "role": "assistant", "content": "", "tool_calls": [{"name": "Get Weather", "args": {"city": "Paris"}}]}]
@@ -333,7 +397,7 @@ def test_toolrl_parquet_bad_rows(tmp_path):
     path = tmp_path / "toolrl" / "rlla_4k_test.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(table, path)
-    _check_bad_rows(sl.LOCAL_SOURCES["toolrl/rlla_4k_test"], tmp_path, path, 1, {"unknown_tool": 1}, "1")
+    _check_bad_rows(LOCAL_SOURCES["toolrl/rlla_4k_test"], tmp_path, path, 1, {"unknown_tool": 1}, "1")
 
 
 APIBANK_TOOLS = [
@@ -365,7 +429,7 @@ def test_hammer_apibank_bad_rows_and_history_tool_repair(tmp_path):
         {"query": "hi", "tools": [stock]},
     ]
     path = _write(tmp_path, "hammer/apibank_l2.json", data)
-    rows = _check_bad_rows(sl.LOCAL_SOURCES["hammer/apibank_l2"], tmp_path, path, 2, {
+    rows = _check_bad_rows(LOCAL_SOURCES["hammer/apibank_l2"], tmp_path, path, 2, {
         "unknown_tool": 1, "args_not_object": 1, "orphan_tool_response": 1, "missing_field": 1}, "2")
     assert rows[0]["messages"][-1] == {"role": "assistant", "content": "Let me search.",
                                        "tool_calls": [{"name": "ToolSearcher", "args": {"keywords": "stock"}}]}
@@ -384,7 +448,7 @@ def test_hammer_toolalpaca_and_masking_bad_rows(tmp_path):
             {"query": "Holiday in China today?", "tools": tools, "answers": [{"name": "components", "arguments": {}}]},
             {"query": "Holiday?", "tools": tools, "answers": [{"name": "getHoliday", "arguments": [1]}]}]
     path = _write(tmp_path, "hammer/toolalpaca.json", data)
-    rows = _check_bad_rows(sl.LOCAL_SOURCES["hammer/toolalpaca"], tmp_path, path, 1,
+    rows = _check_bad_rows(LOCAL_SOURCES["hammer/toolalpaca"], tmp_path, path, 1,
                            {"unknown_tool": 1, "args_not_object": 1}, "1")
     assert [t["name"] for t in rows[0]["tools"]] == ["getHoliday"]  # the 'components' pseudo tool is gone
     assert rows[0]["tools"][0]["parameters"]["required"] == ["countryCode"]
@@ -404,10 +468,10 @@ def test_hammer_toolalpaca_and_masking_bad_rows(tmp_path):
         {"instruction": instruction(mtools, "q"), "input": "", "output": '```\n[{"name": "x2", "arguments": {}}]\n```'},
     ]
     path = _write(tmp_path, "hammer/masking_sft_data_example.json", masking)
-    rows = _check_bad_rows(sl.LOCAL_SOURCES["hammer/masking_example"], tmp_path, path, 2,
+    rows = _check_bad_rows(LOCAL_SOURCES["hammer/masking_example"], tmp_path, path, 2,
                            {"malformed_json": 2, "unknown_tool": 1}, "2")
     assert rows[0]["tools"][0]["parameters"]["required"] == ["a"]
-    assert rows[1]["messages"][-1] == {"role": "assistant", "content": sl.NO_TOOL_FITS_TEXT}
+    assert rows[1]["messages"][-1] == {"role": "assistant", "content": REFUSAL}
     assert rows[1]["meta"]["category"] == "irrelevance"
 
 
@@ -437,7 +501,7 @@ def test_glaive_bad_rows(tmp_path):
         {"conversations": [turn("human", "Tell me a joke"), turn("gpt", "A joke.")], "tools": ""},
     ]
     path = _write(tmp_path, "llamafactory/glaive_toolcall_en_demo.json", data)
-    rows = _check_bad_rows(sl.LOCAL_SOURCES["llamafactory/glaive_en"], tmp_path, path, 2, {
+    rows = _check_bad_rows(LOCAL_SOURCES["llamafactory/glaive_en"], tmp_path, path, 2, {
         "malformed_json": 1, "orphan_tool_response": 1, "args_not_object": 1, "unknown_tool": 1, "empty": 1}, "1")
     assert rows[0]["messages"][1:3] == [
         {"role": "assistant", "content": "", "tool_calls": [{"name": "get_news", "args": {"topic": "tech"}}]},
@@ -464,7 +528,7 @@ def test_reason_tool_use_bad_rows(tmp_path):
         {"name": "square_area", "arguments": {}})))], "tools": tools}
     path = _write(tmp_path, "llamafactory/reason_tool_use_demo_50.jsonl",
                   "\n".join([json.dumps(good), "{not json", json.dumps(unknown)]) + "\n")
-    rows = _check_bad_rows(sl.LOCAL_SOURCES["llamafactory/reason_tool_use"], tmp_path, path, 1,
+    rows = _check_bad_rows(LOCAL_SOURCES["llamafactory/reason_tool_use"], tmp_path, path, 1,
                            {"malformed_json": 1, "unknown_tool": 1}, "line2")
     r = rows[0]
     assert [m["role"] for m in r["messages"]] == ["user", "assistant", "tool", "tool", "assistant"]
@@ -477,7 +541,7 @@ def test_reason_tool_use_bad_rows(tmp_path):
 
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="not found"):
-        sl.LOCAL_SOURCES["hammer/apibank_l1"](tmp_path, LoadReport(), False)
+        LOCAL_SOURCES["hammer/apibank_l1"](tmp_path, LoadReport(), False)
     _write(tmp_path, "hammer/apibank_l1.json", "{not a json array")
     with pytest.raises(DataError, match="apibank_l1.json"):
-        sl.LOCAL_SOURCES["hammer/apibank_l1"](tmp_path, LoadReport(), False)
+        LOCAL_SOURCES["hammer/apibank_l1"](tmp_path, LoadReport(), False)

@@ -107,27 +107,46 @@ def test_card_counts_the_rows_that_fit_max_length(patched, tokenizer):
 def test_missing_files_are_fetched_from_pinned_upstream_and_verified(tmp_path, monkeypatch):
     import shutil
 
-    from conftest import SHARED
-    from gemma_tool_use.data import sources_local as sl
+    from conftest import REPO
+    from gemma_tool_use.data.sources import LOCAL_SOURCES, fetch
+    from gemma_tool_use.files import sha256_file
 
-    src = SHARED / "datasets"
-    if not src.is_dir():
-        pytest.skip("shared datasets not available")
+    fixtures = REPO / "tests" / "fixtures" / "local"  # a few real rows: pin what they hold
+    local = LOCAL_SOURCES["llamafactory/reason_tool_use"].files[0]
+    monkeypatch.setitem(fetch.PINNED, local, sha256_file(fixtures / local))
     mirror = tmp_path / "mirror"
-    name = "llamafactory/reason_tool_use"
-    url = sl.upstream_raw_url(name)
-    rel = url.split("raw.githubusercontent.com/", 1)[1]
-    (mirror / rel).parent.mkdir(parents=True)
-    shutil.copy(src / sl.SOURCE_UPSTREAM[name]["files"][0]["local"], mirror / rel)
     monkeypatch.setenv("GEMMA_TOOL_USE_DATA_MIRROR", mirror.as_uri())
+    upstream = mirror / fetch.raw_url(local).removeprefix(mirror.as_uri() + "/")
+    upstream.parent.mkdir(parents=True)
+    shutil.copy(fixtures / local, upstream)
     root = tmp_path / "root"
-    mix_mod.ensure_source_files(name, root)
-    assert sl.verify_local_files(root, [name]) == []
+    rows, dropped = mix_mod.load_sources(["llamafactory/reason_tool_use"], root, strict=False)
+    assert rows and fetch.verify(root, [local]) == []
     # A corrupted upstream copy is refused.
-    (root / sl.SOURCE_UPSTREAM[name]["files"][0]["local"]).unlink()
-    (mirror / rel).write_text("tampered")
+    (root / local).unlink()
+    upstream.write_text("tampered")
     with pytest.raises(mix_mod.DataError, match="does not match the pinned"):
-        mix_mod.ensure_source_files(name, root)
+        mix_mod.load_sources(["llamafactory/reason_tool_use"], root, strict=False)
+
+
+def test_tool_pools_are_verified_too(tmp_path, monkeypatch):
+    import shutil
+
+    from conftest import REPO
+    from gemma_tool_use.data.sources import fetch
+    from gemma_tool_use.files import sha256_file
+
+    fixtures = REPO / "tests" / "fixtures" / "local"
+    names = ["seal_tools/tool.jsonl", "toolalpaca/public_apis.json"]
+    for name in names:
+        monkeypatch.setitem(fetch.PINNED, name, sha256_file(fixtures / name))
+        (tmp_path / name).parent.mkdir(parents=True)
+        shutil.copy(fixtures / name, tmp_path / name)
+    pool = mix_mod.tool_pool(names, tmp_path, strict=False)
+    assert len(pool) == 18 + 5 and all(t["parameters"]["type"] == "object" for t in pool)
+    (tmp_path / names[1]).write_text('{"count": 0, "entries": []}')
+    with pytest.raises(mix_mod.DataError, match="public_apis.json: sha256"):
+        mix_mod.tool_pool(names, tmp_path, strict=False)
 
 
 def test_hub_sources_join_a_mix_from_local_upstream_files(tmp_path, monkeypatch):

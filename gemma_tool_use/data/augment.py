@@ -1,7 +1,7 @@
 """Training-row augmentations. Each is a pure function of (row(s), rng) and keeps the row valid;
 `augment_rows` applies them with configured ratios, deterministically for a given seed.
 
-  irrelevance     remove every called tool: the answer becomes a plain-text refusal
+  irrelevance     remove every called tool: the answer becomes the plain-text REFUSAL
   distractors     add tools from other rows (no name clashes) and shuffle the tool order
   mask_names      Hammer-style: random function and parameter names, consistently in the
                   tool list and the calls, so the model reads descriptions, not names
@@ -16,14 +16,8 @@ import random
 import string
 from typing import Any
 
-from gemma_tool_use.data.schema import classify, validate_args  # noqa: F401 (re-exported)
+from gemma_tool_use.data.schema import REFUSAL, classify, validate_args  # noqa: F401 (re-exported)
 
-REFUSALS = (
-    "None of the available tools can help with this request.",
-    "I can't do that with the tools I have.",
-    "Sorry, no available function fits this request.",
-    "The provided functions cannot answer this; none of them applies.",
-)
 JOINERS = (" Also, ", " And ", " Then, ", "\n", " Additionally, ")
 
 
@@ -53,7 +47,7 @@ def make_irrelevant(row: dict, rng: random.Random) -> dict | None:
         return None  # an irrelevance row still offers some tool
     out = copy.deepcopy(row)
     out["tools"] = tools
-    out["messages"][-1] = {"role": "assistant", "content": rng.choice(REFUSALS)}
+    out["messages"][-1] = {"role": "assistant", "content": REFUSAL}
     return _tag(out, "irrelevance")
 
 

@@ -5,13 +5,13 @@ or raised as an error in strict mode."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemma_tool_use.chat_format import FormatError, validate_conversation
+from gemma_tool_use.files import iter_jsonl
 from gemma_tool_use.paths import RESOURCES_DIR
 
 log = logging.getLogger(__name__)
@@ -52,27 +52,20 @@ def load_jsonl_conversations(path: str | Path, *, strict: bool = False,
     path = resolve_data_file(str(path))
     report = report if report is not None else LoadReport()
     rows: list[dict] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                if strict:
-                    raise DataError(f"{where}: malformed JSON: {e}") from e
-                report.note(where, "malformed_json", str(e))
-                continue
+    for lineno, row, error in iter_jsonl(path):
+        problem = ("malformed_json", error) if error else None
+        if problem is None:
             try:
                 validate_conversation(row)
             except FormatError as e:
-                if strict:
-                    raise DataError(f"{where}: {e}") from e
-                report.note(where, "invalid_conversation", str(e))
-                continue
+                problem = ("invalid_conversation", str(e))
+        if problem is None:
             rows.append(row)
             report.kept += 1
+        elif strict:
+            raise DataError(f"{path}:{lineno}: {problem[1]}")
+        else:
+            report.note(f"{path}:{lineno}", *problem)
     if report.dropped:
         log.warning("%s: kept %d rows, dropped %s; e.g. %s", path, report.kept,
                     dict(report.dropped), "; ".join(report.examples[:3]))

@@ -98,72 +98,18 @@ def split_by_tool(rows: list[dict], fraction: float, seed: int) -> tuple[list[di
     return train, val, mixed
 
 
-def ensure_source_files(name: str, root: Path) -> None:
-    """Download a source's files that are missing under `root` from its pinned upstream commit
-    and verify them by sha256. $GEMMA_TOOL_USE_DATA_MIRROR replaces the GitHub raw host
-    (mirrors, air-gapped copies, tests)."""
-    import shutil
-    import urllib.request
-
-    from gemma_tool_use.data import sources_local
-
-    entry = sources_local.SOURCE_UPSTREAM.get(name)
-    if entry is None:
-        return
-    for i, f in enumerate(entry["files"]):
-        dest = root / f["local"]
-        if dest.is_file():
-            continue
-        url = sources_local.upstream_raw_url(name, i)
-        mirror = os.environ.get("GEMMA_TOOL_USE_DATA_MIRROR")
-        if mirror:
-            url = mirror.rstrip("/") + "/" + url.split("raw.githubusercontent.com/", 1)[1]
-        log.info("fetching %s -> %s", url, dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        try:
-            with urllib.request.urlopen(url, timeout=60) as resp, tmp.open("wb") as out:
-                shutil.copyfileobj(resp, out)
-        except OSError as e:
-            raise DataError(f"{dest} is missing and could not be fetched from {url}: {e}; "
-                            "set data.root to a folder holding the datasets") from e
-        digest = sources_local.sha256_file(tmp)
-        if digest != f["sha256"] and "subset" not in entry.get("note", ""):
-            tmp.unlink()
-            raise DataError(f"{url}: sha256 {digest} does not match the pinned {f['sha256']}")
-        tmp.replace(dest)
-
-
 def tool_names_of(rows: list[dict]) -> set[str]:
     return {t["name"] for r in rows for t in r["tools"]}
 
 
 def load_sources(names, root: Path, strict: bool, hub_files=None) -> tuple[list[dict], dict]:
-    """Local sources by registry name; hub datasets as "hub:<id>[:<config>]" (fetched at the
-    pinned revision, or read from data.hub_files[<id>] = local copies of the upstream files)."""
-    from gemma_tool_use.data import sources_local
+    """Rows of the named sources (data/sources: local names, or "hub:<id>[:<config>]")."""
+    from gemma_tool_use.data.sources import load_source
 
     rows, dropped = [], {}
     for name in names:
-        if name.startswith("hub:"):
-            from gemma_tool_use.data import sources_hub
-
-            hub_id, _, config = name[4:].partition(":")
-            if hub_id not in sources_hub.HUB_SOURCES:
-                raise DataError(f"data.sources: unknown hub dataset {hub_id!r} (known: {', '.join(sources_hub.HUB_SOURCES)})")
-            report = LoadReport()
-            got = sources_hub.load_hub_dataset(hub_id, revision=sources_hub.HUB_SOURCES[hub_id].revision, report=report,
-                                               strict=strict, config=config or None,
-                                               data_files=(hub_files or {}).get(hub_id))
-            rows.extend(got)
-            if report.dropped:
-                dropped[name] = dict(report.dropped)
-            continue
-        if name not in sources_local.LOCAL_SOURCES:
-            raise DataError(f"data.sources: unknown source {name!r} (known: {', '.join(sorted(sources_local.LOCAL_SOURCES))})")
-        ensure_source_files(name, root)
         report = LoadReport()
-        got = sources_local.LOCAL_SOURCES[name](root, report, strict)
+        got = load_source(name, root, report, strict, hub_files)
         rows.extend(got)
         if report.dropped:
             dropped[name] = dict(report.dropped)
@@ -174,21 +120,21 @@ def load_sources(names, root: Path, strict: bool, hub_files=None) -> tuple[list[
 def tool_pool(names, root: Path, strict: bool) -> list[dict]:
     """Tool schemas for procedural rows and distractors: "seal_tools/tool.jsonl" (3.6k schemas
     with parameters), "toolalpaca/public_apis.json" (1.4k API descriptions, no parameters)."""
-    from gemma_tool_use.data import sources_local
+    from gemma_tool_use.data.sources import fetch, seal_tools
 
     pool = []
     for name in names:
-        if name == "seal_tools/tool.jsonl":
-            pool += list(sources_local._seal_catalog(root, strict).values())
-        elif name == "toolalpaca/public_apis.json":
-            entries = json.loads((root / "toolalpaca" / "public_apis.json").read_text())["entries"]
-            for e in entries:
-                fname = "_".join(re.findall(r"[A-Za-z0-9]+", e["API"])).lower()
-                if fname:
-                    pool.append({"name": fname, "description": f"{e['Description']} ({e['Category']} API).",
-                                 "parameters": {"type": "object", "properties": {}}})
-        else:
+        if name not in ("seal_tools/tool.jsonl", "toolalpaca/public_apis.json"):
             raise DataError(f"data.tool_pools: unknown pool {name!r} (seal_tools/tool.jsonl, toolalpaca/public_apis.json)")
+        fetch.ensure_files(root, [name])
+        if name == "seal_tools/tool.jsonl":
+            pool += list(seal_tools.catalog(root / name, strict).values())
+            continue
+        for e in json.loads((root / name).read_text())["entries"]:
+            fname = "_".join(re.findall(r"[A-Za-z0-9]+", e["API"])).lower()
+            if fname:
+                pool.append({"name": fname, "description": f"{e['Description']} ({e['Category']} API).",
+                             "parameters": {"type": "object", "properties": {}}})
     return pool
 
 
@@ -253,7 +199,8 @@ def no_call_share(rows: list[dict]) -> float:
 def mix_fingerprint(data_cfg, seed: int, tokenizer_source: str) -> str:
     from omegaconf import OmegaConf
 
-    # version 2: cached cards carry the train_tokenized step
+    # version 2: cached cards carry the train_tokenized step; 3: one data-source framework (data/sources),
+    # one refusal text, jsonschema argument checks
     blob = json.dumps({"data": OmegaConf.to_container(data_cfg, resolve=True), "seed": seed,
-                       "tokenizer": tokenizer_source, "version": 2}, sort_keys=True, default=str)
+                       "tokenizer": tokenizer_source, "version": 3}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

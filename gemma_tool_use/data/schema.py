@@ -11,10 +11,17 @@ Loaders never raise on a bad upstream row: they call `report.note(where, reason,
 
 from __future__ import annotations
 
+import jsonschema
+
 from gemma_tool_use.chat_format import FormatError, validate_conversation
 from gemma_tool_use.data.conversations import DataError, LoadReport
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "multi_turn", "chat")
+
+# The one plain-text answer the data teaches for "no tool fits" (Hammer's "[]", xLAM irrelevance,
+# the irrelevance augmentation): it states the decision first, then covers both reasons to abstain.
+REFUSAL = ("I can't do this with a tool call: none of the available tools fits the request, "
+           "or the request lacks a required parameter.")
 
 
 def classify(conv: dict) -> str:
@@ -42,31 +49,33 @@ def classify(conv: dict) -> str:
     return "parallel" if len({c["name"] for c in calls}) == 1 else "parallel_multiple"
 
 
+_JSON_TYPES = {"string", "integer", "number", "boolean", "array", "object", "null"}
+# JSON Schema calls 1.0 an integer; BFCL's checker (and Python) do not.
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=(
+    jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))))
+
+
+def _checked(spec: dict) -> dict:
+    """The part of a parameter schema a call is checked against: its type(s) and enum."""
+    t, out = spec.get("type"), {}
+    if all(isinstance(x, str) and x in _JSON_TYPES for x in (t if isinstance(t, list) else [t])) and t:
+        out["type"] = t
+    if isinstance(spec.get("enum"), list) and spec["enum"]:
+        out["enum"] = spec["enum"]
+    return out
+
+
 def validate_args(args: dict, params: dict) -> list[str]:
-    """Problems of `args` against a tool's JSON Schema parameters (required, types, enums)."""
-    problems = []
+    """Problems of `args` against a tool's JSON Schema parameters: missing required ones, unknown
+    names (when the tool lists its parameters), and each value's type and enum."""
     props = params.get("properties") or {}
-    for req in params.get("required") or []:
-        if req not in args:
-            problems.append(f"missing required '{req}'")
-    kinds = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
-    for k, v in args.items():
-        if k not in props:
-            if props:
-                problems.append(f"unknown argument '{k}'")
-            continue
-        spec = props[k]
-        typ = spec.get("type")
-        if isinstance(typ, str) and typ in kinds:
-            ok = isinstance(v, kinds[typ]) and not (typ in ("integer", "number") and isinstance(v, bool))
-            if not ok:
-                problems.append(f"'{k}' should be {typ}, got {type(v).__name__}")
-        if spec.get("enum") and v not in spec["enum"]:
-            problems.append(f"'{k}'={v!r} not in enum")
-    return problems
+    schema = {"type": "object", "required": list(params.get("required") or []), "additionalProperties": not props,
+              "properties": {k: _checked(v) for k, v in props.items() if isinstance(v, dict)}}
+    return [f"{'/'.join(map(str, e.path)) or 'args'}: {e.message}" for e in _Validator(schema).iter_errors(args)]
 
 
-def _coerce(value, spec: dict):
+def coerce(value, spec: dict):
     """A lossless conversion of a stringified value to the schema's type, or the value unchanged."""
     import ast
     import json
@@ -107,7 +116,7 @@ def repair_call_args(tools: list, messages: list) -> tuple[int, list[str]]:
             props = params.get("properties") or {}
             for k, v in list(c.get("args", {}).items()):
                 if k in props:
-                    new = _coerce(v, props[k])
+                    new = coerce(v, props[k])
                     if new is not v:
                         c["args"][k] = new
                         repaired += 1

@@ -1,0 +1,117 @@
+"""Hammer (github.com/MadeAgents/Hammer).
+
+* Evaluation files {query, tools, answers}: API-Bank L1/L2 (query = a dialogue: roles user, agent
+  = model text, assistant = a call as ```[...]```, tool = its result) and ToolAlpaca (query = one
+  request, per-parameter "required" flags). `answers` are the calls of the next model turn.
+  API-Bank L2 history calls to a tool missing from the row's list (ToolSearcher, once
+  GetUserToken) get that tool's schema from elsewhere in the same file: the tool was evidently
+  available. Target calls are never repaired: an unlisted target is unknown_tool. ToolAlpaca's
+  OpenAPI "components" pseudo tool is removed.
+* masking_sft_data_example.json {instruction, input, output}: the tools and the query are
+  [BEGIN OF ...] sections of the instruction; the output is a fenced JSON list of calls.
+
+An empty call list ("[]") becomes the plain-text answer REFUSAL.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from gemma_tool_use.data.conversations import LoadReport
+from gemma_tool_use.data.schema import REFUSAL
+from gemma_tool_use.data.sources.common import Dialogue, RowError, call, convert_rows, load_file, loads, read_rows, \
+    result, tool_from, tool_list
+
+_GENERATE_MARK = re.compile(r"\s*Generate API Request:\s*$")
+
+
+def _history(query: list, d: Dialogue) -> None:
+    for m in query:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise RowError("missing_field", "a query record needs 'role' and text 'content'")
+        role, text = m.get("role"), _GENERATE_MARK.sub("", m["content"])
+        if role == "user":
+            d.user(text)
+        elif role == "agent":
+            d.model(text)
+        elif role == "assistant":
+            calls = loads(text.strip().strip("`").strip(), "history call")
+            calls = calls if isinstance(calls, list) else [calls]
+            if not calls:
+                raise RowError("malformed_json", "a history call block is not a list of calls")
+            d.model(calls=[call(c) for c in calls])
+        elif role == "tool":
+            d.results(result(text))
+        else:
+            raise RowError("missing_field", f"unknown role {role!r}")
+
+
+def load_eval(source: str, paths: list[Path], report: LoadReport, strict: bool = False, *,
+              flags: bool = False) -> list[dict]:
+    rows = read_rows(paths[0])
+    catalog: dict[str, Any] = {}  # every tool schema in the file, by name
+    for obj in rows:
+        for t in (obj.get("tools") if isinstance(obj, dict) and isinstance(obj.get("tools"), list) else []):
+            if isinstance(t, dict) and isinstance(t.get("name"), str):
+                catalog.setdefault(t["name"], t)
+
+    def convert(obj):
+        for field in ("query", "tools", "answers"):
+            if field not in obj:
+                raise RowError("missing_field", f"row has no '{field}'")
+        if not isinstance(obj["tools"], list) or not isinstance(obj["answers"], list):
+            raise RowError("missing_field", "'tools' and 'answers' must be lists")
+        tools = tool_list([t for t in obj["tools"] if not (
+            isinstance(t, dict) and t.get("name") == "components" and not t.get("parameters"))], flags=flags)
+        d, query = Dialogue(), obj["query"]
+        if isinstance(query, str):
+            d.user(query)
+        elif isinstance(query, list) and query:
+            _history(query, d)
+        else:
+            raise RowError("empty", "no query")
+        listed = {t["name"] for t in tools}
+        for c in (c for m in d.messages for c in m.get("tool_calls") or []):
+            if c["name"] not in listed and c["name"] in catalog:  # history calls only (module docstring)
+                tools.append(tool_from(catalog[c["name"]], flags=flags))
+                listed.add(c["name"])
+        calls = [call(a) for a in obj["answers"]]
+        if d.messages[-1].get("tool_calls"):
+            d.messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+        else:
+            d.model(REFUSAL if not calls else "", calls)
+        return tools, d.messages
+
+    return convert_rows(rows, convert, source=source, report=report, strict=strict, where=str(paths[0]))
+
+
+def _between(text: str, start: str, end: str) -> str:
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i != -1 else -1
+    if i == -1 or j == -1:
+        raise RowError("malformed_prompt", f"no '{start} ... {end}' section")
+    return text[i + len(start):j].strip()
+
+
+def load_masking(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
+    def convert(obj):
+        if not isinstance(obj.get("instruction"), str) or not isinstance(obj.get("output"), str):
+            raise RowError("missing_field", "row needs 'instruction' and 'output' text")
+        ins = obj["instruction"]
+        raw_tools = loads(_between(ins, "[BEGIN OF AVAILABLE TOOLS]", "[END OF AVAILABLE TOOLS]"), "tool list")
+        if not isinstance(raw_tools, list):
+            raise RowError("malformed_prompt", "the tool list is not a JSON array")
+        query = _between(ins, "[BEGIN OF QUERY]", "[END OF QUERY]")
+        if isinstance(obj.get("input"), str) and obj["input"].strip():
+            query = f"{query}\n{obj['input'].strip()}"
+        answer = loads(re.sub(r"^```(?:json)?\s*|\s*```$", "", obj["output"].strip()), "output")
+        if not isinstance(answer, list):
+            raise RowError("malformed_json", "output is not a JSON list of calls")
+        d = Dialogue()
+        d.user(query)
+        d.model(REFUSAL if not answer else "", [call(a) for a in answer])
+        return tool_list(raw_tools), d.messages
+
+    return load_file(source, paths[0], convert, report, strict)

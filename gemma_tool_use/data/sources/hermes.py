@@ -1,0 +1,108 @@
+"""Hermes function calling (NousResearch/hermes-function-calling-v1, Apache-2.0), configs
+func_calling_singleturn, func_calling, glaive_func_calling (the json_mode_* configs carry no calls).
+
+ShareGPT rows {"id", "conversations": [{"from": "system"|"human"|"gpt"|"tool", "value"}], "tools":
+<JSON string>, ...}; the system prompt repeats the tools inside <tools>...</tools>; gpt turns hold
+<tool_call>{"name", "arguments"}</tool_call> blocks (some written as Python dict literals), tool
+turns <tool_response>{"name", "content"}</tool_response> blocks. The Hermes tool prompt is dropped
+(our renderer adds its own), other system text kept. Text after a <tool_call> block cannot be
+represented (a model message holds its text before its calls) and makes the row unusable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gemma_tool_use.data.sources.common import Dialogue, RowError, call, json_values, loads, tool_list
+
+_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+_TOOL_RESPONSE_RE = re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)
+_TOOLS_BLOCK_RE = re.compile(r"<tools>(.*?)</tools>", re.DOTALL)
+# Openings of Hermes' tool prompts (func_calling*, the structured-extraction rows, glaive).
+_PREAMBLES = ("You are a function calling AI model", "You are an expert structured information extraction AI model")
+
+
+def _strip_literal_newlines(body: str) -> str:
+    """Block bodies sometimes carry a written backslash-n where a newline belongs."""
+    return re.sub(r"^(\s*\\n)+|(\\n\s*)+$", "", body.strip()).strip()
+
+
+def _blocks(text: str, pattern: re.Pattern, tag: str) -> list[re.Match]:
+    blocks = list(pattern.finditer(text))
+    if text.count(f"<{tag}>") != len(blocks) or text.count(f"</{tag}>") != len(blocks):
+        raise RowError("malformed_prompt", f"a <{tag}> tag without its pair")
+    return blocks
+
+
+def split_hermes_calls(text: str) -> tuple[str, list[dict]]:
+    """A gpt turn as (text before the calls, calls)."""
+    blocks = _blocks(text, _TOOL_CALL_RE, "tool_call")
+    if not blocks:
+        return text.strip(), []
+    for prev, nxt in zip(blocks, blocks[1:] + [None]):
+        between = text[prev.end():nxt.start() if nxt else len(text)]
+        if _strip_literal_newlines(between):
+            raise RowError("malformed_prompt", f"text after a <tool_call> block: {between.strip()[:60]!r}")
+    return text[:blocks[0].start()].strip(), [
+        call(loads(_strip_literal_newlines(b.group(1)), "<tool_call> block")) for b in blocks]
+
+
+def _results(text: str) -> Any:
+    blocks = _blocks(text, _TOOL_RESPONSE_RE, "tool_response")
+    if not blocks or _strip_literal_newlines(_TOOL_RESPONSE_RE.sub("", text)):
+        raise RowError("malformed_prompt", f"a tool turn is not <tool_response> blocks alone: {text[:80]!r}")
+    values = [loads(_strip_literal_newlines(b.group(1)), "<tool_response> block") for b in blocks]
+    return values[0] if len(values) == 1 else values
+
+
+def hermes_system_to_tools(system: str, *, parse_tools: bool = True) -> tuple[list[dict] | None, str]:
+    """Tools from the system prompt's <tools> block (None when it has none, or when not
+    `parse_tools`), and the system text left without the Hermes tool prompt around it."""
+    block = next((m for m in _TOOLS_BLOCK_RE.finditer(system) if m.group(1).strip()), None)
+    if block is None:
+        return None, system.strip()
+    tools = None
+    if parse_tools:  # a JSON/Python list, or objects one after another
+        body = _strip_literal_newlines(block.group(1))
+        try:
+            value = loads(body, "<tools> block")
+        except RowError:
+            try:
+                value = json_values(body, "<tools> block")
+            except RowError:
+                raise RowError("bad_tool_schema", f"<tools> block is not a tool list: {body[:120]!r}") from None
+        tools = tool_list(value if isinstance(value, list) else [value])
+    before, after = system[:block.start()], system[block.end():]
+    starts = [before.find(p) for p in _PREAMBLES if p in before]
+    before = before[:min(starts)] if starts else before
+    close = after.rfind("</tool_call>")
+    after = after[close + len("</tool_call>"):] if close != -1 else after
+    return tools, "\n\n".join(p.strip() for p in (before, after) if p.strip())
+
+
+def hermes_row_to_conversation(row: dict) -> tuple[list[dict], list[dict]]:
+    """One Hermes function-calling row. Tools come from the row's `tools` field, else from the
+    system prompt's <tools> block."""
+    turns = loads(row.get("conversations"), "conversations")
+    if not isinstance(turns, list) or not turns:
+        raise RowError("missing_field", "'conversations' must be a non-empty list")
+    tools = tool_list(row.get("tools")) or None
+    d = Dialogue()
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise RowError("missing_field", f"turn {i} is not {{'from', 'value': str}}")
+        speaker, value = turn.get("from"), turn["value"]
+        if speaker == "system" and i == 0:
+            system_tools, rest = hermes_system_to_tools(value, parse_tools=tools is None)
+            tools = tools or system_tools
+            d = Dialogue(rest)
+        elif speaker in ("human", "user"):
+            d.user(value)
+        elif speaker in ("gpt", "assistant"):
+            d.model(*split_hermes_calls(value))
+        elif speaker == "tool":
+            d.results(_results(value))
+        else:
+            raise RowError("missing_field", f"turn {i} from unknown speaker {speaker!r:.40} (a system turn only first)")
+    return tools or [], d.messages

@@ -1,0 +1,80 @@
+"""LLaMA-Factory demo data (github.com/hiyouga/LLaMA-Factory, data/); tools as a JSON string.
+
+* glaive_toolcall_{en,zh}_demo.json: ShareGPT turns human / gpt / function_call / observation.
+* reason_tool_use_demo_50.jsonl: OpenAI-style messages whose content is a list of parts (text /
+  reasoning / tool_call); a tool record holds [{"tool_call_id", "name", "content"}, ...] or the
+  bare result of a single call. Reasoning parts and the system prompt that asks for them are
+  dropped: the canonical format has no reasoning channel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gemma_tool_use.data.conversations import LoadReport
+from gemma_tool_use.data.sources.common import Dialogue, RowError, call, load_file, loads, result, tool_list
+
+
+def _function_calls(text: Any) -> list[dict]:
+    value = loads(text, "function_call")
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise RowError("empty", "an empty function_call")
+    return [call(v) for v in values]
+
+
+def _turns(obj: dict, key: str) -> list:
+    if not isinstance(obj.get(key), list):
+        raise RowError("missing_field", f"row has no {key!r}")
+    if not obj[key]:
+        raise RowError("empty", f"no {key}")
+    return obj[key]
+
+
+def load_glaive(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
+    def convert(obj):
+        turns, tools = _turns(obj, "conversations"), tool_list(obj.get("tools"))
+        d = Dialogue(obj.get("system"))
+        for t in turns:
+            if not isinstance(t, dict) or not isinstance(t.get("value"), str):
+                raise RowError("missing_field", "a turn needs 'from' and text 'value'")
+            kind, value = t.get("from"), t["value"]
+            if kind == "human":
+                d.user(value)
+            elif kind == "gpt":
+                d.model(value)
+            elif kind == "function_call":
+                d.model(calls=_function_calls(value))
+            elif kind == "observation":
+                d.results(result(value))
+            else:
+                raise RowError("missing_field", f"unknown turn kind {kind!r}")
+        return tools, d.messages
+
+    return load_file(source, paths[0], convert, report, strict)
+
+
+def load_reason_tool_use(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
+    def convert(obj):
+        turns, tools = _turns(obj, "messages"), tool_list(obj.get("tools"))
+        d = Dialogue()
+        for m in turns:
+            parts = m.get("content") if isinstance(m, dict) else None
+            parts = [{"type": "text", "value": parts}] if isinstance(parts, str) else parts
+            if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+                raise RowError("missing_field", "a message needs text or a list of parts as content")
+            text = "\n".join(p["value"].strip() for p in parts
+                             if p.get("type") == "text" and isinstance(p.get("value"), str)).strip()
+            role = m.get("role")
+            if role == "user":
+                d.user(text)
+            elif role == "assistant":
+                d.model(text, [c for p in parts if p.get("type") == "tool_call" for c in _function_calls(p.get("value"))])
+            elif role == "tool":
+                d.results(result(text), content_keys=("content",))
+            elif role != "system":
+                raise RowError("missing_field", f"unknown role {role!r}")
+        return tools, d.messages
+
+    return load_file(source, paths[0], convert, report, strict)

@@ -1,0 +1,98 @@
+"""ToolRL (github.com/qiancheng0/ToolRL): rlla_sft.json ({instruction, input, output}) and
+rlla_4k_test.parquet (prompt = [system, user], reward_model.ground_truth = the answer).
+
+The tool list lives in the instruction's "**Available Tools**" section ("N. Name / Description /
+Parameters" entries), the dialogue history in <user>/<tool_call>/<obs>/<response> tags, the answer
+in <think>/<tool_call>/<response> tags. The system prompt written for ToolRL's output format is
+taken apart (our renderer adds its own tool instructions); <think> reasoning is dropped: the
+canonical format has no reasoning channel.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from gemma_tool_use.data.conversations import LoadReport
+from gemma_tool_use.data.sources.common import Dialogue, RowError, call, json_values, load_file, loads, result, \
+    tool_from
+
+_ENTRY = re.compile(r"\d+\. Name: (.*?)\nDescription: (.*?)\nParameters: (.*)", re.S)
+_SEGMENT = re.compile(r"<(user|think|tool_call|obs|response)>(.*?)</\1>", re.S)
+
+
+def _tools(instruction: str) -> list[dict]:
+    if "**Available Tools**" not in instruction:
+        raise RowError("missing_field", "no '**Available Tools**' section in the instruction")
+    section = instruction.split("**Available Tools**", 1)[1].split("**Steps for Each Turn**", 1)[0]
+    section = section.split("you can use the following tools:", 1)[-1].strip()
+    tools = []
+    for entry in filter(None, (e.strip() for e in re.split(r"\n(?=\d+\. Name: )", section))):
+        m = _ENTRY.fullmatch(entry)
+        if not m:
+            raise RowError("malformed_prompt", f"tool entry not 'N. Name/Description/Parameters': {entry[:80]!r}")
+        tools.append(tool_from({"name": m.group(1).strip(), "description": m.group(2),
+                                "parameters": loads(m.group(3).strip(), f"parameters of {m.group(1)!r}")}))
+    return tools
+
+
+def _segments(text: str, what: str, *, lenient: bool = False) -> list[tuple[str, str]]:
+    segs, pos = [], 0
+    for m in [*_SEGMENT.finditer(text), None]:
+        between = text[pos:m.start() if m else len(text)].strip()
+        if between and not lenient:
+            raise RowError("malformed_prompt", f"{what}: text outside the tags: {between[:80]!r}")
+        if m:
+            segs.append((m.group(1), m.group(2).strip()))
+            pos = m.end()
+    return segs
+
+
+def _calls(body: str) -> list[dict]:
+    """One JSON object per call: {"name": ..., "parameters": {...}}."""
+    calls = [call(obj, args_keys=("parameters", "arguments")) for obj in json_values(body.strip(), "tool call")]
+    if not calls:
+        raise RowError("empty", "an empty <tool_call> block")
+    return calls
+
+
+def _messages(history: str, output: str) -> list[dict]:
+    d = Dialogue()
+    for tag, body in _segments(history.split("**Dialogue Records History**", 1)[-1], "dialogue history"):
+        if tag == "user":
+            d.user(body)
+        elif tag == "tool_call":
+            d.model(calls=_calls(body))
+        elif tag == "obs":  # [{"name": ..., "results": ...}, ...]
+            d.results(result(body))
+        elif tag == "response":
+            d.model(body)
+    content, calls = "", []
+    for tag, body in _segments(output, "answer", lenient=True):
+        if tag == "tool_call":
+            calls += _calls(body)
+        elif tag == "response":
+            content = f"{content}\n{body}".strip()
+    if not content and not calls:
+        raise RowError("empty", "the answer has neither <tool_call> nor <response>")
+    d.messages.append({"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})})
+    return d.messages
+
+
+def _texts(obj: dict) -> tuple[Any, Any, Any]:
+    if "prompt" not in obj:  # rlla_sft.json
+        return obj.get("instruction"), obj.get("input"), obj.get("output")
+    by_role = {m.get("role"): m.get("content") for m in obj.get("prompt") or [] if isinstance(m, dict)}
+    return by_role.get("system"), by_role.get("user"), (obj.get("reward_model") or {}).get("ground_truth")
+
+
+def load(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
+    def convert(obj):
+        texts = _texts(obj)
+        for field, value in zip(("instruction", "input", "output"), texts):
+            if not isinstance(value, str):
+                raise RowError("missing_field", f"no {field} text")
+        return _tools(texts[0]), _messages(texts[1], texts[2])
+
+    return load_file(source, paths[0], convert, report, strict)
