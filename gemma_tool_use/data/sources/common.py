@@ -1,26 +1,20 @@
 """The one data-source framework: upstream rows -> canonical rows (data/schema.py).
 
-A family module (seal_tools, toolrl, hammer, llamafactory, xlam, toolace, hermes) writes one
-`convert(row) -> (tools, messages)` per upstream layout, building messages with `Dialogue` and
-tools with `tool_from`; `convert_rows` runs it over a file's rows, checks each result (`finish`),
-builds the canonical row (`make_row`) and accounts for every row: kept (`report.kept`) or dropped
-with one reason (`report.note`), so kept + dropped == upstream rows; `strict=True` raises
-DataError naming file and row instead. A missing or wholly unreadable file raises DataError.
+A family module writes `convert(row) -> (tools, messages)` per upstream layout, with `Dialogue`
+and `tool_from`; `convert_rows` runs it over the rows, checks each result (`finish`), builds the
+canonical row (`make_row`) and accounts for every row: kept, or dropped with one of REASONS, so
+kept + dropped == upstream rows (`strict=True`: DataError naming file and row instead).
 
 Judgement calls shared by every source:
-  * Payloads given as text (tool lists, calls, arguments, results) are parsed as JSON, else as a
-    Python literal (upstream wrote repr() output; JSON's true/false/null also accepted), never
-    evaluated. A tool result that parses as neither is kept as text.
-  * Parameter layouts are cast to JSON Schema: python/loose type names mapped (str -> string,
-    List[int] -> array of integer, "int | None" -> integer, ...), descriptions, enums, defaults
-    and examples kept (Seal "choices" -> enum, "unit" appended to the description, the ""
-    placeholder default dropped, a stringified default parsed to its type). `required` is written
-    when the source says it (a list, per-parameter flags, or "type, optional" markers next to
-    unmarked ones) and left out when the source cannot tell.
-  * A tool result answers a call of the latest model turn not yet answered: the one it names,
-    else the next in order; one naming an uncalled tool answers the sole tool called.
-  * Tool names are unique per row (see `finish`); trailing user/tool turns that no
-    model turn answers are dropped (nothing to learn from them).
+  * Text payloads (tool lists, calls, arguments, results) are JSON, else a Python literal (repr()
+    output; true/false/null too), never evaluated. A tool result that is neither stays text.
+  * Parameters become JSON Schema: loose type names mapped (str -> string, List[int] -> array of
+    integer, "int | None" -> integer), descriptions, enums (Seal "choices"), defaults (parsed to
+    their type; "" dropped) and examples kept, "unit" appended to the description. `required`
+    is written when the source says it (a list, per-parameter flags, "type, optional" markers
+    beside unmarked ones), else left out.
+  * A tool result answers a not yet answered call of the latest model turn: the one it names, else
+    the next; one naming an uncalled tool answers the sole tool called.
 """
 
 from __future__ import annotations
@@ -38,7 +32,7 @@ from gemma_tool_use.files import iter_jsonl
 
 log = logging.getLogger(__name__)
 
-# The drop reasons of every source (LoadReport.dropped keys), plus make_row's invalid_conversation
+# The drop reasons of every source (LoadReport.dropped keys), besides make_row's invalid_conversation
 # and args_violate_schema.
 REASONS = {
     "malformed_json": "a payload (JSON, Python literal, Python call text) does not parse",
@@ -68,11 +62,6 @@ class RowError(ValueError):
 # ------------------------------------------------------------------------------- the loop
 
 
-def _row_id(row: Any, index: int) -> Any:
-    rid = row.get("id") if isinstance(row, dict) else None
-    return rid if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid) != "" else index
-
-
 def convert_rows(rows: Iterable[Any], convert: Callable[[dict], tuple[list, list]], *, source: str,
                  report: LoadReport | None = None, strict: bool = False, where: str | None = None) -> list[dict]:
     """Canonical rows of `rows` (upstream objects, or RowErrors for unreadable ones), in order.
@@ -81,7 +70,8 @@ def convert_rows(rows: Iterable[Any], convert: Callable[[dict], tuple[list, list
     where = where or source
     out, kept0, dropped0 = [], report.kept, sum(report.dropped.values())
     for index, row in enumerate(rows):
-        row_id = row.row_id if isinstance(row, RowError) else _row_id(row, index)
+        row_id = row.row_id if isinstance(row, RowError) else row.get("id") if isinstance(row, dict) else None
+        row_id = row_id if isinstance(row_id, str | int) and not isinstance(row_id, bool) and row_id != "" else index
         try:
             if isinstance(row, RowError):
                 raise row
@@ -146,17 +136,14 @@ def read_rows(path: Path) -> list:
     if path.suffix == ".jsonl":
         return [RowError("malformed_json", f"line {n}: {error}", row_id=f"line{n}") if error else value
                 for n, value, error in iter_jsonl(path)]
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises its own ArrowInvalid/OSError family
-            raise DataError(f"{path}: not readable as parquet: {e}") from e
     try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not readable as JSON: {e}") from e
+    except Exception as e:  # JSON errors, pyarrow's ArrowInvalid/OSError family
+        raise DataError(f"{path}: not readable as {path.suffix[1:]}: {e}") from e
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of rows, got a JSON {type(data).__name__}")
     return data
@@ -190,23 +177,20 @@ def parse_literal(text: str) -> Any:
 
 
 def loads(text: Any, what: str) -> Any:
-    """`text` parsed (parse_literal); a value that is not text is returned as is."""
+    """`text` parsed (parse_literal), or JSON values written one after another ("{...}\\n{...}") as a
+    list; a value that is not text is returned as is."""
     if not isinstance(text, str):
         return text
     try:
         return parse_literal(text)
     except ValueError:
-        raise RowError("malformed_json", f"{what} is neither JSON nor a literal: {text[:120]!r}") from None
-
-
-def json_values(text: str, what: str) -> list:
-    """JSON values written one after another ("{...}\\n{...}")."""
+        pass
     decoder, values, pos = json.JSONDecoder(), [], 0
     while (pos := len(text) - len(text[pos:].lstrip(" \t\r\n,"))) < len(text):
         try:
             value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            raise RowError("malformed_json", f"{what}: {e}") from None
+        except json.JSONDecodeError:
+            raise RowError("malformed_json", f"{what} is neither JSON nor a literal: {text[:120]!r}") from None
         values.append(value)
     return values
 
@@ -231,12 +215,20 @@ def call(obj: Any, *, name_key: str = "name", args_keys: tuple[str, ...] = ("arg
 
 def result(value: Any) -> Any:
     """A tool result: parsed if it parses (parse_literal), else the text itself."""
-    if not isinstance(value, str):
-        return value
     try:
-        return parse_literal(value)
+        return parse_literal(value) if isinstance(value, str) else value
     except ValueError:
         return value.strip()
+
+
+def sharegpt_turns(obj: dict, key: str = "conversations") -> list[tuple[Any, str]]:
+    """(speaker, text) of each ShareGPT turn {"from", "value"} under `key` (a list, or text holding one)."""
+    turns = loads(obj.get(key), key)
+    if not isinstance(turns, list) or not turns:
+        raise RowError("empty" if turns == [] else "missing_field", f"no {key!r} list, or an empty one")
+    if not all(isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns):
+        raise RowError("missing_field", "a turn is not {'from', 'value': str}")
+    return [(t.get("from"), t["value"]) for t in turns]
 
 
 class Dialogue:
@@ -244,9 +236,8 @@ class Dialogue:
     tool result has answered yet."""
 
     def __init__(self, system: Any = ""):
-        self.messages = [{"role": "system", "content": system.strip()}] if isinstance(system, str) \
-            and system.strip() else []
-        self.pending: list[dict] = []
+        system = system.strip() if isinstance(system, str) else ""
+        self.messages, self.pending = [{"role": "system", "content": system}] if system else [], []
 
     def user(self, text: Any) -> None:
         if not isinstance(text, str):
@@ -284,14 +275,10 @@ class Dialogue:
             raise RowError("tool_response_mismatch", f"one result record for {len(self.pending)} calls")
         for name, content in pairs:
             names = [c["name"] for c in self.pending]
-            if not names:
-                raise RowError("orphan_tool_response", f"a tool result ({name!r:.60}) with no call left to answer")
-            if name in names:
-                i = names.index(name)
-            elif name is None or not isinstance(name, str) or len(set(names)) == 1:
-                i = 0
-            else:
-                raise RowError("orphan_tool_response", f"a result from {name!r:.60}, which was not called")
+            i = names.index(name) if name in names else 0 if names and (
+                not isinstance(name, str) or len(set(names)) == 1) else None
+            if i is None:
+                raise RowError("orphan_tool_response", f"a tool result ({name!r:.60}) that answers no pending call")
             self.messages.append({"role": "tool", "name": self.pending.pop(i)["name"], "content": content})
 
 

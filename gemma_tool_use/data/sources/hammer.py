@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from gemma_tool_use.data.conversations import LoadReport
 from gemma_tool_use.data.schema import REFUSAL
@@ -51,18 +50,12 @@ def _history(query: list, d: Dialogue) -> None:
 def load_eval(source: str, paths: list[Path], report: LoadReport, strict: bool = False, *,
               flags: bool = False) -> list[dict]:
     rows = read_rows(paths[0])
-    catalog: dict[str, Any] = {}  # every tool schema in the file, by name
-    for obj in rows:
-        for t in (obj.get("tools") if isinstance(obj, dict) and isinstance(obj.get("tools"), list) else []):
-            if isinstance(t, dict) and isinstance(t.get("name"), str):
-                catalog.setdefault(t["name"], t)
+    catalog = {t["name"]: t for obj in reversed(rows) if isinstance(obj, dict) and isinstance(obj.get("tools"), list)
+               for t in obj["tools"] if isinstance(t, dict) and isinstance(t.get("name"), str)}  # first by name
 
     def convert(obj):
-        for field in ("query", "tools", "answers"):
-            if field not in obj:
-                raise RowError("missing_field", f"row has no '{field}'")
-        if not isinstance(obj["tools"], list) or not isinstance(obj["answers"], list):
-            raise RowError("missing_field", "'tools' and 'answers' must be lists")
+        if "query" not in obj or not isinstance(obj.get("tools"), list) or not isinstance(obj.get("answers"), list):
+            raise RowError("missing_field", "row needs a 'query', and 'tools' and 'answers' lists")
         tools = tool_list([t for t in obj["tools"] if not (
             isinstance(t, dict) and t.get("name") == "components" and not t.get("parameters"))], flags=flags)
         d, query = Dialogue(), obj["query"]
@@ -100,9 +93,7 @@ def load_masking(source: str, paths: list[Path], report: LoadReport, strict: boo
         if not isinstance(obj.get("instruction"), str) or not isinstance(obj.get("output"), str):
             raise RowError("missing_field", "row needs 'instruction' and 'output' text")
         ins = obj["instruction"]
-        raw_tools = loads(_between(ins, "[BEGIN OF AVAILABLE TOOLS]", "[END OF AVAILABLE TOOLS]"), "tool list")
-        if not isinstance(raw_tools, list):
-            raise RowError("malformed_prompt", "the tool list is not a JSON array")
+        tools = tool_list(_between(ins, "[BEGIN OF AVAILABLE TOOLS]", "[END OF AVAILABLE TOOLS]"), "tool list")
         query = _between(ins, "[BEGIN OF QUERY]", "[END OF QUERY]")
         if isinstance(obj.get("input"), str) and obj["input"].strip():
             query = f"{query}\n{obj['input'].strip()}"
@@ -112,6 +103,6 @@ def load_masking(source: str, paths: list[Path], report: LoadReport, strict: boo
         d = Dialogue()
         d.user(query)
         d.model(REFUSAL if not answer else "", [call(a) for a in answer])
-        return tool_list(raw_tools), d.messages
+        return tools, d.messages
 
     return load_file(source, paths[0], convert, report, strict)

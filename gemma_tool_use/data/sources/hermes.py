@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gemma_tool_use.data.sources.common import Dialogue, RowError, call, json_values, loads, tool_list
+from gemma_tool_use.data.sources.common import Dialogue, RowError, call, loads, sharegpt_turns, tool_list
 
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _TOOL_RESPONSE_RE = re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)
@@ -64,14 +64,10 @@ def hermes_system_to_tools(system: str, *, parse_tools: bool = True) -> tuple[li
         return None, system.strip()
     tools = None
     if parse_tools:  # a JSON/Python list, or objects one after another
-        body = _strip_literal_newlines(block.group(1))
         try:
-            value = loads(body, "<tools> block")
-        except RowError:
-            try:
-                value = json_values(body, "<tools> block")
-            except RowError:
-                raise RowError("bad_tool_schema", f"<tools> block is not a tool list: {body[:120]!r}") from None
+            value = loads(_strip_literal_newlines(block.group(1)), "<tools> block")
+        except RowError as e:
+            raise RowError("bad_tool_schema", str(e)) from None
         tools = tool_list(value if isinstance(value, list) else [value])
     before, after = system[:block.start()], system[block.end():]
     starts = [before.find(p) for p in _PREAMBLES if p in before]
@@ -84,15 +80,8 @@ def hermes_system_to_tools(system: str, *, parse_tools: bool = True) -> tuple[li
 def hermes_row_to_conversation(row: dict) -> tuple[list[dict], list[dict]]:
     """One Hermes function-calling row. Tools come from the row's `tools` field, else from the
     system prompt's <tools> block."""
-    turns = loads(row.get("conversations"), "conversations")
-    if not isinstance(turns, list) or not turns:
-        raise RowError("missing_field", "'conversations' must be a non-empty list")
-    tools = tool_list(row.get("tools")) or None
-    d = Dialogue()
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise RowError("missing_field", f"turn {i} is not {{'from', 'value': str}}")
-        speaker, value = turn.get("from"), turn["value"]
+    turns, tools, d = sharegpt_turns(row), tool_list(row.get("tools")) or None, Dialogue()
+    for i, (speaker, value) in enumerate(turns):
         if speaker == "system" and i == 0:
             system_tools, rest = hermes_system_to_tools(value, parse_tools=tools is None)
             tools = tools or system_tools

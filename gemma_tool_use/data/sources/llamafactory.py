@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from gemma_tool_use.data.conversations import LoadReport
-from gemma_tool_use.data.sources.common import Dialogue, RowError, call, load_file, loads, result, tool_list
+from gemma_tool_use.data.sources.common import Dialogue, RowError, call, load_file, loads, result, sharegpt_turns, \
+    tool_list
 
 
 def _function_calls(text: Any) -> list[dict]:
@@ -24,22 +25,10 @@ def _function_calls(text: Any) -> list[dict]:
     return [call(v) for v in values]
 
 
-def _turns(obj: dict, key: str) -> list:
-    if not isinstance(obj.get(key), list):
-        raise RowError("missing_field", f"row has no {key!r}")
-    if not obj[key]:
-        raise RowError("empty", f"no {key}")
-    return obj[key]
-
-
 def load_glaive(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
     def convert(obj):
-        turns, tools = _turns(obj, "conversations"), tool_list(obj.get("tools"))
-        d = Dialogue(obj.get("system"))
-        for t in turns:
-            if not isinstance(t, dict) or not isinstance(t.get("value"), str):
-                raise RowError("missing_field", "a turn needs 'from' and text 'value'")
-            kind, value = t.get("from"), t["value"]
+        turns, tools, d = sharegpt_turns(obj), tool_list(obj.get("tools")), Dialogue(obj.get("system"))
+        for kind, value in turns:
             if kind == "human":
                 d.user(value)
             elif kind == "gpt":
@@ -57,9 +46,10 @@ def load_glaive(source: str, paths: list[Path], report: LoadReport, strict: bool
 
 def load_reason_tool_use(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
     def convert(obj):
-        turns, tools = _turns(obj, "messages"), tool_list(obj.get("tools"))
-        d = Dialogue()
-        for m in turns:
+        if not isinstance(messages := obj.get("messages"), list) or not messages:
+            raise RowError("empty" if messages == [] else "missing_field", "no 'messages' list, or an empty one")
+        tools, d = tool_list(obj.get("tools")), Dialogue()
+        for m in messages:
             parts = m.get("content") if isinstance(m, dict) else None
             parts = [{"type": "text", "value": parts}] if isinstance(parts, str) else parts
             if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):

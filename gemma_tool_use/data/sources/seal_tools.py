@@ -1,16 +1,14 @@
 """Seal-Tools (github.com/fairyshine/Seal-Tools).
 
-* {dev,test_in_domain}.jsonl: {id, query, calling: [{api, parameters, responses}]}; the tools are
-  the called ones, looked up by name in tool.jsonl ({api_name, api_description, parameters,
-  required}, python type names, "choices").
+* {dev,test_in_domain}.jsonl: {id, query, calling: [{api, parameters}]}; the tools are the called
+  ones, looked up by name in tool.jsonl ({api_name, api_description, parameters, required}).
 * dataset_for_finetune/{dev,test_in_domain}.json: a prompt "api_list = [...] task_instruction =
-  "..."" with 5 candidate tools (Python literals) and a Python-literal call list as the answer:
-  "multiple" rows with distractors. The prompt wrapper is taken apart: tools to `tools`, the task
-  to the user turn.
+  "..."" with 5 candidate tools as Python literals (so "multiple" rows with distractors) and a
+  Python-literal call list as the answer; tools go to `tools`, the task to the user turn.
 
-A call whose arguments name an earlier call's output ("API_call_3") cannot be made without that
-output, and the data holds no results to feed back, so such rows are dropped (dependent_call);
-independent calls become one parallel model turn.
+A call whose arguments name an earlier call's output ("API_call_3") cannot be made without it, and
+the data holds no results to feed back, so such rows are dropped (dependent_call); independent
+calls become one parallel model turn.
 """
 
 from __future__ import annotations
@@ -30,21 +28,17 @@ _API_REF = re.compile(r"\bAPI_call_\d+\b")
 _PROMPT = re.compile(r"api_list = (\[.*\])\s*\ntask_instruction = \"(.*)\"\s*\nOutput:\s*$", re.S)
 
 
-def _tool(t: Any) -> dict:
-    return tool_from(t, name="api_name", description="api_description")
-
-
-def _calls(calling: Any) -> list[dict]:
-    if not isinstance(calling, list):
-        raise RowError("missing_field", "'calling' is not a list")
-    if not calling:
-        raise RowError("empty", "no calls")
+def _row(tools: list[dict], query: Any, calling: Any) -> tuple[list[dict], list[dict]]:
+    if not isinstance(query, str) or not isinstance(calling, list):
+        raise RowError("missing_field", "row needs a text query and a list of calls")
     calls = []
-    for c in calling:
+    for c in calling or [None]:
+        if c is None:
+            raise RowError("empty", "no calls")
         calls.append(call(c, name_key="api", args_keys=("parameters",)))
         if _API_REF.search(repr(calls[-1]["args"])):
             raise RowError("dependent_call", f"'{calls[-1]['name']}' takes an earlier call's output: {calls[-1]['args']}")
-    return calls
+    return tools, [{"role": "user", "content": query.strip()}, {"role": "assistant", "content": "", "tool_calls": calls}]
 
 
 def catalog(path: Path, strict: bool) -> dict[str, dict]:
@@ -54,11 +48,11 @@ def catalog(path: Path, strict: bool) -> dict[str, dict]:
         try:
             if isinstance(obj, RowError):
                 raise obj
-            tool = _tool(obj)
+            tool = tool_from(obj, name="api_name", description="api_description")
         except RowError as e:
             if strict:
-                raise DataError(f"{path}:{e.row_id or i}: {e.reason}: {e}") from None
-            log.warning("%s:%s: %s: %s", path, e.row_id or i, e.reason, e)
+                raise DataError(f"{path}:{i}: {e.reason}: {e}") from None
+            log.warning("%s:%s: %s: %s", path, i, e.reason, e)
             continue
         tools.setdefault(tool["name"], tool)
     return tools
@@ -66,43 +60,30 @@ def catalog(path: Path, strict: bool) -> dict[str, dict]:
 
 def load_calls(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
     """{dev,test_in_domain}.jsonl; paths = [that file, tool.jsonl]."""
-    rows = read_rows(paths[0])
-    tools_by_name = catalog(paths[1], strict)
+    rows, tools = read_rows(paths[0]), catalog(paths[1], strict)
 
     def convert(obj):
-        if "query" not in obj or "calling" not in obj:
-            raise RowError("missing_field", "row needs 'query' and 'calling'")
-        calls = _calls(obj["calling"])
-        unknown = [c["name"] for c in calls if c["name"] not in tools_by_name]
+        names = [c.get("api") for c in obj.get("calling") or [] if isinstance(c, dict)]
+        unknown = [n for n in names if n not in tools]
+        _, messages = _row([], obj.get("query"), obj.get("calling"))
         if unknown:
             raise RowError("unknown_tool", f"'{unknown[0]}' is not in tool.jsonl")
-        dialogue = _dialogue(obj["query"], calls)
-        return [copy.deepcopy(tools_by_name[c["name"]]) for c in calls], dialogue
+        return [copy.deepcopy(tools[n]) for n in names], messages
 
     return convert_rows(rows, convert, source=source, report=report, strict=strict, where=str(paths[0]))
-
-
-def _dialogue(query: Any, calls: list[dict]) -> list[dict]:
-    if not isinstance(query, str):
-        raise RowError("missing_field", f"the query is a {type(query).__name__}, not text")
-    return [{"role": "user", "content": query.strip()}, {"role": "assistant", "content": "", "tool_calls": calls}]
 
 
 def load_finetune(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
     """dataset_for_finetune/{dev,test_in_domain}.json: {id, conversations: [human prompt, gpt answer]}."""
 
     def convert(obj):
-        turns = obj.get("conversations") if isinstance(obj.get("conversations"), list) else []
-        human = next((t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "human"), None)
-        answer = next((t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"), None)
-        if not isinstance(human, str) or not isinstance(answer, str):
+        turns = {t.get("from"): t.get("value") for t in obj.get("conversations") or [] if isinstance(t, dict)}
+        if not isinstance(turns.get("human"), str) or not isinstance(turns.get("gpt"), str):
             raise RowError("missing_field", "row needs a human prompt and a gpt answer")
-        m = _PROMPT.search(human)
-        if not m:
+        m = _PROMPT.search(turns["human"])
+        if not m or not isinstance(api_list := loads(m.group(1), "api_list"), list):
             raise RowError("malformed_prompt", "no 'api_list = [...]' / 'task_instruction = \"...\"' in the prompt")
-        api_list = loads(m.group(1), "api_list")
-        if not isinstance(api_list, list):
-            raise RowError("malformed_prompt", "api_list is not a list")
-        return [_tool(t) for t in api_list], _dialogue(m.group(2), _calls(loads(answer, "answer")))
+        tools = [tool_from(t, name="api_name", description="api_description") for t in api_list]
+        return _row(tools, m.group(2), loads(turns["gpt"], "answer"))
 
     return load_file(source, paths[0], convert, report, strict)

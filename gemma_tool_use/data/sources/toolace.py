@@ -12,7 +12,8 @@ import json
 import re
 from typing import Iterable
 
-from gemma_tool_use.data.sources.common import Dialogue, RowError, loads, parse_literal, result, split_top, tool_list
+from gemma_tool_use.data.sources.common import Dialogue, RowError, parse_literal, result, sharegpt_turns, split_top, \
+    tool_list
 
 _LIST_MARKER = "Here is a list of functions in JSON format that you can invoke:"
 _BOILERPLATE = [re.compile(p.replace(" ", r"\s+"), re.IGNORECASE) for p in (
@@ -104,15 +105,8 @@ def toolace_row_to_conversation(row: dict) -> tuple[list[dict], list[dict]]:
     """One ToolACE row: tools from the system prompt, Python-call model turns parsed into calls,
     tool turns (a JSON list of {"name", "results"}) into one tool message per result."""
     tools, system_text = toolace_system_to_tools(row.get("system") or "")
-    turns = loads(row.get("conversations"), "conversations")
-    if not isinstance(turns, list) or not turns:
-        raise RowError("missing_field", "'conversations' must be a non-empty list")
-    names = [t["name"] for t in tools]
-    d = Dialogue(system_text)
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise RowError("missing_field", f"turn {i} is not {{'from', 'value': str}}")
-        speaker, value = turn.get("from"), turn["value"]
+    names, d = [t["name"] for t in tools], Dialogue(system_text)
+    for speaker, value in sharegpt_turns(row):
         if speaker in ("user", "human"):
             d.user(value)
         elif speaker in ("assistant", "gpt"):
@@ -121,5 +115,5 @@ def toolace_row_to_conversation(row: dict) -> tuple[list[dict], list[dict]]:
         elif speaker == "tool":
             d.results(result(value))
         else:
-            raise RowError("missing_field", f"turn {i} from unknown speaker {speaker!r:.40}")
+            raise RowError("missing_field", f"a turn from unknown speaker {speaker!r:.40}")
     return tools, d.messages

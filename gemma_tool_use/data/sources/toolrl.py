@@ -1,22 +1,19 @@
 """ToolRL (github.com/qiancheng0/ToolRL): rlla_sft.json ({instruction, input, output}) and
 rlla_4k_test.parquet (prompt = [system, user], reward_model.ground_truth = the answer).
 
-The tool list lives in the instruction's "**Available Tools**" section ("N. Name / Description /
-Parameters" entries), the dialogue history in <user>/<tool_call>/<obs>/<response> tags, the answer
-in <think>/<tool_call>/<response> tags. The system prompt written for ToolRL's output format is
-taken apart (our renderer adds its own tool instructions); <think> reasoning is dropped: the
-canonical format has no reasoning channel.
+The tools are "N. Name / Description / Parameters" entries in the instruction's "**Available
+Tools**" section (the rest of that prompt, written for ToolRL's output format, is dropped: our
+renderer adds its own), the history <user>/<tool_call>/<obs>/<response> tags, the answer
+<think>/<tool_call>/<response> tags. <think> reasoning is dropped: there is no reasoning channel.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from gemma_tool_use.data.conversations import LoadReport
-from gemma_tool_use.data.sources.common import Dialogue, RowError, call, json_values, load_file, loads, result, \
-    tool_from
+from gemma_tool_use.data.sources.common import Dialogue, RowError, call, load_file, loads, result, tool_from
 
 _ENTRY = re.compile(r"\d+\. Name: (.*?)\nDescription: (.*?)\nParameters: (.*)", re.S)
 _SEGMENT = re.compile(r"<(user|think|tool_call|obs|response)>(.*?)</\1>", re.S)
@@ -51,7 +48,8 @@ def _segments(text: str, what: str, *, lenient: bool = False) -> list[tuple[str,
 
 def _calls(body: str) -> list[dict]:
     """One JSON object per call: {"name": ..., "parameters": {...}}."""
-    calls = [call(obj, args_keys=("parameters", "arguments")) for obj in json_values(body.strip(), "tool call")]
+    value = loads(body, "tool call")
+    calls = [call(obj, args_keys=("parameters", "arguments")) for obj in (value if isinstance(value, list) else [value])]
     if not calls:
         raise RowError("empty", "an empty <tool_call> block")
     return calls
@@ -80,19 +78,16 @@ def _messages(history: str, output: str) -> list[dict]:
     return d.messages
 
 
-def _texts(obj: dict) -> tuple[Any, Any, Any]:
-    if "prompt" not in obj:  # rlla_sft.json
-        return obj.get("instruction"), obj.get("input"), obj.get("output")
-    by_role = {m.get("role"): m.get("content") for m in obj.get("prompt") or [] if isinstance(m, dict)}
-    return by_role.get("system"), by_role.get("user"), (obj.get("reward_model") or {}).get("ground_truth")
-
-
 def load(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
     def convert(obj):
-        texts = _texts(obj)
+        if "prompt" in obj:  # rlla_4k_test.parquet
+            by_role = {m.get("role"): m.get("content") for m in obj.get("prompt") or [] if isinstance(m, dict)}
+            texts = by_role.get("system"), by_role.get("user"), (obj.get("reward_model") or {}).get("ground_truth")
+        else:
+            texts = obj.get("instruction"), obj.get("input"), obj.get("output")
         for field, value in zip(("instruction", "input", "output"), texts):
             if not isinstance(value, str):
                 raise RowError("missing_field", f"no {field} text")
-        return _tools(texts[0]), _messages(texts[1], texts[2])
+        return _tools(texts[0]), _messages(*texts[1:])
 
     return load_file(source, paths[0], convert, report, strict)
