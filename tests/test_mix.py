@@ -89,6 +89,31 @@ def test_prepare_caches_tokenized_mix_and_writes_card(patched, tokenizer, monkey
     assert [e.loss_mask.tolist() for e in val2.examples] == [e.loss_mask.tolist() for e in val.examples]
 
 
+@pytest.mark.parametrize("damage", ["truncated train.npz", "garbage data_card.json", "old COMPLETE marker"])
+def test_a_corrupt_mix_cache_is_rebuilt_with_a_warning(patched, tokenizer, caplog, damage):
+    import logging
+
+    from gemma_tool_use.data.prepare import prepare_training_data
+
+    cfg = OmegaConf.create({"data": OmegaConf.to_container(data_cfg()), "seed": 0})
+    cfg.data = data_cfg()
+    train, _, _ = prepare_training_data(cfg, tokenizer, patched / "run1")
+    cache = next((patched / "cache" / "mixes").glob("test_mix-*"))
+    if damage == "truncated train.npz":
+        (cache / "train.npz").write_bytes((cache / "train.npz").read_bytes()[:100])
+    elif damage == "garbage data_card.json":
+        (cache / "data_card.json").write_text("{garbage")
+    else:
+        (cache / "COMPLETE").write_text("abc123")  # the plain marker of an older version
+    with caplog.at_level(logging.WARNING):
+        train2, _, card = prepare_training_data(cfg, tokenizer, patched / "run2")
+    assert f"data mix cache {cache} is corrupt" in caplog.text and "rebuilding" in caplog.text
+    assert [e.ids.tolist() for e in train2.examples] == [e.ids.tolist() for e in train.examples]
+    caplog.clear()
+    prepare_training_data(cfg, tokenizer, patched / "run3")  # the rebuilt cache is whole again
+    assert "corrupt" not in caplog.text
+
+
 def test_card_counts_the_rows_that_fit_max_length(patched, tokenizer):
     """A short data.max_length changes the mix; the card shows what is actually trained."""
     from gemma_tool_use.data.prepare import prepare_training_data

@@ -13,6 +13,7 @@ import numpy as np
 from gemma_tool_use.chat_format import DEFAULT_TOOL_SYSTEM_PROMPT, RenderedConversation
 from gemma_tool_use.data.batching import TokenizedSet, tokenize_conversations
 from gemma_tool_use.data.conversations import load_jsonl_conversations
+from gemma_tool_use.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,17 @@ def _load(path: Path) -> TokenizedSet:
     return TokenizedSet(ex, Counter(dropped))
 
 
+def _load_cache(cache: Path):
+    """(train, val, card) from a mix cache whose files match the checksums in COMPLETE; raises otherwise."""
+    sums = json.loads((cache / "COMPLETE").read_text())["sha256"]
+    for name in ("train.npz", "data_card.json", *(["val.npz"] if "val.npz" in sums else [])):
+        if name not in sums or sha256_file(cache / name) != sums[name]:
+            raise ValueError(f"{name} does not match its recorded sha256")
+    train = _load(cache / "train.npz")
+    val = _load(cache / "val.npz") if "val.npz" in sums else None
+    return train, val, json.loads((cache / "data_card.json").read_text())
+
+
 def prepare_training_data(cfg, tokenizer, run_dir: Path):
     """(train TokenizedSet, val TokenizedSet or None, card dict or None); writes the data card
     (data_card.json / data_card.md) into the run dir when the data comes from a mix."""
@@ -67,11 +79,15 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
 
     key = mix_fingerprint(d, int(cfg.seed), tokenizer.source + f"|{d.max_length}|{d.overlength}|{prompt}")
     cache = cache_root() / "mixes" / f"{d.name}-{key}"
+    cached = None
     if (cache / "COMPLETE").is_file():
-        log.info("data mix %s: loading tokenized cache %s", d.name, cache)
-        train = _load(cache / "train.npz")
-        val = _load(cache / "val.npz") if (cache / "val.npz").is_file() else None
-        card = json.loads((cache / "data_card.json").read_text())
+        try:
+            cached = _load_cache(cache)
+            log.info("data mix %s: loaded tokenized cache %s", d.name, cache)
+        except Exception as e:  # noqa: BLE001 - any damage means: build it again, never crash on a cache
+            log.warning("data mix cache %s is corrupt (%s): rebuilding it", cache, str(e).splitlines()[0][:200] or type(e).__name__)
+    if cached is not None:
+        train, val, card = cached
     else:
         train_rows, val_rows, mix_card = build_mix(d, int(cfg.seed))
         train = tokenize(train_rows)
@@ -94,7 +110,9 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
             _save(tmp / "val.npz", val)
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2))
         (tmp / "train_rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_rows))
-        (tmp / "COMPLETE").write_text(key)
+        # Written last: the checksums of what a later run may load (a damaged file is rebuilt).
+        (tmp / "COMPLETE").write_text(json.dumps({"key": key, "sha256": {
+            f.name: sha256_file(f) for f in (tmp / "train.npz", tmp / "val.npz", tmp / "data_card.json") if f.is_file()}}))
         if cache.exists():
             import shutil
 
