@@ -4,6 +4,13 @@ Composes the typed config (conf/ + experiments/), checks it, then hands it to th
 runner named by `stage.name`; the runners live in gemma_tool_use/stages/ (see STAGES there).
 Nothing heavy (JAX, tunix) is imported before the config is known to be valid, so `--help`,
 `--cfg job` and config errors answer in seconds.
+
+Order: compose (Hydra: unknown keys, wrong types) -> `check_config` (the range of every value)
+-> `preflight` (the files, runs and checkpoints the config names; still no JAX) -> the stage.
+A user error (gemma_tool_use.errors.UserError, or the data package's DataError) is reported as
+ONE line, `error: <message>`, on stderr and in the run's log file, with a non-zero exit: 2 for
+config values, 3 for a stage not built, 4 for other inputs (files, weights, hardware).
+Full traceback: GTU_VERBOSE=1 (or Hydra's HYDRA_FULL_ERROR=1).
 """
 
 from __future__ import annotations
@@ -14,41 +21,65 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from gemma_tool_use.config import ConfigValueError, check_config, register_configs
+from gemma_tool_use.config import check_config, preflight, register_configs
+from gemma_tool_use.errors import UserError, one_line
 from gemma_tool_use.paths import conf_dir
 
 log = logging.getLogger("gemma_tool_use")
 
 register_configs()
 
+# Full tracebacks of user errors: GTU_VERBOSE=1 (or Hydra's own HYDRA_FULL_ERROR=1).
+VERBOSE_ENV = ("GTU_VERBOSE", "HYDRA_FULL_ERROR")
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [UserError]
+    try:  # the data package's own error type (bad data files and rows); not a UserError subclass
+        from gemma_tool_use.data.conversations import DataError
+
+        types.append(DataError)
+    except ImportError:  # pragma: no cover - the data package moved it
+        pass
+    return tuple(types)
+
+
+def report_user_error(e: BaseException, exit_code: int) -> None:
+    """`error: <message>` as ONE line on stderr (and in the run's log file); exit non-zero.
+    The traceback only when GTU_VERBOSE=1 or HYDRA_FULL_ERROR=1."""
+    import os
+    import traceback
+
+    line = f"error: {one_line(e)}"
+    if any(os.environ.get(k, "") not in ("", "0") for k in VERBOSE_ENV):
+        traceback.print_exc()
+    print(line, file=sys.stderr, flush=True)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None)
+    for h in logging.getLogger().handlers:  # the run dir's log file, not the console (printed above)
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+    sys.exit(exit_code)
+
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from gemma_tool_use.bfcl import BfclError
-    from gemma_tool_use.runs import HandoffError
     from gemma_tool_use.stages import StageNotBuilt, run_stage
-    from gemma_tool_use.stages.predict import PredictInputError
-    from gemma_tool_use.weights import WeightsError
 
     # absl (tunix, orbax) logs every checkpoint file operation at INFO; keep warnings only.
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" on CPU hosts
 
+    user_errors = _user_error_types()
     try:
-        check_config(cfg)
-    except ConfigValueError as e:
-        log.error("config error: %s", e)
-        sys.exit(2)
-    try:
+        check_config(cfg)  # values: ranges and agreement (pure)
+        preflight(cfg)  # the files and runs the config names: before JAX loads
         value = run_stage(cfg)
         _write_job_result(value)
         return value
     except StageNotBuilt as e:
-        log.error("%s", e)
-        sys.exit(3)
-    except (WeightsError, PredictInputError, BfclError, HandoffError) as e:  # user-facing input problems: no traceback
-        log.error("%s", e)
-        sys.exit(4)
+        report_user_error(e, 3)
+    except user_errors as e:  # user-facing input problems: one line, no traceback
+        report_user_error(e, getattr(e, "exit_code", 4))
 
 
 def _write_job_result(value) -> None:

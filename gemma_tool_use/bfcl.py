@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from gemma_tool_use.chat_format import parse_model_output
+from gemma_tool_use.errors import UserError
 
 # bfcl-eval writes into its project root unless told otherwise; keep it out of site-packages.
 os.environ.setdefault("BFCL_PROJECT_ROOT", str(Path(tempfile.gettempdir()) / "gemma_tool_use_bfcl"))
@@ -36,7 +37,7 @@ SINGLE_TURN = NON_LIVE_AST + LIVE_AST + RELEVANCE
 DEFAULT_CATEGORIES = NON_LIVE_AST + ("irrelevance",)
 
 
-class BfclError(ValueError):
+class BfclError(UserError, ValueError):
     pass
 
 

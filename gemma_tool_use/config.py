@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from gemma_tool_use.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -269,14 +273,25 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
 
 
-class ConfigValueError(ValueError):
+class ConfigValueError(UserError, ValueError):
     """A composed config is well-typed but inconsistent; the message names the key."""
+
+    exit_code = 2
+
+
+# Stages that read training data and start from `train.init_from`.
+TRAINING_STAGES = ("sft_small", "sft_full", "grpo")
+GEMMA3_VOCAB = 262_144  # the tokenizer's vocabulary: every id it emits must have an embedding row
+
+
+def _fail(key: str, msg: str):
+    raise ConfigValueError(f"{key}: {msg}")
 
 
 def check_config(cfg) -> None:
-    """Semantic checks Hydra's typing cannot express. Runs before JAX is imported."""
-    def fail(key: str, msg: str):
-        raise ConfigValueError(f"{key}: {msg}")
+    """Semantic checks Hydra's typing cannot express: the range of every value, and values that
+    must agree with each other. Pure: no filesystem, no JAX (paths are checked by `preflight`)."""
+    fail = _fail
 
     # Hydra's `+key=value` appends keys even to structured configs: re-check against the schema.
     from omegaconf import OmegaConf
@@ -287,51 +302,256 @@ def check_config(cfg) -> None:
     except OmegaConfBaseException as e:
         fail(getattr(e, "full_key", None) or "config", str(e).splitlines()[0])
 
-    if cfg.model.lora.enabled and cfg.model.lora.rank <= 0:
-        fail("model.lora.rank", f"must be > 0 when LoRA is enabled, got {cfg.model.lora.rank}")
-    if not 0.0 <= cfg.model.lora.dropout < 1.0:
-        fail("model.lora.dropout", f"must be in [0, 1), got {cfg.model.lora.dropout}")
-    if cfg.optim.lr <= 0:
-        fail("optim.lr", f"must be > 0, got {cfg.optim.lr}")
-    if not cfg.model.lora.enabled and str(cfg.model.dtype) == "bfloat16":
+    def positive(key: str, value, *, allow_zero: bool = False, allow_none: bool = False):
+        if value is None and allow_none:
+            return
+        if value is None or (value < 0 if allow_zero else value <= 0):
+            bound = ">= 0" if allow_zero else "> 0"
+            fail(key, f"must be {bound}{' or null' if allow_none else ''}, got {value}")
+
+    def finite(key: str, value: float):
+        if not math.isfinite(value):
+            fail(key, f"must be a finite number, got {value}")
+
+    def in_range(key: str, value: float, lo: float, hi: float, *, lo_open=False, hi_open=False):
+        finite(key, value)
+        if (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi):
+            fail(key, f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, got {value}")
+
+    def token_ids(key: str, ids, *, non_empty: bool):
+        ids = list(ids)
+        if non_empty and not ids:
+            fail(key, "must list at least one token id")
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            fail(key, f"token ids must be in [0, model.arch.num_embed={vocab}), got {bad}")
+        if len(set(ids)) != len(ids):
+            fail(key, f"lists a token id twice: {ids}")
+
+    # ------------------------------------------------------------------ model
+    m = cfg.model
+    arch = m.arch
+    for k in ("num_layers", "embed_dim", "hidden_dim", "num_heads", "head_dim", "num_kv_heads",
+              "sliding_window_size", "local_base_frequency", "global_base_frequency"):
+        positive(f"model.arch.{k}", arch[k])
+    if arch.num_heads % arch.num_kv_heads:
+        fail("model.arch.num_kv_heads", f"must divide model.arch.num_heads ({arch.num_heads}), got {arch.num_kv_heads}")
+    vocab = arch.num_embed
+    if vocab < GEMMA3_VOCAB:
+        # JAX clamps out-of-range gathers: a smaller table silently maps high token ids to its last row.
+        fail("model.arch.num_embed", f"must be >= {GEMMA3_VOCAB} (the Gemma 3 tokenizer's vocabulary), got {vocab}")
+    lora = m.lora
+    if lora.enabled and lora.rank <= 0:
+        fail("model.lora.rank", f"must be > 0 when LoRA is enabled, got {lora.rank}")
+    if lora.enabled:
+        finite("model.lora.alpha", lora.alpha)
+        positive("model.lora.alpha", lora.alpha)
+    in_range("model.lora.dropout", lora.dropout, 0.0, 1.0, hi_open=True)
+    if not lora.target_modules.strip():
+        fail("model.lora.target_modules", "must be a non-empty regex over module paths")
+    try:
+        re.compile(lora.target_modules)
+    except re.error as e:
+        fail("model.lora.target_modules", f"not a valid regex ({e}): {lora.target_modules!r}")
+    token_ids("model.train_token_ids", m.train_token_ids, non_empty=False)
+    for k in ("path", "tokenizer_path", "lora_checkpoint"):
+        if m[k] is not None and not str(m[k]).strip():
+            fail(f"model.{k}", "must be null or a non-empty path")
+    if not lora.enabled and str(m.dtype) == "bfloat16":
         # bf16 keeps 8 mantissa bits: an AdamW step of ~lr on a weight of ~0.03 is a relative
         # change of lr/0.03, below 2^-8 for any lr under ~1e-4, so most updates round away.
         log.warning(
             "model.dtype=bfloat16 with full fine-tuning (model.lora.enabled=false): AdamW updates of "
             "~optim.lr=%g are below bf16's resolution for most weights and round away; use model.dtype=float32",
             cfg.optim.lr)
-    if cfg.optim.schedule not in ("cosine", "constant"):
-        fail("optim.schedule", f"must be 'cosine' or 'constant', got {cfg.optim.schedule!r}")
-    for key in ("max_steps", "batch_size", "grad_accum_steps", "checkpoint_every_steps", "eval_every_steps", "length_group_batches"):
-        if getattr(cfg.train, key) <= 0:
-            fail(f"train.{key}", f"must be > 0, got {getattr(cfg.train, key)}")
-    if cfg.eval.limit is not None and cfg.eval.limit <= 0:
-        fail("eval.limit", f"must be > 0 or null, got {cfg.eval.limit}")
-    if len(cfg.tpu.axis_names) != len(cfg.tpu.axis_sizes):
-        fail("tpu.axis_sizes", f"has {len(cfg.tpu.axis_sizes)} sizes for {len(cfg.tpu.axis_names)} axis names")
-    if sum(1 for s in cfg.tpu.axis_sizes if s == -1) > 1:
-        fail("tpu.axis_sizes", "at most one axis may be -1")
-    if any(s == 0 or s < -1 for s in cfg.tpu.axis_sizes):
-        fail("tpu.axis_sizes", f"sizes must be positive or -1, got {list(cfg.tpu.axis_sizes)}")
-    if cfg.tpu.platform not in ("cpu", "tpu", "gpu"):
-        fail("tpu.platform", f"must be cpu, tpu or gpu, got {cfg.tpu.platform!r}")
-    if cfg.generation.overlength not in ("error", "skip", "truncate_left"):
-        fail("generation.overlength", f"must be error, skip or truncate_left, got {cfg.generation.overlength!r}")
-    if cfg.generation.temperature < 0 or not 0 < cfg.generation.top_p <= 1:
-        fail("generation.temperature", "temperature must be >= 0 and top_p in (0, 1]")
-    if cfg.generation.max_new_tokens <= 0 or cfg.generation.batch_size <= 0:
-        fail("generation.max_new_tokens", "max_new_tokens and batch_size must be > 0")
-    if not 0 <= cfg.data.val_tool_fraction < 1:
-        fail("data.val_tool_fraction", f"must be in [0, 1), got {cfg.data.val_tool_fraction}")
-    for k, v in cfg.data.augment.items():
-        if v < 0:
-            fail(f"data.augment.{k}", f"must be >= 0, got {v}")
-    if not cfg.data.sources and not cfg.data.train_files:
+
+    # ------------------------------------------------------------------ optimizer
+    o = cfg.optim
+    if o.name != "adamw":
+        fail("optim.name", f"only 'adamw' is supported, got {o.name!r}")
+    finite("optim.lr", o.lr)
+    positive("optim.lr", o.lr)
+    finite("optim.weight_decay", o.weight_decay)
+    positive("optim.weight_decay", o.weight_decay, allow_zero=True)
+    in_range("optim.b1", o.b1, 0.0, 1.0, hi_open=True)
+    in_range("optim.b2", o.b2, 0.0, 1.0, hi_open=True)
+    positive("optim.warmup_steps", o.warmup_steps, allow_zero=True)
+    if o.schedule not in ("cosine", "constant"):
+        fail("optim.schedule", f"must be 'cosine' or 'constant', got {o.schedule!r}")
+    in_range("optim.min_lr_ratio", o.min_lr_ratio, 0.0, 1.0)
+    finite("optim.grad_clip_norm", o.grad_clip_norm)
+    positive("optim.grad_clip_norm", o.grad_clip_norm, allow_zero=True)  # 0 = no clipping
+
+    # ------------------------------------------------------------------ training
+    t = cfg.train
+    for k in ("max_steps", "batch_size", "grad_accum_steps", "checkpoint_every_steps", "eval_every_steps",
+              "length_group_batches"):
+        positive(f"train.{k}", t[k])
+    # eval_batches caps the fixed validation batches (batches[:n]): 0 would evaluate nothing and
+    # a negative n silently drops batches from the end.
+    positive("train.eval_batches", t.eval_batches)
+    if t.max_checkpoints_to_keep < 1:  # 0 or less: the final checkpoint (the trained adapters) is deleted
+        fail("train.max_checkpoints_to_keep", f"must be >= 1 (0 would delete the final checkpoint), "
+             f"got {t.max_checkpoints_to_keep}")
+    if t.init_from is not None and not str(t.init_from).strip():
+        fail("train.init_from", "must be null or a run dir, checkpoint path or experiment name")
+    if not 0 <= cfg.seed < 2**32:
+        fail("seed", f"must be in [0, 2**32), got {cfg.seed}")
+
+    # ------------------------------------------------------------------ evaluation
+    e = cfg.eval
+    if not e.categories:
+        fail("eval.categories", "must list at least one BFCL category")
+    if len(set(e.categories)) != len(e.categories):
+        fail("eval.categories", f"lists a category twice: {list(e.categories)}")
+    positive("eval.limit", e.limit, allow_none=True)
+
+    # ------------------------------------------------------------------ generation
+    g = cfg.generation
+    positive("generation.max_new_tokens", g.max_new_tokens)
+    finite("generation.temperature", g.temperature)
+    positive("generation.temperature", g.temperature, allow_zero=True)  # 0 = greedy
+    in_range("generation.top_p", g.top_p, 0.0, 1.0, lo_open=True)
+    positive("generation.top_k", g.top_k, allow_zero=True)  # 0 = off
+    positive("generation.batch_size", g.batch_size)
+    positive("generation.max_prompt_len", g.max_prompt_len)
+    positive("generation.max_batch_tokens", g.max_batch_tokens)
+    if g.overlength not in ("error", "skip", "truncate_left"):
+        fail("generation.overlength", f"must be error, skip or truncate_left, got {g.overlength!r}")
+    token_ids("generation.stop_ids", g.stop_ids, non_empty=True)
+
+    # ------------------------------------------------------------------ data
+    d = cfg.data
+    in_range("data.val_tool_fraction", d.val_tool_fraction, 0.0, 1.0, hi_open=True)
+    for k, v in d.augment.items():
+        finite(f"data.augment.{k}", v)
+        positive(f"data.augment.{k}", v, allow_zero=True)
+    if not d.sources and not d.train_files:
         fail("data.sources", "a data config needs sources (real datasets) or train_files (JSONL)")
-    if cfg.data.overlength not in ("drop", "error"):
-        fail("data.overlength", f"must be 'drop' or 'error', got {cfg.data.overlength!r}")
-    buckets = list(cfg.data.length_buckets)
-    if not buckets or buckets != sorted(buckets) or buckets[-1] < cfg.data.max_length:
-        fail("data.length_buckets", f"must be ascending and end at >= data.max_length ({cfg.data.max_length}), got {buckets}")
-    if cfg.train.batch_size % cfg.tpu.num_hosts:
-        fail("train.batch_size", f"must divide evenly over {cfg.tpu.num_hosts} hosts")
+    for k in ("sources", "train_files", "val_files", "tool_pools", "categories"):
+        if len(set(d[k])) != len(d[k]):
+            fail(f"data.{k}", f"lists an entry twice: {list(d[k])}")
+        if any(not str(x).strip() for x in d[k]):
+            fail(f"data.{k}", f"has an empty entry: {list(d[k])}")
+    positive("data.max_rows_per_category", d.max_rows_per_category, allow_none=True)
+    positive("data.max_length", d.max_length)
+    if d.overlength not in ("drop", "error"):
+        fail("data.overlength", f"must be 'drop' or 'error', got {d.overlength!r}")
+    buckets = list(d.length_buckets)
+    if not buckets or any(b <= 0 for b in buckets):
+        fail("data.length_buckets", f"must be a non-empty list of positive lengths, got {buckets}")
+    if buckets != sorted(set(buckets)) or buckets[-1] < d.max_length:
+        fail("data.length_buckets", f"must be strictly ascending and end at >= data.max_length ({d.max_length}), "
+             f"got {buckets}")
+
+    # ------------------------------------------------------------------ devices
+    tpu = cfg.tpu
+    if tpu.platform not in ("cpu", "tpu", "gpu"):
+        fail("tpu.platform", f"must be cpu, tpu or gpu, got {tpu.platform!r}")
+    names = list(tpu.axis_names)
+    if not names or any(not n.strip() for n in names) or len(set(names)) != len(names):
+        fail("tpu.axis_names", f"must be distinct non-empty names, got {names}")
+    if len(names) != len(tpu.axis_sizes):
+        fail("tpu.axis_sizes", f"has {len(tpu.axis_sizes)} sizes for {len(names)} axis names")
+    if sum(1 for s in tpu.axis_sizes if s == -1) > 1:
+        fail("tpu.axis_sizes", "at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in tpu.axis_sizes):
+        fail("tpu.axis_sizes", f"sizes must be positive or -1, got {list(tpu.axis_sizes)}")
+    positive("tpu.simulated_devices", tpu.simulated_devices, allow_zero=True)  # 0 = the real devices
+    if tpu.simulated_devices > 0 and tpu.platform != "cpu":
+        fail("tpu.simulated_devices", f"simulated devices only exist for tpu.platform=cpu (got {tpu.platform})")
+    positive("tpu.num_hosts", tpu.num_hosts)
+    positive("tpu.chips_per_host", tpu.chips_per_host, allow_zero=True)
+    positive("tpu.num_processes", tpu.num_processes, allow_none=True)
+    if tpu.process_id is not None:
+        if tpu.process_id < 0 or (tpu.num_processes is not None and tpu.process_id >= tpu.num_processes):
+            fail("tpu.process_id", f"must be in [0, tpu.num_processes={tpu.num_processes}), got {tpu.process_id}")
+    if tpu.coordinator_address is not None:
+        host, _, port = str(tpu.coordinator_address).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            fail("tpu.coordinator_address", f"must be host:port, got {tpu.coordinator_address!r}")
+        if tpu.num_processes is None or tpu.process_id is None:
+            fail("tpu.coordinator_address", "needs tpu.num_processes and tpu.process_id beside it")
+    if t.batch_size % tpu.num_hosts:
+        fail("train.batch_size", f"must divide evenly over {tpu.num_hosts} hosts")
+
+    # ------------------------------------------------------------------ tracking
+    if str(cfg.tracking.mode) != "disabled" and not cfg.tracking.project.strip():
+        fail("tracking.project", "must be a non-empty W&B project name")
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", ".", "~")) or path.endswith(".gguf")
+
+
+def preflight(cfg) -> None:
+    """Checks of the files and runs a config names, before JAX is imported (a missing file is
+    found in a fraction of a second instead of after 3-16 s of JAX start-up and model loading).
+    Raises ConfigValueError (or runs.HandoffError) naming the key."""
+    from pathlib import Path
+
+    stage = str(cfg.stage.name)
+    m = cfg.model
+
+    # ------------------------------------------------------------------ weights
+    source = str(m.source)
+    if m.path:
+        p = Path(m.path).expanduser()
+        if source == "gguf" and not p.is_file():
+            _fail("model.path", f"GGUF file not found: {m.path}")
+        if source == "hf" and not p.is_dir():
+            if _looks_local(m.path) or p.exists() or m.path.count("/") != 1:
+                _fail("model.path", f"{m.path!r} is neither a Hugging Face checkpoint directory nor a hub id "
+                      "like 'google/gemma-3-270m'")
+        if source == "hf" and p.is_dir() and not any(p.glob("*.safetensors")):
+            _fail("model.path", f"{m.path}: no *.safetensors files (a Hugging Face checkpoint dir has them)")
+        if source == "kaggle" and not p.is_dir():
+            if _looks_local(m.path) or p.exists() or m.path.count("/") < 3:
+                _fail("model.path", f"{m.path!r} is neither a local Orbax directory nor a kagglehub handle "
+                      "like 'google/gemma-3/flax/gemma3-270m'")
+    if m.tokenizer_path and not Path(m.tokenizer_path).expanduser().is_file():
+        _fail("model.tokenizer_path", f"file not found: {m.tokenizer_path}")
+    if m.lora_checkpoint:
+        if not Path(m.lora_checkpoint).expanduser().exists():
+            _fail("model.lora_checkpoint", f"no such file or directory: {m.lora_checkpoint}")
+        from gemma_tool_use.runs import check_same_architecture
+
+        check_same_architecture(m.lora_checkpoint, m, "model.lora_checkpoint")
+
+    # ------------------------------------------------------------------ training inputs
+    if stage in TRAINING_STAGES:
+        if cfg.train.init_from:
+            from gemma_tool_use.runs import resolve_init_from
+
+            resolve_init_from(cfg.train.init_from, m)  # HandoffError naming train.init_from
+        d = cfg.data
+        if d.root and not Path(d.root).expanduser().is_dir():
+            _fail("data.root", f"not an existing directory: {d.root}")
+        for hub_id, local in d.hub_files.items():
+            if not Path(local).expanduser().is_file():
+                _fail(f"data.hub_files.{hub_id}", f"file not found: {local}")
+        if not d.sources:  # JSONL conversations: resolved as the data package resolves them
+            from gemma_tool_use.data.conversations import DataError, resolve_data_file
+
+            for key in ("train_files", "val_files"):
+                for name in d[key]:
+                    try:
+                        resolve_data_file(str(name))
+                    except DataError as e:
+                        _fail(f"data.{key}", str(e))
+
+    # ------------------------------------------------------------------ evaluation / prediction
+    if stage == "eval" or (stage in TRAINING_STAGES and cfg.eval.run_after_training):
+        from gemma_tool_use.bfcl import check_categories
+
+        check_categories(cfg.eval.categories)  # BfclError naming eval.categories
+    if stage == "predict":
+        src = cfg.predict.input_file
+        if not src:
+            _fail("predict.input_file", 'is required for stage=predict (a JSONL of {"tools", "messages"} rows)')
+        src = Path(src).expanduser()
+        if not src.is_file():
+            _fail("predict.input_file", f"file not found: {cfg.predict.input_file}")
+        out = cfg.predict.output_file
+        if out and Path(out).expanduser().resolve() == src.resolve():
+            _fail("predict.output_file", "is predict.input_file: writing predictions would overwrite the input")

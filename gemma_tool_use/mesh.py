@@ -12,11 +12,42 @@ import math
 import os
 import re
 
+from gemma_tool_use.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class MeshError(RuntimeError):
+class MeshError(UserError, RuntimeError):
     """The requested device layout does not match the machine."""
+
+
+def visible_platforms() -> list[str]:
+    """The platforms JAX can run on here (default backend first), e.g. ['cpu']."""
+    import jax
+
+    seen = [jax.default_backend()]
+    for p in ("tpu", "gpu", "cpu"):
+        if p in seen:
+            continue
+        try:
+            if jax.devices(p):
+                seen.append(p)
+        except RuntimeError:  # "Unknown backend" / "Backend 'gpu' failed to initialize"
+            pass
+    return seen
+
+
+def check_platform(tpu_cfg) -> None:
+    """The host has the platform `tpu=<name>` asks for, and JAX runs on it by default."""
+    import jax
+
+    backend = jax.default_backend()
+    if backend != tpu_cfg.platform:
+        raise MeshError(
+            f"tpu={tpu_cfg.get('name', tpu_cfg.platform)} needs platform '{tpu_cfg.platform}', but JAX runs on "
+            f"'{backend}' here (platforms JAX sees: {', '.join(visible_platforms())}; {jax.device_count()} device(s)); "
+            + (f"choose tpu={backend} here" if backend in ("cpu", "gpu") else f"choose a tpu= layout for '{backend}'")
+            + ", or run on the matching hardware")
 
 
 def prepare_runtime(tpu_cfg) -> None:
@@ -46,6 +77,7 @@ def prepare_runtime(tpu_cfg) -> None:
                           num_processes=tpu_cfg.num_processes, process_id=tpu_cfg.process_id)
         log.info("jax.distributed.initialize(%s)", kwargs or "auto-detect")
         jax.distributed.initialize(**kwargs)
+    check_platform(tpu_cfg)
     if n > 0 and jax.device_count() != n:
         raise MeshError(
             f"tpu.simulated_devices={n} but JAX already started with {jax.device_count()} devices; "
@@ -79,12 +111,8 @@ def build_mesh(tpu_cfg):
     import jax
     from jax.sharding import AxisType
 
+    check_platform(tpu_cfg)
     backend = jax.default_backend()
-    if backend != tpu_cfg.platform:
-        raise MeshError(
-            f"tpu={tpu_cfg.name} expects platform '{tpu_cfg.platform}' but JAX runs on '{backend}' "
-            f"({jax.device_count()} devices); choose tpu=cpu here, or run on the matching hardware"
-        )
     sizes = resolve_axis_sizes(tpu_cfg.axis_sizes, jax.device_count())
     names = tuple(tpu_cfg.axis_names)
     mesh = jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names))

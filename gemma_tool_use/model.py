@@ -22,9 +22,14 @@ from tunix.models.gemma3 import model as tunix_gemma3
 
 from gemma_tool_use import weights
 from gemma_tool_use.config import WeightSource
+from gemma_tool_use.errors import UserError
 from gemma_tool_use.weights import WeightsError
 
 log = logging.getLogger(__name__)
+
+
+class LoraTargetError(UserError, ValueError):
+    """model.lora.target_modules matches no module of the built model (known only once it is built)."""
 
 
 class ToolGemma3(tunix_gemma3.Gemma3):
@@ -246,7 +251,8 @@ def apply_lora(model: ToolGemma3, lora_cfg, seed: int) -> ToolGemma3:
     lora_model = qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(params=seed, dropout=seed), **model.get_model_input())
     n_lora = count_params(lora_model, nnx.LoRAParam)
     if n_lora == 0:
-        raise ValueError(f"model.lora.target_modules={lora_cfg.target_modules!r} matched no module; nothing to train")
+        raise LoraTargetError(f"model.lora.target_modules={lora_cfg.target_modules!r} matches no module of the model; "
+                              "nothing to train (module paths look like layers/0/attn/q_einsum, layers/0/mlp/gate_proj)")
     return lora_model
 
 

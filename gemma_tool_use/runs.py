@@ -18,11 +18,13 @@ from typing import Any
 
 import yaml
 
+from gemma_tool_use.errors import UserError
+
 # Where Hydra puts runs (conf/config.yaml: hydra.run.dir / hydra.sweep.dir), relative to the cwd.
 RUN_ROOTS = (Path("outputs"), Path("multirun"))
 
 
-class HandoffError(ValueError):
+class HandoffError(UserError, ValueError):
     """The checkpoint a stage should start from is missing, ambiguous or of another model."""
 
 

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_tool_use.errors import UserError
 from gemma_tool_use.files import sha256_file
 from gemma_tool_use.tokenizer import cache_root, default_gguf_path, file_fingerprint
 
 log = logging.getLogger(__name__)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """A checkpoint source is missing, unreachable or malformed; the message says which."""
 
 

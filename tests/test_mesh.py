@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_cli
+from gemma_tool_use.errors import UserError
 from gemma_tool_use.mesh import MeshError, build_mesh, resolve_axis_sizes
 
 
@@ -22,9 +23,19 @@ def test_resolve_axis_sizes():
 
 
 def test_tpu_layout_on_cpu_fails_with_a_clear_message():
-    cfg = OmegaConf.load(REPO / "conf" / "tpu" / "v5litepod_8.yaml")
-    with pytest.raises(MeshError, match="tpu=v5litepod_8 expects platform 'tpu' but JAX runs on 'cpu'"):
-        build_mesh(cfg)
+    import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("needs a CPU-only host")
+    for name, platform in (("v5litepod_8", "tpu"), ("gpu", "gpu")):
+        cfg = OmegaConf.load(REPO / "conf" / "tpu" / f"{name}.yaml")
+        with pytest.raises(MeshError) as e:
+            build_mesh(cfg)
+        msg = str(e.value)
+        assert msg.startswith(f"tpu={name} needs platform '{platform}', but JAX runs on 'cpu' here "
+                              "(platforms JAX sees: cpu;"), msg
+        assert "choose tpu=cpu here" in msg and "\n" not in msg
+    assert issubclass(MeshError, UserError)  # the CLI prints it as one line
 
 
 SHARDING_CHECK = r"""

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from gemma_tool_use.errors import UserError
 from gemma_tool_use.mesh import build_mesh, prepare_runtime
 from gemma_tool_use.runs import run_dir_of
 
 log = logging.getLogger(__name__)
 
 
-class PredictInputError(ValueError):
+class PredictInputError(UserError, ValueError):
     pass
 
 
