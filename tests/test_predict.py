@@ -4,10 +4,28 @@ import json
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 from omegaconf import OmegaConf
 
 from conftest import run_cli
+
+TOOLS = [{"name": "get_weather", "description": "d", "parameters": {"type": "object"}}]
+
+
+def heavy_imports(stderr: str) -> list[str]:
+    """JAX-family modules a `PYTHONPROFILEIMPORTTIME=1` run imported (deterministic, not a timing)."""
+    mods = {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in mods, "import tracing worked"
+    return sorted(m for m in mods if m.split(".")[0] in ("jax", "jaxlib", "flax", "tunix"))
+
+
+def error_lines(r) -> list[str]:
+    return [line for line in (r.stderr + r.stdout).splitlines() if line.startswith("error:")]
+
+
+def read_rejects(path):
+    return {r["line"]: r["reason"] for r in map(json.loads, path.read_text().splitlines())}
 
 
 def test_predict_with_sft_lora_checkpoint_and_bad_rows(tmp_path, tokenizer):
@@ -29,12 +47,13 @@ def test_predict_with_sft_lora_checkpoint_and_bad_rows(tmp_path, tokenizer):
                 "generation.max_new_tokens=8", "tracking=disabled", f"hydra.run.dir={out_dir}")
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stderr + r.stdout
-    assert "in.jsonl:2" in log and "in.jsonl:3" in log  # malformed rows named by line, skipped
+    assert "2 input row(s) rejected" in log and "in.jsonl:2" in log  # malformed rows named by line, skipped
+    assert sorted(read_rejects(out_dir / "predict_rejects.jsonl")) == [2, 3]
     assert "loaded LoRA adapters (rank 2)" in log
     preds = [json.loads(l) for l in (out_dir / "predictions.jsonl").read_text().splitlines()]
     assert [p["line"] for p in preds] == [1, 4]
     assert all(set(p) >= {"raw_text", "tool_calls", "parse_errors", "prompt_tokens", "stop_reason"} for p in preds)
-    assert json.loads((out_dir / "predict_summary.json").read_text())["skipped_rows"] == 2
+    assert json.loads((out_dir / "predict_summary.json").read_text())["rejected_rows"] == 2
 
 
 def test_lora_checkpoint_restores_trained_adapters(tmp_path):
@@ -71,4 +90,55 @@ def test_sft_full_initialises_from_an_sft_small_run_by_experiment_name(tmp_path)
     log = r.stderr + r.stdout
     assert "initialising from outputs/sft_small/" in log and "loaded LoRA adapters (rank 4)" in log
     r = run_cli("stage=sft_full", "model=tiny", "data=tiny", "train.init_from=no_such_experiment", "tracking=disabled", cwd=tmp_path)
-    assert r.returncode != 0 and "neither a checkpoint path nor an experiment" in r.stderr + r.stdout
+    assert r.returncode == 4 and "error: train.init_from='no_such_experiment': not a path" in r.stderr
+
+
+def test_predict_reports_every_bad_row_by_file_line_and_predicts_the_good_ones(tmp_path):
+    """A non-UTF-8 byte, a lone surrogate escape, a schema error, a non-JSON line and an overlong
+    row (generation.overlength=error, the default) each cost their own line, reported in
+    predict_rejects.jsonl by FILE line; every good row is predicted and the run exits 0."""
+    good = {"tools": TOOLS, "messages": [{"role": "user", "content": "Weather in Oslo?"}]}
+    lines = [
+        json.dumps(good).encode(),                                                 # 1 good
+        b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',                  # 2 latin-1 byte
+        b'{"messages": [{"role": "user", "content": "x \\ud800 y"}]}',             # 3 lone surrogate
+        json.dumps({"messages": []}).encode(),                                      # 4 schema
+        b"{not json",                                                               # 5
+        b"",                                                                        # 6 blank: ignored
+        json.dumps({"tools": TOOLS, "messages": [{"role": "user", "content": "word " * 400}]}).encode(),  # 7 overlong
+        json.dumps({"messages": [{"role": "user", "content": "Hi"}]}).encode(),     # 8 good
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out_dir = tmp_path / "pred"
+    r = run_cli("stage=predict", "model=tiny", "model.train_token_ids=[]", f"predict.input_file={src}",
+                "generation.max_new_tokens=4", "generation.max_prompt_len=256", "tracking=disabled",
+                f"hydra.run.dir={out_dir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr + r.stdout
+    preds = [json.loads(l) for l in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [p["line"] for p in preds] == [1, 8]
+    rejects = read_rejects(out_dir / "predict_rejects.jsonl")
+    assert sorted(rejects) == [2, 3, 4, 5, 7], rejects
+    assert "UTF-8" in rejects[2] and "surrogate" in rejects[3] and "messages" in rejects[4]
+    assert "JSON" in rejects[5] and "generation.max_prompt_len=256" in rejects[7]
+    summary = json.loads((out_dir / "predict_summary.json").read_text())
+    assert summary["rows"] == 2 and summary["rejected_rows"] == 5
+    assert "5 input row(s) rejected" in r.stderr + r.stdout  # the user is told where to look
+
+
+@pytest.mark.parametrize("content,reason", [(b"", "no rows"), (b"\n  \n", "no rows"),
+                                            (b"{not json\n[1]\n", "no valid row")])
+def test_predict_refuses_an_input_without_a_valid_row_before_jax(tmp_path, content, reason):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(content)
+    r = run_cli("stage=predict", "model=tiny", f"predict.input_file={src}", "tracking=disabled",
+                f"hydra.run.dir={tmp_path / 'pred'}", env_extra={"PYTHONPROFILEIMPORTTIME": "1"})
+    heavy = heavy_imports(r.stderr)
+    assert r.returncode != 0
+    errors = error_lines(r)
+    assert len(errors) == 1 and "predict.input_file" in errors[0] and reason in errors[0], errors
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not heavy, heavy[:5]
+    if reason == "no valid row":
+        assert sorted(read_rejects(tmp_path / "pred" / "predict_rejects.jsonl")) == [1, 2]

@@ -4,7 +4,17 @@ Input rows: {"tools": [...], "messages": [...]} (the conversation so far; the mo
 next). Output rows (predictions.jsonl in the run dir unless predict.output_file is set):
     {"line", "raw_text", "tool_calls", "text", "parse_errors", "prompt_tokens", "new_tokens",
      "stop_reason"}
-Malformed input rows are reported by line number and skipped; nothing else stops the run.
+
+A bad input row never stops the run: each one is written to <run dir>/predict_rejects.jsonl as
+{"line": <file line>, "reason": ...} and every other row is predicted. Bad rows are lines that
+are not UTF-8 or not JSON, rows holding invalid Unicode (a lone surrogate escape such as
+"\\ud800"), rows that are not a conversation to answer, and prompts longer than
+generation.max_prompt_len under generation.overlength=error (the default). For a batch job,
+"error" means "this row is an error", named by its file line, not "lose every other row's
+prediction": the rejects file and a warning say which rows to fix (overlength=skip instead keeps
+the row in predictions.jsonl with stop_reason "skipped_overlength"; truncate_left predicts from
+the most recent tokens). An input with no row to predict is refused (PredictInputError, exit 4)
+before JAX or the model loads, rejects file written.
 """
 
 from __future__ import annotations
@@ -13,40 +23,80 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from gemma_tool_use.errors import UserError
-from gemma_tool_use.mesh import build_mesh, prepare_runtime
 from gemma_tool_use.runs import run_dir_of
 
 log = logging.getLogger(__name__)
+
+REJECTS_FILE = "predict_rejects.jsonl"
 
 
 class PredictInputError(UserError, ValueError):
     pass
 
 
-def read_prompts(path: Path) -> tuple[list[tuple[int, dict]], list[str]]:
-    from gemma_tool_use.chat_format import FormatError, validate_conversation
+def invalid_unicode_at(value: Any, where: str = "row") -> str | None:
+    """Where a string holds a lone surrogate (JSON's "\\ud800" decodes to one; UTF-8 cannot
+    encode it and the tokenizer fails on it), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"{where} (code point U+{ord(value[e.start]):04X} at character {e.start})"
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for k, v in items:
+        key_bad = invalid_unicode_at(k, f"a key of {where}") if isinstance(value, dict) else None
+        if key_bad:
+            return key_bad
+        child = f"{where}{k}" if isinstance(value, list) else (f"{k}" if where == "row" else f"{where}.{k}")
+        found = invalid_unicode_at(v, child)
+        if found:
+            return found
+    return None
 
-    rows, problems = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+
+def read_prompts(path: Path) -> tuple[list[tuple[int, dict]], list[dict]]:
+    """(rows to predict as (file line, row), rejects as {"line", "reason"}). Never raises on content:
+    one bad line (bytes, JSON, Unicode, schema) costs that line only. Pure Python, no JAX."""
+    from gemma_tool_use.chat_format import FormatError, validate_conversation
+    from gemma_tool_use.files import iter_jsonl
+
+    rows, rejects = [], []
+    for lineno, row, error in iter_jsonl(path):
+        if error is None:
             try:
-                row = json.loads(line)
                 if not isinstance(row, dict):
-                    raise FormatError("row is not a JSON object")
+                    raise FormatError(f"row is a JSON {type(row).__name__}, not an object")
+                bad = invalid_unicode_at(row)
+                if bad:
+                    raise FormatError(f"invalid Unicode: lone surrogate in {bad}")
                 validate_conversation(row)
                 if row["messages"][-1]["role"] == "assistant":
                     raise FormatError("last message is the assistant's: nothing to predict")
-            except (json.JSONDecodeError, FormatError) as e:
-                problems.append(f"{path}:{lineno}: {e}")
-                continue
-            rows.append((lineno, row))
-    return rows, problems
+            except FormatError as e:
+                error = str(e)
+        if error is not None:
+            rejects.append({"line": lineno, "reason": error})
+            continue
+        rows.append((lineno, row))
+    return rows, rejects
+
+
+def _write_rejects(path: Path, rejects: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in sorted(rejects, key=lambda r: r["line"]):
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def run(cfg: DictConfig) -> float:
@@ -55,24 +105,56 @@ def run(cfg: DictConfig) -> float:
     src = Path(cfg.predict.input_file).expanduser()
     if not src.is_file():
         raise PredictInputError(f"predict.input_file not found: {src}")
+    run_dir = run_dir_of(cfg)
+    rejects_path = run_dir / REJECTS_FILE
+
+    # The input is read and checked before JAX starts: a file with nothing to predict fails in
+    # a fraction of a second, not after the model has loaded.
+    rows, rejects = read_prompts(src)
+    if not rows:
+        _write_rejects(rejects_path, rejects)
+        if not rejects:
+            raise PredictInputError(f"predict.input_file={src}: no rows (the file is empty or blank); nothing to predict")
+        raise PredictInputError(f"predict.input_file={src}: no valid row ({len(rejects)} rejected, first "
+                                f"{src.name}:{rejects[0]['line']}: {rejects[0]['reason']}); reasons per line in {rejects_path}")
+
+    from gemma_tool_use.mesh import build_mesh, prepare_runtime
+
     prepare_runtime(cfg.tpu)
     from tqdm import tqdm
 
-    from gemma_tool_use.chat_format import parse_model_output, render_conversation
+    from gemma_tool_use.chat_format import FormatError, parse_model_output, render_conversation
     from gemma_tool_use.generate import Generator, SamplingParams
     from gemma_tool_use.model import build_model, load_tokenizer_for
 
-    rows, problems = read_prompts(src)
-    for p in problems:
-        log.warning("skipped %s", p)
-    run_dir = run_dir_of(cfg)
-    out_path = Path(cfg.predict.output_file) if cfg.predict.output_file else run_dir / "predictions.jsonl"
+    out_path = Path(cfg.predict.output_file).expanduser() if cfg.predict.output_file else run_dir / "predictions.jsonl"
     mesh = build_mesh(cfg.tpu)
     tokenizer = load_tokenizer_for(cfg.model)
-    prompt = cfg.data.system_prompt
-    kwargs = {} if prompt is None else {"system_prompt": prompt}
-    prompts = [render_conversation(r, tokenizer, add_generation_prompt=True, **kwargs).ids for _, r in rows]
+    system_prompt = cfg.data.system_prompt
+    kwargs = {} if system_prompt is None else {"system_prompt": system_prompt}
     g = cfg.generation
+    kept, prompts = [], []
+    for lineno, row in rows:
+        try:
+            ids = render_conversation(row, tokenizer, add_generation_prompt=True, **kwargs).ids
+        except (FormatError, ValueError, TypeError, RuntimeError, UnicodeError) as e:  # one row, not the run
+            rejects.append({"line": lineno, "reason": f"cannot render the prompt: {type(e).__name__}: {e}"})
+            continue
+        if len(ids) > g.max_prompt_len and g.overlength == "error":
+            rejects.append({"line": lineno, "reason": f"overlength: {len(ids)} prompt tokens > generation.max_prompt_len="
+                            f"{g.max_prompt_len} (generation.overlength=skip or truncate_left, or raise the limit)"})
+            continue
+        kept.append((lineno, row))
+        prompts.append(ids)
+    _write_rejects(rejects_path, rejects)
+    if rejects:
+        first = min(rejects, key=lambda r: r["line"])
+        log.warning("%d input row(s) rejected, not predicted (first %s:%d: %s); one line each in %s",
+                    len(rejects), src.name, first["line"], first["reason"], rejects_path)
+    if not kept:
+        raise PredictInputError(f"predict.input_file={src}: no valid row ({len(rejects)} rejected); "
+                                f"reasons per line in {rejects_path}")
+
     with mesh:
         model = build_model(cfg.model, mesh, cfg.seed)
         generator = Generator(model, tokenizer, batch_size=g.batch_size, max_prompt_len=g.max_prompt_len,
@@ -86,7 +168,7 @@ def run(cfg: DictConfig) -> float:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     n_calls, n_errors = 0, 0
     with out_path.open("w", encoding="utf-8") as f:
-        for (lineno, row), res in zip(rows, results):
+        for (lineno, row), res in zip(kept, results):
             parsed = parse_model_output(res.text, row.get("tools"))
             n_calls += len(parsed.calls)
             n_errors += len(parsed.errors)
@@ -95,9 +177,9 @@ def run(cfg: DictConfig) -> float:
                                 "new_tokens": len(res.token_ids), "stop_reason": res.stop_reason},
                                ensure_ascii=False) + "\n")
     new_tokens = sum(len(r.token_ids) for r in results)
-    summary = {"rows": len(rows), "skipped_rows": len(problems), "tool_calls": n_calls, "parse_errors": n_errors,
+    summary = {"rows": len(kept), "rejected_rows": len(rejects), "tool_calls": n_calls, "parse_errors": n_errors,
                "seconds": round(seconds, 2), "new_tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,
-               "output": str(out_path)}
+               "output": str(out_path), "rejects": str(rejects_path)}
     (run_dir / "predict_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("predict: %s", json.dumps(summary))
     return float(n_errors)
