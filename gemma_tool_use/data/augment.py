@@ -22,10 +22,7 @@ JOINERS = (" Also, ", " And ", " Then, ", "\n", " Additionally, ")
 
 
 def _tag(row: dict, how: str) -> dict:
-    meta = dict(row.get("meta", {}))
-    meta["augmentation"] = how
-    meta["category"] = classify(row)
-    row["meta"] = meta
+    row["meta"] = {**row.get("meta", {}), "augmentation": how, "category": classify(row)}
     return row
 
 
@@ -77,12 +74,10 @@ def mask_names(row: dict, rng: random.Random) -> dict | None:
     fn_map = {t["name"]: _random_name(rng, "func") for t in out["tools"]}
     param_maps = {}
     for t in out["tools"]:
-        props = (t.get("parameters") or {}).get("properties") or {}
-        pm = {p: _random_name(rng, "arg") for p in props}
-        param_maps[t["name"]] = pm
         params = t.get("parameters") or {}
-        if props:
-            params["properties"] = {pm[p]: v for p, v in props.items()}
+        pm = param_maps[t["name"]] = {p: _random_name(rng, "arg") for p in params.get("properties") or {}}
+        if pm:
+            params["properties"] = {pm[p]: v for p, v in params["properties"].items()}
         if params.get("required"):
             params["required"] = [pm.get(p, p) for p in params["required"]]
         t["name"] = fn_map[t["name"]]
@@ -180,36 +175,24 @@ def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None 
     distractors, mask_names, join_parallel, procedural; floats >= 0). Deterministic."""
     rng = random.Random(seed)
     pool = tool_pool or [t for r in rows for t in r.get("tools", [])]
-    out = list(rows)
-    counts = {}
+    out, counts = list(rows), {}
 
-    def n_of(ratio):
-        return int(round(float(ratio) * len(rows)))
+    def n_of(kind):
+        return int(round(float(cfg.get(kind, 0)) * len(rows)))
 
-    def pick(n):
-        return [rows[i] for i in rng.sample(range(len(rows)), min(n, len(rows)))] if rows else []
+    def pick(items, n):
+        return rng.sample(items, min(n, len(items)))
 
-    made = [make_irrelevant(r, rng) for r in pick(n_of(cfg.get("irrelevance", 0)))]
-    counts["irrelevance"] = sum(m is not None for m in made)
-    out += [m for m in made if m]
-    made = [add_distractors(r, pool, rng) for r in pick(n_of(cfg.get("distractors", 0)))]
-    counts["distractors"] = len(made)
-    out += made
-    made = [mask_names(r, rng) for r in pick(n_of(cfg.get("mask_names", 0)))]
-    counts["mask_names"] = sum(m is not None for m in made)
-    out += [m for m in made if m]
+    def add(kind, made):  # a None is a row the augmentation does not apply to
+        made = [m for m in made if m is not None]
+        counts[kind] = len(made)
+        out.extend(made)
+
+    add("irrelevance", [make_irrelevant(r, rng) for r in pick(rows, n_of("irrelevance"))])
+    add("distractors", [add_distractors(r, pool, rng) for r in pick(rows, n_of("distractors"))])
+    add("mask_names", [mask_names(r, rng) for r in pick(rows, n_of("mask_names"))])
     singles = [r for r in rows if _single_turn_calls(r)]
-    joined = []
-    for _ in range(n_of(cfg.get("join_parallel", 0))):
-        if len(singles) < 2:
-            break
-        a, b = rng.sample(singles, 2)
-        j = join_parallel(a, b, rng)
-        if j:
-            joined.append(j)
-    counts["join_parallel"] = len(joined)
-    out += joined
-    made = [procedural_row(t, rng, pool) for t in (rng.sample(pool, min(len(pool), n_of(cfg.get("procedural", 0)))) if pool else [])]
-    counts["procedural"] = sum(m is not None for m in made)
-    out += [m for m in made if m]
+    n_joins = n_of("join_parallel") if len(singles) >= 2 else 0
+    add("join_parallel", [join_parallel(*rng.sample(singles, 2), rng) for _ in range(n_joins)])
+    add("procedural", [procedural_row(t, rng, pool) for t in pick(pool, n_of("procedural"))])
     return out, counts

@@ -11,6 +11,9 @@ Loaders never raise on a bad upstream row: they call `report.note(where, reason,
 
 from __future__ import annotations
 
+import ast
+import json
+
 import jsonschema
 
 from gemma_tool_use.chat_format import FormatError, validate_conversation
@@ -77,9 +80,6 @@ def validate_args(args: dict, params: dict) -> list[str]:
 
 def coerce(value, spec: dict):
     """A lossless conversion of a stringified value to the schema's type, or the value unchanged."""
-    import ast
-    import json
-
     typ = spec.get("type")
     if not isinstance(value, str) or typ in (None, "string") or not isinstance(typ, str):
         return value
@@ -127,15 +127,15 @@ def repair_call_args(tools: list, messages: list) -> tuple[int, list[str]]:
 def make_row(tools: list, messages: list, *, source: str, row_id, report: LoadReport, strict: bool = False,
              where: str = "") -> dict | None:
     """Build, validate and tag one canonical row; None (noted in report) if it is unusable."""
-    conv = {"tools": tools or [], "messages": messages}
+    conv, at = {"tools": tools or [], "messages": messages}, f"{where or source}:{row_id}"
     try:
         validate_conversation(conv)
         if not any(m["role"] == "assistant" for m in messages):
             raise FormatError("no assistant message: nothing to learn")
     except FormatError as e:
         if strict:
-            raise DataError(f"{where or source}:{row_id}: {e}") from e
-        report.note(f"{where or source}:{row_id}", "invalid_conversation", str(e))
+            raise DataError(f"{at}: {e}") from e
+        report.note(at, "invalid_conversation", str(e))
         return None
     # Calls must satisfy their tool's schema: BFCL's checker compares types, so training on
     # '"page": "1"' for an integer parameter teaches the wrong habit. Lossless fixes first.
@@ -143,8 +143,8 @@ def make_row(tools: list, messages: list, *, source: str, row_id, report: LoadRe
     report.repaired += repaired
     if problems:
         if strict:
-            raise DataError(f"{where or source}:{row_id}: args violate the schema: {'; '.join(problems)}")
-        report.note(f"{where or source}:{row_id}", "args_violate_schema", "; ".join(problems)[:300])
+            raise DataError(f"{at}: args violate the schema: {'; '.join(problems)}")
+        report.note(at, "args_violate_schema", "; ".join(problems)[:300])
         return None
     conv["meta"] = {"source": source, "row": str(row_id), "category": classify(conv)}
     report.kept += 1
