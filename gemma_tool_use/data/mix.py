@@ -16,7 +16,7 @@ import os
 import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
@@ -26,11 +26,8 @@ log = logging.getLogger(__name__)
 
 def data_root(configured: str | None) -> Path:
     """data.root, else $GEMMA_TOOL_USE_DATA, else the user cache (~/.cache/gemma_tool_use/datasets)."""
-    if configured:
-        return Path(configured).expanduser()
-    env = os.environ.get("GEMMA_TOOL_USE_DATA")
-    if env:
-        return Path(env).expanduser()
+    if chosen := configured or os.environ.get("GEMMA_TOOL_USE_DATA"):
+        return Path(chosen).expanduser()
     from gemma_tool_use.tokenizer import cache_root
 
     return cache_root() / "datasets"
@@ -53,8 +50,7 @@ class MixCard:
         }
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "steps": self.steps, "dropped": self.dropped, "augmentations": self.augmentations,
-                "token_lengths": self.token_lengths, "no_call_share": self.no_call_share}
+        return asdict(self)
 
     def to_markdown(self) -> str:
         lines = [f"# Data card: {self.name}", ""]
@@ -78,17 +74,17 @@ class MixCard:
         return "\n".join(lines) + "\n"
 
 
-def _tool_hash(name: str, seed: int) -> float:
-    h = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
-
-
 def split_by_tool(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict], int]:
+    """(train, val, rows mixing both), by a seeded hash of each tool name (uniform in [0, 1))."""
     if fraction <= 0:
         return rows, [], 0
+
+    def held_out(name: str) -> bool:
+        return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "big") / 2**64 < fraction
+
     train, val, mixed = [], [], 0
     for r in rows:
-        held = {_tool_hash(t["name"], seed) < fraction for t in r["tools"]} or {False}
+        held = {held_out(t["name"]) for t in r["tools"]} or {False}
         if held == {True}:
             val.append(r)
         elif held == {False}:
@@ -96,10 +92,6 @@ def split_by_tool(rows: list[dict], fraction: float, seed: int) -> tuple[list[di
         else:
             mixed += 1
     return train, val, mixed
-
-
-def tool_names_of(rows: list[dict]) -> set[str]:
-    return {t["name"] for r in rows for t in r["tools"]}
 
 
 def load_sources(names, root: Path, strict: bool, hub_files=None) -> tuple[list[dict], dict]:
@@ -125,7 +117,8 @@ def tool_pool(names, root: Path, strict: bool) -> list[dict]:
     pool = []
     for name in names:
         if name not in ("seal_tools/tool.jsonl", "toolalpaca/public_apis.json"):
-            raise DataError(f"data.tool_pools: unknown pool {name!r} (seal_tools/tool.jsonl, toolalpaca/public_apis.json)")
+            raise DataError(f"data.tool_pools: unknown pool {name!r} "
+                            "(seal_tools/tool.jsonl, toolalpaca/public_apis.json)")
         fetch.ensure_files(root, [name])
         if name == "seal_tools/tool.jsonl":
             pool += list(seal_tools.catalog(root / name, strict).values())
@@ -169,9 +162,9 @@ def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
 
         index = bfcl_index()
         pool = [t for t in pool if not contamination_reason({"tools": [t], "messages": []}, index)]
-    if val:  # nor validation tools
-        held = tool_names_of(val)
-        pool = [t for t in pool if t["name"] not in held] if pool else pool
+    if pool and val:  # nor validation tools
+        held = {t["name"] for r in val for t in r["tools"]}
+        pool = [t for t in pool if t["name"] not in held]
     train, counts = augment_rows(train, aug_cfg, seed, tool_pool=pool)
     card.augmentations = counts
     cap = data_cfg.max_rows_per_category
