@@ -4,8 +4,11 @@ seed and tokenizer starts training without re-processing."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +24,16 @@ LENGTH_EDGES = (128, 256, 512, 1024, 2048, 4096)
 
 
 def length_histogram(ts: TokenizedSet) -> dict[str, int]:
-    lengths = [len(e) for e in ts.examples]
-    hist = {}
-    lo = 0
-    for edge in LENGTH_EDGES:
-        hist[str(edge)] = sum(1 for n in lengths if lo < n <= edge)
-        lo = edge
-    hist[f">{LENGTH_EDGES[-1]}"] = sum(1 for n in lengths if n > LENGTH_EDGES[-1])
-    return hist
+    """Rows per token-length bin: "128" counts lengths up to 128, "256" those in (128, 256], ..."""
+    counts = Counter(bisect.bisect_left(LENGTH_EDGES, len(e)) for e in ts.examples)
+    return {**{str(edge): counts[i] for i, edge in enumerate(LENGTH_EDGES)},
+            f">{LENGTH_EDGES[-1]}": counts[len(LENGTH_EDGES)]}
 
 
 def _save(path: Path, ts: TokenizedSet) -> None:
-    lengths = np.asarray([len(e) for e in ts.examples], np.int64)
-    np.savez(path, ids=np.concatenate([e.ids for e in ts.examples]), mask=np.concatenate([e.loss_mask for e in ts.examples]),
-             lengths=lengths, dropped=json.dumps(dict(ts.dropped)))
+    ex = ts.examples
+    np.savez(path, ids=np.concatenate([e.ids for e in ex]), mask=np.concatenate([e.loss_mask for e in ex]),
+             lengths=np.asarray([len(e) for e in ex], np.int64), dropped=json.dumps(dict(ts.dropped)))
 
 
 def _load(path: Path) -> TokenizedSet:
@@ -43,8 +42,6 @@ def _load(path: Path) -> TokenizedSet:
         dropped = json.loads(str(z["dropped"]))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     ex = [RenderedConversation(ids[a:b], mask[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]
-    from collections import Counter
-
     return TokenizedSet(ex, Counter(dropped))
 
 
@@ -69,10 +66,11 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
         return tokenize_conversations(convs, tokenizer, max_length=d.max_length, overlength=d.overlength,
                                       system_prompt=prompt)
 
+    def tokenize_files(files):
+        return tokenize([r for f in files for r in load_jsonl_conversations(f, strict=d.strict)])
+
     if not d.sources:
-        train = tokenize([r for f in d.train_files for r in load_jsonl_conversations(f, strict=d.strict)])
-        val = tokenize([r for f in d.val_files for r in load_jsonl_conversations(f, strict=d.strict)]) if d.val_files else None
-        return train, val, None
+        return tokenize_files(d.train_files), tokenize_files(d.val_files) if d.val_files else None, None
 
     from gemma_tool_use.data.mix import build_mix, mix_fingerprint, no_call_share
     from gemma_tool_use.tokenizer import cache_root
@@ -85,7 +83,8 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
             cached = _load_cache(cache)
             log.info("data mix %s: loaded tokenized cache %s", d.name, cache)
         except Exception as e:  # noqa: BLE001 - any damage means: build it again, never crash on a cache
-            log.warning("data mix cache %s is corrupt (%s): rebuilding it", cache, str(e).splitlines()[0][:200] or type(e).__name__)
+            log.warning("data mix cache %s is corrupt (%s): rebuilding it", cache,
+                        (str(e).splitlines() or [type(e).__name__])[0][:200])
     if cached is not None:
         train, val, card = cached
     else:
@@ -104,18 +103,17 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
         card = mix_card.to_dict()
         card["markdown"] = mix_card.to_markdown()
         tmp = cache.with_name(cache.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # what a killed build left
+        tmp.mkdir(parents=True)
         _save(tmp / "train.npz", train)
         if val:
             _save(tmp / "val.npz", val)
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2))
         (tmp / "train_rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_rows))
         # Written last: the checksums of what a later run may load (a damaged file is rebuilt).
-        (tmp / "COMPLETE").write_text(json.dumps({"key": key, "sha256": {
-            f.name: sha256_file(f) for f in (tmp / "train.npz", tmp / "val.npz", tmp / "data_card.json") if f.is_file()}}))
+        sums = {f.name: sha256_file(f) for f in tmp.iterdir() if f.suffix in (".npz", ".json")}
+        (tmp / "COMPLETE").write_text(json.dumps({"key": key, "sha256": sums}))
         if cache.exists():
-            import shutil
-
             shutil.rmtree(cache)
         tmp.rename(cache)
     run_dir.mkdir(parents=True, exist_ok=True)
