@@ -10,6 +10,7 @@ The order is a pure function of (seed, epoch): a resumed run replays the same ba
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,10 +56,9 @@ def tokenize_conversations(convs: list[dict], tokenizer: GemmaTokenizer, *, max_
 
 
 def pick_bucket(n: int, buckets) -> int:
-    for b in buckets:
-        if n <= b:
-            return int(b)
-    raise DataError(f"length {n} exceeds the largest bucket {buckets[-1]}")
+    if (b := next((b for b in buckets if n <= b), None)) is None:
+        raise DataError(f"length {n} exceeds the largest bucket {buckets[-1]}")
+    return int(b)
 
 
 def collate(examples: list[RenderedConversation], length_buckets) -> dict[str, np.ndarray]:
@@ -113,16 +113,12 @@ def length_grouped_batches(lengths, batch_size: int, seed: int, epoch: int,
 
 def train_batches(data: TokenizedSet, batch_size: int, length_buckets, seed: int,
                   group_batches: int = 16) -> Iterator[dict]:
-    """Endless, deterministic stream of shuffled, length-grouped batches (see
-    `length_grouped_batches`; `group_batches=1` = plain random batches). Each epoch drops
-    the ragged tail of every window unless the set is smaller than one batch, in which
-    case rows repeat."""
+    """Endless stream of `length_grouped_batches` epochs (`group_batches=1`: plain random batches).
+    Each epoch drops the ragged tail of every window; a set smaller than one batch repeats rows."""
     lengths = [len(e) for e in data.examples]
-    epoch = 0
-    while True:
+    for epoch in itertools.count():
         for idx in length_grouped_batches(lengths, batch_size, seed, epoch, group_batches):
             yield collate([data.examples[i] for i in idx], length_buckets)
-        epoch += 1
 
 
 def eval_batches(data: TokenizedSet, batch_size: int, length_buckets, max_batches: int) -> list[dict]:

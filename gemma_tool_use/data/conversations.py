@@ -37,13 +37,9 @@ class LoadReport:
 def resolve_data_file(name: str) -> Path:
     """Absolute path, else bundled package data (resources/data/), else relative to cwd."""
     p = Path(name).expanduser()
-    if p.is_absolute():
-        candidates = [p]
-    else:
-        candidates = [RESOURCES_DIR / "data" / p, Path.cwd() / p]
-    for c in candidates:
-        if c.is_file():
-            return c
+    candidates = [p] if p.is_absolute() else [RESOURCES_DIR / "data" / p, Path.cwd() / p]
+    if found := next((c for c in candidates if c.is_file()), None):
+        return found
     raise DataError(f"data file not found: {name} (looked in: {', '.join(str(c) for c in candidates)})")
 
 

@@ -81,10 +81,8 @@ def bfcl_index() -> BfclIndex:
                 for msg in turn:
                     if msg.get("role") == "user":
                         index.add_query(msg.get("content", ""))
-            functions = list(entry.get("function", []))
-            for held_out in (entry.get("missed_function") or {}).values():
-                functions.extend(held_out)
-            for f in functions:
+            held_out = [f for fs in (entry.get("missed_function") or {}).values() for f in fs]
+            for f in [*entry.get("function", []), *held_out]:
                 index.add_function(f.get("name", ""), _strip_bfcl_hint(f.get("description", "")))
     return index
 
@@ -114,11 +112,5 @@ def contamination_reason(row: dict, index: BfclIndex | None = None) -> str | Non
 def decontaminate(rows: list[dict], index: BfclIndex | None = None) -> tuple[list[dict], Counter]:
     """(clean rows, dropped counts by reason)."""
     index = index or bfcl_index()
-    kept, dropped = [], Counter()
-    for row in rows:
-        reason = contamination_reason(row, index)
-        if reason:
-            dropped[reason] += 1
-        else:
-            kept.append(row)
-    return kept, dropped
+    reasons = [contamination_reason(row, index) for row in rows]
+    return [row for row, reason in zip(rows, reasons) if not reason], Counter(filter(None, reasons))
