@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
 from gemma_tool_use.data.sources import fetch, hammer, hermes, llamafactory, seal_tools, toolace, toolrl, xlam
-from gemma_tool_use.data.sources.common import convert_rows, read_rows
+from gemma_tool_use.data.sources.common import convert_rows, load_file
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,30 @@ class LocalSource:
         return self.load(self.name, [Path(root) / f for f in self.files], report, strict)
 
 
+def _each_row(convert: Callable[[dict], tuple[list, list]]) -> Callable[..., list[dict]]:
+    """The loader of a layout whose rows convert on their own."""
+    return lambda source, paths, report, strict: load_file(source, paths[0], convert, report, strict)
+
+
 _SEAL_TOOLS = "seal_tools/tool.jsonl"
 LOCAL_SOURCES: dict[str, LocalSource] = {s.name: s for s in (
     LocalSource("seal_tools/dev", seal_tools.load_calls, ("seal_tools/dev.jsonl", _SEAL_TOOLS)),
     LocalSource("seal_tools/test_in_domain", seal_tools.load_calls, ("seal_tools/test_in_domain.jsonl", _SEAL_TOOLS)),
-    LocalSource("seal_tools/finetune_dev", seal_tools.load_finetune, ("seal_tools/dataset_for_finetune/dev.json",)),
-    LocalSource("seal_tools/finetune_test_in_domain", seal_tools.load_finetune,
+    LocalSource("seal_tools/finetune_dev", _each_row(seal_tools.finetune_row),
+                ("seal_tools/dataset_for_finetune/dev.json",)),
+    LocalSource("seal_tools/finetune_test_in_domain", _each_row(seal_tools.finetune_row),
                 ("seal_tools/dataset_for_finetune/test_in_domain.json",)),
-    LocalSource("toolrl/rlla_sft", toolrl.load, ("toolrl/rlla_sft.json",)),
-    LocalSource("toolrl/rlla_4k_test", toolrl.load, ("toolrl/rlla_4k_test.parquet",)),
+    LocalSource("toolrl/rlla_sft", _each_row(toolrl.row_to_conversation), ("toolrl/rlla_sft.json",)),
+    LocalSource("toolrl/rlla_4k_test", _each_row(toolrl.row_to_conversation), ("toolrl/rlla_4k_test.parquet",)),
     LocalSource("hammer/apibank_l1", hammer.load_eval, ("hammer/apibank_l1.json",)),
     LocalSource("hammer/apibank_l2", hammer.load_eval, ("hammer/apibank_l2.json",)),
     LocalSource("hammer/toolalpaca", functools.partial(hammer.load_eval, flags=True), ("hammer/toolalpaca.json",)),
-    LocalSource("hammer/masking_example", hammer.load_masking, ("hammer/masking_sft_data_example.json",)),
-    LocalSource("llamafactory/glaive_en", llamafactory.load_glaive, ("llamafactory/glaive_toolcall_en_demo.json",)),
-    LocalSource("llamafactory/glaive_zh", llamafactory.load_glaive, ("llamafactory/glaive_toolcall_zh_demo.json",)),
-    LocalSource("llamafactory/reason_tool_use", llamafactory.load_reason_tool_use,
+    LocalSource("hammer/masking_example", _each_row(hammer.masking_row), ("hammer/masking_sft_data_example.json",)),
+    LocalSource("llamafactory/glaive_en", _each_row(llamafactory.glaive_row),
+                ("llamafactory/glaive_toolcall_en_demo.json",)),
+    LocalSource("llamafactory/glaive_zh", _each_row(llamafactory.glaive_row),
+                ("llamafactory/glaive_toolcall_zh_demo.json",)),
+    LocalSource("llamafactory/reason_tool_use", _each_row(llamafactory.reason_tool_use_row),
                 ("llamafactory/reason_tool_use_demo_50.jsonl",)),
 )}
 
@@ -134,8 +142,7 @@ def load_hub_dataset(hub_id: str, *, revision: str, split: str = "train", report
                                         if p.is_dir() else [p])]
     if not paths:
         raise DataError(f"no data files in {data_files!r}")
-    return [row for p in paths for row in convert_rows(read_rows(p), spec.converter, source=hub_id, report=report,
-                                                       strict=strict, where=str(p))]
+    return [row for p in paths for row in load_file(hub_id, p, spec.converter, report, strict)]
 
 
 def load_source(name: str, root: str | os.PathLike, report: LoadReport, strict: bool = False,

@@ -213,6 +213,15 @@ def call(obj: Any, *, name_key: str = "name", args_keys: tuple[str, ...] = ("arg
     return {"name": name, "args": args or {}}
 
 
+def calls(value: Any, what: str, **call_kw) -> list[dict]:
+    """Canonical calls from one call or a list of them (or text holding either); none: RowError."""
+    value = loads(value, what)
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise RowError("empty", f"an empty {what}")
+    return [call(v, **call_kw) for v in values]
+
+
 def result(value: Any) -> Any:
     """A tool result: parsed if it parses (parse_literal), else the text itself."""
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gemma_tool_use.data.conversations import LoadReport
 from gemma_tool_use.data.schema import REFUSAL
-from gemma_tool_use.data.sources.common import Dialogue, RowError, call, convert_rows, load_file, loads, read_rows, \
+from gemma_tool_use.data.sources.common import Dialogue, RowError, call, calls, convert_rows, loads, read_rows, \
     result, tool_from, tool_list
 
 _GENERATE_MARK = re.compile(r"\s*Generate API Request:\s*$")
@@ -36,11 +36,7 @@ def _history(query: list, d: Dialogue) -> None:
         elif role == "agent":
             d.model(text)
         elif role == "assistant":
-            calls = loads(text.strip().strip("`").strip(), "history call")
-            calls = calls if isinstance(calls, list) else [calls]
-            if not calls:
-                raise RowError("malformed_json", "a history call block is not a list of calls")
-            d.model(calls=[call(c) for c in calls])
+            d.model(calls=calls(text.strip().strip("`").strip(), "history call"))
         elif role == "tool":
             d.results(result(text))
         else:
@@ -70,39 +66,33 @@ def load_eval(source: str, paths: list[Path], report: LoadReport, strict: bool =
             if c["name"] not in listed and c["name"] in catalog:  # history calls only (module docstring)
                 tools.append(tool_from(catalog[c["name"]], flags=flags))
                 listed.add(c["name"])
-        calls = [call(a) for a in obj["answers"]]
+        answer = [call(a) for a in obj["answers"]]
         if d.messages[-1].get("tool_calls"):
-            d.messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+            d.messages.append({"role": "assistant", "content": "", "tool_calls": answer})
         else:
-            d.model(REFUSAL if not calls else "", calls)
+            d.model(REFUSAL if not answer else "", answer)
         return tools, d.messages
 
     return convert_rows(rows, convert, source=source, report=report, strict=strict, where=str(paths[0]))
 
 
-def _between(text: str, start: str, end: str) -> str:
-    i = text.find(start)
-    j = text.find(end, i + len(start)) if i != -1 else -1
-    if i == -1 or j == -1:
-        raise RowError("malformed_prompt", f"no '{start} ... {end}' section")
-    return text[i + len(start):j].strip()
+def _section(text: str, name: str) -> str:
+    if not (m := re.search(rf"\[BEGIN OF {name}\](.*?)\[END OF {name}\]", text, re.DOTALL)):
+        raise RowError("malformed_prompt", f"no '[BEGIN OF {name}] ... [END OF {name}]' section")
+    return m.group(1).strip()
 
 
-def load_masking(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
-    def convert(obj):
-        if not isinstance(obj.get("instruction"), str) or not isinstance(obj.get("output"), str):
-            raise RowError("missing_field", "row needs 'instruction' and 'output' text")
-        ins = obj["instruction"]
-        tools = tool_list(_between(ins, "[BEGIN OF AVAILABLE TOOLS]", "[END OF AVAILABLE TOOLS]"), "tool list")
-        query = _between(ins, "[BEGIN OF QUERY]", "[END OF QUERY]")
-        if isinstance(obj.get("input"), str) and obj["input"].strip():
-            query = f"{query}\n{obj['input'].strip()}"
-        answer = loads(re.sub(r"^```(?:json)?\s*|\s*```$", "", obj["output"].strip()), "output")
-        if not isinstance(answer, list):
-            raise RowError("malformed_json", "output is not a JSON list of calls")
-        d = Dialogue()
-        d.user(query)
-        d.model(REFUSAL if not answer else "", [call(a) for a in answer])
-        return tools, d.messages
-
-    return load_file(source, paths[0], convert, report, strict)
+def masking_row(obj: dict) -> tuple[list[dict], list[dict]]:
+    if not isinstance(obj.get("instruction"), str) or not isinstance(obj.get("output"), str):
+        raise RowError("missing_field", "row needs 'instruction' and 'output' text")
+    tools = tool_list(_section(obj["instruction"], "AVAILABLE TOOLS"), "tool list")
+    query = _section(obj["instruction"], "QUERY")
+    if isinstance(obj.get("input"), str) and obj["input"].strip():
+        query = f"{query}\n{obj['input'].strip()}"
+    answer = loads(re.sub(r"^```(?:json)?\s*|\s*```$", "", obj["output"].strip()), "output")
+    if not isinstance(answer, list):
+        raise RowError("malformed_json", "output is not a JSON list of calls")
+    d = Dialogue()
+    d.user(query)
+    d.model(REFUSAL if not answer else "", [call(a) for a in answer])
+    return tools, d.messages

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
-from gemma_tool_use.data.sources.common import RowError, call, convert_rows, load_file, loads, read_rows, tool_from
+from gemma_tool_use.data.sources.common import RowError, call, convert_rows, loads, read_rows, tool_from
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +73,13 @@ def load_calls(source: str, paths: list[Path], report: LoadReport, strict: bool 
     return convert_rows(rows, convert, source=source, report=report, strict=strict, where=str(paths[0]))
 
 
-def load_finetune(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
+def finetune_row(obj: dict) -> tuple[list[dict], list[dict]]:
     """dataset_for_finetune/{dev,test_in_domain}.json: {id, conversations: [human prompt, gpt answer]}."""
-
-    def convert(obj):
-        turns = {t.get("from"): t.get("value") for t in obj.get("conversations") or [] if isinstance(t, dict)}
-        if not isinstance(turns.get("human"), str) or not isinstance(turns.get("gpt"), str):
-            raise RowError("missing_field", "row needs a human prompt and a gpt answer")
-        m = _PROMPT.search(turns["human"])
-        if not m or not isinstance(api_list := loads(m.group(1), "api_list"), list):
-            raise RowError("malformed_prompt", "no 'api_list = [...]' / 'task_instruction = \"...\"' in the prompt")
-        tools = [tool_from(t, name="api_name", description="api_description") for t in api_list]
-        return _row(tools, m.group(2), loads(turns["gpt"], "answer"))
-
-    return load_file(source, paths[0], convert, report, strict)
+    turns = {t.get("from"): t.get("value") for t in obj.get("conversations") or [] if isinstance(t, dict)}
+    if not isinstance(turns.get("human"), str) or not isinstance(turns.get("gpt"), str):
+        raise RowError("missing_field", "row needs a human prompt and a gpt answer")
+    m = _PROMPT.search(turns["human"])
+    if not m or not isinstance(api_list := loads(m.group(1), "api_list"), list):
+        raise RowError("malformed_prompt", "no 'api_list = [...]' / 'task_instruction = \"...\"' in the prompt")
+    tools = [tool_from(t, name="api_name", description="api_description") for t in api_list]
+    return _row(tools, m.group(2), loads(turns["gpt"], "answer"))

@@ -10,10 +10,8 @@ renderer adds its own), the history <user>/<tool_call>/<obs>/<response> tags, th
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from gemma_tool_use.data.conversations import LoadReport
-from gemma_tool_use.data.sources.common import Dialogue, RowError, call, load_file, loads, result, tool_from
+from gemma_tool_use.data.sources.common import Dialogue, RowError, calls, loads, result, tool_from
 
 _ENTRY = re.compile(r"\d+\. Name: (.*?)\nDescription: (.*?)\nParameters: (.*)", re.S)
 _SEGMENT = re.compile(r"<(user|think|tool_call|obs|response)>(.*?)</\1>", re.S)
@@ -46,13 +44,8 @@ def _segments(text: str, what: str, *, lenient: bool = False) -> list[tuple[str,
     return segs
 
 
-def _calls(body: str) -> list[dict]:
-    """One JSON object per call: {"name": ..., "parameters": {...}}."""
-    value = loads(body, "tool call")
-    calls = [call(obj, args_keys=("parameters", "arguments")) for obj in (value if isinstance(value, list) else [value])]
-    if not calls:
-        raise RowError("empty", "an empty <tool_call> block")
-    return calls
+def _calls(body: str) -> list[dict]:  # JSON objects {"name": ..., "parameters": {...}}
+    return calls(body, "<tool_call> block", args_keys=("parameters", "arguments"))
 
 
 def _messages(history: str, output: str) -> list[dict]:
@@ -66,28 +59,25 @@ def _messages(history: str, output: str) -> list[dict]:
             d.results(result(body))
         elif tag == "response":
             d.model(body)
-    content, calls = "", []
+    content, answer = "", []
     for tag, body in _segments(output, "answer", lenient=True):
         if tag == "tool_call":
-            calls += _calls(body)
+            answer += _calls(body)
         elif tag == "response":
             content = f"{content}\n{body}".strip()
-    if not content and not calls:
+    if not content and not answer:
         raise RowError("empty", "the answer has neither <tool_call> nor <response>")
-    d.messages.append({"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})})
+    d.messages.append({"role": "assistant", "content": content, **({"tool_calls": answer} if answer else {})})
     return d.messages
 
 
-def load(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
-    def convert(obj):
-        if "prompt" in obj:  # rlla_4k_test.parquet
-            by_role = {m.get("role"): m.get("content") for m in obj.get("prompt") or [] if isinstance(m, dict)}
-            texts = by_role.get("system"), by_role.get("user"), (obj.get("reward_model") or {}).get("ground_truth")
-        else:
-            texts = obj.get("instruction"), obj.get("input"), obj.get("output")
-        for field, value in zip(("instruction", "input", "output"), texts):
-            if not isinstance(value, str):
-                raise RowError("missing_field", f"no {field} text")
-        return _tools(texts[0]), _messages(*texts[1:])
-
-    return load_file(source, paths[0], convert, report, strict)
+def row_to_conversation(obj: dict) -> tuple[list[dict], list[dict]]:
+    if "prompt" in obj:  # rlla_4k_test.parquet
+        by_role = {m.get("role"): m.get("content") for m in obj.get("prompt") or [] if isinstance(m, dict)}
+        texts = by_role.get("system"), by_role.get("user"), (obj.get("reward_model") or {}).get("ground_truth")
+    else:
+        texts = obj.get("instruction"), obj.get("input"), obj.get("output")
+    for field, value in zip(("instruction", "input", "output"), texts):
+        if not isinstance(value, str):
+            raise RowError("missing_field", f"no {field} text")
+    return _tools(texts[0]), _messages(*texts[1:])
