@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
-from gemma_tool_use.data.sources.common import RowError, call, convert_rows, loads, read_rows, tool_from
+from gemma_tool_use.data.sources.common import RowError, call, load_file, loads, read_rows, tool_from
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +31,11 @@ _PROMPT = re.compile(r"api_list = (\[.*\])\s*\ntask_instruction = \"(.*)\"\s*\nO
 def _row(tools: list[dict], query: Any, calling: Any) -> tuple[list[dict], list[dict]]:
     if not isinstance(query, str) or not isinstance(calling, list):
         raise RowError("missing_field", "row needs a text query and a list of calls")
-    calls = []
-    for c in calling or [None]:
-        if c is None:
-            raise RowError("empty", "no calls")
-        calls.append(call(c, name_key="api", args_keys=("parameters",)))
-        if _API_REF.search(repr(calls[-1]["args"])):
-            raise RowError("dependent_call", f"'{calls[-1]['name']}' takes an earlier call's output: {calls[-1]['args']}")
+    calls = [call(c, name_key="api", args_keys=("parameters",)) for c in calling]
+    if not calls:
+        raise RowError("empty", "no calls")
+    if dependent := next((c for c in calls if _API_REF.search(repr(c["args"]))), None):
+        raise RowError("dependent_call", f"'{dependent['name']}' takes an earlier call's output: {dependent['args']}")
     return tools, [{"role": "user", "content": query.strip()}, {"role": "assistant", "content": "", "tool_calls": calls}]
 
 
@@ -60,7 +58,7 @@ def catalog(path: Path, strict: bool) -> dict[str, dict]:
 
 def load_calls(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
     """{dev,test_in_domain}.jsonl; paths = [that file, tool.jsonl]."""
-    rows, tools = read_rows(paths[0]), catalog(paths[1], strict)
+    tools = catalog(paths[1], strict)
 
     def convert(obj):
         names = [c.get("api") for c in obj.get("calling") or [] if isinstance(c, dict)]
@@ -70,7 +68,7 @@ def load_calls(source: str, paths: list[Path], report: LoadReport, strict: bool 
             raise RowError("unknown_tool", f"'{unknown[0]}' is not in tool.jsonl")
         return [copy.deepcopy(tools[n]) for n in names], messages
 
-    return convert_rows(rows, convert, source=source, report=report, strict=strict, where=str(paths[0]))
+    return load_file(source, paths[0], convert, report, strict)
 
 
 def finetune_row(obj: dict) -> tuple[list[dict], list[dict]]:
