@@ -71,8 +71,7 @@ class HubSource:
     revision: str  # pinned commit of the dataset repository
     license: str
     converter: Callable[[dict], tuple[list[dict], list[dict]]]  # one upstream row -> (tools, messages)
-    files: dict[str | None, str] = field(default_factory=dict)  # config -> upstream file
-    configs: tuple[str, ...] = ()  # the configs load_hub_dataset accepts (empty: the default one only)
+    files: dict[str | None, str] = field(default_factory=dict)  # config (None: the default) -> upstream file
     gated: bool = False
 
 
@@ -80,7 +79,6 @@ XLAM_ID = "Salesforce/xlam-function-calling-60k"
 XLAM_IRRELEVANCE_ID = "MadeAgents/xlam-irrelevance-7.5k"
 TOOLACE_ID = "Team-ACE/ToolACE"
 HERMES_ID = "NousResearch/hermes-function-calling-v1"
-HERMES_FUNCTION_CONFIGS = ("func_calling_singleturn", "func_calling", "glaive_func_calling")
 # Revisions: commit shas of the dataset repos as pinned by other public projects and, for
 # MadeAgents/xlam-irrelevance-7.5k, shown as main's head on the hub; not checked against the hub
 # from here (no access). `huggingface_hub.HfApi().dataset_info(id).sha` gives the current head.
@@ -94,8 +92,7 @@ HUB_SOURCES: dict[str, HubSource] = {s.hub_id: s for s in (
     HubSource(HERMES_ID, "dae3e1d28cfbcf4b915c04ea1e072030529b4bda", "Apache-2.0",
               hermes.hermes_row_to_conversation,
               {None: "func-calling-singleturn.json", "func_calling_singleturn": "func-calling-singleturn.json",
-               "func_calling": "func-calling.json", "glaive_func_calling": "glaive-function-calling-5k.json"},
-              configs=HERMES_FUNCTION_CONFIGS),
+               "func_calling": "func-calling.json", "glaive_func_calling": "glaive-function-calling-5k.json"}),
 )}
 
 
@@ -129,10 +126,9 @@ def load_hub_dataset(hub_id: str, *, revision: str, split: str = "train", report
     spec = HUB_SOURCES.get(hub_id)
     if spec is None:
         raise DataError(f"unknown hub dataset {hub_id!r}; supported: {', '.join(HUB_SOURCES)}")
-    if config is not None and config not in spec.configs:
+    if config is not None and config not in spec.files:
         raise DataError(f"{hub_id}: config {config!r} is not supported; supported configs: "
-                        f"{', '.join(spec.configs) or 'none (the dataset has one)'}")
-    report = report if report is not None else LoadReport()
+                        f"{', '.join(c for c in spec.files if c) or 'none (the dataset has one)'}")
     if data_files is None:
         where = f"{hub_id}@{revision[:12]}" + (f"/{config}" if config else "") + f"/{split}"
         return convert_rows(_hub_rows(spec, revision, split, config, cache_dir), spec.converter, source=hub_id,
