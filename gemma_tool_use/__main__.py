@@ -80,6 +80,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         report_user_error(e, 3)
     except user_errors as e:  # user-facing input problems: one line, no traceback
         report_user_error(e, getattr(e, "exit_code", 4))
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (interrupt.Stopped): the stage saved its work
+        signal_name = getattr(e, "signal_name", "SIGINT")
+        print(f"stopped ({signal_name}); re-run the same command (same hydra.run.dir) to resume",
+              file=sys.stderr, flush=True)
+        sys.exit(getattr(e, "exit_code", 130))
 
 
 def _write_job_result(value) -> None:

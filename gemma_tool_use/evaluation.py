@@ -118,8 +118,9 @@ def run_multi_turn_category(category, todo, answers, originals, generator, token
             run_dialogues(todo[s : s + group], generator, tokenizer, params, system_prompt, on_done=on_done)
 
 
-def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker) -> dict:
-    """BFCL on `cfg.eval.categories` for an already built model; writes the reports into out_dir."""
+def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker, step: int = 0) -> dict:
+    """BFCL on `cfg.eval.categories` for an already built model; writes the reports into out_dir.
+    `step`: the training step of the weights (where the per-category numbers are logged)."""
     from tqdm import tqdm
 
     from gemma_tool_use import bfcl
@@ -148,7 +149,7 @@ def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker) ->
             per_category[category] = res
             log.info("%s: %.2f%% (%d/%d) in %.0fs", category, 100 * res["accuracy"], res["correct"],
                      res["total_count"], res["seconds"])
-            tracker.log({f"bfcl/{category}": res["accuracy"]}, step=0)
+            tracker.log({f"bfcl/{category}": res["accuracy"]}, step=step)
     summary = {
         "model": cfg.model.name + (f" + {cfg.model.lora_checkpoint}" if cfg.model.lora_checkpoint else ""),
         "commit": commit,

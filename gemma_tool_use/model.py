@@ -279,9 +279,23 @@ def resolve_lora_checkpoint(path: str) -> tuple[Path, int | None, dict | None]:
 
 def load_lora_checkpoint(model, root: Path, step: int | None, lora_only: bool = True) -> int:
     """Restore trained parameters (LoRA adapters + trainable rows, or every parameter after full
-    fine-tuning) from an SFT checkpoint directory; the optimizer state is not touched."""
+    fine-tuning) from an SFT checkpoint directory; the optimizer state is not touched. Without an
+    explicit step, a latest checkpoint that does not read back gives way to the newest intact one."""
     from tunix.sft.checkpoint_manager import CheckpointManager
 
+    from gemma_tool_use.training import checkpoint_problem
+
+    if step is None:
+        for candidate in sorted((int(p.name) for p in root.glob("*") if p.name.isdigit()), reverse=True):
+            problem = checkpoint_problem(root / str(candidate))
+            if problem is None:
+                step = candidate
+                break
+            log.warning("checkpoint %s is corrupt (%s); trying an earlier one", root / str(candidate), problem)
+        else:
+            raise WeightsError(f"{root}: no intact checkpoint to load")
+    elif problem := checkpoint_problem(root / str(step)):
+        raise WeightsError(f"{root / str(step)}: corrupt checkpoint ({problem})")
     manager = CheckpointManager(root_directory=str(root))
     restored, _ = manager.maybe_restore(model, step=step, restore_only_lora_params=lora_only)
     manager.close()

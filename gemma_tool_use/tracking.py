@@ -78,6 +78,29 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
+    def drop_records_after(self, step: int) -> int:
+        """On resume from checkpoint `step`: drop the metrics.jsonl records of steps that will be
+        redone (written after that checkpoint by a killed process) and of evaluations that will
+        run again (the validation at `step`, bfcl/*), so the file keeps one line per step however often a run resumes.
+        A torn last line goes too. Returns how many records were dropped."""
+        from gemma_tool_use.files import iter_jsonl
+
+        self._metrics.close()
+        path = self.run_dir / "metrics.jsonl"
+        kept, dropped = [], 0
+        for _, rec, err in iter_jsonl(path):
+            # the evaluation at `step` itself runs again when training restarts
+            if err is None and isinstance(rec, dict) and rec.get("step", 0) <= step \
+                    and not any(k.startswith("bfcl/") or (k.startswith("eval/") and rec["step"] == step) for k in rec):
+                kept.append(json.dumps(rec) + "\n")
+            else:
+                dropped += 1
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        self._metrics = path.open("a", encoding="utf-8")
+        return dropped
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.wandb_run is not None:
             for k, v in values.items():

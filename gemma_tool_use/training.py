@@ -8,6 +8,8 @@ process-global listeners (which leak between the jobs of a multirun).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import resource
 import time
 
@@ -17,6 +19,9 @@ import optax
 from tunix.sft import metrics_logger as tunix_metrics
 from tunix.sft import peft_trainer
 from tunix.sft import utils as sft_utils
+
+from gemma_tool_use.errors import UserError
+from gemma_tool_use.interrupt import raise_if_stop_requested
 
 
 # Loss positions per chunk of the vocabulary projection. A [positions, 262k] f32 logits block
@@ -132,6 +137,9 @@ class TrackerMetricsLogger(tunix_metrics.MetricsLogger):
         if str(mode) == "train" and metric_name == "loss":
             self._pending.update(self.throughput.sample())
 
+    def discard_pending(self) -> None:
+        self._pending, self._pending_key = {}, None
+
     def flush(self) -> None:
         if self._pending:
             self.tracker.log(self._pending, step=self._pending_key[0])
@@ -171,13 +179,141 @@ class Throughput:
         return out
 
 
+class CheckpointError(UserError, RuntimeError):
+    """No intact checkpoint to resume from; the message names the directory."""
+
+
+def checkpoint_problem(step_dir) -> str | None:
+    """Why a checkpoint step dir cannot be restored (one line), or None when every item in it
+    reads back: a truncated array file, an empty _METADATA or a missing item is found here, by
+    reading the arrays as stored (no model needed: a few MB for LoRA adapters)."""
+    import warnings
+    from pathlib import Path
+
+    import orbax.checkpoint as ocp
+
+    step_dir = Path(step_dir)
+    items = ["model_params"]
+    try:
+        meta = json.loads((step_dir / "_CHECKPOINT_METADATA").read_text())
+        items = sorted(meta.get("item_handlers") or items)
+    except (OSError, ValueError) as e:
+        return f"_CHECKPOINT_METADATA unreadable ({type(e).__name__})"
+    checkpointer = ocp.PyTreeCheckpointer()
+    for item in items:
+        if not (step_dir / item).is_dir():
+            return f"{item}/ missing"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                jax.block_until_ready(checkpointer.restore(step_dir / item))
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for bad files
+            return f"{item}/ unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+    return None
+
+
+def set_aside_corrupt_checkpoints(ckpt_root, log) -> int | None:
+    """Before resuming: newest-first, move checkpoints that do not read back into
+    `<checkpoints>_corrupt/` (kept, never deleted) so the trainer resumes from the newest intact
+    one, with a warning naming each. Returns that step (None: no checkpoints). Raises
+    CheckpointError, moving nothing, when none is intact."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(ckpt_root)
+    steps = sorted((int(p.name) for p in root.glob("*") if p.name.isdigit() and p.is_dir()), reverse=True)
+    bad = []
+    for step in steps:
+        problem = checkpoint_problem(root / str(step))
+        if problem is None:
+            for b, why in bad:
+                dest = root.with_name(root.name + "_corrupt") / f"{b}_{int(time.time())}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(root / str(b)), dest)
+                log.warning("checkpoint %s is corrupt (%s): moved to %s; resuming from step %d", root / str(b), why,
+                            dest, step)
+            return step
+        bad.append((step, problem))
+    if bad:
+        raise CheckpointError(f"{root}: no intact checkpoint to resume from (" + "; ".join(
+            f"step {b}: {why}" for b, why in bad) + "); move the directory away to start afresh")
+    return None
+
+
 class SftTrainer(peft_trainer.PeftTrainer):
-    """PeftTrainer that counts the tokens it trains on (for throughput)."""
+    """PeftTrainer that counts the tokens it trains on across restarts (the totals ride in each
+    checkpoint's metadata), flushes each step's metrics as soon as they are complete, and ends
+    with an evaluation of the final weights when the last step was not an eval step."""
 
     def __init__(self, *args, throughput: Throughput, **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # restores the latest checkpoint, if any
         self.throughput = throughput
+        restored = self._restored_custom_metadata or {}
+        throughput.tokens = int(restored.get("tokens_trained", 0))
+        throughput.target_tokens = int(restored.get("target_tokens_trained", 0))
+        self._eval_ds = None
+        self._last_eval_step = None
+        self._closing = False  # save_now / close: no stop may be raised from inside them
+
+    def custom_checkpoint_metadata(self) -> dict:
+        return {"tokens_trained": self.throughput.tokens, "target_tokens_trained": self.throughput.target_tokens}
 
     def _prepare_inputs(self, input_data):
-        self.throughput.count(input_data)
+        if self._mode == tunix_metrics.Mode.TRAIN:  # eval batches are not trained tokens
+            self.throughput.count(input_data)
         return input_data
+
+    def train(self, train_ds, eval_ds=None, *args, **kwargs):
+        self._eval_ds = eval_ds
+        return super().train(train_ds, eval_ds, *args, **kwargs)
+
+    def _write_train_metrics(self):
+        # tunix writes a step's metrics one step late (I/O overlap); a kill then loses the line of
+        # the step a checkpoint holds. Write each finished step at once (a CPU step is synchronous).
+        for attr in ("_prev_buffered_train_metrics", "_buffered_train_metrics"):
+            buf = getattr(self, attr)
+            if buf is not None:  # cleared only once written: a signal mid-write leaves it for save_now
+                self._write_metrics(dataclasses.replace(buf, step=buf.step + 1))  # logged as the step it made
+                self._may_update_pbar(self._tqdm_train_metrics, step=buf.step + 1, loss=buf.loss)
+                setattr(self, attr, None)
+        self._flush_metrics()
+        if not self._closing:  # the step is complete (weights and optimizer written back): a safe point
+            raise_if_stop_requested()
+
+    def _run_eval(self, eval_ds, eval_step_fn):
+        super()._run_eval(eval_ds, eval_step_fn)
+        self._last_eval_step = self._train_steps
+        self._flush_metrics()
+        if not self._closing:  # between steps: a safe point
+            raise_if_stop_requested()
+
+    def _flush_metrics(self) -> None:
+        if isinstance(self.metrics_logger, TrackerMetricsLogger):  # tunix's own logger has no buffer
+            self.metrics_logger.flush()
+
+    def save_now(self) -> None:
+        """Checkpoint the steps done so far (Ctrl-C, SIGTERM): never lose trained work."""
+        self._closing = True
+        self._throttler.wait_for_all()
+        if isinstance(self.metrics_logger, TrackerMetricsLogger):
+            self.metrics_logger.discard_pending()  # a record torn by the signal is written whole below
+        self._write_train_metrics()  # the last finished step's metrics line
+        self._save_last_checkpoint()
+        self.checkpoint_manager.close()
+
+    def _save_last_checkpoint(self):
+        # tunix's version drops the custom metadata: the token totals would restart at zero.
+        last_saved_step = self.checkpoint_manager.latest_step()
+        if last_saved_step is None or last_saved_step < self._train_steps:
+            self.checkpoint_manager.save(self._train_steps, self.model, self.optimizer,
+                                         save_only_lora_params=self._lora_enabled, force=True,
+                                         custom_metadata=self.custom_checkpoint_metadata())
+
+    def close(self):
+        self._closing = True
+        # Final numbers must describe the final weights: evaluate at the last step when the
+        # schedule did not (max_steps not a multiple of eval_every_steps).
+        if self._eval_ds and self._last_eval_step != self._train_steps and self._jitted_eval_step_fn is not None:
+            self._write_train_metrics()
+            self._run_eval(self._eval_ds, self._jitted_eval_step_fn)
+        super().close()

@@ -164,7 +164,7 @@ def resolve_hf_dir(path_or_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-    except ImportError as e:  # pragma: no cover - declared via the bfcl extra
+    except ImportError as e:  # pragma: no cover - a core dependency
         raise WeightsError("huggingface_hub is needed to fetch hub ids; pip install huggingface_hub") from e
     try:
         # Token from HF_TOKEN / the huggingface_hub cache; never an interactive login.

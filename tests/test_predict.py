@@ -56,7 +56,9 @@ def test_predict_with_sft_lora_checkpoint_and_bad_rows(tmp_path, tokenizer):
     assert json.loads((out_dir / "predict_summary.json").read_text())["rejected_rows"] == 2
 
 
-def test_lora_checkpoint_restores_trained_adapters(tmp_path):
+def test_lora_checkpoint_restores_trained_adapters(tmp_path, caplog):
+    import logging
+
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -66,7 +68,8 @@ def test_lora_checkpoint_restores_trained_adapters(tmp_path):
     from gemma_tool_use.paths import conf_dir
 
     sft_dir = tmp_path / "sft"
-    r = run_cli("experiments=tiny_smoke", "train.max_steps=2", "tracking=disabled", f"hydra.run.dir={sft_dir}")
+    r = run_cli("experiments=tiny_smoke", "train.max_steps=2", "train.checkpoint_every_steps=1", "tracking=disabled",
+                f"hydra.run.dir={sft_dir}")
     assert r.returncode == 0, r.stderr[-3000:]
     register_configs()
     GlobalHydra.instance().clear()
@@ -78,6 +81,16 @@ def test_lora_checkpoint_restores_trained_adapters(tmp_path):
     loaded = nnx.state(build_model(cfg.model, mesh, 0), nnx.LoRAParam)
     diffs = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(loaded))]
     assert any(diffs), "restored adapters differ from a fresh LoRA init"
+
+    # A latest checkpoint that does not read back gives way to the newest intact one, with a warning.
+    cfg.model.lora_checkpoint = str(sft_dir / "checkpoints" / "1")
+    step1 = nnx.state(build_model(cfg.model, mesh, 0), nnx.LoRAParam)
+    (sft_dir / "checkpoints" / "2" / "model_params" / "_METADATA").write_bytes(b"")
+    cfg.model.lora_checkpoint = str(sft_dir)
+    with caplog.at_level(logging.WARNING):
+        fallback = nnx.state(build_model(cfg.model, mesh, 0), nnx.LoRAParam)
+    assert "checkpoints/2 is corrupt" in caplog.text and "trying an earlier one" in caplog.text
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(step1), jax.tree.leaves(fallback)))
 
 
 def test_sft_full_initialises_from_an_sft_small_run_by_experiment_name(tmp_path):

@@ -79,6 +79,75 @@ def test_resume_after_kill_continues_the_same_curve(full_run, tmp_path):
     # Same weights, optimizer state and data order: the curve continues exactly.
     for step, loss in after.items():
         assert loss == pytest.approx(full_losses[step], abs=1e-4), step
+    # One metrics line per step however the run was cut (the killed process wrote steps past its
+    # checkpoint: they are redone, not repeated), and the token total counts both processes.
+    train_steps = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert train_steps == list(range(1, STEPS + 1))
+    full = json.loads((full_run / "train_summary.json").read_text())
+    assert summary["tokens_trained"] == full["tokens_trained"] and summary["tokens_trained"] > 0
+
+
+def test_sigterm_saves_the_current_step_and_final_metrics_describe_the_final_weights(tmp_path):
+    """SIGTERM (schedulers, preemption, `timeout`) behaves like Ctrl-C: checkpoint, one-line
+    message, prompt exit. The resumed run ends on a step that is not an eval step (5, evals every
+    12): it still evaluates the final weights, and final_val_loss is that evaluation."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
+    common = ["experiments=tiny_smoke", "train.max_steps=5", "train.checkpoint_every_steps=1000",
+              "train.eval_every_steps=12", "tracking=disabled", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "gemma_tool_use", *common], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 600  # a guard against a hang, not a speed requirement
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.is_file() and sum(1 for line in metrics.read_text().splitlines() if "train/loss" in line) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err and "stopped (SIGTERM)" in err, err[-2000:]
+    steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    done = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert steps and max(steps) == max(done) >= 2, (steps, done)
+
+    r = run_cli(*common)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    records = read_metrics(tmp_path)
+    evals = {rec["step"]: rec["eval/loss"] for rec in records if "eval/loss" in rec}
+    assert summary["steps"] == 5 and 5 in evals and summary["final_val_loss"] == pytest.approx(evals[5])
+    assert [rec["step"] for rec in records if "train/loss" in rec] == [1, 2, 3, 4, 5]
+
+
+def test_a_corrupt_latest_checkpoint_gives_way_to_the_newest_intact_one(full_run, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from gemma_tool_use.training import CheckpointError, checkpoint_problem, set_aside_corrupt_checkpoints
+
+    src = full_run / "checkpoints"
+    steps = sorted(int(p.name) for p in src.iterdir() if p.name.isdigit())
+    assert len(steps) >= 2
+    latest, earlier = steps[-1], steps[-2]
+    cases = {"truncated array file": lambda d: next(p for p in (d / "model_params" / "d").iterdir()).write_bytes(b"x"),
+             "empty _METADATA": lambda d: (d / "model_params" / "_METADATA").write_bytes(b""),
+             "missing item": lambda d: shutil.rmtree(d / "optimizer_state")}
+    log = logging.getLogger("test")
+    for name, corrupt in cases.items():
+        root = tmp_path / name.replace(" ", "_") / "checkpoints"
+        shutil.copytree(src, root)
+        assert checkpoint_problem(root / str(latest)) is None
+        corrupt(root / str(latest))
+        assert checkpoint_problem(root / str(latest)), name
+        with caplog.at_level(logging.WARNING):
+            assert set_aside_corrupt_checkpoints(root, log) == earlier, name
+        assert f"checkpoint {root / str(latest)} is corrupt" in caplog.text
+        assert not (root / str(latest)).exists() and len(list(root.with_name("checkpoints_corrupt").iterdir())) == 1
+        # none intact: a one-line error, and nothing is moved
+        corrupt(root / str(earlier))
+        with pytest.raises(CheckpointError, match="no intact checkpoint"):
+            set_aside_corrupt_checkpoints(root, log)
+        assert (root / str(earlier)).is_dir()
 
 
 def _train_tiny_in_process(tokenizer, overrides, steps):
@@ -165,6 +234,7 @@ def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     log = (tmp_path / "gemma_tool_use.log").read_text()
-    assert proc.returncode != 0 and "checkpoint saved" in log, err[-2000:]
+    assert proc.returncode == 128 + signal.SIGINT and "checkpoint saved" in log, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and max(steps) >= 3, "no interval checkpoint was due, yet the work is on disk"

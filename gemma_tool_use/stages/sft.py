@@ -37,8 +37,10 @@ def run(cfg: DictConfig) -> float:
     from gemma_tool_use.data.prepare import prepare_training_data
     from gemma_tool_use.model import build_model, load_tokenizer_for
     from gemma_tool_use.tracking import Tracker
-    from gemma_tool_use.training import (SftTrainer, Throughput, TrackerMetricsLogger, completion_loss,
-                                         make_optimizer, peak_rss_gib)
+    from gemma_tool_use.interrupt import deferred_stops, signals_ignored
+    from gemma_tool_use.training import (CheckpointError, SftTrainer, Throughput, TrackerMetricsLogger,
+                                         completion_loss, make_optimizer, peak_rss_gib,
+                                         set_aside_corrupt_checkpoints)
 
     run_dir = run_dir_of(cfg)
     t_start = time.time()
@@ -71,7 +73,8 @@ def run(cfg: DictConfig) -> float:
         pbar_description=str(cfg.stage.name),
     )
     if not cfg.train.resume and any((run_dir / "checkpoints").glob("*")):
-        raise RuntimeError(f"{run_dir}/checkpoints exists and train.resume=false; use a fresh hydra.run.dir")
+        raise CheckpointError(f"{run_dir}/checkpoints exists and train.resume=false; use a fresh hydra.run.dir")
+    resume_step = set_aside_corrupt_checkpoints(run_dir / "checkpoints", log)
 
     config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     throughput = Throughput()
@@ -79,25 +82,34 @@ def run(cfg: DictConfig) -> float:
         if data_card:
             tracker.summary({"data/train_rows": data_card["steps"]["train_tokenized"]["rows"],
                              "data/no_call_share": data_card["no_call_share"]["train_tokenized"]})
-        trainer = SftTrainer(model, optimizer, training_config,
-                             metrics_logger=TrackerMetricsLogger(tracker, throughput), throughput=throughput)
+        try:
+            trainer = SftTrainer(model, optimizer, training_config,
+                                 metrics_logger=TrackerMetricsLogger(tracker, throughput), throughput=throughput)
+        except Exception as e:  # noqa: BLE001 - the checkpoint reads back, so it is of another shape
+            if resume_step is None:
+                raise
+            raise CheckpointError(f"{run_dir}/checkpoints/{resume_step} does not fit the configured model (was "
+                                  f"model.lora.* or model.train_token_ids changed?): {str(e).splitlines()[0][:200]}") from e
         trainer = trainer.with_loss_fn(completion_loss)
         start_step = trainer.train_steps
+        start_tokens = throughput.tokens
         if start_step:
-            log.info("resumed from checkpoint at step %d", start_step)
+            dropped = tracker.drop_records_after(start_step)
+            log.info("resumed from checkpoint at step %d (%d metrics records of redone steps dropped)",
+                     start_step, dropped)
         train_iter = train_batches(train_set, int(cfg.train.batch_size), buckets, int(cfg.seed),
                                    int(cfg.train.length_group_batches))
         val = eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches)) if val_set else None
         t_train = time.time()
         try:
-            trainer.train(train_iter, val)
-        except KeyboardInterrupt:
-            # Ctrl-C loses nothing: save the steps done since the last checkpoint, then stop.
-            trainer._throttler.wait_for_all()
-            trainer._save_last_checkpoint()
-            trainer.checkpoint_manager.close()
-            log.warning("interrupted at step %d; checkpoint saved, re-run with hydra.run.dir=%s to resume",
-                        trainer.train_steps, run_dir)
+            with deferred_stops():  # a signal stops the loop between steps, never inside one
+                trainer.train(train_iter, val)
+        except KeyboardInterrupt as e:
+            # Ctrl-C or SIGTERM loses nothing: save the steps done since the last checkpoint, then stop.
+            with signals_ignored():
+                trainer.save_now()
+            log.warning("stopped (%s) at step %d; checkpoint saved, re-run with hydra.run.dir=%s to resume",
+                        getattr(e, "signal_name", "SIGINT"), trainer.train_steps, run_dir)
             raise
         train_seconds = time.time() - t_train
 
@@ -117,7 +129,8 @@ def run(cfg: DictConfig) -> float:
             "total_seconds": round(time.time() - t_start, 2),
             "tokens_trained": throughput.tokens,
             "target_tokens_trained": throughput.target_tokens,
-            "tokens_per_s": round(throughput.tokens / train_seconds, 1) if train_seconds > 0 else None,
+            # tokens of every process (they ride in the checkpoints); speed of this one
+            "tokens_per_s": round((throughput.tokens - start_tokens) / train_seconds, 1) if train_seconds > 0 else None,
             "peak_rss_gib": round(peak_rss_gib(), 2),
             "final_lr": float(schedule(trainer.train_steps)),
             "checkpoint_dir": training_config.checkpoint_root_directory,
@@ -137,7 +150,7 @@ def run(cfg: DictConfig) -> float:
         if cfg.eval.run_after_training:  # BFCL on the trained model; its summary lands beside the checkpoint
             from gemma_tool_use.evaluation import evaluate_model
 
-            bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker)
+            bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker, step=trainer.train_steps)
             summary["bfcl"] = {k: v for k, v in bfcl_summary["aggregates"].items() if k != "missing"}
             summary["bfcl_categories"] = {c: v["accuracy"] for c, v in bfcl_summary["categories"].items()}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
