@@ -35,13 +35,10 @@ def _single_turn_calls(row: dict) -> list[dict] | None:
 
 
 def make_irrelevant(row: dict, rng: random.Random) -> dict | None:
-    calls = _single_turn_calls(row)
-    if not calls:
-        return None
-    called = {c["name"] for c in calls}
+    called = {c["name"] for c in _single_turn_calls(row) or []}
     tools = [t for t in row["tools"] if t["name"] not in called]
-    if not tools:
-        return None  # an irrelevance row still offers some tool
+    if not called or not tools:
+        return None  # not a call row, or no tool would be left (an irrelevance row still offers some)
     out = copy.deepcopy(row)
     out["tools"] = tools
     out["messages"][-1] = {"role": "assistant", "content": REFUSAL}
@@ -92,10 +89,7 @@ def mask_names(row: dict, rng: random.Random) -> dict | None:
 def join_parallel(a: dict, b: dict, rng: random.Random) -> dict | None:
     """Two single-turn call rows with disjoint tools -> one request with both sets of calls."""
     ca, cb = _single_turn_calls(a), _single_turn_calls(b)
-    if not ca or not cb:
-        return None
-    names_a, names_b = {t["name"] for t in a["tools"]}, {t["name"] for t in b["tools"]}
-    if names_a & names_b:
+    if not ca or not cb or {t["name"] for t in a["tools"]} & {t["name"] for t in b["tools"]}:
         return None
     qa = next(m for m in a["messages"] if m["role"] == "user")["content"].strip()
     qb = next(m for m in b["messages"] if m["role"] == "user")["content"].strip()
@@ -116,7 +110,7 @@ _WORDS = ("alpha", "orbit", "harbor", "maple", "quartz", "delta", "violet", "sum
 
 def sample_value(schema: dict, rng: random.Random, depth: int = 0) -> Any:
     """A value valid for a (simple) JSON Schema."""
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return rng.choice(schema["enum"])
     typ = schema.get("type", "string")
     if isinstance(typ, list):
@@ -130,9 +124,8 @@ def sample_value(schema: dict, rng: random.Random, depth: int = 0) -> Any:
     if typ == "boolean":
         return rng.random() < 0.5
     if typ == "array":
-        if depth > 2:
-            return []
-        return [sample_value(schema.get("items") or {"type": "string"}, rng, depth + 1) for _ in range(rng.randint(1, 3))]
+        items = schema.get("items") or {"type": "string"}
+        return [] if depth > 2 else [sample_value(items, rng, depth + 1) for _ in range(rng.randint(1, 3))]
     if typ == "object":
         props = schema.get("properties") or {}
         if depth > 2 or not props:
@@ -151,7 +144,8 @@ def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = Non
     if validate_args(args, params):
         return None
     desc = (tool.get("description") or tool["name"]).strip().rstrip(".")
-    details = ", ".join(f"{p.replace('_', ' ')} {v if not isinstance(v, (dict, list)) else repr(v)}" for p, v in args.items())
+    details = ", ".join(f"{p.replace('_', ' ')} {repr(v) if isinstance(v, (dict, list)) else v}"
+                        for p, v in args.items())
     templates = ("Please {d}{w}.", "Can you {d}{w}?", "I need to {d}{w}.", "{D}{w}, please.")
     d = desc[0].lower() + desc[1:] if desc else tool["name"]
     w = f" with {details}" if details else ""
@@ -161,10 +155,10 @@ def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = Non
         others = [t for t in pool if t["name"] != tool["name"]]
         tools += copy.deepcopy(rng.sample(others, min(len(others), rng.randint(0, 3))))
         rng.shuffle(tools)
-    row = {"tools": tools, "messages": [{"role": "user", "content": query},
-                                        {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": args}]}],
-           "meta": {"source": "procedural", "row": tool["name"]}}
-    return _tag(row, "procedural")
+    messages = [{"role": "user", "content": query},
+                {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": args}]}]
+    return _tag({"tools": tools, "messages": messages, "meta": {"source": "procedural", "row": tool["name"]}},
+                "procedural")
 
 
 # ------------------------------------------------------------------------------ applying ratios

@@ -370,14 +370,17 @@ def _union(parts: list[str]) -> dict:
     return schemas[0] if len(types) == 1 else {"type": types}
 
 
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
 def param_schema(spec: Any, pname: str) -> tuple[dict, bool, bool]:
     """(JSON Schema of one parameter, marked optional, flagged required) from an upstream spec."""
     if not isinstance(spec, dict):
         raise RowError("bad_tool_schema", f"parameter '{pname}' is described by a {type(spec).__name__}")
     out, optional = type_schema(spec.get("type"))
     optional = optional or spec.get("optional") is True
-    desc = spec.get("description")
-    desc = desc.strip() if isinstance(desc, str) else ("" if desc is None else str(desc))
+    desc = _text(spec.get("description"))
     if spec.get("type") is not None and not out and str(spec["type"]).strip().lower() not in ("any", "typing.any"):
         desc = f"{desc} (type: {spec['type']})".strip()  # keep what the source said rather than guess
     if isinstance(spec.get("unit"), str) and spec["unit"]:
@@ -449,8 +452,7 @@ def tool_from(t: Any, *, name: str = "name", description: str = "description", *
     t = t["function"] if isinstance(t.get("function"), dict) else t
     if not isinstance(t.get(name), str) or not t[name].strip():
         raise RowError("bad_tool_schema", f"a tool has no name ({t.get(name)!r:.60})")
-    desc = t.get(description)
-    return {"name": t[name], "description": (desc if isinstance(desc, str) else "" if desc is None else str(desc)).strip(),
+    return {"name": t[name], "description": _text(t.get(description)),
             "parameters": params_schema(t.get("parameters"), t.get("required"), **schema_kw)}
 
 
