@@ -16,8 +16,6 @@ from typing import Any
 
 from gemma_tool_use.data.sources.common import Dialogue, RowError, call, loads, sharegpt_turns, tool_list
 
-_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_TOOL_RESPONSE_RE = re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)
 _TOOLS_BLOCK_RE = re.compile(r"<tools>(.*?)</tools>", re.DOTALL)
 # Openings of Hermes' tool prompts (func_calling*, the structured-extraction rows, glaive).
 _PREAMBLES = ("You are a function calling AI model", "You are an expert structured information extraction AI model")
@@ -28,31 +26,29 @@ def _strip_literal_newlines(body: str) -> str:
     return re.sub(r"^(\s*\\n)+|(\\n\s*)+$", "", body.strip()).strip()
 
 
-def _blocks(text: str, pattern: re.Pattern, tag: str) -> list[re.Match]:
-    blocks = list(pattern.finditer(text))
-    if text.count(f"<{tag}>") != len(blocks) or text.count(f"</{tag}>") != len(blocks):
+def _blocks(text: str, tag: str) -> tuple[str, list[str], str]:
+    """(text before the first <tag> block, the blocks' bodies, the text after it outside the blocks)."""
+    pattern = re.compile(f"<{tag}>(.*?)</{tag}>", re.DOTALL)
+    bodies = [_strip_literal_newlines(b) for b in pattern.findall(text)]
+    if text.count(f"<{tag}>") != len(bodies) or text.count(f"</{tag}>") != len(bodies):
         raise RowError("malformed_prompt", f"a <{tag}> tag without its pair")
-    return blocks
+    before, _, after = text.partition(f"<{tag}>")
+    return before, bodies, _strip_literal_newlines(pattern.sub("", f"<{tag}>{after}")) if bodies else ""
 
 
 def split_hermes_calls(text: str) -> tuple[str, list[dict]]:
     """A gpt turn as (text before the calls, calls)."""
-    blocks = _blocks(text, _TOOL_CALL_RE, "tool_call")
-    if not blocks:
-        return text.strip(), []
-    for prev, nxt in zip(blocks, blocks[1:] + [None]):
-        between = text[prev.end():nxt.start() if nxt else len(text)]
-        if _strip_literal_newlines(between):
-            raise RowError("malformed_prompt", f"text after a <tool_call> block: {between.strip()[:60]!r}")
-    return text[:blocks[0].start()].strip(), [
-        call(loads(_strip_literal_newlines(b.group(1)), "<tool_call> block")) for b in blocks]
+    before, bodies, after = _blocks(text, "tool_call")
+    if after:
+        raise RowError("malformed_prompt", f"text after a <tool_call> block: {after[:60]!r}")
+    return before.strip(), [call(loads(b, "<tool_call> block")) for b in bodies]
 
 
 def _results(text: str) -> Any:
-    blocks = _blocks(text, _TOOL_RESPONSE_RE, "tool_response")
-    if not blocks or _strip_literal_newlines(_TOOL_RESPONSE_RE.sub("", text)):
+    before, bodies, after = _blocks(text, "tool_response")
+    if not bodies or _strip_literal_newlines(before) or after:
         raise RowError("malformed_prompt", f"a tool turn is not <tool_response> blocks alone: {text[:80]!r}")
-    values = [loads(_strip_literal_newlines(b.group(1)), "<tool_response> block") for b in blocks]
+    values = [loads(b, "<tool_response> block") for b in bodies]
     return values[0] if len(values) == 1 else values
 
 
