@@ -121,7 +121,8 @@ class AugmentConfig:
 class DataConfig:
     name: str = MISSING
     # Real-source mixes (data=sft_small / sft_full): source names from data/sources/ (LOCAL_SOURCES,
-    # or hub:<id> from HUB_SOURCES), read under `root` (null: $GEMMA_TOOL_USE_DATA, else ~/.cache/gemma_tool_use/datasets).
+    # or hub:<id> from HUB_SOURCES), read under `root` (null: $GEMMA_TOOL_USE_DATA, else
+    # ~/.cache/gemma_tool_use/datasets).
     root: Optional[str] = None
     sources: list[str] = field(default_factory=list)
     categories: list[str] = field(default_factory=list)  # keep only these task categories ([] = all)
