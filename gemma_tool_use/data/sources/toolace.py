@@ -84,7 +84,8 @@ def parse_python_calls(text: str) -> list[dict]:
                 key, eq, value = part.partition("=")
                 key = key.strip().strip("\"'")
                 if not eq or not key or any(c in key for c in "\"'[]{}(),: ") or key in args:
-                    raise ValueError(f"{m.group(1)}: a positional, repeated or malformed argument {part.strip()[:60]!r}")
+                    raise ValueError(f"{m.group(1)}: a positional, repeated or malformed argument "
+                                     f"{part.strip()[:60]!r}")
                 args[key] = parse_literal(value)
             calls.append({"name": m.group(1), "args": args})
     except ValueError as e:
@@ -95,10 +96,9 @@ def parse_python_calls(text: str) -> list[dict]:
 
 
 def _looks_like_call_list(text: str, tool_names: Iterable[str]) -> bool:
-    s = text.strip()
-    if s.startswith("[") and s.endswith("]") and re.match(r"\[\s*[^\s\[\]()\"'{}][^\[\]()\"'{}]*\(", s):
-        return True
-    return any(s.startswith(n + "(") for n in tool_names)
+    s = text.strip()  # "[name(" opening a bracketed list, or a listed tool's name then "("
+    return bool(s.endswith("]") and re.match(r"\[\s*[^\s\[\]()\"'{}][^\[\]()\"'{}]*\(", s)) or any(
+        s.startswith(n + "(") for n in tool_names)
 
 
 def toolace_row_to_conversation(row: dict) -> tuple[list[dict], list[dict]]:
