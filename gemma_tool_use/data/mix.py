@@ -16,7 +16,7 @@ import os
 import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
@@ -48,9 +48,6 @@ class MixCard:
             "by_source": dict(sorted(Counter(r["meta"]["source"].split("+")[0] for r in rows).items())),
             "by_category": dict(sorted(Counter(r["meta"]["category"] for r in rows).items())),
         }
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def to_markdown(self) -> str:
         lines = [f"# Data card: {self.name}", ""]
@@ -133,7 +130,7 @@ def tool_pool(names, root: Path, strict: bool) -> list[dict]:
 
 def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
     from gemma_tool_use.data.augment import augment_rows
-    from gemma_tool_use.data.decontaminate import decontaminate
+    from gemma_tool_use.data.decontaminate import contamination_reason, decontaminate
 
     card = MixCard(name=data_cfg.name)
     root = data_root(data_cfg.root)
@@ -155,18 +152,12 @@ def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
     card.dropped["split"] = {"rows_mixing_train_and_val_tools": mixed}
     card.record("train_before_augmentation", train)
     card.record("val", val)
-    aug_cfg = dict(data_cfg.augment)
     pool = tool_pool(list(data_cfg.tool_pools), root, bool(data_cfg.strict)) if data_cfg.tool_pools else None
-    if pool and data_cfg.decontaminate:  # procedural rows must not reintroduce BFCL tools
-        from gemma_tool_use.data.decontaminate import bfcl_index, contamination_reason
-
-        index = bfcl_index()
-        pool = [t for t in pool if not contamination_reason({"tools": [t], "messages": []}, index)]
-    if pool and val:  # nor validation tools
+    if pool:  # procedural rows and distractors must not bring back BFCL tools, nor validation tools
         held = {t["name"] for r in val for t in r["tools"]}
-        pool = [t for t in pool if t["name"] not in held]
-    train, counts = augment_rows(train, aug_cfg, seed, tool_pool=pool)
-    card.augmentations = counts
+        pool = [t for t in pool if t["name"] not in held and not (
+            data_cfg.decontaminate and contamination_reason({"tools": [t], "messages": []}))]
+    train, card.augmentations = augment_rows(train, dict(data_cfg.augment), seed, tool_pool=pool)
     cap = data_cfg.max_rows_per_category
     if cap:
         rng = random.Random(seed)

@@ -5,6 +5,7 @@ seed and tokenizer starts training without re-processing."""
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import logging
 import shutil
@@ -100,8 +101,7 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
         if val:
             mix_card.token_lengths["val"] = length_histogram(val)
             mix_card.dropped["tokenize_val"] = dict(val.dropped)
-        card = mix_card.to_dict()
-        card["markdown"] = mix_card.to_markdown()
+        card = {**dataclasses.asdict(mix_card), "markdown": mix_card.to_markdown()}
         tmp = cache.with_name(cache.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # what a killed build left
         tmp.mkdir(parents=True)
