@@ -49,19 +49,18 @@ def load_jsonl_conversations(path: str | Path, *, strict: bool = False,
     report = report if report is not None else LoadReport()
     rows: list[dict] = []
     for lineno, row, error in iter_jsonl(path):
-        problem = ("malformed_json", error) if error else None
-        if problem is None:
-            try:
+        reason = "malformed_json"
+        try:
+            if error is None:
                 validate_conversation(row)
-            except FormatError as e:
-                problem = ("invalid_conversation", str(e))
-        if problem is None:
-            rows.append(row)
-            report.kept += 1
-        elif strict:
-            raise DataError(f"{path}:{lineno}: {problem[1]}")
-        else:
-            report.note(f"{path}:{lineno}", *problem)
+                rows.append(row)
+                report.kept += 1
+                continue
+        except FormatError as e:
+            reason, error = "invalid_conversation", str(e)
+        if strict:
+            raise DataError(f"{path}:{lineno}: {error}")
+        report.note(f"{path}:{lineno}", reason, error)
     if report.dropped:
         log.warning("%s: kept %d rows, dropped %s; e.g. %s", path, report.kept,
                     dict(report.dropped), "; ".join(report.examples[:3]))

@@ -39,10 +39,9 @@ def classify(conv: dict) -> str:
     first_model = next((i for i, r in enumerate(roles) if r == "assistant"), None)
     if first_model is None:
         return "chat"
-    if "tool" in roles and any(r == "assistant" for r in roles[roles.index("tool"):]) \
-            and any(m.get("tool_calls") for m in msgs[roles.index("tool"):]):
-        return "multi_turn"
-    if roles[first_model + 1:].count("user") > 0 and roles.count("assistant") > 1:
+    after_tool = msgs[roles.index("tool"):] if "tool" in roles else []
+    if any(m.get("tool_calls") for m in after_tool) or (
+            "user" in roles[first_model + 1:] and roles.count("assistant") > 1):
         return "multi_turn"
     calls = msgs[first_model].get("tool_calls") or []
     if not calls:
