@@ -33,15 +33,10 @@ def _tools(instruction: str) -> list[dict]:
 
 
 def _segments(text: str, what: str, *, lenient: bool = False) -> list[tuple[str, str]]:
-    segs, pos = [], 0
-    for m in [*_SEGMENT.finditer(text), None]:
-        between = text[pos:m.start() if m else len(text)].strip()
-        if between and not lenient:
-            raise RowError("malformed_prompt", f"{what}: text outside the tags: {between[:80]!r}")
-        if m:
-            segs.append((m.group(1), m.group(2).strip()))
-            pos = m.end()
-    return segs
+    parts = _SEGMENT.split(text)  # outside, tag, body, outside, tag, body, ..., outside
+    if not lenient and (outside := [p.strip() for p in parts[::3] if p.strip()]):
+        raise RowError("malformed_prompt", f"{what}: text outside the tags: {outside[0][:80]!r}")
+    return [(tag, body.strip()) for tag, body in zip(parts[1::3], parts[2::3])]
 
 
 def _calls(body: str) -> list[dict]:  # JSON objects {"name": ..., "parameters": {...}}
