@@ -50,24 +50,23 @@ class MixCard:
         }
 
     def to_markdown(self) -> str:
+        def counts(d: dict) -> str:
+            return ", ".join(f"{k} {v}" for k, v in d.items())
+
         lines = [f"# Data card: {self.name}", ""]
         for step, s in self.steps.items():
-            lines.append(f"## {step}: {s['rows']} rows")
-            lines.append("by source: " + ", ".join(f"{k} {v}" for k, v in s["by_source"].items()))
-            lines.append("by category: " + ", ".join(f"{k} {v}" for k, v in s["by_category"].items()))
-            if self.dropped.get(step):
-                lines.append("dropped: " + ", ".join(f"{k} {v}" for k, v in self.dropped[step].items()))
+            lines += [f"## {step}: {s['rows']} rows", f"by source: {counts(s['by_source'])}",
+                      f"by category: {counts(s['by_category'])}"]
+            lines += [f"dropped: {counts(self.dropped[step])}"] if self.dropped.get(step) else []
             lines.append("")
         if self.augmentations:
-            lines.append("augmentations added: " + ", ".join(f"{k} {v}" for k, v in self.augmentations.items()))
-        for split, share in self.no_call_share.items():
-            lines.append(f"no-call share ({split}): {share:.1%}")
+            lines.append(f"augmentations added: {counts(self.augmentations)}")
+        lines += [f"no-call share ({split}): {share:.1%}" for split, share in self.no_call_share.items()]
         for split, hist in self.token_lengths.items():
             lines.append(f"token lengths ({split}): " + ", ".join(
                 f"{k if k.startswith('>') else '<=' + k}: {v}" for k, v in hist.items()))
-        for step in ("tokenize_train", "tokenize_val"):
-            if self.dropped.get(step):
-                lines.append(f"dropped at {step}: " + ", ".join(f"{k} {v}" for k, v in self.dropped[step].items()))
+        lines += [f"dropped at {step}: {counts(self.dropped[step])}"
+                  for step in ("tokenize_train", "tokenize_val") if self.dropped.get(step)]
         return "\n".join(lines) + "\n"
 
 

@@ -113,8 +113,7 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
         # Written last: the checksums of what a later run may load (a damaged file is rebuilt).
         sums = {f.name: sha256_file(f) for f in tmp.iterdir() if f.suffix in (".npz", ".json")}
         (tmp / "COMPLETE").write_text(json.dumps({"key": key, "sha256": sums}))
-        if cache.exists():
-            shutil.rmtree(cache)
+        shutil.rmtree(cache, ignore_errors=True)
         tmp.rename(cache)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "data_card.json").write_text(json.dumps({k: v for k, v in card.items() if k != "markdown"}, indent=2))
