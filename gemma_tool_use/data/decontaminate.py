@@ -48,42 +48,28 @@ class BfclIndex:
     desc_ngrams_by_name: dict[str, list[set]] = field(default_factory=dict)
     n_entries: int = 0
 
-    def add_query(self, text: str) -> None:
-        norm = normalize(text)
-        if not norm:
-            return
-        self.queries.add(norm)
-        self.query_ngrams |= ngrams(norm.split(), QUERY_NGRAM)
-
-    def add_function(self, name: str, description: str) -> None:
-        norm = normalize(description)
-        if len(norm.split()) >= MIN_DESC_WORDS:
-            self.descriptions.add(norm)
-        grams = ngrams(norm.split(), DESC_NGRAM)
-        if grams:
-            self.desc_ngrams_by_name.setdefault(name, []).append(grams)
-
-
-def _strip_bfcl_hint(description: str) -> str:
-    # bfcl-eval appends language notes ("Note that the provided function is in Python 3 syntax.")
-    return re.sub(r"\s*Note that the provided function is in .*? syntax\.?", "", description or "")
-
 
 @lru_cache(maxsize=1)
 def bfcl_index() -> BfclIndex:
+    """The index of every category, from the original docs (hints=False: no language notes appended)."""
     from gemma_tool_use import bfcl
 
     index = BfclIndex()
     for category in BFCL_CATEGORIES:
         for entry in bfcl.load_entries(category, hints=False):
             index.n_entries += 1
-            for turn in entry.get("question", []):
-                for msg in turn:
-                    if msg.get("role") == "user":
-                        index.add_query(msg.get("content", ""))
+            for norm in (normalize(m.get("content", "")) for turn in entry.get("question", []) for m in turn
+                         if m.get("role") == "user"):
+                if norm:
+                    index.queries.add(norm)
+                    index.query_ngrams |= ngrams(norm.split(), QUERY_NGRAM)
             held_out = [f for fs in (entry.get("missed_function") or {}).values() for f in fs]
             for f in [*entry.get("function", []), *held_out]:
-                index.add_function(f.get("name", ""), _strip_bfcl_hint(f.get("description", "")))
+                norm = normalize(f.get("description") or "")
+                if len(norm.split()) >= MIN_DESC_WORDS:
+                    index.descriptions.add(norm)
+                if grams := ngrams(norm.split(), DESC_NGRAM):
+                    index.desc_ngrams_by_name.setdefault(f.get("name", ""), []).append(grams)
     return index
 
 
