@@ -62,10 +62,8 @@ def load_eval(source: str, paths: list[Path], report: LoadReport, strict: bool =
         else:
             raise RowError("empty", "no query")
         listed = {t["name"] for t in tools}
-        for c in (c for m in d.messages for c in m.get("tool_calls") or []):
-            if c["name"] not in listed and c["name"] in catalog:  # history calls only (module docstring)
-                tools.append(tool_from(catalog[c["name"]], flags=flags))
-                listed.add(c["name"])
+        called = dict.fromkeys(c["name"] for m in d.messages for c in m.get("tool_calls") or [])  # the history's
+        tools += [tool_from(catalog[n], flags=flags) for n in called if n not in listed and n in catalog]
         answer = [call(a) for a in obj["answers"]]
         if d.messages[-1].get("tool_calls"):
             d.messages.append({"role": "assistant", "content": "", "tool_calls": answer})
