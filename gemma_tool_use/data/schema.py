@@ -5,8 +5,8 @@ A row is a canonical conversation (see chat_format) plus provenance:
     {"tools": [...], "messages": [...],
      "meta": {"source": "seal_tools/dev", "row": "17", "category": "multiple"}}
 
-Loaders never raise on a bad upstream row: they call `report.note(where, reason, detail)`
-(LoadReport in data/conversations.py) and skip it; `strict=True` turns that into DataError.
+A row that cannot be made is noted in the LoadReport (data/conversations.py) and skipped, or is a
+DataError with `strict=True`.
 """
 
 from __future__ import annotations
