@@ -244,6 +244,45 @@ class PredictConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """Stage 5 (`stage=grpo`): rollouts, advantages and the clipped policy loss. Steps, lr,
+    checkpoints and the starting SFT run (`train.init_from`, required) come from train/optim."""
+
+    num_generations: int = 4  # G completions per prompt (a group)
+    prompts_per_step: int = 2
+    num_iterations: int = 1  # mu: policy updates per rollout batch (1: ratio 1, no clipping)
+    beta: float = 0.0  # KL to the starting SFT policy (its adapters), 0 = off
+    epsilon: float = 0.2
+    epsilon_high: Optional[float] = None  # upper clip (DAPO's clip-higher); null = epsilon
+    advantage: str = "grpo"  # grpo | drgrpo | rloo (tunix's estimators)
+    loss_agg_mode: str = "sequence-mean-token-mean"  # tunix's aggregate_loss modes
+    drop_zero_variance_groups: bool = True  # equal rewards in a group: no gradient, skipped and counted
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_prompt_len: int = 512  # prompts longer than this are left out of the prompt set (counted)
+    max_new_tokens: int = 96
+    # Prompts whose gold answer is "no call" (no offered tool fits): their share of each step.
+    no_call_share: float = 0.3
+    categories: list[str] = field(default_factory=lambda: ["simple", "multiple", "parallel", "parallel_multiple",
+                                                           "irrelevance"])
+    probe_size: int = 32  # held-out-tool rows scored greedily every probe_every_steps (and at 0 and the end)
+    probe_every_steps: int = 10
+    samples_to_log: int = 4  # completions per step written to samples.jsonl / the W&B table
+
+
+@dataclass
+class RewardConfig:
+    """Reward terms (gemma_tool_use/rewards.py), each logged separately; total = weighted sum."""
+
+    mode: str = "partial"  # partial: format + correctness + abstention + call_count; binary: exact match
+    format_weight: float = 1.0
+    correctness_weight: float = 1.0
+    abstention_weight: float = 1.0
+    call_count_weight: float = 0.5
+
+
+@dataclass
 class TrackingConfig:
     mode: TrackingMode = TrackingMode.offline
     project: str = "gemma_tool_use"
@@ -264,6 +303,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     seed: int = 0
     # Free-form notes an experiment config carries (how to run it, what it gave).
     notes: dict[str, Any] = field(default_factory=dict)
@@ -476,6 +517,37 @@ def check_config(cfg) -> None:
     if t.batch_size % tpu.num_hosts:
         fail("train.batch_size", f"must divide evenly over {tpu.num_hosts} hosts")
 
+    # ------------------------------------------------------------------ GRPO (stage 5)
+    g = cfg.grpo
+    for k in ("num_generations", "prompts_per_step", "num_iterations", "max_prompt_len", "max_new_tokens",
+              "probe_size", "probe_every_steps"):
+        positive(f"grpo.{k}", g[k])
+    if g.num_generations < 2:
+        fail("grpo.num_generations", f"must be >= 2 (a group's advantages compare its completions), got {g.num_generations}")
+    positive("grpo.beta", g.beta, allow_zero=True)
+    positive("grpo.samples_to_log", g.samples_to_log, allow_zero=True)
+    in_range("grpo.epsilon", g.epsilon, 0, 1, lo_open=True)
+    if g.epsilon_high is not None:
+        positive("grpo.epsilon_high", g.epsilon_high)
+    if g.advantage not in ("grpo", "drgrpo", "rloo"):
+        fail("grpo.advantage", f"must be grpo, drgrpo or rloo, got {g.advantage!r}")
+    if g.loss_agg_mode not in ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-scale",
+                               "seq-mean-token-sum", "sequence-mean-token-sum-norm"):
+        fail("grpo.loss_agg_mode", f"must be one of tunix's aggregate_loss modes, got {g.loss_agg_mode!r}")
+    positive("grpo.temperature", g.temperature, allow_zero=True)
+    in_range("grpo.top_p", g.top_p, 0, 1, lo_open=True)
+    positive("grpo.top_k", g.top_k, allow_zero=True)
+    in_range("grpo.no_call_share", g.no_call_share, 0, 1)
+    unknown = [c for c in g.categories if c not in ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")]
+    if unknown or not g.categories:
+        fail("grpo.categories", f"single-turn categories (simple, multiple, parallel, parallel_multiple, irrelevance), "
+                                f"at least one; got {list(g.categories)}")
+    r = cfg.reward
+    if r.mode not in ("partial", "binary"):
+        fail("reward.mode", f"must be partial or binary, got {r.mode!r}")
+    for k in ("format_weight", "correctness_weight", "abstention_weight", "call_count_weight"):
+        finite(f"reward.{k}", r[k])
+
     # ------------------------------------------------------------------ tracking
     if str(cfg.tracking.mode) != "disabled" and not cfg.tracking.project.strip():
         fail("tracking.project", "must be a non-empty W&B project name")
@@ -521,6 +593,9 @@ def preflight(cfg) -> None:
 
     # ------------------------------------------------------------------ training inputs
     if stage in TRAINING_STAGES:
+        if stage == "grpo" and not cfg.train.init_from:
+            _fail("train.init_from", "stage=grpo starts from an SFT run: give its run dir, checkpoint or experiment "
+                                     "name (GRPO on the bare base has nothing to reward: it never ends its turn)")
         if cfg.train.init_from:
             from gemma_tool_use.runs import resolve_init_from
 

@@ -53,6 +53,7 @@ class Generation:
     stop_reason: str  # "stop" | "length" | "skipped_overlength"
     truncated_prompt: bool = False
     seconds: float = 0.0  # wall time of its batch, shared by the batch's rows
+    stop_id: int | None = None  # the stop id that ended it (not in token_ids); None unless stop_reason == "stop"
 
 
 def _sample(logits, rng, params: SamplingParams):
@@ -94,10 +95,21 @@ class Generator:
         # Long prompts get smaller batches: the attention scores of a prefill grow as T^2.
         self.max_batch_tokens = int(max_batch_tokens)
         self.graphdef, self.state = nnx.split(model)
+        self._model = model
         self.model_config = model.config
         self.dtype = model.embedder.input_embedding.value.dtype
         self._programs: dict = {}
         self.compiled_shapes: set[tuple] = set()
+
+    def sync(self, model=None) -> None:
+        """Sample from the model's current weights. The generator keeps the arrays it split off
+        at construction; an optimizer update replaces the model's arrays, so a trainer must call
+        this after every update or it keeps sampling the old policy (same graph: no recompile)."""
+        model = self._model if model is None else model
+        graphdef, self.state = nnx.split(model)
+        if graphdef != self.graphdef:
+            raise GenerationError("Generator.sync: the model's structure changed; build a new Generator")
+        self._model = model
 
     # ---------------------------------------------------------------- jitted programs
 
@@ -205,7 +217,7 @@ class Generator:
                 stop = next((k for k, t in enumerate(row) if t in params.stop_ids), None)
                 gen = row[:stop] if stop is not None else row
                 results[i] = Generation(i, len(ids), gen, self.tokenizer.decode(gen), "stop" if stop is not None else "length",
-                                        truncated, seconds)
+                                        truncated, seconds, row[stop] if stop is not None else None)
             done_count += len(chunk)
             if progress:
                 progress(done_count)

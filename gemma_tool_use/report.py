@@ -76,6 +76,50 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path, title: s
     return out_png
 
 
+def plot_grpo_curves(run_dir: str | Path, out_png: str | Path) -> Path:
+    """A GRPO run: total reward per step (mean +- std over the step's completions) and each term,
+    and on a second panel the probe set's greedy mean reward and exact-match rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "reward/total_mean" in r]
+    probe = read_jsonl(run_dir / "probe.jsonl") if (run_dir / "probe.jsonl").is_file() else []
+    if not rows:
+        raise ValueError(f"{run_dir}/metrics.jsonl: no GRPO reward records to plot")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows]
+    mean = [r["reward/total_mean"] for r in rows]
+    std = [r.get("reward/total_std", 0.0) for r in rows]
+    ax.plot(steps, mean, color="black", lw=2, label="total (mean)")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="gray",
+                    alpha=0.2, label="total (+- std)")
+    terms = sorted({k[len("reward/"):-len("_mean")] for r in rows for k in r
+                    if k.startswith("reward/") and k.endswith("_mean") and k != "reward/total_mean"})
+    for t in terms:
+        ax.plot(steps, [r.get(f"reward/{t}_mean") for r in rows], lw=1, label=t)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward (rollouts)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if probe:
+        ps = [r["step"] for r in probe]
+        bx.plot(ps, [r["probe/reward_mean"] for r in probe], "o-", label="probe mean reward (greedy)")
+        bx.plot(ps, [r["probe/exact_match"] for r in probe], "s-", label="probe exact match")
+        bx.legend(fontsize=7)
+    bx.set_xlabel("step")
+    bx.set_title("held-out-tool probe set")
+    bx.grid(alpha=0.3)
+    fig.suptitle(f"GRPO: {run_dir.name}")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
 def output_behaviour(bfcl_dir: str | Path) -> dict | None:
     """How a run's single-turn outputs end: the share that stopped on a stop id (the format's
     `<end_of_turn>`) rather than at max_new_tokens, that decode to at least one call, that carry
@@ -287,7 +331,8 @@ def _plot_sweep(sweep_dir: Path, rows: list[dict], keys: list[str]) -> None:
 
 
 # What a run leaves that belongs in experiments/<name>/: small, text or plots, no weights.
-COLLECTED = ["train_summary.json", "metrics.jsonl", "loss_curve.png", "data_card.md", "data_card.json",
+COLLECTED = ["train_summary.json", "grpo_summary.json", "samples.jsonl", "probe.jsonl", "reward_curve.png",
+             "metrics.jsonl", "loss_curve.png", "data_card.md", "data_card.json",
              "summary.json", "results.md", "accuracy.png", "bfcl_eval/summary.json", "bfcl_eval/results.md",
              "bfcl_eval/accuracy.png", "bfcl_eval/bfcl/*.jsonl", "bfcl/*.jsonl", ".hydra/overrides.yaml"]
 

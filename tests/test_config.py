@@ -403,8 +403,8 @@ def test_cli_errors_are_short_and_fast(tmp_path):
     r, heavy = run_cli_tracing_imports("train.max_steps=0", cwd=tmp_path)
     assert r.returncode == 2 and "train.max_steps: must be > 0" in r.stderr + r.stdout
     assert not heavy, heavy[:5]
-    r, heavy = run_cli_tracing_imports("stage=grpo", cwd=tmp_path)
-    assert r.returncode == 3 and "stage 'grpo' is not built yet" in r.stderr + r.stdout
+    r, heavy = run_cli_tracing_imports("stage=grpo", cwd=tmp_path)  # GRPO needs an explicit SFT start
+    assert r.returncode == 2 and "error: train.init_from: stage=grpo starts from an SFT run" in r.stderr
     assert not heavy, heavy[:5]
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["grpo", "sft_small"]  # named by stage
 

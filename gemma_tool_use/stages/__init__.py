@@ -23,7 +23,7 @@ STAGES: dict[str, str | None] = {
     "sft_full": "gemma_tool_use.stages.sft:run",
     "eval": "gemma_tool_use.stages.eval:run",
     "predict": "gemma_tool_use.stages.predict:run",
-    "grpo": None,
+    "grpo": "gemma_tool_use.stages.grpo:run",
 }
 
 
