@@ -130,31 +130,20 @@ def rollout(generator, prompts: list[Prompt], num_generations: int, sampling) ->
     return out
 
 
-def seq_bucket(n: int, quantum: int = 128) -> int:
-    """Sequence lengths padded up to a multiple of `quantum`: few shapes, few compiles."""
-    return -(-n // quantum) * quantum
-
-
 def train_batch(prompts: list[Prompt], completions: list[Completion], advantages: np.ndarray,
-                keep: np.ndarray, max_new_tokens: int, pad_id: int = 0) -> dict[str, np.ndarray]:
-    """Prompt + completion rows, right-padded to one bucketed length; K = max_new_tokens + 1 target
-    slots per row (the completion tokens, the stop id included). Rows with keep=False (their group
-    carries no signal) get an all-zero completion mask, so the batch shape never changes."""
-    B, K = len(completions), max_new_tokens + 1
-    L = seq_bucket(max(len(prompts[c.prompt].ids) + len(c.token_ids) for c in completions))
-    tokens = np.full((B, L), pad_id, np.int32)
-    mask = np.zeros((B, L), bool)
-    positions = np.zeros((B, K), np.int32)
-    targets = np.zeros((B, K), np.int32)
-    cmask = np.zeros((B, K), np.float32)
-    for b, c in enumerate(completions):
-        p = prompts[c.prompt].ids
-        seq = p + c.token_ids
-        tokens[b, : len(seq)] = seq
-        mask[b, : len(seq)] = True
-        n = len(c.token_ids)
-        positions[b, :n] = np.arange(len(p) - 1, len(p) - 1 + n)  # the position that predicts each token
-        targets[b, :n] = c.token_ids
-        cmask[b, :n] = 1.0 if keep[b] else 0.0
-    return {"input_tokens": tokens, "input_mask": mask, "target_positions": positions, "target_ids": targets,
-            "completion_mask": cmask, "advantages": np.asarray(advantages, np.float32)}
+                keep: np.ndarray, max_prompt_len: int, max_new_tokens: int) -> dict[str, np.ndarray]:
+    """Prompt + completion rows through the SFT collator (right-padded to a multiple of 128, loss
+    targets gathered at the completion tokens, the stop id included): `completion_mask` is its
+    target weights, zeroed on rows with keep=False (their group carries no signal), so the batch
+    shape does not depend on which groups were dropped."""
+    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.data.batching import collate
+
+    rows = [RenderedConversation(np.asarray(prompts[c.prompt].ids + c.token_ids, np.int32),
+                                 np.asarray([False] * len(prompts[c.prompt].ids) + [True] * len(c.token_ids), bool))
+            for c in completions]
+    batch = collate(rows, list(range(128, max_prompt_len + max_new_tokens + 128, 128)))
+    return {"input_tokens": batch["input_tokens"], "input_mask": batch["input_mask"],
+            "target_positions": batch["target_positions"], "target_ids": batch["target_ids"],
+            "completion_mask": batch["target_weights"] * np.asarray(keep, np.float32)[:, None],
+            "advantages": np.asarray(advantages, np.float32)}

@@ -6,8 +6,24 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
 SHARED = REPO.parent / "shared"
 REFERENCE_TOKENIZER = SHARED / "reference" / "gemma3_tokenizer" / "tokenizer.json"
+
+
+def pytest_configure(config):
+    """In-process tests use JAX's persistent compilation cache as the CLI runs do (the default
+    `tpu.compilation_cache_dir`, same threshold as mesh.prepare_runtime): a re-run loads the tiny
+    programs instead of recompiling them. Only config: no backend starts here (device-count flags
+    set later by a test still apply)."""
+    import jax
+
+    from gemma_tool_use.config import TpuConfig
+
+    cache_dir = os.path.expanduser(TpuConfig.compilation_cache_dir)
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
 @pytest.fixture(scope="session")

@@ -65,57 +65,42 @@ def run_loop(tmp_path, tokenizer, overrides, reward_fns, *, spy=None):
     return summary, [r for r in records if "reward/total_mean" in r], lora
 
 
-def test_rollouts_always_sample_the_current_policy(tmp_path, tokenizer, monkeypatch):
-    """The stale-policy guard: every rollout's generator holds exactly the model's current adapters
-    (an update replaces them; a generator that is not re-synced keeps sampling the old policy)."""
+def test_a_generator_holding_a_snapshot_is_caught_and_sync_fixes_it(tokenizer):
+    """What the stale-policy guard below detects: a generator holding a snapshot of the weights
+    (an nnx.split copy, a rollout engine with its own params) no longer matches after an update."""
     import jax
+    import jax.numpy as jnp
     from flax import nnx
 
     from gemma_tool_use.generate import Generator
-
-    seen = []
-    holder = {}
-    original = Generator.generate_ids
-
-    def checked(self, prompts, params=None, progress=None):
-        current = jax.tree.leaves(nnx.state(holder["model"], nnx.LoRAParam))
-        held = jax.tree.leaves(nnx.state(nnx.merge(self.graphdef, self.state), nnx.LoRAParam))
-        seen.append(all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(current, held)))
-        return original(self, prompts, params, progress)
-
-    monkeypatch.setattr(Generator, "generate_ids", checked)
-    _, records, _ = run_loop(tmp_path, tokenizer, ["train.max_steps=3", "optim.lr=1e-2"], [("ascii", 1.0, ascii_share)],
-                             spy=lambda m: holder.setdefault("model", m))
-    assert len(seen) >= 3 and all(seen), seen
-    assert any(r.get("train/loss") is not None for r in records), "updates happened"
-
-    # and the guard can fail: a generator holding a snapshot of the weights (what an nnx.split copy
-    # or a rollout engine with its own params holds) no longer matches after an update; sync() fixes it
-    import jax.numpy as jnp
-
     from gemma_tool_use.mesh import build_mesh
     from gemma_tool_use.model import build_model
-
-    def same(gen, model):
-        held = jax.tree.leaves(nnx.state(nnx.merge(gen.graphdef, gen.state), nnx.LoRAParam))
-        return all(np.array_equal(np.asarray(a), np.asarray(b))
-                   for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.LoRAParam)), held))
 
     cfg = compose([])
     model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
     gen = Generator(model, tokenizer, batch_size=2)
+    assert holds_current_adapters(gen, model)
     gen.state = jax.tree.map(jnp.copy, gen.state)  # a snapshot
     nnx.update(model, jax.tree.map(lambda x: x + 1.0, nnx.state(model, nnx.LoRAParam)))
-    assert not same(gen, model)
+    assert not holds_current_adapters(gen, model)
     gen.sync(model)
-    assert same(gen, model)
+    assert holds_current_adapters(gen, model)
+
+
+def holds_current_adapters(gen, model) -> bool:
+    import jax
+    from flax import nnx
+
+    held = jax.tree.leaves(nnx.state(nnx.merge(gen.graphdef, gen.state), nnx.LoRAParam))
+    return all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.LoRAParam)), held))
 
 
 def test_resume_equals_a_straight_run(tmp_path, tokenizer):
     """2 steps, stop, 1 more (same run dir) == 3 straight steps: same prompts, same samples, same
     rewards and losses, same final adapters."""
     rewards = [("ascii", 1.0, ascii_share)]
-    common = ["optim.lr=1e-2"]
+    common = ["optim.lr=1e-2", "grpo.max_new_tokens=4", "grpo.num_generations=2", "grpo.probe_size=2"]
     _, straight, straight_lora = run_loop(tmp_path / "a", tokenizer, ["train.max_steps=3", *common], rewards)
     run_loop(tmp_path / "b", tokenizer, ["train.max_steps=2", *common], rewards)
     summary, resumed, resumed_lora = run_loop(tmp_path / "b", tokenizer, ["train.max_steps=3", *common], rewards)
@@ -127,9 +112,23 @@ def test_resume_equals_a_straight_run(tmp_path, tokenizer):
     assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(straight_lora, resumed_lora))
 
 
-def test_mean_reward_rises_on_a_learnable_toy_reward(tmp_path, tokenizer):
+def test_mean_reward_rises_on_a_learnable_toy_reward_sampling_the_current_policy(tmp_path, tokenizer, monkeypatch):
+    """16 steps on a toy reward the tiny model can learn: the mean reward rises. Every rollout (and
+    probe) is generated from exactly the model's current adapters (the stale-policy guard)."""
+    from gemma_tool_use.generate import Generator
+
+    seen, holder = [], {}
+    original = Generator.generate_ids
+
+    def checked(self, prompts, params=None, progress=None):
+        seen.append(holds_current_adapters(self, holder["model"]))
+        return original(self, prompts, params, progress)
+
+    monkeypatch.setattr(Generator, "generate_ids", checked)
     _, records, _ = run_loop(tmp_path, tokenizer, ["train.max_steps=16", "optim.lr=3e-2", "grpo.prompts_per_step=4",
-                                                   "grpo.no_call_share=0.0"], [("ascii", 1.0, ascii_share)])
+                                                   "grpo.no_call_share=0.0", "grpo.probe_every_steps=8"],
+                             [("ascii", 1.0, ascii_share)], spy=lambda m: holder.setdefault("model", m))
+    assert len(seen) >= 16 and all(seen), seen
     rewards = [r["reward/total_mean"] for r in records]
     first, last = np.mean(rewards[:4]), np.mean(rewards[-4:])
     assert last > first + 0.1, rewards
@@ -139,7 +138,7 @@ def test_cli_grpo_run_dir_is_loadable_by_eval_and_predict(tmp_path):
     """stage=grpo from a tiny SFT run, end to end through the CLI; the GRPO checkpoints are in the
     SFT layout: model.lora_checkpoint=<grpo run> restores them for prediction."""
     sft = tmp_path / "sft"
-    r = run_cli("experiments=tiny_smoke", "train.max_steps=2", "model.train_token_ids=[105,106]", "tracking=disabled",
+    r = run_cli("experiments=tiny_smoke", "train.max_steps=1", "model.train_token_ids=[105,106]", "tracking=disabled",
                 f"hydra.run.dir={sft}")
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "grpo"

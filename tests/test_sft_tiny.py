@@ -21,6 +21,22 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def signal_after_steps(args, run_dir, steps, sig):
+    """Start the CLI, send `sig` once `steps` train steps are in metrics.jsonl; (process, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "gemma_tool_use", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 600  # a guard against a hang, not a speed requirement
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.is_file() and sum(1 for line in metrics.read_text().splitlines() if "train/loss" in line) >= steps:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc, err
+
+
 def train_losses(records):
     return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
 
@@ -91,19 +107,9 @@ def test_sigterm_saves_the_current_step_and_final_metrics_describe_the_final_wei
     """SIGTERM (schedulers, preemption, `timeout`) behaves like Ctrl-C: checkpoint, one-line
     message, prompt exit. The resumed run ends on a step that is not an eval step (5, evals every
     12): it still evaluates the final weights, and final_val_loss is that evaluation."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
     common = ["experiments=tiny_smoke", "train.max_steps=5", "train.checkpoint_every_steps=1000",
               "train.eval_every_steps=12", "tracking=disabled", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.Popen([sys.executable, "-m", "gemma_tool_use", *common], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 600  # a guard against a hang, not a speed requirement
-    while proc.poll() is None and time.time() < deadline:
-        if metrics.is_file() and sum(1 for line in metrics.read_text().splitlines() if "train/loss" in line) >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    proc, err = signal_after_steps(common, tmp_path, 2, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err and "stopped (SIGTERM)" in err, err[-2000:]
     steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
@@ -221,18 +227,9 @@ def test_trainable_embedding_rows_train_and_match_a_merged_table(tokenizer):
 
 
 def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    args = [sys.executable, "-m", "gemma_tool_use", "experiments=tiny_smoke", "train.max_steps=200",
-            "train.checkpoint_every_steps=1000", "tracking=disabled", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 600  # a guard against a hang, not a speed requirement
-    while proc.poll() is None and time.time() < deadline:
-        if metrics.is_file() and sum(1 for line in metrics.read_text().splitlines() if "train/loss" in line) >= 3:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    args = ["experiments=tiny_smoke", "train.max_steps=200", "train.checkpoint_every_steps=1000", "tracking=disabled",
+            f"hydra.run.dir={tmp_path}"]
+    proc, err = signal_after_steps(args, tmp_path, 3, signal.SIGINT)
     log = (tmp_path / "gemma_tool_use.log").read_text()
     assert proc.returncode == 128 + signal.SIGINT and "checkpoint saved" in log, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]

@@ -155,7 +155,7 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
                 adv = np.asarray(grpo.group_advantages(jnp.asarray(total), G, str(g.advantage)), np.float32)
                 flat = np.asarray(grpo.zero_variance_groups(jnp.asarray(total), G), bool)
                 keep = np.repeat(~flat if g.drop_zero_variance_groups else np.ones_like(flat), G)
-                batch = train_batch(prompts, comps, adv, keep, int(g.max_new_tokens))
+                batch = train_batch(prompts, comps, adv, keep, int(g.max_prompt_len), int(g.max_new_tokens))
                 aux_means: dict[str, float] = {}
                 if keep.any():
                     b = {k: jnp.asarray(v) for k, v in batch.items()}
@@ -219,6 +219,12 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
     if max_steps > (manager.latest_step() or 0):
         save(max_steps, force=True)
     manager.close()
+    if samples_path.is_file():  # the sample completions with their rewards, as a W&B table too
+        from gemma_tool_use.files import read_jsonl
+
+        samples = read_jsonl(samples_path)
+        cols = ["step", "category", "completion", "stop_reason", "advantage", "reward/total"]
+        tracker.log_table("grpo/samples", cols, [[str(r.get(c)) for c in cols] for r in samples[-200:]])
     return {"steps": max_steps, "resumed_from_step": start, "loop_seconds": round(time.time() - t_loop, 1),
             "seconds_per_step": round((time.time() - t_loop) / max(1, max_steps - start), 2),
             "zero_variance_groups": int(counters["zero_variance_groups"]), "groups": int(counters["groups"]),
