@@ -136,3 +136,25 @@ def resolve_init_from(value: str, model_cfg: Any = None, key: str = "train.init_
     if model_cfg is not None:
         check_same_architecture(found, model_cfg, key)
     return str(found)
+
+
+def adopt_start_model(cfg, init_from: str, run_dir: Path) -> None:
+    """A stage that continues a checkpoint trains adapters of the checkpoint's shape (its LoRA
+    settings and trained embedding rows, whatever model.lora / model.train_token_ids say): write
+    that shape into cfg and into the run's .hydra/config.yaml, so that the run dir, loaded later as
+    model.lora_checkpoint, describes its own checkpoints."""
+    from omegaconf import OmegaConf, open_dict
+
+    start = run_model_config(init_from)
+    if not start:
+        return
+    with open_dict(cfg):
+        if "lora" in start:
+            cfg.model.lora = OmegaConf.merge(cfg.model.lora, start["lora"])
+        cfg.model.train_token_ids = list(start.get("train_token_ids") or [])
+    saved = Path(run_dir) / ".hydra" / "config.yaml"
+    if saved.is_file():
+        doc = yaml.safe_load(saved.read_text()) or {}
+        doc.setdefault("model", {})["lora"] = OmegaConf.to_container(cfg.model.lora, resolve=True)
+        doc["model"]["train_token_ids"] = list(cfg.model.train_token_ids)
+        saved.write_text(yaml.safe_dump(doc, sort_keys=False))

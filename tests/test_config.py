@@ -260,7 +260,22 @@ def claims_tiny_smoke():
     ]
 
 
+def claims_grpo_from_sft_short():
+    start = recorded("grpo_from_sft_short/start_bfcl/summary.json")
+    g = recorded("grpo_from_sft_short/grpo_summary.json")
+    probe = recorded("grpo_from_sft_short/probe.jsonl")
+    return [
+        fig("irrelevance {}, simple_python {}, multiple {}, parallel {};", *(pct(start, c) for c in (
+            "irrelevance", "simple_python", "multiple", "parallel"))),
+        fig("{} GRPO steps, {} s/step, {} GiB", g["steps"], g["seconds_per_step"], g["peak_rss_gib"]),
+        context("2-core AMD EPYC"),
+        fig("probe mean reward {} -> {}, exact match {} -> {}", probe[0]["probe/reward_mean"],
+            probe[-1]["probe/reward_mean"], probe[0]["probe/exact_match"], probe[-1]["probe/exact_match"]),
+    ]
+
+
 RESULT_CLAIMS = {
+    "grpo_from_sft_short": claims_grpo_from_sft_short,
     "bfcl_baseline_base": claims_bfcl_baseline_base,
     "sft_small_gemma3_270m": claims_sft_small_gemma3_270m,
     "sweep_sft_small": claims_sweep_sft_small,

@@ -33,7 +33,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from gemma_tool_use.mesh import build_mesh, prepare_runtime
-from gemma_tool_use.runs import resolve_init_from, run_dir_of, wandb_group
+from gemma_tool_use.runs import adopt_start_model, resolve_init_from, run_dir_of, wandb_group
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +262,7 @@ def run(cfg: DictConfig) -> float:
 
     with open_dict(cfg):
         cfg.model.lora_checkpoint = init_from
+    adopt_start_model(cfg, init_from, run_dir)  # the run dir describes the adapters it trains
     config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     with Tracker(run_dir, cfg.tracking, config_dict, name=run_dir.name, group=wandb_group(cfg)) as tracker, mesh:
         model = build_model(cfg.model, mesh, cfg.seed)

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from gemma_tool_use.mesh import build_mesh, prepare_runtime
-from gemma_tool_use.runs import resolve_init_from, run_dir_of, wandb_group
+from gemma_tool_use.runs import adopt_start_model, resolve_init_from, run_dir_of, wandb_group
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def run(cfg: DictConfig) -> float:
 
         with open_dict(cfg):
             cfg.model.lora_checkpoint = init_from
+        adopt_start_model(cfg, init_from, run_dir)  # the run dir describes the adapters it trains
         log.info("initialising from %s", cfg.model.lora_checkpoint)
     model = build_model(cfg.model, mesh, cfg.seed)
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.max_steps)
