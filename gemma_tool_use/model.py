@@ -283,16 +283,11 @@ def load_lora_checkpoint(model, root: Path, step: int | None, lora_only: bool = 
     explicit step, a latest checkpoint that does not read back gives way to the newest intact one."""
     from tunix.sft.checkpoint_manager import CheckpointManager
 
-    from gemma_tool_use.training import checkpoint_problem
+    from gemma_tool_use.training import checkpoint_problem, newest_intact_checkpoint
 
     if step is None:
-        for candidate in sorted((int(p.name) for p in root.glob("*") if p.name.isdigit()), reverse=True):
-            problem = checkpoint_problem(root / str(candidate))
-            if problem is None:
-                step = candidate
-                break
-            log.warning("checkpoint %s is corrupt (%s); trying an earlier one", root / str(candidate), problem)
-        else:
+        step, _ = newest_intact_checkpoint(root, log)
+        if step is None:
             raise WeightsError(f"{root}: no intact checkpoint to load")
     elif problem := checkpoint_problem(root / str(step)):
         raise WeightsError(f"{root / str(step)}: corrupt checkpoint ({problem})")

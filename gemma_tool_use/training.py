@@ -212,6 +212,23 @@ def checkpoint_problem(step_dir) -> str | None:
     return None
 
 
+def newest_intact_checkpoint(ckpt_root, log=None) -> tuple[int | None, list[tuple[int, str]]]:
+    """(the newest step whose checkpoint reads back, or None; the newer corrupt ones as (step,
+    problem)), newest first. With `log`, each corrupt one is warned about as it is found."""
+    from pathlib import Path
+
+    root = Path(ckpt_root)
+    bad = []
+    for step in sorted((int(p.name) for p in root.glob("*") if p.name.isdigit() and p.is_dir()), reverse=True):
+        problem = checkpoint_problem(root / str(step))
+        if problem is None:
+            return step, bad
+        bad.append((step, problem))
+        if log is not None:
+            log.warning("checkpoint %s is corrupt (%s); trying an earlier one", root / str(step), problem)
+    return None, bad
+
+
 def set_aside_corrupt_checkpoints(ckpt_root, log) -> int | None:
     """Before resuming: newest-first, move checkpoints that do not read back into
     `<checkpoints>_corrupt/` (kept, never deleted) so the trainer resumes from the newest intact
@@ -221,23 +238,16 @@ def set_aside_corrupt_checkpoints(ckpt_root, log) -> int | None:
     from pathlib import Path
 
     root = Path(ckpt_root)
-    steps = sorted((int(p.name) for p in root.glob("*") if p.name.isdigit() and p.is_dir()), reverse=True)
-    bad = []
-    for step in steps:
-        problem = checkpoint_problem(root / str(step))
-        if problem is None:
-            for b, why in bad:
-                dest = root.with_name(root.name + "_corrupt") / f"{b}_{int(time.time())}"
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(root / str(b)), dest)
-                log.warning("checkpoint %s is corrupt (%s): moved to %s; resuming from step %d", root / str(b), why,
-                            dest, step)
-            return step
-        bad.append((step, problem))
-    if bad:
+    step, bad = newest_intact_checkpoint(root)
+    if step is None and bad:
         raise CheckpointError(f"{root}: no intact checkpoint to resume from (" + "; ".join(
             f"step {b}: {why}" for b, why in bad) + "); move the directory away to start afresh")
-    return None
+    for b, why in bad:
+        dest = root.with_name(root.name + "_corrupt") / f"{b}_{int(time.time())}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(root / str(b)), dest)
+        log.warning("checkpoint %s is corrupt (%s): moved to %s; resuming from step %d", root / str(b), why, dest, step)
+    return step
 
 
 class SftTrainer(peft_trainer.PeftTrainer):

@@ -86,9 +86,9 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
     from tunix.sft.checkpoint_manager import CheckpointManager
 
     from gemma_tool_use import grpo
-    from gemma_tool_use.chat_format import parse_model_output
     from gemma_tool_use.generate import Generator, SamplingParams
     from gemma_tool_use.interrupt import deferred_stops, raise_if_stop_requested, signals_ignored
+    from gemma_tool_use.rewards import parse_completions
     from gemma_tool_use.rollouts import rollout, step_prompts, train_batch
     from gemma_tool_use.training import make_optimizer, peak_rss_gib, set_aside_corrupt_checkpoints
 
@@ -179,7 +179,8 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
                 counters["generated_tokens"] += new_tokens
                 counters["zero_variance_groups"] += int(flat.sum())
                 counters["groups"] += len(flat)
-                parsed = [parse_model_output(c.text, prompts[c.prompt].tools) for c in comps]
+                # the rewards' parse cache: each completion was parsed once already, when scored
+                parsed = parse_completions([c.text for c in comps], [prompts[c.prompt].tools for c in comps])
                 rec = {f"reward/{k}_mean": float(v.mean()) for k, v in terms.items()}
                 rec |= {f"reward/{k}_std": float(v.std()) for k, v in terms.items()}
                 for cat in sorted({p.category for p in prompts}):
