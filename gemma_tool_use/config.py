@@ -219,6 +219,11 @@ class EvalConfig:
     )
     limit: Optional[int] = None
     ids: list[str] = field(default_factory=list)
+    # A fixed stratified subset: this many entries per category, the same ones on every run and
+    # machine (the smallest sha256 of "<seed>:<id>"), for cheap tracking between stages. Always
+    # labelled "subset" in the summary and tables, never mixed with full-category scores.
+    subset_per_category: Optional[int] = None
+    subset_seed: int = 0
     run_after_training: bool = False
 
 
@@ -251,6 +256,9 @@ class GrpoConfig:
     num_generations: int = 4  # G completions per prompt (a group)
     prompts_per_step: int = 2
     num_iterations: int = 1  # mu: policy updates per rollout batch (1: ratio 1, no clipping)
+    # Rows per forward/backward: one update accumulates the gradients of the kept rows in
+    # micro-batches of this many (0: all P x G rows at once). Memory, not maths: same update.
+    micro_batch_size: int = 0
     beta: float = 0.0  # KL to the starting SFT policy (its adapters), 0 = off
     epsilon: float = 0.2
     epsilon_high: Optional[float] = None  # upper clip (DAPO's clip-higher); null = epsilon
@@ -447,6 +455,7 @@ def check_config(cfg) -> None:
     if len(set(e.categories)) != len(e.categories):
         fail("eval.categories", f"lists a category twice: {list(e.categories)}")
     positive("eval.limit", e.limit, allow_none=True)
+    positive("eval.subset_per_category", e.subset_per_category, allow_none=True)
 
     # ------------------------------------------------------------------ generation
     g = cfg.generation
@@ -525,6 +534,7 @@ def check_config(cfg) -> None:
     if g.num_generations < 2:
         fail("grpo.num_generations", f"must be >= 2 (a group's advantages compare its completions), got {g.num_generations}")
     positive("grpo.beta", g.beta, allow_zero=True)
+    positive("grpo.micro_batch_size", g.micro_batch_size, allow_zero=True)
     positive("grpo.samples_to_log", g.samples_to_log, allow_zero=True)
     in_range("grpo.epsilon", g.epsilon, 0, 1, lo_open=True)
     if g.epsilon_high is not None:

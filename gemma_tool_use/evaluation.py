@@ -33,18 +33,38 @@ def read_done(path: Path) -> dict[str, dict]:
     return {rec["id"]: rec for _, rec, err in iter_jsonl(path) if err is None and isinstance(rec, dict) and "id" in rec}
 
 
-def select_entries(entries: list[dict], ids, limit) -> list[dict]:
+def stratified_subset(entries: list[dict], per_category: int, seed: int = 0) -> list[dict]:
+    """The fixed subset of one category: the `per_category` entries with the smallest
+    sha256("<seed>:<id>"), in the category's order. Depends only on the ids (not on the file's
+    order, the machine or the Python hash seed), so every stage of a pipeline scores the same rows."""
+    import hashlib
+
+    def key(e):
+        return hashlib.sha256(f"{seed}:{e['id']}".encode()).hexdigest()
+
+    chosen = {e["id"] for e in sorted(entries, key=key)[:per_category]}
+    return [e for e in entries if e["id"] in chosen]
+
+
+def select_entries(entries: list[dict], ids, limit, subset_per_category=None, subset_seed: int = 0) -> list[dict]:
     if ids:
         wanted = set(ids)
         entries = [e for e in entries if e["id"] in wanted]
+    if subset_per_category:
+        entries = stratified_subset(entries, int(subset_per_category), int(subset_seed))
     return entries[:limit] if limit else entries
+
+
+def is_partial(eval_cfg) -> bool:
+    return bool(eval_cfg.ids or eval_cfg.limit or eval_cfg.get("subset_per_category"))
 
 
 def evaluate_category(category, generator, tokenizer, params, out_path: Path, eval_cfg, system_prompt, progress):
     from gemma_tool_use import bfcl
     from gemma_tool_use.chat_format import parse_model_output, render_conversation
 
-    entries = select_entries(bfcl.load_entries(category), list(eval_cfg.ids), eval_cfg.limit)
+    entries = select_entries(bfcl.load_entries(category), list(eval_cfg.ids), eval_cfg.limit,
+                             eval_cfg.get("subset_per_category"), int(eval_cfg.get("subset_seed") or 0))
     answers = bfcl.load_answers(category)
     originals = {e["id"]: e for e in bfcl.load_entries(category, hints=False)}  # for the checker
     drop_torn_tail(out_path)
@@ -90,7 +110,7 @@ def category_result(out_path: Path, entries, generated_now: int, eval_cfg) -> di
     correct = sum(1 for r in selected if r["valid"])
     return {"accuracy": correct / len(selected) if selected else 0.0, "correct": correct,
             "total_count": len(selected), "generated_now": generated_now,
-            "full_category": not (eval_cfg.ids or eval_cfg.limit)}
+            "full_category": not is_partial(eval_cfg), "ids": [e["id"] for e in entries] if is_partial(eval_cfg) else None}
 
 
 def run_multi_turn_category(category, todo, answers, originals, generator, tokenizer, params, out_path,
@@ -156,7 +176,10 @@ def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker, st
         "categories": per_category,
         "aggregates": bfcl.aggregate(per_category),
         "not_run": not_run,
-        "partial": bool(cfg.eval.limit or cfg.eval.ids),
+        "partial": is_partial(cfg.eval),
+        # the recorded subset: its rule, and each category's ids in category_result
+        "subset": ({"per_category": int(cfg.eval.subset_per_category), "seed": int(cfg.eval.subset_seed),
+                    "rule": "smallest sha256('<seed>:<id>') per category"} if cfg.eval.get("subset_per_category") else None),
         "generation": OmegaConf.to_container(cfg.generation),
         "total_seconds": round(time.time() - t_start, 1),
     }

@@ -181,20 +181,13 @@ def grpo_loss(model, input_tokens, input_mask, target_positions, target_ids, com
                        beta=beta, ref_logps=ref, loss_agg_mode=loss_agg_mode)
 
 
-def grpo_train_step(*, epsilon: float = 0.2, epsilon_high: float | None = None, beta: float = 0.0,
-                    loss_agg_mode: str = "sequence-mean-token-mean", temperature: float = 1.0,
-                    chunk: int | None = None):
-    """An nnx.jit-ed `(model, optimizer, batch) -> (loss, aux)` that applies one update to the
-    trainable parameters (nnx.LoRAParam: LoRA adapters and trainable embedding rows) through
-    `optimizer = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)` (flax 0.12:
-    optimizer.update(model, grads)). batch keys: BATCH_KEYS, old_logps and ref_logps optional
-    (absent or None). aux adds grad_norm. Recompiles only on a new shape or a new set of keys."""
+def _step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk):
     if loss_agg_mode not in LOSS_AGG_MODES:
         raise ValueError(f"loss_agg_mode={loss_agg_mode!r}: expected one of {LOSS_AGG_MODES}")
     hyper = dict(epsilon=float(epsilon), epsilon_high=None if epsilon_high is None else float(epsilon_high),
                  beta=float(beta), loss_agg_mode=loss_agg_mode, temperature=float(temperature), chunk=chunk)
 
-    def step(model, optimizer, batch):
+    def grads_of(model, batch):
         unknown = set(batch) - set(BATCH_KEYS)
         if unknown:
             raise ValueError(f"unexpected batch keys {sorted(unknown)}; expected {BATCH_KEYS}")
@@ -203,8 +196,80 @@ def grpo_train_step(*, epsilon: float = 0.2, epsilon_high: float | None = None, 
         loss_fn = functools.partial(grpo_loss, **hyper)  # nnx transforms take positional arguments only
         grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.LoRAParam), has_aux=True)
         (loss, aux), grads = grad_fn(model, *(batch.get(k) for k in BATCH_KEYS))
+        return loss, aux, grads
+
+    return grads_of
+
+
+def grpo_train_step(*, epsilon: float = 0.2, epsilon_high: float | None = None, beta: float = 0.0,
+                    loss_agg_mode: str = "sequence-mean-token-mean", temperature: float = 1.0,
+                    chunk: int | None = None):
+    """An nnx.jit-ed `(model, optimizer, batch) -> (loss, aux)` that applies one update to the
+    trainable parameters (nnx.LoRAParam: LoRA adapters and trainable embedding rows) through
+    `optimizer = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)` (flax 0.12:
+    optimizer.update(model, grads)). batch keys: BATCH_KEYS, old_logps and ref_logps optional
+    (absent or None). aux adds grad_norm. Recompiles only on a new shape or a new set of keys."""
+    grads_of = _step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk)
+
+    def step(model, optimizer, batch):
+        loss, aux, grads = grads_of(model, batch)
         optimizer.update(model, grads)
         return loss, {**aux, "grad_norm": optax.global_norm(grads)}
 
     return nnx.jit(step)
 
+
+def micro_batch_weight(completion_mask, loss_agg_mode: str) -> float:
+    """A micro-batch's share of the whole batch's loss normaliser, before dividing by the total:
+    its completion tokens for "token-mean", else its rows with any completion token (tunix's
+    aggregate_loss divides the other modes by the non-empty rows)."""
+    import numpy as np
+
+    m = np.asarray(completion_mask, np.float32)
+    return float(m.sum()) if loss_agg_mode == "token-mean" else float((m.sum(-1) > 0).sum())
+
+
+class AccumulatingStep:
+    """One GRPO update over micro-batches: the gradient of each (a jitted grad step), weighted by
+    its share of the loss normaliser (`micro_batch_weight`), summed, then one optimizer update.
+    Equal, up to float summation order, to `grpo_train_step` on the whole batch, so the rollout
+    batch size is not bounded by what one forward/backward fits in memory (16 rows of 512 + 96
+    tokens do not fit 24 GiB at once). Ratio/KL/clip statistics are weighted means; ratio_min/_max
+    the extremes."""
+
+    def __init__(self, *, epsilon: float = 0.2, epsilon_high: float | None = None, beta: float = 0.0,
+                 loss_agg_mode: str = "sequence-mean-token-mean", temperature: float = 1.0,
+                 chunk: int | None = None):
+        self.loss_agg_mode = loss_agg_mode
+        self._grads = nnx.jit(_step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk))
+        self._scale_add = jax.jit(lambda acc, g, w: jax.tree.map(lambda a, b: a + w * b, acc, g))
+
+        def apply(model, optimizer, grads):
+            optimizer.update(model, grads)
+            return optax.global_norm(grads)
+
+        self._apply = nnx.jit(apply)
+
+    def __call__(self, model, optimizer, micro_batches):
+        weights = [micro_batch_weight(b["completion_mask"], self.loss_agg_mode) for b in micro_batches]
+        total = sum(weights)
+        if total <= 0:
+            raise ValueError("no micro-batch has a completion token to train on")
+        acc, loss, stats = None, 0.0, {}
+        for b, w in zip(micro_batches, weights):
+            if w == 0:
+                continue
+            share = w / total
+            l, aux, grads = self._grads(model, b)
+            acc = jax.tree.map(lambda g: share * g, grads) if acc is None else self._scale_add(acc, grads, share)
+            loss += share * float(l)
+            for k, v in aux.items():
+                v = float(v)
+                if k == "ratio_min":
+                    stats[k] = min(stats.get(k, v), v)
+                elif k == "ratio_max":
+                    stats[k] = max(stats.get(k, v), v)
+                else:
+                    stats[k] = stats.get(k, 0.0) + share * v
+        stats["grad_norm"] = float(self._apply(model, optimizer, acc))
+        return loss, stats

@@ -306,7 +306,15 @@ def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
         check_same_architecture(model_cfg.lora_checkpoint, model_cfg, "model.lora_checkpoint")
     model = build_base_model(model_cfg, seed, mesh)
     lora_cfg, rows, ckpt = model_cfg.lora, list(model_cfg.train_token_ids), None
-    if model_cfg.lora_checkpoint:
+    from gemma_tool_use.adapters import is_adapter_dir, load_adapter, read_adapter_config
+
+    adapter = model_cfg.lora_checkpoint if model_cfg.lora_checkpoint and is_adapter_dir(model_cfg.lora_checkpoint) else None
+    if adapter:  # a portable adapter (adapters.py): its own LoRA settings and rows
+        from omegaconf import OmegaConf
+
+        shape = read_adapter_config(adapter)["model"]
+        lora_cfg, rows = OmegaConf.create(shape["lora"]), list(shape.get("train_token_ids") or [])
+    elif model_cfg.lora_checkpoint:
         root, step, run_model = resolve_lora_checkpoint(model_cfg.lora_checkpoint)
         ckpt = (root, step)
         if run_model is not None:  # the checkpoint's own shape, whatever model.lora says now
@@ -317,6 +325,9 @@ def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
     if lora_cfg.enabled:
         model = add_trainable_rows(model, rows)
         model = apply_lora(model, lora_cfg, seed + 7)
+    if adapter:
+        info = load_adapter(model, adapter)
+        log.info("loaded the portable adapter %s (step %s of %s)", adapter, info.get("step"), info.get("source"))
     if ckpt:
         restored = load_lora_checkpoint(model, *ckpt, lora_only=bool(lora_cfg.enabled))
         log.info("loaded %s from %s step %d", f"LoRA adapters (rank {lora_cfg.rank})" if lora_cfg.enabled

@@ -221,7 +221,11 @@ def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     lines += ["", markdown_table(["aggregate (BFCL v4)", "value"], [[k, "n/a" if agg[k] is None else _pct(agg[k])] for k in keys])]
     if summary.get("not_run"):
         lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in summary["not_run"].items())]
-    if summary.get("partial"):
+    if summary.get("subset"):
+        sub = summary["subset"]
+        lines += ["", f"Subset: {sub['per_category']} fixed entries per category (seed {sub['seed']}, {sub['rule']}); "
+                  "not comparable to full-category scores or the leaderboard."]
+    elif summary.get("partial"):
         lines += ["", "Partial: a subset of entries (eval.limit / eval.ids); not comparable to the leaderboard."]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
 

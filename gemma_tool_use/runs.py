@@ -71,8 +71,13 @@ def run_root_of(path: Path) -> Path | None:
 
 
 def run_model_config(path: str | Path) -> dict | None:
-    """The `model` section a checkpoint was trained with (from its run's .hydra/config.yaml), or
-    None when the checkpoint does not sit in a run dir. Plain YAML read: no Hydra, no JAX."""
+    """The `model` section a checkpoint was trained with (from its run's .hydra/config.yaml, or a
+    portable adapter's adapter_config.json), or None when the checkpoint does not sit in a run
+    dir. Plain YAML/JSON read: no Hydra, no JAX."""
+    from gemma_tool_use.adapters import is_adapter_dir, read_adapter_config
+
+    if is_adapter_dir(path):  # a portable adapter carries its own model section
+        return read_adapter_config(path)["model"]
     root = run_root_of(Path(path).expanduser())
     if root is None:
         return None

@@ -107,6 +107,22 @@ def test_aggregates_match_hand_computed_values():
     assert partial["non_live"] is None and "simple_java" in partial["missing"]["non_live"]
 
 
+def test_stratified_subset_is_fixed_per_category_and_order_free():
+    from gemma_tool_use.evaluation import select_entries, stratified_subset
+
+    entries = bfcl.load_entries("simple_python")
+    sub = stratified_subset(entries, 25)
+    assert len(sub) == 25 and len({e["id"] for e in sub}) == 25
+    assert [e["id"] for e in stratified_subset(list(reversed(entries)), 25)] == [e["id"] for e in reversed(sub)]
+    assert {e["id"] for e in stratified_subset(entries, 25, seed=1)} != {e["id"] for e in sub}
+    # not the file's head: a sample across the category
+    assert {e["id"] for e in sub} != {e["id"] for e in entries[:25]}
+    # smaller subsets are nested in larger ones (a cheaper tracker scores a subset of the same rows)
+    assert {e["id"] for e in stratified_subset(entries, 10)} <= {e["id"] for e in sub}
+    assert select_entries(entries, [], None, 25) == sub
+    assert len(stratified_subset(entries[:5], 25)) == 5
+
+
 def test_unknown_category_is_a_config_error():
     with pytest.raises(bfcl.BfclError, match="unknown BFCL category 'simple_cobol'"):
         bfcl.check_categories(["simple_cobol"])

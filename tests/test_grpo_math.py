@@ -318,3 +318,32 @@ def test_train_step_moves_only_the_trainable_parameters(batch):
         step_kl(model, optimizer, dict(batch))
     with pytest.raises(ValueError, match="unexpected batch keys"):
         step(model, optimizer, dict(batch, target_weights=batch["completion_mask"]))
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "sequence-mean-token-mean"])
+def test_micro_batched_update_equals_the_whole_batch(batch, mode):
+    """AccumulatingStep over 2-row micro-batches (one of them padded with a zero-weight row, as the
+    stage pads the last one) writes the same parameters as grpo_train_step on all 4 rows, and the
+    loss equals the whole batch's."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from gemma_tool_use import grpo
+
+    whole, micro = _tiny_model(seed=7), _tiny_model(seed=7)
+    opt_w = nnx.Optimizer(whole, optax.sgd(1.0), wrt=nnx.LoRAParam)
+    opt_m = nnx.Optimizer(micro, optax.sgd(1.0), wrt=nnx.LoRAParam)
+    loss_w, aux_w = grpo.grpo_train_step(loss_agg_mode=mode)(whole, opt_w, dict(batch))
+    # rows {0, 1} and {3, 3 with a zero mask}: row 2 is the dropped one (all-zero completion mask)
+    first = {k: v[jnp.asarray([0, 1])] for k, v in batch.items()}
+    second = {k: v[jnp.asarray([3, 3])] for k, v in batch.items()}
+    second["completion_mask"] = second["completion_mask"].at[1].set(0.0)
+    loss_m, aux_m = grpo.AccumulatingStep(loss_agg_mode=mode)(micro, opt_m, [first, second])
+    np.testing.assert_allclose(loss_m, float(loss_w), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(aux_m["grad_norm"], float(aux_w["grad_norm"]), rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(nnx.state(whole, nnx.LoRAParam)), jax.tree.leaves(nnx.state(micro, nnx.LoRAParam))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # f32 summation order
+    with pytest.raises(ValueError, match="no micro-batch"):
+        grpo.AccumulatingStep(loss_agg_mode=mode)(micro, opt_m, [dict(second, completion_mask=0 * second["completion_mask"])])

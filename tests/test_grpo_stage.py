@@ -100,7 +100,8 @@ def test_resume_equals_a_straight_run(tmp_path, tokenizer):
     """2 steps, stop, 1 more (same run dir) == 3 straight steps: same prompts, same samples, same
     rewards and losses, same final adapters."""
     rewards = [("ascii", 1.0, ascii_share)]
-    common = ["optim.lr=1e-2", "grpo.max_new_tokens=4", "grpo.num_generations=2", "grpo.probe_size=2"]
+    common = ["optim.lr=1e-2", "grpo.max_new_tokens=4", "grpo.num_generations=2", "grpo.probe_size=2",
+              "grpo.micro_batch_size=3"]  # 4 rows: micro-batches of 3 + 1 (padded), across the kill too
     _, straight, straight_lora = run_loop(tmp_path / "a", tokenizer, ["train.max_steps=3", *common], rewards)
     run_loop(tmp_path / "b", tokenizer, ["train.max_steps=2", *common], rewards)
     summary, resumed, resumed_lora = run_loop(tmp_path / "b", tokenizer, ["train.max_steps=3", *common], rewards)

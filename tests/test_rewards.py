@@ -79,7 +79,8 @@ CASES = [
     ("right_abstention", TEXT, [], "stop", 1.0, 0.0, 1.0, 0.0, 1.0),
     # needed a call, answered in text: S = 0 -> -1; count 1 - |0-1|/1 = 0
     ("wrong_abstention", TEXT, [PARIS], "stop", 1.0, -1.0, 0.0, 0.0, 0.0),
-    ("call_on_no_call_row", out(PARIS), [], "stop", 1.0, 0.0, -1.0, 0.0, 0.0),
+    # a tidy call where no tool fits earns no format credit (it would reward calling there)
+    ("call_on_no_call_row", out(PARIS), [], "stop", 0.0, 0.0, -1.0, 0.0, 0.0),
     # an attempted (unparseable) call is still a call
     ("bad_json_on_no_call_row", BAD_JSON, [], "stop", 0.0, 0.0, -1.0, 0.0, 0.0),
     # free text beside a call is stray: format 0; content still full marks

@@ -53,10 +53,15 @@ def score(reward_fns, prompts, completions) -> dict[str, np.ndarray]:
 
 def behaviour(prompts, completions, parsed) -> dict[str, float]:
     """Call rate where a call is needed, abstain rate where none fits, parse-error kinds, length."""
+    from gemma_tool_use.rewards import made_call
+
     need = [i for i, c in enumerate(completions) if prompts[c.prompt].gold_calls]
     none = [i for i, c in enumerate(completions) if not prompts[c.prompt].gold_calls]
+    # An attempted call that does not parse is still a call (as the abstention reward counts it):
+    # abstaining means no call block at all, the split BFCL's irrelevance passes need.
+    called = [made_call(c.text, prompts[c.prompt].tools) for c in completions]
     out = {"rate/call_when_needed": float(np.mean([bool(parsed[i].calls) for i in need])) if need else None,
-           "rate/abstain_when_no_fit": float(np.mean([not parsed[i].calls for i in none])) if none else None,
+           "rate/abstain_when_no_fit": float(np.mean([not called[i] for i in none])) if none else None,
            "completion/tokens_mean": float(np.mean([len(c.token_ids) for c in completions])),
            "completion/stopped_share": float(np.mean([c.stop_reason == "stop" for c in completions]))}
     kinds = Counter(k for p in parsed for k in p.error_kinds)
@@ -115,9 +120,10 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
     greedy = SamplingParams(max_new_tokens=int(g.max_new_tokens), temperature=0.0, stop_ids=stop_ids)
     # Log-probs of the policy that sampled: logits / T, as the sampler used (T 0 or 1: unchanged).
     temperature = float(g.temperature) if g.temperature > 0 else 1.0
-    train_step = grpo.grpo_train_step(epsilon=float(g.epsilon), beta=float(g.beta), loss_agg_mode=str(g.loss_agg_mode),
-                                      epsilon_high=float(g.epsilon_high if g.epsilon_high is not None else g.epsilon),
-                                      temperature=temperature)
+    train_step = grpo.AccumulatingStep(epsilon=float(g.epsilon), beta=float(g.beta), loss_agg_mode=str(g.loss_agg_mode),
+                                       epsilon_high=float(g.epsilon_high if g.epsilon_high is not None else g.epsilon),
+                                       temperature=temperature)
+    micro = int(g.micro_batch_size) or P * G
     logps_fn = nnx.jit(functools.partial(grpo.completion_logps, temperature=temperature))
     samples_path, probe_path = run_dir / "samples.jsonl", run_dir / "probe.jsonl"
 
@@ -155,25 +161,37 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
                 adv = np.asarray(grpo.group_advantages(jnp.asarray(total), G, str(g.advantage)), np.float32)
                 flat = np.asarray(grpo.zero_variance_groups(jnp.asarray(total), G), bool)
                 keep = np.repeat(~flat if g.drop_zero_variance_groups else np.ones_like(flat), G)
-                batch = train_batch(prompts, comps, adv, keep, int(g.max_prompt_len), int(g.max_new_tokens))
+                # Only the kept rows are computed, in micro-batches of a fixed row count (the last one
+                # padded with zero-weight rows), so memory is bounded by micro_batch_size.
+                rows = np.flatnonzero(keep)
+                micro_batches = []
+                for i in range(0, len(rows), micro):
+                    sel = list(rows[i:i + micro])
+                    pad = micro - len(sel)
+                    mb = train_batch(prompts, [comps[j] for j in sel + sel[:1] * pad], adv[sel + sel[:1] * pad],
+                                     np.asarray([True] * len(sel) + [False] * pad), int(g.max_prompt_len),
+                                     int(g.max_new_tokens))
+                    micro_batches.append({k: jnp.asarray(v) for k, v in mb.items()})
                 aux_means: dict[str, float] = {}
-                if keep.any():
-                    b = {k: jnp.asarray(v) for k, v in batch.items()}
-                    if int(g.num_iterations) > 1:  # the rollout policy's log-probs, fixed for mu updates
-                        b["old_logps"] = logps_fn(model, b["input_tokens"], b["input_mask"], b["target_positions"],
-                                                  b["target_ids"])
+                if micro_batches:
+                    for b in micro_batches:
+                        if int(g.num_iterations) > 1:  # the rollout policy's log-probs, fixed for mu updates
+                            b["old_logps"] = logps_fn(model, b["input_tokens"], b["input_mask"], b["target_positions"],
+                                                      b["target_ids"])
                     if reference is not None:
                         current = jax.tree.map(lambda x: x, nnx.state(model, nnx.LoRAParam))
                         nnx.update(model, reference)
-                        b["ref_logps"] = logps_fn(model, b["input_tokens"], b["input_mask"], b["target_positions"],
-                                                  b["target_ids"])
+                        for b in micro_batches:
+                            b["ref_logps"] = logps_fn(model, b["input_tokens"], b["input_mask"],
+                                                      b["target_positions"], b["target_ids"])
                         nnx.update(model, current)
                     for _ in range(int(g.num_iterations)):
-                        loss, aux = train_step(model, optimizer, b)
-                    aux_means = {"loss": float(loss), **{k: float(v) for k, v in aux.items()}}
+                        loss, aux = train_step(model, optimizer, micro_batches)
+                    aux_means = {"loss": float(loss), **aux}
                 update_s = time.time() - t1
 
-                trained_tokens = int(batch["completion_mask"].sum())
+                trained_tokens = int(sum(float(b["completion_mask"].sum()) for b in micro_batches))
+                update_positions = int(sum(float(b["input_mask"].sum()) for b in micro_batches))
                 new_tokens = sum(len(c.token_ids) for c in comps)
                 counters["trained_tokens"] += trained_tokens
                 counters["generated_tokens"] += new_tokens
@@ -191,7 +209,7 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
                 rec |= {"groups/zero_variance_share": float(flat.mean()), "train/learning_rate": float(schedule(step)),
                         "time/rollout_s": rollout_s, "time/update_s": update_s,
                         "perf/rollout_new_tokens_per_s": new_tokens / rollout_s if rollout_s > 0 else 0.0,
-                        "perf/update_tokens_per_s": float(batch["input_mask"].sum()) / update_s if update_s > 0 else 0.0,
+                        "perf/update_tokens_per_s": update_positions / update_s if update_s > 0 else 0.0,
                         "perf/peak_rss_gib": peak_rss_gib()}
                 tracker.log(rec, step=step + 1)
                 with samples_path.open("a", encoding="utf-8") as f:  # the first completion of the first groups
@@ -270,6 +288,11 @@ def run(cfg: DictConfig) -> float:
         summary = {"stage": "grpo", "init_from": init_from, "prompts": {"calls": len(calls), "no_call": len(no_calls),
                                                                         "probe": len(probe)},
                    **train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir, tracker)}
+        from gemma_tool_use.adapters import export_adapter
+        from gemma_tool_use.runs import git_commit
+
+        summary["adapter"] = str(export_adapter(model, run_dir / "adapter", cfg.model, step=summary["steps"],
+                                                source=str(run_dir), commit=git_commit()))
         try:  # a plot is a convenience: never lose a finished run over it
             from gemma_tool_use.report import plot_grpo_curves
 

@@ -143,6 +143,12 @@ def run(cfg: DictConfig) -> float:
                                                               f"{cfg.stage.name}: {cfg.model.name}"))
         except Exception as e:  # noqa: BLE001
             log.warning("could not draw the loss curve: %s", e)
+        if cfg.model.lora.enabled:  # the portable adapter: the next stage's start, the user's takeaway
+            from gemma_tool_use.adapters import export_adapter
+            from gemma_tool_use.runs import git_commit
+
+            summary["adapter"] = str(export_adapter(model, run_dir / "adapter", cfg.model, step=trainer.train_steps,
+                                                    source=str(run_dir), commit=git_commit()))
         if cfg.train.export_merged:
             from gemma_tool_use.export import export_hf
 
