@@ -72,6 +72,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     user_errors = _user_error_types()
     try:
         check_config(cfg)  # values: ranges and agreement (pure)
+        if cfg.get("pipeline") is not None:  # `pipeline=<recipe>`: each stage in its own process
+            from gemma_tool_use.pipeline import run_pipeline
+
+            return run_pipeline(cfg)
         preflight(cfg)  # the files and runs the config names: before JAX loads
         value = run_stage(cfg)
         _write_job_result(value)

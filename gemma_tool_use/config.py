@@ -300,6 +300,26 @@ class TrackingConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """`pipeline=<recipe>` (conf/pipeline/): stages run in order, each in its own process
+    (gemma_tool_use/pipeline.py). The recipe maps each training stage to its overrides."""
+
+    name: str = MISSING
+    # stage name (sft_small | sft_full | grpo) -> its overrides, in run order
+    recipe: dict[str, list[str]] = field(default_factory=dict)
+    common: list[str] = field(default_factory=list)  # overrides for every stage process (e.g. tpu=...)
+    stages: Optional[list[str]] = None  # a slice of the recipe, e.g. [sft_full, grpo]; null = all
+    # The start of the first stage: a stage dir, run dir, checkpoint or portable adapter dir.
+    resume_from: Optional[str] = None
+    baseline: bool = True  # BFCL of the start before the first stage
+    eval_categories: list[str] = field(default_factory=lambda: [
+        "simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple", "irrelevance"])
+    # Per-stage BFCL on a fixed stratified subset (entries per category); null = full categories.
+    eval_subset_per_category: Optional[int] = None
+    final_full_eval: bool = False  # full-category BFCL of the final model (when the stages used a subset)
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -313,6 +333,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    pipeline: Optional[PipelineConfig] = None
     seed: int = 0
     # Free-form notes an experiment config carries (how to run it, what it gave).
     notes: dict[str, Any] = field(default_factory=dict)
@@ -557,6 +578,29 @@ def check_config(cfg) -> None:
         fail("reward.mode", f"must be partial or binary, got {r.mode!r}")
     for k in ("format_weight", "correctness_weight", "abstention_weight", "call_count_weight"):
         finite(f"reward.{k}", r[k])
+
+    # ------------------------------------------------------------------ pipeline
+    pl = cfg.get("pipeline")
+    if pl is not None:
+        bad = [k for k in pl.recipe if k not in TRAINING_STAGES]
+        if bad or not pl.recipe:
+            fail("pipeline.recipe", f"maps training stages ({', '.join(TRAINING_STAGES)}) to their overrides, "
+                                    f"at least one; got {list(pl.recipe)}")
+        for k, overrides in [*pl.recipe.items(), ("common", pl.common)]:
+            owned = [o for o in overrides if o.split("=")[0].lstrip("+~") in ("stage", "hydra.run.dir", "train.init_from")]
+            if owned:
+                fail(f"pipeline.{'common' if k == 'common' else 'recipe.' + k}",
+                     f"{owned}: the pipeline sets the stage, its directory and its start")
+        if pl.stages is not None:
+            order = list(pl.recipe)
+            unknown = [s for s in pl.stages if s not in order]
+            if unknown or not pl.stages:
+                fail("pipeline.stages", f"a slice of the recipe's stages {order}, got {list(pl.stages)}")
+            if len(set(pl.stages)) != len(pl.stages) or [s for s in order if s in pl.stages] != list(pl.stages):
+                fail("pipeline.stages", f"each stage once, in the recipe's order {order}; got {list(pl.stages)}")
+        positive("pipeline.eval_subset_per_category", pl.eval_subset_per_category, allow_none=True)
+        if not pl.eval_categories:
+            fail("pipeline.eval_categories", "must list at least one BFCL category")
 
     # ------------------------------------------------------------------ tracking
     if str(cfg.tracking.mode) != "disabled" and not cfg.tracking.project.strip():

@@ -139,6 +139,21 @@ def output_behaviour(bfcl_dir: str | Path) -> dict | None:
             "median_new_tokens": tokens[n // 2]}
 
 
+def irrelevance_split(bfcl_dir: str | Path) -> dict | None:
+    """BFCL's irrelevance passes split by how they pass: a clean abstention (no `<tool_call>` in
+    the text at all) or a decode failure (a call block BFCL's decoder could not read, which BFCL
+    also counts as "no call"). None when bfcl/irrelevance.jsonl is absent."""
+    f = Path(bfcl_dir) / "irrelevance.jsonl"
+    if not f.is_file():
+        return None
+    records = read_jsonl(f)
+    passed = [r for r in records if r.get("valid")]
+    clean = sum(1 for r in passed if "<tool_call>" not in str(r.get("result", "")))
+    n = len(records)
+    return {"entries": n, "passed": len(passed), "clean_abstentions": clean, "decode_failures": len(passed) - clean,
+            "clean_accuracy": clean / n if n else 0.0}
+
+
 def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     """Per-category BFCL accuracy of several runs side by side (`bfcl_compare.{md,json,png}`).
     Categories missing from a run show as '-'; counts come from each summary.json."""
@@ -183,7 +198,7 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     return result
 
 
-def _plot_compare(loaded: dict, cats: list[str], out_png: Path) -> None:
+def _plot_compare(loaded: dict, cats: list[str], out_png: Path, title: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -201,6 +216,8 @@ def _plot_compare(loaded: dict, cats: list[str], out_png: Path) -> None:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], cats, rotation=25, ha="right")
     ax.set_ylabel("BFCL accuracy (%)")
     ax.set_ylim(0, 105)
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -399,3 +416,66 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def write_pipeline_summary(root: str | Path, state: dict, bfcl: dict[str, dict | None]) -> dict:
+    """`pipeline_summary.{json,md,png}` in the pipeline dir: BFCL per category and aggregate for
+    the start and each stage, with deltas to the previous stage, wall time and peak memory per
+    stage. Subset scores and full-category scores are never put in one table."""
+    root = Path(root)
+    stages = state.get("stages", {})
+    scored = {n: s for n, s in bfcl.items() if s}
+
+    def kind(s):
+        sub = s.get("subset")
+        return f"subset ({sub['per_category']} per category, seed {sub['seed']})" if sub else (
+            "partial" if s.get("partial") else "full categories")
+
+    groups: dict[str, list[str]] = {}
+    for n, s in scored.items():
+        groups.setdefault(kind(s), []).append(n)
+    lines = [f"# Pipeline `{state.get('name')}`", "", f"Commit {state.get('commit')}; start: "
+             f"{state.get('resume_from') or 'the base model'}.", ""]
+    out = {"name": state.get("name"), "commit": state.get("commit"), "resume_from": state.get("resume_from"),
+           "stages": {}, "bfcl": {}}
+    for label, names in groups.items():
+        cats = list(dict.fromkeys(c for n in names for c in scored[n]["categories"]))
+        aggs = [k for k in ("non_live", "simple", "irrelevance", "live", "multi_turn")
+                if any(isinstance(scored[n].get("aggregates", {}).get(k), (int, float)) for n in names)]
+        headers = ["category"]
+        for i, n in enumerate(names):
+            headers += [n] if i == 0 else [n, "Δ"]
+
+        def row(label_, values):
+            cells, prev = [label_], None
+            for i, v in enumerate(values):
+                cells.append("-" if v is None else f"{100 * v:.2f}")
+                if i:
+                    cells.append("-" if v is None or prev is None else f"{100 * (v - prev):+.2f}")
+                prev = v
+            return cells
+
+        rows = [row(c, [scored[n]["categories"].get(c, {}).get("accuracy") for n in names]) for c in cats]
+        rows += [row(f"**{k}**", [scored[n].get("aggregates", {}).get(k) for n in names]) for k in aggs]
+        splits = {n: irrelevance_split(Path(stages[n]["dir"]) / ("bfcl" if stages[n]["stage"] == "eval" else "bfcl_eval/bfcl"))
+                  for n in names if n in stages}
+        if any(splits.values()):
+            rows.append(row("irrelevance: clean abstentions", [(splits.get(n) or {}).get("clean_accuracy") for n in names]))
+        lines += [f"## BFCL, {label}", "", markdown_table(headers, rows), ""]
+        for n in names:
+            out["bfcl"][n] = {"kind": label, "categories": {c: v["accuracy"] for c, v in scored[n]["categories"].items()},
+                              "aggregates": {k: scored[n].get("aggregates", {}).get(k) for k in aggs},
+                              "irrelevance_split": splits.get(n)}
+    rows = []
+    for n, st in stages.items():
+        rows.append([n, st.get("stage"), st.get("status"), "-" if st.get("seconds") is None else f"{st['seconds'] / 60:.1f}",
+                     "-" if st.get("peak_rss_gib") is None else f"{st['peak_rss_gib']:.2f}", st.get("start") or "base"])
+        out["stages"][n] = {k: st.get(k) for k in ("stage", "status", "seconds", "peak_rss_gib", "start", "adapter", "dir")}
+    lines += ["## Stages", "", markdown_table(["stage dir", "stage", "status", "wall (min)", "peak RSS (GiB)", "start"], rows)]
+    (root / "pipeline_summary.md").write_text("\n".join(lines) + "\n")
+    (root / "pipeline_summary.json").write_text(json.dumps(out, indent=2))
+    if scored:
+        label, names = next(iter(groups.items()))
+        _plot_compare({n: scored[n] for n in names}, list(dict.fromkeys(c for n in names for c in scored[n]["categories"])),
+                      root / "pipeline_summary.png", f"pipeline {state.get('name')}: BFCL, {label}")
+    return out

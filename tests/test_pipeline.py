@@ -1,0 +1,152 @@
+"""`pipeline=<recipe>` (gemma_tool_use/pipeline.py): recipes compose and plan; a three-stage tiny
+pipeline runs, a kill in stage 2 and a re-run resume stage 2 without re-running stage 1; a slice
+starts from an earlier stage's result; handoff refuses another architecture's adapter."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_cli
+
+
+def compose(overrides, hydra=False):
+    from omegaconf import open_dict
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.paths import conf_dir
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    if not hydra:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
+
+
+@pytest.mark.parametrize("recipe", ["cpu", "tpu_v5e8"])
+def test_recipes_compose_check_and_plan(recipe):
+    from gemma_tool_use.config import check_config
+    from gemma_tool_use.pipeline import plan
+
+    assert compose([f"pipeline={recipe}"], hydra=True).hydra.run.dir == f"outputs/pipeline/{recipe}"
+    cfg = compose([f"pipeline={recipe}"])
+    check_config(cfg)
+    names = [s["name"] for s in plan(cfg)]
+    assert names[:4] == ["0_baseline", "1_sft_small", "2_sft_full", "3_grpo"]
+    assert names[4:] == (["4_final_full_eval"] if recipe == "cpu" else [])
+    # every stage's own command composes and passes the checks
+    for step in plan(cfg)[1:4]:
+        check_config(compose([f"stage={step['stage']}", *cfg.pipeline.common, *step["overrides"], "train.init_from=null"]))
+    cfg = compose([f"pipeline={recipe}", "pipeline.stages=[sft_full,grpo]", "pipeline.baseline=false"])
+    assert [s["name"] for s in plan(cfg)][:2] == ["2_sft_full", "3_grpo"]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("pipeline.stages=[grpo,sft_full]", "pipeline.stages"),
+    ("pipeline.stages=[sft_full,sft_full]", "pipeline.stages"),
+    ("pipeline.stages=[dpo]", "pipeline.stages"),
+    ("pipeline.stages=[]", "pipeline.stages"),
+    ("+pipeline.recipe.eval=[]", "pipeline.recipe"),
+    ("pipeline.recipe.grpo=['train.init_from=x']", "pipeline.recipe.grpo"),
+    ("pipeline.eval_subset_per_category=0", "pipeline.eval_subset_per_category"),
+])
+def test_bad_pipeline_configs_name_the_key(override, key):
+    from gemma_tool_use.config import ConfigValueError, check_config
+
+    with pytest.raises(ConfigValueError, match=key.replace(".", r"\.")):
+        check_config(compose(["pipeline=cpu", override]))
+
+
+# A three-stage tiny pipeline: each stage a few steps of the tiny model, BFCL on 2 entries of 2
+# categories after each (and on the base), 4 new tokens.
+def _recipe(stage, *overrides):
+    return f"pipeline.recipe.{stage}=[" + ",".join(f"'{o}'" for o in overrides) + "]"
+
+
+TINY = ["model=tiny", "data=tiny", "tracking=disabled", "generation.max_new_tokens=4",
+        "pipeline.final_full_eval=false", "pipeline.eval_subset_per_category=2",
+        "pipeline.eval_categories=[simple_python,irrelevance]",
+        _recipe("sft_small", "train.max_steps=2", "train.batch_size=2", "train.checkpoint_every_steps=1",
+                "train.eval_every_steps=2", "train.eval_batches=1", "model.train_token_ids=[105,106]"),
+        _recipe("sft_full", "train.max_steps=3", "train.batch_size=2", "train.checkpoint_every_steps=1",
+                "train.eval_every_steps=3", "train.eval_batches=1"),
+        _recipe("grpo", "train.max_steps=1", "grpo.num_generations=2", "grpo.prompts_per_step=2", "grpo.max_new_tokens=4",
+                "grpo.max_prompt_len=512", "grpo.probe_size=2", "grpo.no_call_share=0.5")]
+
+
+def _pipeline(root, *extra):
+    return [sys.executable, "-m", "gemma_tool_use", "pipeline=cpu", *TINY, f"hydra.run.dir={root}", *extra]
+
+
+def _env():
+    return {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
+
+
+def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wrong_architecture(tmp_path):
+    root = tmp_path / "pipe"
+    # run until stage 2 has written its first checkpoint, then SIGTERM the pipeline process
+    proc = subprocess.Popen(_pipeline(root), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 400
+    while not (root / "2_sft_full" / "checkpoints" / "1").is_dir():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "stage 2 never wrote a checkpoint"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, out[-3000:]
+    state = json.loads((root / "pipeline_state.json").read_text())
+    assert state["stages"]["1_sft_small"]["status"] == "done"
+    assert state["stages"]["2_sft_full"]["status"] == "interrupted"
+    stage1_summary = (root / "1_sft_small" / "train_summary.json").stat().st_mtime_ns
+
+    r = subprocess.run(_pipeline(root), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "stage 1/4: 0_baseline finished earlier, skipped" in r.stdout
+    assert "stage 2/4: 1_sft_small finished earlier, skipped" in r.stdout
+    assert (root / "1_sft_small" / "train_summary.json").stat().st_mtime_ns == stage1_summary
+    sft_full = json.loads((root / "2_sft_full" / "train_summary.json").read_text())
+    assert sft_full["steps"] == 3 and sft_full["resumed_from_step"] >= 1
+    state = json.loads((root / "pipeline_state.json").read_text())
+    assert all(s["status"] == "done" for s in state["stages"].values())
+    # each stage started from the previous stage's exported adapter, given explicitly
+    assert state["stages"]["2_sft_full"]["start"] == str(root / "1_sft_small" / "adapter")
+    assert state["stages"]["3_grpo"]["start"] == str(root / "2_sft_full" / "adapter")
+    assert json.loads((root / "3_grpo" / "adapter" / "adapter_config.json").read_text())["model"]["train_token_ids"] == [105, 106]
+    summary = json.loads((root / "pipeline_summary.json").read_text())
+    assert list(summary["bfcl"]) == ["0_baseline", "1_sft_small", "2_sft_full", "3_grpo"]
+    assert {b["kind"] for b in summary["bfcl"].values()} == {"subset (2 per category, seed 0)"}
+    assert summary["stages"]["2_sft_full"]["seconds"] > 0 and summary["stages"]["3_grpo"]["peak_rss_gib"] > 0
+    md = (root / "pipeline_summary.md").read_text()
+    assert "BFCL, subset (2 per category" in md and "Δ" in md and (root / "pipeline_summary.png").is_file()
+
+    # a slice: GRPO alone from stage 2's result, in a new pipeline dir, no baseline
+    sliced = tmp_path / "slice"
+    r = subprocess.run(_pipeline(sliced, "pipeline.stages=[grpo]", "pipeline.baseline=false",
+                                 f"pipeline.resume_from={root / '2_sft_full'}"),
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    state = json.loads((sliced / "pipeline_state.json").read_text())
+    assert list(state["stages"]) == ["3_grpo"] and state["stages"]["3_grpo"]["start"] == str(root / "2_sft_full" / "adapter")
+    # the same dir from another start is refused, not silently reused
+    r = subprocess.run(_pipeline(sliced, "pipeline.stages=[grpo]", "pipeline.baseline=false",
+                                 f"pipeline.resume_from={root / '1_sft_small'}"),
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "use another pipeline dir" in r.stderr
+
+    # handoff refuses an adapter of another architecture, before any stage starts
+    r = run_cli("pipeline=cpu", "model=gemma3_270m", "tracking=disabled", f"hydra.run.dir={tmp_path / 'real'}",
+                "pipeline.stages=[grpo]", f"pipeline.resume_from={root / '3_grpo'}", timeout=120)
+    assert r.returncode != 0 and "not the configured 'gemma3_270m'" in r.stderr
+    assert not (tmp_path / "real" / "3_grpo").exists()
