@@ -105,12 +105,15 @@ def _read_state(root: Path) -> dict:
         return {"stages": {}}
 
 
-def _run_child(args: list[str]) -> tuple[int, float, float, str | None]:
+def _run_child(args: list[str], position: str) -> tuple[int, float, float, str | None]:
     """Run one stage process (its output to the console, as it comes); forward Ctrl-C / SIGTERM to
     it and wait for it to save. Returns (exit code, seconds, peak RSS GiB of that process, the
     name of the signal that stopped it or None)."""
     t0 = time.time()
-    proc = subprocess.Popen(args, start_new_session=True)  # a signal reaches it only through us
+    from gemma_tool_use.progress import POSITION_ENV
+
+    # its own session: a signal reaches it only through us; its progress lines carry its position
+    proc = subprocess.Popen(args, start_new_session=True, env={**os.environ, POSITION_ENV: position})
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -195,7 +198,7 @@ def run_pipeline(cfg: DictConfig) -> float | None:
         state["stages"][name] = {"status": "running", "stage": stage, "start": start_here, "dir": str(stage_dir),
                                  "command": args[1:], "seconds": prev.get("seconds"), "peak_rss_gib": prev.get("peak_rss_gib")}
         _write_state(root, state)
-        code, seconds, rss, stopped = _run_child(args)
+        code, seconds, rss, stopped = _run_child(args, f"pipeline {pl.name}, stage {k}/{n}: {name}")
         state["stages"][name].update({"seconds": round(seconds + float(prev.get("seconds") or 0), 1),
                                       "peak_rss_gib": round(max(rss, float(prev.get("peak_rss_gib") or 0)), 2)})
         if stopped:

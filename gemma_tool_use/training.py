@@ -164,6 +164,14 @@ class Throughput:
         self.target_tokens += int(batch["target_weights"].sum())
         self.steps += 1
 
+    def sample_rate(self) -> float | None:
+        """Tokens/s since the previous call (for the progress line; `sample` feeds the metrics)."""
+        now = (time.perf_counter(), self.tokens)
+        prev, self._last_rate = getattr(self, "_last_rate", None), now
+        if prev is None or now[0] <= prev[0]:
+            return None
+        return (now[1] - prev[1]) / (now[0] - prev[0])
+
     def sample(self) -> dict:
         now = (time.perf_counter(), self.tokens, self.target_tokens, self.steps)
         out = {"perf/peak_rss_gib": peak_rss_gib()}
@@ -177,6 +185,19 @@ class Throughput:
             out["perf/target_tokens_per_s"] = (now[2] - self._last[2]) / dt
         self._last = now
         return out
+
+
+class _NoBar:
+    """Stands in for tunix's progress bar (it creates one only where none is set)."""
+
+    def update_metrics(self, *args, **kwargs):
+        pass
+
+    def update(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -274,8 +295,25 @@ class SftTrainer(peft_trainer.PeftTrainer):
         return input_data
 
     def train(self, train_ds, eval_ds=None, *args, **kwargs):
+        from gemma_tool_use.progress import StepProgress
+
         self._eval_ds = eval_ds
-        return super().train(train_ds, eval_ds, *args, **kwargs)
+        # Our progress (bar on a terminal, periodic log lines elsewhere) replaces tunix's bar,
+        # which is silent outside a terminal and shows neither tokens/s, memory nor an ETA.
+        self._pbar = _NoBar()
+        self.progress = StepProgress(int(self.config.max_steps), self._train_steps, self.config.pbar_description or "train")
+        try:
+            return super().train(train_ds, eval_ds, *args, **kwargs)
+        finally:
+            self.progress.close()
+
+    def _may_update_pbar(self, metrics, step=None, loss=None):
+        progress = getattr(self, "progress", None)
+        if progress is not None and step is not None and self._mode == tunix_metrics.Mode.TRAIN:
+            rate = self.throughput.sample_rate()
+            progress.update(int(step), loss=None if loss is None else float(loss),
+                            tok_s=None if rate is None else round(rate, 1), rss_gib=round(peak_rss_gib(), 2))
+        super()._may_update_pbar(metrics, step=step, loss=loss)
 
     def _write_train_metrics(self):
         # tunix writes a step's metrics one step late (I/O overlap); a kill then loses the line of

@@ -139,6 +139,9 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
     def save(step, force=False):
         manager.save(step, model, optimizer, save_only_lora_params=True, force=force, custom_metadata=dict(counters))
 
+    from gemma_tool_use.progress import StepProgress
+
+    progress = StepProgress(max_steps, start, "grpo", interval_s=0.0)  # a GRPO step is long: a line each
     t_loop = time.time()
     finished = start  # steps whose update is done
     try:
@@ -220,8 +223,9 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
                                             "stop_reason": c.stop_reason, "advantage": float(adv[k]),
                                             **{f"reward/{n}": float(v[k]) for n, v in terms.items()}},
                                            ensure_ascii=True) + "\n")
-                log.info("step %d/%d: reward %.3f (std %.3f), zero-variance groups %d/%d, rollout %.1fs, update %.1fs",
-                         step + 1, max_steps, total.mean(), total.std(), int(flat.sum()), len(flat), rollout_s, update_s)
+                progress.update(step + 1, reward=round(float(total.mean()), 3), reward_std=round(float(total.std()), 3),
+                                flat_groups=f"{int(flat.sum())}/{len(flat)}", rollout_s=round(rollout_s, 1),
+                                update_s=round(update_s, 1), rss_gib=round(peak_rss_gib(), 2))
                 finished = step + 1
                 save(finished)
                 if probe and ((step + 1) % int(g.probe_every_steps) == 0 or step + 1 == max_steps):
@@ -235,6 +239,7 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
         log.warning("stopped (%s) after step %d; checkpoint saved, re-run with hydra.run.dir=%s to resume",
                     getattr(e, "signal_name", "SIGINT"), finished, run_dir)
         raise
+    progress.close()
     if max_steps > (manager.latest_step() or 0):
         save(max_steps, force=True)
     manager.close()
