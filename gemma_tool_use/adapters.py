@@ -60,29 +60,41 @@ def _leaf_name(path) -> str:
 
 
 def trainable_leaves(model) -> dict[str, object]:
-    """Module path -> array of every trainable leaf (nnx.LoRAParam: LoRA A/B and row deltas)."""
+    """Module path -> host array of every trainable leaf (nnx.LoRAParam: LoRA A/B and row
+    deltas). A leaf sharded over several processes is gathered (a collective: every process of
+    a multi-host run must call this)."""
     import jax
+    import numpy as np
     from flax import nnx
 
     flat, _ = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.LoRAParam))
-    return {_leaf_name(p): x for p, x in flat}
+    out = {}
+    for p, x in flat:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            x = multihost_utils.process_allgather(x, tiled=True)
+        out[_leaf_name(p)] = np.asarray(x)
+    return out
 
 
 def export_adapter(model, out_dir: str | Path, model_cfg, *, step: int | None = None, source: str | None = None,
-                   commit: str | None = None) -> Path:
+                   commit: str | None = None, write: bool = True) -> Path:
     """Write the model's trainable parameters as a portable adapter into out_dir (atomically:
-    a temporary file renamed into place, the config last)."""
-    import numpy as np
+    a temporary file renamed into place, the config last). In a multi-host run every process
+    calls it (the gather is collective) and only the one with write=True writes."""
     from omegaconf import OmegaConf
     from safetensors.numpy import save_file
 
     from gemma_tool_use.files import sha256_file, write_json_atomic
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: np.asarray(v) for k, v in trainable_leaves(model).items()}
+    tensors = trainable_leaves(model)
     if not tensors:
         raise AdapterError("the model has no trainable (LoRA) parameters to export")
+    if not write:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / (TENSORS + ".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(out / TENSORS)

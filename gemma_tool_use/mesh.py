@@ -75,6 +75,8 @@ def prepare_runtime(tpu_cfg) -> None:
         if tpu_cfg.coordinator_address:
             kwargs = dict(coordinator_address=tpu_cfg.coordinator_address,
                           num_processes=tpu_cfg.num_processes, process_id=tpu_cfg.process_id)
+        if tpu_cfg.platform == "cpu":  # CPU processes exchange gradients through gloo (XLA's CPU collectives)
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         log.info("jax.distributed.initialize(%s)", kwargs or "auto-detect")
         jax.distributed.initialize(**kwargs)
     check_platform(tpu_cfg)

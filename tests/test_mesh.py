@@ -1,6 +1,7 @@
 """Device/mesh setup from the `tpu` group, including a simulated multi-device CPU mesh."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -125,3 +126,46 @@ print(float(f(jnp.ones((64, 64)))))
     entries = [p.name for p in (tmp_path / "cache").iterdir() if "-cache" in p.name or p.is_file()]
     assert entries, "no compilation cache entries written"
     assert len([e for e in entries if e.startswith("jit__lambda")]) == 1, entries
+
+
+def _losses(run_dir):
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in recs if "train/loss" in r}, {r["step"]: r["eval/loss"] for r in recs if "eval/loss" in r}
+
+
+def test_two_processes_train_data_parallel_with_the_losses_of_one_process(tmp_path):
+    """Multi-host for real: two local CPU processes (localhost coordinator, gloo collectives), each
+    feeding its half of every global batch of 4, train 3 LoRA steps; the losses equal one process
+    training on the whole batches, the checkpoints and the adapter are written once, by process 0."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    common = ["experiments=tiny_smoke", "tracking=disabled", "train.batch_size=4", "train.max_steps=3",
+              "train.checkpoint_every_steps=3", "train.eval_every_steps=3", "tpu.compilation_cache_dir=null"]
+    multi = tmp_path / "multi"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
+    procs = [subprocess.Popen([sys.executable, "-m", "gemma_tool_use", *common, f"hydra.run.dir={multi}",
+                               "tpu.distributed=true", f"tpu.coordinator_address=127.0.0.1:{port}",
+                               "tpu.num_processes=2", f"tpu.process_id={i}"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    single = tmp_path / "single"
+    r = run_cli(*common, f"hydra.run.dir={single}")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    assert "mesh {'fsdp': 2, 'tp': 1} over 2 cpu devices (2 process(es))" in outs[0]
+    (train_m, eval_m), (train_s, eval_s) = _losses(multi), _losses(single)
+    assert sorted(train_m) == sorted(train_s) == [1, 2, 3]
+    for step in train_s:
+        assert abs(train_m[step] - train_s[step]) <= 1e-4 * abs(train_s[step]), (step, train_m, train_s)
+    assert eval_m.keys() == eval_s.keys() and all(abs(eval_m[k] - eval_s[k]) <= 1e-4 * abs(eval_s[k]) for k in eval_s)
+    names = sorted(p.name for p in (multi / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (single / "checkpoints").iterdir()) and "3" in names
+    assert not (multi / "process_1" / "checkpoints").exists()
+    assert (multi / "adapter" / "adapter.safetensors").is_file() and (multi / "train_summary.json").is_file()
+    assert not (multi / "process_1" / "adapter").exists() and not (multi / "process_1" / "train_summary.json").exists()

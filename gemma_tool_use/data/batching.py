@@ -111,21 +111,38 @@ def length_grouped_batches(lengths, batch_size: int, seed: int, epoch: int,
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def process_rows(batch: dict, process_index: int, process_count: int) -> dict:
+    """This process's rows of a global batch (data parallel over processes): the global batch is
+    built the same way in every process (same order, same length bucket, so the same shape), and
+    process i feeds rows [i*B/n, (i+1)*B/n); `jax.make_array_from_process_local_data` (tunix's
+    shard_input) joins them into the global array."""
+    if process_count == 1:
+        return batch
+    rows = len(batch["input_tokens"])
+    if rows % process_count:
+        raise ValueError(f"batch of {rows} rows does not split over {process_count} processes")
+    k = rows // process_count
+    return {key: v[process_index * k:(process_index + 1) * k] for key, v in batch.items()}
+
+
 def train_batches(data: TokenizedSet, batch_size: int, length_buckets, seed: int,
-                  group_batches: int = 16) -> Iterator[dict]:
+                  group_batches: int = 16, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
     """Endless stream of `length_grouped_batches` epochs (`group_batches=1`: plain random batches).
-    Each epoch drops the ragged tail of every window; a set smaller than one batch repeats rows."""
+    Each epoch drops the ragged tail of every window; a set smaller than one batch repeats rows.
+    `batch_size` is the global batch; with several processes each yields its rows (process_rows)."""
     lengths = [len(e) for e in data.examples]
     for epoch in itertools.count():
         for idx in length_grouped_batches(lengths, batch_size, seed, epoch, group_batches):
-            yield collate([data.examples[i] for i in idx], length_buckets)
+            yield process_rows(collate([data.examples[i] for i in idx], length_buckets), process_index, process_count)
 
 
-def eval_batches(data: TokenizedSet, batch_size: int, length_buckets, max_batches: int) -> list[dict]:
-    """Fixed validation batches (first rows, in order), so every evaluation sees the same data."""
+def eval_batches(data: TokenizedSet, batch_size: int, length_buckets, max_batches: int,
+                 process_index: int = 0, process_count: int = 1) -> list[dict]:
+    """Fixed validation batches (first rows, in order), so every evaluation sees the same data
+    (this process's rows of each, as train_batches)."""
     ex = data.examples
     if len(ex) < batch_size:
         ex = [ex[i % len(ex)] for i in range(batch_size)]
     batches = [collate(ex[s : s + batch_size], length_buckets)
                for s in range(0, len(ex) - batch_size + 1, batch_size)]
-    return batches[:max_batches]
+    return [process_rows(b, process_index, process_count) for b in batches[:max_batches]]

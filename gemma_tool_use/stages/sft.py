@@ -42,12 +42,23 @@ def run(cfg: DictConfig) -> float:
                                          completion_loss, make_optimizer, peak_rss_gib,
                                          set_aside_corrupt_checkpoints)
 
+    import jax
+    from omegaconf import open_dict
+
     run_dir = run_dir_of(cfg)
     t_start = time.time()
     mesh = build_mesh(cfg.tpu)
     tokenizer = load_tokenizer_for(cfg.model)
+    # Data parallel over processes (multi-host): every process builds the same global batches and
+    # feeds its rows; checkpoints are written collectively (Orbax: once); the run dir's files
+    # (metrics, W&B, card, summary, adapter) belong to process 0, the others log under process_<i>/.
+    proc, nproc = jax.process_index(), jax.process_count()
+    own_dir = run_dir if proc == 0 else run_dir / f"process_{proc}"
+    if proc:
+        with open_dict(cfg):
+            cfg.tracking.mode = "disabled"
 
-    train_set, val_set, data_card = prepare_training_data(cfg, tokenizer, run_dir)
+    train_set, val_set, data_card = prepare_training_data(cfg, tokenizer, own_dir)
     buckets = list(cfg.data.length_buckets)
     log.info("data %s: %d train rows, %d val rows", cfg.data.name, len(train_set.examples),
              len(val_set.examples) if val_set else 0)
@@ -79,7 +90,7 @@ def run(cfg: DictConfig) -> float:
 
     config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     throughput = Throughput()
-    with Tracker(run_dir, cfg.tracking, config_dict, name=run_dir.name, group=wandb_group(cfg)) as tracker, mesh:
+    with Tracker(own_dir, cfg.tracking, config_dict, name=run_dir.name, group=wandb_group(cfg)) as tracker, mesh:
         if data_card:
             tracker.summary({"data/train_rows": data_card["steps"]["train_tokenized"]["rows"],
                              "data/no_call_share": data_card["no_call_share"]["train_tokenized"]})
@@ -99,8 +110,9 @@ def run(cfg: DictConfig) -> float:
             log.info("resumed from checkpoint at step %d (%d metrics records of redone steps dropped)",
                      start_step, dropped)
         train_iter = train_batches(train_set, int(cfg.train.batch_size), buckets, int(cfg.seed),
-                                   int(cfg.train.length_group_batches))
-        val = eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches)) if val_set else None
+                                   int(cfg.train.length_group_batches), proc, nproc)
+        val = (eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches), proc, nproc)
+               if val_set else None)
         t_train = time.time()
         try:
             with deferred_stops():  # a signal stops the loop between steps, never inside one
@@ -136,6 +148,26 @@ def run(cfg: DictConfig) -> float:
             "final_lr": float(schedule(trainer.train_steps)),
             "checkpoint_dir": training_config.checkpoint_root_directory,
         }
+        if cfg.model.lora.enabled:  # the portable adapter: the next stage's start, the user's takeaway
+            from gemma_tool_use.adapters import export_adapter
+            from gemma_tool_use.runs import git_commit
+
+            summary["adapter"] = str(export_adapter(model, run_dir / "adapter", cfg.model, step=trainer.train_steps,
+                                                    source=str(run_dir), commit=git_commit(), write=proc == 0))
+        if nproc > 1:  # the rest is process 0's: plots, BFCL (single-process generation), the summary
+            log.info("process %d of %d: done at step %d", proc, nproc, trainer.train_steps)
+            if proc:
+                return summary["final_val_loss"] if summary["final_val_loss"] is not None else summary["final_train_loss"]
+            if cfg.eval.run_after_training:
+                log.warning("eval.run_after_training is skipped in a %d-process run: run stage=eval with "
+                            "model.lora_checkpoint=%s", nproc, run_dir / "adapter")
+                with open_dict(cfg):
+                    cfg.eval.run_after_training = False
+            if cfg.train.export_merged:
+                log.warning("train.export_merged is skipped in a %d-process run: merge from %s in one process",
+                            nproc, run_dir / "adapter")
+                with open_dict(cfg):
+                    cfg.train.export_merged = False
         try:  # a plot is a convenience: never lose a finished run over it
             from gemma_tool_use.report import plot_training_curves
 
@@ -143,12 +175,6 @@ def run(cfg: DictConfig) -> float:
                                                               f"{cfg.stage.name}: {cfg.model.name}"))
         except Exception as e:  # noqa: BLE001
             log.warning("could not draw the loss curve: %s", e)
-        if cfg.model.lora.enabled:  # the portable adapter: the next stage's start, the user's takeaway
-            from gemma_tool_use.adapters import export_adapter
-            from gemma_tool_use.runs import git_commit
-
-            summary["adapter"] = str(export_adapter(model, run_dir / "adapter", cfg.model, step=trainer.train_steps,
-                                                    source=str(run_dir), commit=git_commit()))
         if cfg.train.export_merged:
             from gemma_tool_use.export import export_hf
 
