@@ -579,6 +579,11 @@ def check_config(cfg) -> None:
     for k in ("format_weight", "correctness_weight", "abstention_weight", "call_count_weight"):
         finite(f"reward.{k}", r[k])
 
+    t = cfg.tpu
+    if t.distributed and t.num_processes and int(cfg.train.batch_size) % int(t.num_processes):
+        fail("train.batch_size", f"{cfg.train.batch_size} rows do not split over tpu.num_processes={t.num_processes} "
+                                 "processes (each feeds batch_size / num_processes rows)")
+
     # ------------------------------------------------------------------ pipeline
     pl = cfg.get("pipeline")
     if pl is not None:

@@ -74,13 +74,29 @@ def test_simulated_devices_shard_the_model():
     assert out["logits"] == [4, 8, 262144] and out["finite"]
 
 
-def test_training_runs_on_a_simulated_4_device_mesh(tmp_path):
-    r = run_cli("experiments=tiny_smoke", f"hydra.run.dir={tmp_path}", "tpu.simulated_devices=4",
-                "train.batch_size=4", "train.max_steps=2", "tracking=disabled")
+def test_tpu_v5e8_recipe_stage_runs_on_a_simulated_8_device_mesh(tmp_path):
+    """The accelerator pipeline's first stage, as the pipeline launches it (common + recipe
+    overrides; batch 64 cut to 8 for time), on 8 simulated CPU devices with the tiny model (2 steps)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.pipeline import plan
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["pipeline=tpu_v5e8"])
+    step = next(s for s in plan(cfg) if s["stage"] == "sft_small")
+    assert list(cfg.pipeline.common) == ["tpu=v5litepod_8"] and "train.batch_size=64" in step["overrides"]
+    r = run_cli("stage=sft_small", *cfg.pipeline.common, *step["overrides"], "tpu=cpu", "tpu.simulated_devices=8",
+                "tpu.axis_sizes=[8,1]", "model=tiny", "data=tiny", "train.batch_size=8", "train.max_steps=2", "train.eval_every_steps=2",
+                "train.eval_batches=1", "eval.run_after_training=false", "tracking=disabled", f"hydra.run.dir={tmp_path}")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "mesh {'fsdp': 4, 'tp': 1} over 4 cpu devices" in r.stderr + r.stdout
+    assert "mesh {'fsdp': 8, 'tp': 1} over 8 cpu devices" in r.stderr + r.stdout
     summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert summary["steps"] == 2
+    assert summary["steps"] == 2 and (tmp_path / "adapter" / "adapter_config.json").is_file()
 
 
 DISTRIBUTED_CHECK = r"""
