@@ -1,5 +1,6 @@
 """Stage 5's loop on the tiny model: rollouts always come from the current weights, a resumed run
-equals a straight one, a learnable toy reward rises, and the run dir is what eval/predict load."""
+equals a straight one, a learnable toy reward rises (the CLI run from an SFT result, loaded by
+predict: tests/test_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
 
 TINY_GRPO = ["model=tiny", "data=tiny", "model.train_token_ids=[105,106]", "grpo.num_generations=4",
              "grpo.prompts_per_step=2", "grpo.max_new_tokens=8", "grpo.max_prompt_len=512", "grpo.probe_size=4",
@@ -133,26 +133,3 @@ def test_mean_reward_rises_on_a_learnable_toy_reward_sampling_the_current_policy
     rewards = [r["reward/total_mean"] for r in records]
     first, last = np.mean(rewards[:4]), np.mean(rewards[-4:])
     assert last > first + 0.1, rewards
-
-
-def test_cli_grpo_run_dir_is_loadable_by_eval_and_predict(tmp_path):
-    """stage=grpo from a tiny SFT run, end to end through the CLI; the GRPO checkpoints are in the
-    SFT layout: model.lora_checkpoint=<grpo run> restores them for prediction."""
-    sft = tmp_path / "sft"
-    r = run_cli("experiments=tiny_smoke", "train.max_steps=1", "model.train_token_ids=[105,106]", "tracking=disabled",
-                f"hydra.run.dir={sft}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    run = tmp_path / "grpo"
-    # model.train_token_ids=[] here: the GRPO run adopts the start's rows [105, 106] and records them
-    r = run_cli("stage=grpo", *TINY_GRPO, "model.train_token_ids=[]", "tracking=disabled", f"train.init_from={sft}",
-                "train.max_steps=2", "eval.run_after_training=false", f"hydra.run.dir={run}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads((run / "grpo_summary.json").read_text())
-    assert summary["steps"] == 2 and (run / "checkpoints" / "2" / "model_params").is_dir()
-    assert (run / "samples.jsonl").is_file() and (run / "probe.jsonl").is_file()
-    src = tmp_path / "in.jsonl"
-    src.write_text(json.dumps({"tools": [], "messages": [{"role": "user", "content": "Hi"}]}) + "\n")
-    r = run_cli("stage=predict", "model=tiny", f"model.lora_checkpoint={run}", f"predict.input_file={src}",
-                "generation.max_new_tokens=4", "tracking=disabled", f"hydra.run.dir={tmp_path / 'pred'}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "loaded LoRA adapters" in r.stderr + r.stdout

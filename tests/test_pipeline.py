@@ -131,6 +131,13 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     md = (root / "pipeline_summary.md").read_text()
     assert "BFCL, subset (2 per category" in md and "Δ" in md and (root / "pipeline_summary.png").is_file()
 
+    # the GRPO stage's run dir (Orbax checkpoints in the SFT layout) loads for prediction too
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"tools": [], "messages": [{"role": "user", "content": "Hi"}]}) + "\n")
+    r = run_cli("stage=predict", "model=tiny", f"model.lora_checkpoint={root / '3_grpo'}", f"predict.input_file={src}",
+                "generation.max_new_tokens=4", "tracking=disabled", f"hydra.run.dir={tmp_path / 'pred'}")
+    assert r.returncode == 0 and "loaded LoRA adapters" in r.stderr + r.stdout, r.stderr[-3000:]
+
     # a slice: GRPO alone from stage 2's result, in a new pipeline dir, no baseline
     sliced = tmp_path / "slice"
     r = subprocess.run(_pipeline(sliced, "pipeline.stages=[grpo]", "pipeline.baseline=false",
