@@ -177,6 +177,12 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     agg_keys = list(dict.fromkeys(k for s in loaded.values() for k, v in s.get("aggregates", {}).items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)))
     rows += [[f"**{k}**", *(_pct(s.get("aggregates", {}).get(k)) for s in loaded.values())] for k in agg_keys]
+    splits = {name: irrelevance_split(dirs[name] / "bfcl") for name in loaded}
+    if any(splits.values()):  # BFCL passes undecodable calls too: the clean share is what abstains
+        for key, label in (("clean_abstentions", "irrelevance: clean abstentions (no call block)"),
+                           ("decode_failures", "irrelevance: decode failures (passed)")):
+            rows.append([label, *("-" if not sp else f"{100 * sp[key] / sp['entries']:.2f} ({sp[key]}/{sp['entries']})"
+                                  for sp in splits.values())])
     lines = [markdown_table(["category", *loaded], rows)]
     behaviour = {name: output_behaviour(dirs[name] / "bfcl") for name in loaded}
     if any(behaviour.values()):
@@ -191,7 +197,7 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     (out_dir / "bfcl_compare.md").write_text("\n".join(lines) + "\n")
     result = {"runs": {n: {"commit": s.get("commit"), "categories": table[n],
                            "aggregates": {k: s.get("aggregates", {}).get(k) for k in agg_keys},
-                           "outputs": behaviour[n]}
+                           "outputs": behaviour[n], "irrelevance_split": splits[n]}
                        for n, s in loaded.items()}}
     (out_dir / "bfcl_compare.json").write_text(json.dumps(result, indent=2))
     _plot_compare(loaded, cats, out_dir / "bfcl_compare.png")

@@ -130,6 +130,7 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     assert summary["stages"]["2_sft_full"]["seconds"] > 0 and summary["stages"]["3_grpo"]["peak_rss_gib"] > 0
     md = (root / "pipeline_summary.md").read_text()
     assert "BFCL, subset (2 per category" in md and "Δ" in md and (root / "pipeline_summary.png").is_file()
+    assert "irrelevance: clean abstentions" in md and summary["bfcl"]["3_grpo"]["irrelevance_split"]["entries"] == 2
 
     # the GRPO stage's run dir (Orbax checkpoints in the SFT layout) loads for prediction too
     src = tmp_path / "in.jsonl"
