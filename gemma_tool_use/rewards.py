@@ -11,8 +11,8 @@ the columns are lists aligned with them:
 Unknown columns are accepted and ignored. The terms (raw values; weights come from `reward.*`):
 
 ====================  ==========================================================================
-format_reward         1.0 / 0.0: stopped by itself, parses without errors, nothing stray; on
-                      no-call rows only an abstention can be well-formed.
+format_reward         1.0 / 0.0: stopped by itself, parses without errors, nothing stray, and
+                      of the right kind: a call where one is needed, none where none fits.
 correctness_reward    [-1, 1]: ToolRL partial credit (arXiv 2504.13958), 0.0 on no-call rows.
 abstention_reward     no-call rows: +1.0 plain-text answer, -1.0 any call; 0.0 on call rows.
 call_count_reward     call rows: 1 - |n_pred - n_gold| / max(n_pred, n_gold); 0.0 on no-call rows.
@@ -29,9 +29,13 @@ Choices (documented here, pinned by tests/test_rewards.py):
   A plain-text answer with no call is fine. Tags inside a JSON string argument are argument
   content, not stray. A trailing "<end_of_turn>"/"<eos>" left on the text is ignored.
 * **No credit for the form of a wrong kind of answer**: on a no-call row a call (however tidy)
-  gets format 0.0. Crediting it made the format term the only spread within a no-call group
-  where every sample calls, so GRPO's advantage pushed towards tidier calls where no tool fits
-  (measured: experiments/grpo_from_sft_short, probe abstention 0.38 -> -0.50 in 10 steps).
+  gets format 0.0, and on a row that needs a call so does a plain-text answer. Crediting the
+  call made the format term the only spread within a no-call group where every sample calls, so
+  GRPO's advantage pushed towards tidier calls where no tool fits (experiments/grpo_from_sft_short:
+  probe abstention 0.38 -> -0.50 in 10 steps); crediting the text made "answer in text" (format
+  1, correctness -1: total 0) beat a malformed call (-1), so the policy stopped calling where it
+  should (experiments/grpo_from_sft_short_r2: call rate where a call is needed 0.48 in steps
+  1-6 -> 0.08 in steps 19-24, abstain rate where none fits 0.58 -> 0.98).
 * **Parse errors**: every error kind of `chat_format.parse_model_output` zeroes the format term,
   unknown_tool included (calling a tool that was not offered is malformed output), except
   bad_tools, which is the caller's malformed tool list, not the model's fault.
@@ -292,9 +296,10 @@ def _columns(completions, tools, gold_calls, stop_reasons):
 
 
 def format_reward(prompts, completions, tools=None, gold_calls=None, stop_reasons=None, **_) -> list[float]:
-    """1.0 when the output stopped by itself, parses with no errors and carries nothing stray
-    (and, where no offered tool fits, makes no call: see "No credit" in the module doc)."""
-    return [float(format_ok(c, t, s) and (bool(g) or not made_call(c, t)))
+    """1.0 when the output stopped by itself, parses with no errors, carries nothing stray and is
+    of the right kind (a call where the gold has one, none where it has none: "No credit" in the
+    module doc)."""
+    return [float(format_ok(c, t, s) and bool(g) == made_call(c, t))
             for c, t, g, s in _columns(completions, tools, gold_calls, stop_reasons)]
 
 

@@ -78,7 +78,7 @@ CASES = [
     ("truncated_after_call", out(PARIS), [PARIS], "length", 0.0, 1.0, 0.0, 1.0, 0.0),
     ("right_abstention", TEXT, [], "stop", 1.0, 0.0, 1.0, 0.0, 1.0),
     # needed a call, answered in text: S = 0 -> -1; count 1 - |0-1|/1 = 0
-    ("wrong_abstention", TEXT, [PARIS], "stop", 1.0, -1.0, 0.0, 0.0, 0.0),
+    ("wrong_abstention", TEXT, [PARIS], "stop", 0.0, -1.0, 0.0, 0.0, 0.0),  # text where a call is needed: no format credit
     # a tidy call where no tool fits earns no format credit (it would reward calling there)
     ("call_on_no_call_row", out(PARIS), [], "stop", 0.0, 0.0, -1.0, 0.0, 0.0),
     # an attempted (unparseable) call is still a call
