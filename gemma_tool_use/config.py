@@ -239,6 +239,9 @@ class GenerationConfig:
     overlength: str = "error"
     # Long-prompt batches shrink so that batch x bucket stays under this many tokens.
     max_batch_tokens: int = 32768
+    # Continuous batching: finished rows are refilled with waiting prompts (False: static batches
+    # where every row waits for the slowest; same tokens, kept for comparison).
+    refill: bool = True
     stop_ids: list[int] = field(default_factory=lambda: [1, 106])  # <eos>, <end_of_turn>
 
 

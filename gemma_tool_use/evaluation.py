@@ -82,25 +82,23 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
     convs = {e["id"]: bfcl.entry_conversation(e) for e in todo}
     prompts = {i: render_conversation(c, tokenizer, add_generation_prompt=True, **kwargs).ids for i, c in convs.items()}
     todo.sort(key=lambda e: len(prompts[e["id"]]))  # similar lengths share a bucket
-    chunk = max(1, generator.batch_size) * 4  # results hit the disk every few batches (resume)
     with out_path.open("a", encoding="utf-8") as f:
-        for s in range(0, len(todo), chunk):
-            part = todo[s : s + chunk]
-            results = generator.generate_ids([prompts[e["id"]] for e in part], params)
-            for e, r in zip(part, results):
-                parsed = parse_model_output(r.text, convs[e["id"]]["tools"])
-                if r.stop_reason == "skipped_overlength":
-                    verdict = {"valid": False, "error_type": "prompt_too_long",
-                               "error": [f"{r.prompt_tokens} prompt tokens > generation.max_prompt_len"]}
-                else:
-                    verdict = bfcl.score_entry(category, originals[e["id"]], r.text, answers.get(e["id"]))
-                rec = {"id": e["id"], "category": category, "result": r.text, "prompt_tokens": r.prompt_tokens,
-                       "new_tokens": len(r.token_ids), "stop_reason": r.stop_reason, "decoded": parsed.calls,
-                       "parse_errors": [x.kind for x in parsed.errors], **verdict,
-                       "seconds": round(r.seconds / max(1, len(part)), 3)}
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        def write(r):  # each row hits the disk as soon as it is finished (resume loses nothing)
+            e = todo[r.index]
+            parsed = parse_model_output(r.text, convs[e["id"]]["tools"])
+            if r.stop_reason == "skipped_overlength":
+                verdict = {"valid": False, "error_type": "prompt_too_long",
+                           "error": [f"{r.prompt_tokens} prompt tokens > generation.max_prompt_len"]}
+            else:
+                verdict = bfcl.score_entry(category, originals[e["id"]], r.text, answers.get(e["id"]))
+            rec = {"id": e["id"], "category": category, "result": r.text, "prompt_tokens": r.prompt_tokens,
+                   "new_tokens": len(r.token_ids), "stop_reason": r.stop_reason, "decoded": parsed.calls,
+                   "parse_errors": [x.kind for x in parsed.errors], **verdict, "seconds": round(r.seconds, 3)}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
-            progress.update(len(part))
+            progress.update(1)
+
+        generator.generate_ids([prompts[e["id"]] for e in todo], params, on_result=write)
     return category_result(out_path, entries, len(todo), eval_cfg)
 
 
@@ -155,7 +153,7 @@ def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker, st
     overlength = "skip" if g.overlength == "error" else g.overlength
     t_start = time.time()
     generator = Generator(model, tokenizer, batch_size=g.batch_size, max_prompt_len=g.max_prompt_len,
-                          overlength=overlength, max_batch_tokens=g.max_batch_tokens)
+                          overlength=overlength, max_batch_tokens=g.max_batch_tokens, refill=g.refill)
     params = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
                             top_p=g.top_p, seed=cfg.seed, stop_ids=tuple(g.stop_ids))
     per_category = {}

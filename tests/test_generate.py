@@ -27,6 +27,20 @@ def tiny_model():
     return build_model(cfg.model, build_mesh(cfg.tpu), 0)
 
 
+@pytest.fixture(scope="module")
+def lively_model(tiny_model):
+    """The tiny model with its post-attention/post-MLP norms scaled up: the random model
+    otherwise echoes its last input token, and its tokens must depend on the context (the cache)
+    for decoding tests to mean anything."""
+    graphdef, state = nnx.split(tiny_model)
+
+    def boost(path, x):
+        name = "/".join(str(p) for p in path)
+        return x + 30.0 if ("post_" in name and "norm" in name) else x
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(boost, state))
+
+
 _NAIVE = {}
 
 
@@ -58,15 +72,45 @@ def naive_greedy(model, ids, n, width=96):
 PROMPTS = [[2, 10, 11, 12], [2] + list(range(100, 130)), [2, 7], [2] + list(range(300, 320))]
 
 
-def test_batched_greedy_equals_naive_decoding(tiny_model, tokenizer):
-    gen = Generator(tiny_model, tokenizer, batch_size=3, prompt_buckets=(8, 32), max_prompt_len=64)
+@pytest.mark.parametrize("refill", [False, True])
+def test_batched_greedy_equals_naive_decoding(lively_model, tokenizer, refill):
+    tiny_model = lively_model
+    gen = Generator(tiny_model, tokenizer, batch_size=3, prompt_buckets=(8, 32), max_prompt_len=64, refill=refill)
     params = SamplingParams(max_new_tokens=12, stop_ids=(-1,))  # never stop early
     results = gen.generate_ids(PROMPTS, params)
     for p, r in zip(PROMPTS, results):
         assert r.token_ids == naive_greedy(tiny_model, p, 12), p
         assert r.stop_reason == "length" and r.prompt_tokens == len(p)
-    # 4 prompts in 2 length buckets, batches of <= 3: two (batch, bucket) programs, not four.
-    assert gen.compiled_shapes == {(3, 8, 12), (3, 32, 12)}
+    if not refill:  # 4 prompts in 2 length buckets, batches of <= 3: two programs, not four
+        assert gen.compiled_shapes == {(3, 8, 12), (3, 32, 12)}
+    else:  # one stream per bucket (2 slots each: as many as its prompts), one decode program each
+        assert {s for s in gen.compiled_shapes if s[0] == "decode"} == {("decode", 2, 8 + 24, 12),
+                                                                        ("decode", 2, 32 + 24, 12)}
+
+
+def test_refilled_rows_equal_static_batches(lively_model, tokenizer):
+    """Continuous batching: rows that stop early free their slot for waiting prompts, columns
+    are shifted left as the write column advances, and every row still gets exactly the tokens
+    of plain static batching; results stream out in finishing order through on_result."""
+    rng = np.random.default_rng(0)
+    prompts = [[2] + rng.integers(10, 400, size=int(n)).tolist() for n in rng.integers(3, 30, size=11)]
+    model = lively_model
+    free = Generator(model, tokenizer, batch_size=8, prompt_buckets=(32,), max_prompt_len=32,
+                     refill=False).generate_ids(prompts, SamplingParams(max_new_tokens=10, stop_ids=(-1,)))
+    # stop on tokens that rows emit at different steps (or never): uneven lengths
+    stops = tuple({free[i].token_ids[2 + i % 7] for i in range(0, len(prompts), 3)})
+    params = SamplingParams(max_new_tokens=10, stop_ids=stops)
+    static = Generator(model, tokenizer, batch_size=3, prompt_buckets=(32,), max_prompt_len=32,
+                       refill=False).generate_ids(prompts, params)
+    order = []
+    gen = Generator(model, tokenizer, batch_size=3, prompt_buckets=(32,), max_prompt_len=32)
+    streamed = gen.generate_ids(prompts, params, on_result=lambda g: order.append(g.index))
+    assert len({len(r.token_ids) for r in static}) > 2 and any(r.stop_reason == "stop" for r in static)
+    for a, b, p in zip(static, streamed, prompts):
+        assert (a.token_ids, a.stop_reason, a.stop_id) == (b.token_ids, b.stop_reason, b.stop_id), p
+        assert b.token_ids == naive_greedy(model, p, len(b.token_ids))
+    assert sorted(order) == list(range(len(prompts))) and order != sorted(order, key=lambda i: len(prompts[i]))
+    assert any(s[0] == "refill" and s[1] < 4 for s in gen.compiled_shapes)  # partial refills happened
 
 
 def test_stops_at_stop_ids(tiny_model, tokenizer):

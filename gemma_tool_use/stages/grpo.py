@@ -256,6 +256,23 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
             "peak_rss_gib": round(peak_rss_gib(), 2), "checkpoint_dir": str(ckpt_root)}
 
 
+def step_times(metrics_path: Path) -> dict:
+    """Seconds per step over every recorded step, those before a resume included (the counters
+    of `train`'s summary cover only the steps this process ran)."""
+    from gemma_tool_use.files import read_jsonl
+
+    recs = [r for r in read_jsonl(metrics_path) if "time/rollout_s" in r] if metrics_path.is_file() else []
+    if not recs:
+        return {}
+    per_step = [r["time/rollout_s"] + r["time/update_s"] for r in recs]
+    return {"recorded_steps": len(recs), "step_seconds": {"mean": round(sum(per_step) / len(per_step), 1),
+                                                          "min": round(min(per_step), 1), "max": round(max(per_step), 1)},
+            "rollout_seconds_mean": round(sum(r["time/rollout_s"] for r in recs) / len(recs), 1),
+            "update_seconds_mean": round(sum(r["time/update_s"] for r in recs) / len(recs), 1),
+            "zero_variance_share_mean": round(sum(r["groups/zero_variance_share"] for r in recs) / len(recs), 3),
+            "peak_rss_gib_max": round(max(r.get("perf/peak_rss_gib", 0.0) for r in recs), 2)}
+
+
 def run(cfg: DictConfig) -> float:
     init_from = resolve_init_from(cfg.train.init_from, cfg.model)  # before JAX: explicit and same architecture
     prepare_runtime(cfg.tpu)
@@ -304,9 +321,12 @@ def run(cfg: DictConfig) -> float:
             summary["reward_curve"] = str(plot_grpo_curves(run_dir, run_dir / "reward_curve.png"))
         except Exception as e:  # noqa: BLE001
             log.warning("could not draw the reward curve: %s", e)
+        summary |= step_times(run_dir / "metrics.jsonl")
         if cfg.eval.run_after_training:
             from gemma_tool_use.evaluation import evaluate_model
 
+            # the training figures are on disk before BFCL starts: a failed or cut eval loses none
+            (run_dir / "grpo_summary.json").write_text(json.dumps(summary, indent=2))
             bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker, step=summary["steps"])
             summary["bfcl_categories"] = {c: v["accuracy"] for c, v in bfcl_summary["categories"].items()}
         summary["total_seconds"] = round(time.time() - t_start, 1)

@@ -183,6 +183,8 @@ def run(cfg: DictConfig) -> float:
         if cfg.eval.run_after_training:  # BFCL on the trained model; its summary lands beside the checkpoint
             from gemma_tool_use.evaluation import evaluate_model
 
+            # the training figures are on disk before BFCL starts: a failed or cut eval loses none
+            (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
             bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker, step=trainer.train_steps)
             summary["bfcl"] = {k: v for k, v in bfcl_summary["aggregates"].items() if k != "missing"}
             summary["bfcl_categories"] = {c: v["accuracy"] for c, v in bfcl_summary["categories"].items()}
