@@ -47,6 +47,8 @@ class StageName(_StrEnum):
     grpo = "grpo"
     eval = "eval"
     predict = "predict"
+    serve = "serve"
+    export = "export"
 
 
 class TrackingMode(_StrEnum):
@@ -252,6 +254,29 @@ class PredictConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`stage=serve`: the OpenAI-compatible server (serve.py). Sampling defaults come from
+    generation.*; a request's own max_tokens / temperature / top_p / seed override them."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 to serve other machines
+    port: int = 8000  # 0 = any free port (written to <run dir>/server.json)
+    model_name: Optional[str] = None  # the id clients send as "model"; null = from the model and adapter
+    max_batch: int = 16  # requests generated together
+    batch_window_ms: float = 20.0  # how long the first request of a batch waits for company
+    max_tokens_limit: int = 1024  # largest max_tokens a request may ask for
+    request_timeout_s: float = 600.0
+    max_request_bytes: int = 4_000_000
+
+
+@dataclass
+class ExportConfig:
+    """`stage=export`: GGUF files of the (merged) model for llama.cpp / Ollama."""
+
+    types: list[str] = field(default_factory=lambda: ["f16", "q8_0"])  # f32, f16, bf16, q8_0
+    name: Optional[str] = None  # file stem and general.name; null = serve's model name
+
+
+@dataclass
 class GrpoConfig:
     """Stage 5 (`stage=grpo`): rollouts, advantages and the clipped policy loss. Steps, lr,
     checkpoints and the starting SFT run (`train.init_from`, required) come from train/optim."""
@@ -334,6 +359,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     pipeline: Optional[PipelineConfig] = None
@@ -683,6 +710,26 @@ def preflight(cfg) -> None:
         from gemma_tool_use.bfcl import check_categories
 
         check_categories(cfg.eval.categories)  # BfclError naming eval.categories
+    if stage == "export":
+        from gemma_tool_use.export_gguf import GGUF_TYPES
+
+        bad = [k for k in cfg.export.types if k not in GGUF_TYPES]
+        if bad or not cfg.export.types:
+            _fail("export.types", f"{list(bad or cfg.export.types)}: choose from {', '.join(GGUF_TYPES)} (K-quants such "
+                  "as Q4_K_M: run llama.cpp's llama-quantize on the f16 file)")
+    if stage == "serve":
+        s = cfg.serve
+        if not 0 <= int(s.port) <= 65535:
+            _fail("serve.port", f"must be in [0, 65535] (0 = any free port), got {s.port}")
+        for key in ("max_batch", "max_tokens_limit", "max_request_bytes"):
+            if int(s[key]) < 1:
+                _fail(f"serve.{key}", f"must be >= 1, got {s[key]}")
+        if float(s.batch_window_ms) < 0 or float(s.request_timeout_s) <= 0:
+            _fail("serve.batch_window_ms" if float(s.batch_window_ms) < 0 else "serve.request_timeout_s",
+                  "must be >= 0 (window) / > 0 (timeout)")
+        if int(cfg.generation.max_new_tokens) > int(s.max_tokens_limit):
+            _fail("generation.max_new_tokens", f"the default answer length {cfg.generation.max_new_tokens} > "
+                  f"serve.max_tokens_limit={s.max_tokens_limit}")
     if stage == "predict":
         src = cfg.predict.input_file
         if not src:

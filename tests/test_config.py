@@ -13,6 +13,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import REPO, run_cli
+from gemma_tool_use.report import irrelevance_split
 from gemma_tool_use.config import ConfigValueError, check_config, register_configs
 from gemma_tool_use.files import read_jsonl
 from gemma_tool_use.paths import conf_dir, experiments_dir
@@ -274,8 +275,29 @@ def claims_grpo_from_sft_short():
     ]
 
 
+def claims_grpo_from_sft_short_r3():
+    start = recorded("grpo_from_sft_short/start_bfcl/summary.json")
+    end = recorded("grpo_from_sft_short_r3/bfcl_eval/summary.json")
+    g = recorded("grpo_from_sft_short_r3/grpo_summary.json")
+    probe = recorded("grpo_from_sft_short_r3/probe.jsonl")
+    clean = [irrelevance_split(experiments_dir() / d)["clean_abstentions"]
+             for d in ("grpo_from_sft_short/start_bfcl/bfcl", "grpo_from_sft_short_r3/bfcl_eval/bfcl")]
+    return [
+        fig("{} GRPO steps, {} s/step (mean; rollout {}, update {}), {} GiB peak", g["steps"], g["step_seconds"]["mean"],
+            g["rollout_seconds_mean"], g["update_seconds_mean"], g["peak_rss_gib_max"]),
+        context("2-core AMD EPYC"),
+        fig("Probe mean reward {} -> {}, exact match {} -> {}.", probe[0]["probe/reward_mean"],
+            probe[-1]["probe/reward_mean"], probe[0]["probe/exact_match"], probe[-1]["probe/exact_match"]),
+        fig("irrelevance {} -> {} (clean abstentions {} -> {} of {}),", pct(start, "irrelevance"), pct(end, "irrelevance"),
+            *clean, start["categories"]["irrelevance"]["total_count"]),
+        fig("simple_python {} -> {}, multiple {} -> {}, parallel {} -> {}:", *(v for c in ("simple_python", "multiple", "parallel")
+                                                                              for v in (pct(start, c), pct(end, c)))),
+    ]
+
+
 RESULT_CLAIMS = {
     "grpo_from_sft_short": claims_grpo_from_sft_short,
+    "grpo_from_sft_short_r3": claims_grpo_from_sft_short_r3,
     "bfcl_baseline_base": claims_bfcl_baseline_base,
     "sft_small_gemma3_270m": claims_sft_small_gemma3_270m,
     "sweep_sft_small": claims_sweep_sft_small,

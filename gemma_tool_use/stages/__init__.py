@@ -4,6 +4,8 @@
     eval                 -> stages/eval.py     (BFCL evaluation)
     predict              -> stages/predict.py  (JSONL in, parsed tool calls out)
     grpo                 -> stages/grpo.py     (GRPO with tool-call rewards)
+    serve                -> stages/serve.py    (OpenAI-compatible HTTP server)
+    export               -> stages/export.py   (GGUF for llama.cpp / Ollama)
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ STAGES: dict[str, str | None] = {
     "eval": "gemma_tool_use.stages.eval:run",
     "predict": "gemma_tool_use.stages.predict:run",
     "grpo": "gemma_tool_use.stages.grpo:run",
+    "serve": "gemma_tool_use.stages.serve:run",
+    "export": "gemma_tool_use.stages.export:run",
 }
 
 

@@ -250,7 +250,8 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
         cols = ["step", "category", "completion", "stop_reason", "advantage", "reward/total"]
         tracker.log_table("grpo/samples", cols, [[str(r.get(c)) for c in cols] for r in samples[-200:]])
     return {"steps": max_steps, "resumed_from_step": start, "loop_seconds": round(time.time() - t_loop, 1),
-            "seconds_per_step": round((time.time() - t_loop) / max(1, max_steps - start), 2),
+            # this process's steps only (None when a resume found none left): step_seconds covers all
+            "seconds_per_step": round((time.time() - t_loop) / (max_steps - start), 2) if max_steps > start else None,
             "zero_variance_groups": int(counters["zero_variance_groups"]), "groups": int(counters["groups"]),
             "trained_tokens": int(counters["trained_tokens"]), "generated_tokens": int(counters["generated_tokens"]),
             "peak_rss_gib": round(peak_rss_gib(), 2), "checkpoint_dir": str(ckpt_root)}

@@ -1,0 +1,70 @@
+"""`stage=serve`: the OpenAI-compatible server (gemma_tool_use/serve.py) on a loaded model.
+
+    python -m gemma_tool_use stage=serve model=gemma3_270m \\
+        model.lora_checkpoint=experiments/<run>/adapter serve.port=8000
+
+The server starts listening once the model is loaded; `<run dir>/server.json` then holds its URL
+(with `serve.port=0`, the port the system picked), the model id clients send, and the pid.
+Ctrl-C or SIGTERM stops it (exit 0 after a clean shutdown).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from gemma_tool_use.mesh import build_mesh, prepare_runtime
+from gemma_tool_use.runs import run_dir_of
+
+log = logging.getLogger(__name__)
+
+
+def served_model_name(cfg: DictConfig) -> str:
+    if cfg.serve.model_name:
+        return str(cfg.serve.model_name)
+    name = str(cfg.model.name)
+    if cfg.model.lora_checkpoint:
+        ckpt = Path(str(cfg.model.lora_checkpoint)).expanduser()
+        tail = ckpt.parent.name if ckpt.name in ("adapter", "checkpoints") else ckpt.name
+        name += f"+{tail}"
+    return name
+
+
+def run(cfg: DictConfig) -> float:
+    prepare_runtime(cfg.tpu)
+    from gemma_tool_use.generate import Generator
+    from gemma_tool_use.model import build_model, load_tokenizer_for
+    from gemma_tool_use.serve import Batcher, ChatServer, make_http_server
+
+    run_dir = run_dir_of(cfg)
+    g, s = cfg.generation, cfg.serve
+    mesh = build_mesh(cfg.tpu)
+    tokenizer = load_tokenizer_for(cfg.model)
+    with mesh:
+        model = build_model(cfg.model, mesh, cfg.seed)
+        generator = Generator(model, tokenizer, batch_size=int(s.max_batch), max_prompt_len=int(g.max_prompt_len),
+                              overlength="error", max_batch_tokens=int(g.max_batch_tokens), refill=bool(g.refill))
+        batcher = Batcher(lambda ids, params, on_result: generator.generate_ids(ids, params, on_result=on_result),
+                          max_batch=int(s.max_batch), window_s=float(s.batch_window_ms) / 1000)
+        app = ChatServer(tokenizer, batcher, model_name=served_model_name(cfg), system_prompt=cfg.data.system_prompt,
+                         max_prompt_len=int(g.max_prompt_len), default_max_tokens=int(g.max_new_tokens),
+                         max_tokens_limit=int(s.max_tokens_limit), stop_ids=tuple(g.stop_ids),
+                         request_timeout_s=float(s.request_timeout_s), max_request_bytes=int(s.max_request_bytes))
+        server = make_http_server(app, str(s.host), int(s.port))
+        host, port = server.server_address[:2]
+        url = f"http://{host}:{port}/v1"
+        (run_dir / "server.json").write_text(json.dumps({"url": url, "model": app.model_name, "pid": os.getpid()}))
+        log.info("serving %s at %s (POST /chat/completions, GET /models); Ctrl-C stops", app.model_name, url)
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except KeyboardInterrupt:
+            log.info("stopping the server")
+        finally:
+            server.server_close()
+            batcher.close()
+            log.info("served %s", json.dumps(batcher.stats))
+    return float(batcher.stats["requests"])
