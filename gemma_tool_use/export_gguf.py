@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -177,6 +178,22 @@ def _quantize(w: np.ndarray, kind: str):
     return gguf.quants.quantize(w.astype(np.float32), qtype), qtype
 
 
+@functools.lru_cache(maxsize=2)
+def tokenizer_fields(path: str) -> dict:
+    """{key: (value, GGUF type, array element type or None)} of the tokenizer fields of a GGUF.
+    Cached: parsing the 262,144-token vocabulary takes seconds, and one export writes several files."""
+    import gguf
+
+    src = gguf.GGUFReader(path)
+    out = {}
+    for key in _TOKENIZER_KEYS:
+        field = src.fields.get(key)
+        if field is not None:
+            vtype = field.types[0]
+            out[key] = (field.contents(), vtype, field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+    return out
+
+
 def write_gguf(tensors: dict[str, np.ndarray], arch, out_path: str | Path, kind: str, *, name: str,
                tokenizer_gguf: str | Path, system_prompt: str | None = None) -> Path:
     """Write merged HF-named float32 `tensors` (export.merged_hf_tensors) as a llama.cpp Gemma 3 GGUF."""
@@ -185,8 +202,8 @@ def write_gguf(tensors: dict[str, np.ndarray], arch, out_path: str | Path, kind:
     if kind not in GGUF_TYPES:
         raise ExportError(f"export.types: {kind!r} is not one of {', '.join(GGUF_TYPES)} (K-quants such as "
                           "Q4_K_M: quantize the f16 file with llama.cpp's llama-quantize)")
-    src = gguf.GGUFReader(str(tokenizer_gguf))
-    vocab = len(src.fields["tokenizer.ggml.tokens"].data)
+    fields = tokenizer_fields(str(tokenizer_gguf))
+    vocab = len(fields["tokenizer.ggml.tokens"][0])
     if vocab != tensors["model.embed_tokens.weight"].shape[0]:
         raise ExportError(f"the model's vocabulary ({tensors['model.embed_tokens.weight'].shape[0]} rows) is not "
                           f"the Gemma 3 tokenizer's ({vocab} tokens in {tokenizer_gguf})")
@@ -209,15 +226,11 @@ def write_gguf(tensors: dict[str, np.ndarray], arch, out_path: str | Path, kind:
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
     w.add_file_type(int(file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    for key in _TOKENIZER_KEYS:  # the same Gemma 3 vocabulary: copy the field with its GGUF type
-        field = src.fields.get(key)
-        if field is None:
-            continue
-        vtype = field.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, field.contents(), vtype, sub_type=field.types[-1])
+    for key, (value, vtype, sub_type) in fields.items():  # the same Gemma 3 vocabulary, same GGUF types
+        if sub_type is not None:
+            w.add_key_value(key, value, vtype, sub_type=sub_type)
         else:
-            w.add_key_value(key, field.contents(), vtype)
+            w.add_key_value(key, value, vtype)
     w.add_chat_template(chat_template(system_prompt))
     for hf_name, t in tensors.items():
         is_norm = t.ndim == 1

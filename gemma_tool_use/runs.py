@@ -163,3 +163,15 @@ def adopt_start_model(cfg, init_from: str, run_dir: Path) -> None:
         doc.setdefault("model", {})["lora"] = OmegaConf.to_container(cfg.model.lora, resolve=True)
         doc["model"]["train_token_ids"] = list(cfg.model.train_token_ids)
         saved.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def served_model_name(cfg) -> str:
+    """The id a served or exported model goes by: serve.model_name, else <model>[+<run>]."""
+    if cfg.serve.model_name:
+        return str(cfg.serve.model_name)
+    name = str(cfg.model.name)
+    if cfg.model.lora_checkpoint:
+        ckpt = Path(str(cfg.model.lora_checkpoint)).expanduser()
+        tail = ckpt.parent.name if ckpt.name in ("adapter", "checkpoints") else ckpt.name
+        name += f"+{tail}"
+    return name

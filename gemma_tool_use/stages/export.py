@@ -18,7 +18,7 @@ import time
 from omegaconf import DictConfig
 
 from gemma_tool_use.mesh import build_mesh, prepare_runtime
-from gemma_tool_use.runs import run_dir_of
+from gemma_tool_use.runs import run_dir_of, served_model_name
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ def run(cfg: DictConfig) -> float:
     from gemma_tool_use.export import merged_hf_tensors
     from gemma_tool_use.export_gguf import modelfile, roundtrip_errors, write_gguf
     from gemma_tool_use.model import build_model
-    from gemma_tool_use.stages.serve import served_model_name
     from gemma_tool_use.tokenizer import default_gguf_path
 
     run_dir = run_dir_of(cfg)

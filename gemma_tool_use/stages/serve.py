@@ -13,25 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 
 from omegaconf import DictConfig
 
 from gemma_tool_use.mesh import build_mesh, prepare_runtime
-from gemma_tool_use.runs import run_dir_of
+from gemma_tool_use.runs import run_dir_of, served_model_name
 
 log = logging.getLogger(__name__)
-
-
-def served_model_name(cfg: DictConfig) -> str:
-    if cfg.serve.model_name:
-        return str(cfg.serve.model_name)
-    name = str(cfg.model.name)
-    if cfg.model.lora_checkpoint:
-        ckpt = Path(str(cfg.model.lora_checkpoint)).expanduser()
-        tail = ckpt.parent.name if ckpt.name in ("adapter", "checkpoints") else ckpt.name
-        name += f"+{tail}"
-    return name
 
 
 def run(cfg: DictConfig) -> float:
