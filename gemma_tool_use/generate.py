@@ -4,13 +4,14 @@
   one prefill and one decode loop per (batch, bucket) shape, not one per prompt.
 * Prefill computes the vocabulary projection at the last prompt position only (`logits_at`):
   never [B, T, 262144] logits over the whole prompt.
-* Decoding refills finished rows (continuous batching, `refill=True`, the default): each length
+* Decoding can refill finished rows (continuous batching, `refill=True`; off by default: on a
+  200-entry BFCL slice it measured 0.96x of static batches, experiments/eval_refill_ab): each length
   bucket is one stream of `batch_size` slots over a KV cache of bucket + 2 x max_new_tokens
   columns; a jitted `jax.lax.while_loop` decodes until a quarter of the slots have stopped (a
   stop id, default <eos>/<end_of_turn>, or max_new_tokens), their results are handed out at
   once (`on_result`), and the waiting prompts are prefilled into the free slots. One runaway row
   no longer holds a whole batch for max_new_tokens steps (BFCL: median 37 new tokens, 9% of rows
-  run to 256). `refill=False` is the plain static batch: every row waits for the slowest.
+  run to 256). `refill=False` (default) is the plain static batch: every row waits for the slowest.
 * Too-long prompts follow an explicit policy: error (default, naming the prompt), skip
   (reported in the result), or truncate_left (keep <bos> and the most recent tokens).
 """
@@ -97,7 +98,7 @@ def _roll_cache(cache, key_valid, shift):
 class Generator:
     def __init__(self, model, tokenizer, *, batch_size: int = 8, max_prompt_len: int = 8192,
                  overlength: str = "error", prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
-                 max_batch_tokens: int = 32768, refill: bool = True):
+                 max_batch_tokens: int = 32768, refill: bool = False):
         if overlength not in ("error", "skip", "truncate_left"):
             raise GenerationError(f"overlength policy must be error, skip or truncate_left, got {overlength!r}")
         self.tokenizer = tokenizer

@@ -103,7 +103,7 @@ def test_refilled_rows_equal_static_batches(lively_model, tokenizer):
     static = Generator(model, tokenizer, batch_size=3, prompt_buckets=(32,), max_prompt_len=32,
                        refill=False).generate_ids(prompts, params)
     order = []
-    gen = Generator(model, tokenizer, batch_size=3, prompt_buckets=(32,), max_prompt_len=32)
+    gen = Generator(model, tokenizer, batch_size=3, prompt_buckets=(32,), max_prompt_len=32, refill=True)
     streamed = gen.generate_ids(prompts, params, on_result=lambda g: order.append(g.index))
     assert len({len(r.token_ids) for r in static}) > 2 and any(r.stop_reason == "stop" for r in static)
     for a, b, p in zip(static, streamed, prompts):
