@@ -50,12 +50,17 @@ def merged_hf_tensors(model, lora_scale: float) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def lora_merge_scale(model, model_cfg) -> float:
+    """alpha / rank when the model carries LoRA adapters, else 0 (nothing to merge)."""
+    lora = model_cfg.lora
+    has_lora = any(True for _ in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)))
+    return float(lora.alpha) / float(lora.rank) if lora.enabled and has_lora else 0.0
+
+
 def export_hf(model, model_cfg, out_dir: str | Path, tokenizer_file: str | Path | None = None) -> Path:
     from safetensors.numpy import save_file
 
-    lora = model_cfg.lora
-    scale = float(lora.alpha) / float(lora.rank) if lora.enabled and any(
-        True for _ in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))) else 0.0
+    scale = lora_merge_scale(model, model_cfg)
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -25,18 +25,14 @@ import numpy as np
 
 from gemma_tool_use.chat_format import DEFAULT_TOOL_SYSTEM_PROMPT
 from gemma_tool_use.errors import UserError
+from gemma_tool_use.weights import _GGUF_LAYER_MAP
 
 log = logging.getLogger(__name__)
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 
-_HF_TO_GGUF_LAYER = {
-    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "post_attention_norm",
-    "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm",
-    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}
+# the inverse of the loader's map: one table of names serves reading and writing
+_HF_TO_GGUF_LAYER = {hf: gguf_name for gguf_name, hf in _GGUF_LAYER_MAP.items()}
 
 _TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
                    "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",

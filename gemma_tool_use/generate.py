@@ -303,16 +303,19 @@ class Generator:
                 for s in finished:
                     (i, ids, truncated), _, t0 = slot_row.pop(s)
                     free.append(s)
-                    seq = out_h[s, : n_gen_h[s]].tolist()
-                    stop = next((k for k, t in enumerate(seq) if t in params.stop_ids), None)
-                    gen = seq[:stop] if stop is not None else seq
                     # the row's share of the wall time: its time in a slot over the slots
-                    emit(Generation(i, len(ids), gen, self.tokenizer.decode(gen),
-                                    "stop" if stop is not None else "length", truncated, (now - t0) / B,
-                                    seq[stop] if stop is not None else None))
+                    emit(self._finished(i, ids, truncated, out_h[s, : n_gen_h[s]].tolist(), params, (now - t0) / B))
                 free.sort()
 
     # ---------------------------------------------------------------- public API
+
+    def _finished(self, i: int, ids: list[int], truncated: bool, row: list[int], params: SamplingParams,
+                  seconds: float) -> Generation:
+        """A finished row of generated ids (its stop id, if any, and what follows it cut off)."""
+        stop = next((k for k, t in enumerate(row) if t in params.stop_ids), None)
+        gen = row[:stop] if stop is not None else row
+        return Generation(i, len(ids), gen, self.tokenizer.decode(gen), "stop" if stop is not None else "length",
+                          truncated, seconds, row[stop] if stop is not None else None)
 
     def _fit(self, i: int, ids: list[int]) -> tuple[list[int] | None, bool]:
         if len(ids) <= self.max_prompt_len:
@@ -379,9 +382,5 @@ class Generator:
             seconds = time.perf_counter() - t0
             self.compiled_shapes.add((B, Tp, params.max_new_tokens))
             for r, (i, ids, truncated) in enumerate(chunk):
-                row = out[r].tolist()
-                stop = next((k for k, t in enumerate(row) if t in params.stop_ids), None)
-                gen = row[:stop] if stop is not None else row
-                emit(Generation(i, len(ids), gen, self.tokenizer.decode(gen), "stop" if stop is not None else "length",
-                                truncated, seconds / len(chunk), row[stop] if stop is not None else None))
+                emit(self._finished(i, ids, truncated, out[r].tolist(), params, seconds / len(chunk)))
         return results  # type: ignore[return-value]

@@ -31,9 +31,7 @@ def run(cfg: DictConfig) -> float:
     if bad or not kinds:
         raise ExportError(f"export.types: {bad or kinds} - choose from {', '.join(GGUF_TYPES)}")
     prepare_runtime(cfg.tpu)
-    from flax import nnx
-
-    from gemma_tool_use.export import merged_hf_tensors
+    from gemma_tool_use.export import lora_merge_scale, merged_hf_tensors
     from gemma_tool_use.export_gguf import modelfile, roundtrip_errors, write_gguf
     from gemma_tool_use.model import build_model
     from gemma_tool_use.tokenizer import default_gguf_path
@@ -43,9 +41,7 @@ def run(cfg: DictConfig) -> float:
     mesh = build_mesh(cfg.tpu)
     with mesh:
         model = build_model(cfg.model, mesh, cfg.seed)
-    lora = cfg.model.lora
-    has_lora = any(True for _ in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)))
-    tensors = merged_hf_tensors(model, float(lora.alpha) / float(lora.rank) if lora.enabled and has_lora else 0.0)
+    tensors = merged_hf_tensors(model, lora_merge_scale(model, cfg.model))
     summary = {"name": name, "source": {"model": str(cfg.model.name), "lora_checkpoint": cfg.model.lora_checkpoint},
                "files": {}}
     for kind in kinds:
