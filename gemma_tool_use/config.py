@@ -337,7 +337,7 @@ class PipelineConfig:
     # stage name (sft_small | sft_full | grpo) -> its overrides, in run order
     recipe: dict[str, list[str]] = field(default_factory=dict)
     common: list[str] = field(default_factory=list)  # overrides for every stage process (e.g. tpu=...)
-    stages: Optional[list[str]] = None  # a slice of the recipe, e.g. [sft_full, grpo]; null = all
+    stages: Optional[list[str]] = None  # a slice of the recipe, e.g. [sft_full, grpo]; null = all; [] = baseline only
     # The start of the first stage: a stage dir, run dir, checkpoint or portable adapter dir.
     resume_from: Optional[str] = None
     baseline: bool = True  # BFCL of the start before the first stage
@@ -630,7 +630,7 @@ def check_config(cfg) -> None:
         if pl.stages is not None:
             order = list(pl.recipe)
             unknown = [s for s in pl.stages if s not in order]
-            if unknown or not pl.stages:
+            if unknown or not (pl.stages or pl.baseline):  # [] with the baseline: BFCL of the start only
                 fail("pipeline.stages", f"a slice of the recipe's stages {order}, got {list(pl.stages)}")
             if len(set(pl.stages)) != len(pl.stages) or [s for s in order if s in pl.stages] != list(pl.stages):
                 fail("pipeline.stages", f"each stage once, in the recipe's order {order}; got {list(pl.stages)}")

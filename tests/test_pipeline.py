@@ -50,13 +50,17 @@ def test_recipes_compose_check_and_plan(recipe):
         check_config(compose([f"stage={step['stage']}", *cfg.pipeline.common, *step["overrides"], "train.init_from=null"]))
     cfg = compose([f"pipeline={recipe}", "pipeline.stages=[sft_full,grpo]", "pipeline.baseline=false"])
     assert [s["name"] for s in plan(cfg)][:2] == ["2_sft_full", "3_grpo"]
+    # [] with the baseline: BFCL of the start only (e.g. recorded before the stages' code is final)
+    cfg = compose([f"pipeline={recipe}", "pipeline.stages=[]", "pipeline.final_full_eval=false"])
+    check_config(cfg)
+    assert [s["name"] for s in plan(cfg)] == ["0_baseline"]
 
 
 @pytest.mark.parametrize("override, key", [
     ("pipeline.stages=[grpo,sft_full]", "pipeline.stages"),
     ("pipeline.stages=[sft_full,sft_full]", "pipeline.stages"),
     ("pipeline.stages=[dpo]", "pipeline.stages"),
-    ("pipeline.stages=[]", "pipeline.stages"),
+    ("pipeline.stages=[] pipeline.baseline=false", "pipeline.stages"),  # nothing to run
     ("+pipeline.recipe.eval=[]", "pipeline.recipe"),
     ("pipeline.recipe.grpo=['train.init_from=x']", "pipeline.recipe.grpo"),
     ("pipeline.eval_subset_per_category=0", "pipeline.eval_subset_per_category"),
@@ -65,7 +69,7 @@ def test_bad_pipeline_configs_name_the_key(override, key):
     from gemma_tool_use.config import ConfigValueError, check_config
 
     with pytest.raises(ConfigValueError, match=key.replace(".", r"\.")):
-        check_config(compose(["pipeline=cpu", override]))
+        check_config(compose(["pipeline=cpu", *override.split()]))
 
 
 # A three-stage tiny pipeline: each stage a few steps of the tiny model, BFCL on 2 entries of 2
