@@ -117,6 +117,7 @@ class AugmentConfig:
     mask_names: float = 0.0
     join_parallel: float = 0.0
     procedural: float = 0.0
+    near_miss: float = 0.0  # call rows whose tools are swapped for same-domain ones that do not fit
 
 
 @dataclass

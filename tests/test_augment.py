@@ -87,12 +87,51 @@ def test_validate_args_reports_problems():
         "people: 2.0 is not of type 'integer'"]
 
 
+def _tool(name, description):
+    return {"name": name, "description": description, "parameters": {"type": "object", "properties": {}}}
+
+
+NEAR_POOL = [
+    _tool("fetch_conditions", "Current weather for a city."),                   # a near-copy of get_weather
+    _tool("get_weather_report", "Weather report for a city."),                  # shares the name word "weather"
+    _tool("getWeatherAlerts", "Severe storm alerts issued for a region."),      # so does this one
+    _tool("get_air_quality", "Current air quality index for a city."),          # same domain, another function
+    _tool("get_sunrise_time", "Sunrise time for a city on a date."),
+    _tool("get_city_population", "Population of a city."),
+    _tool("count_city_parks", "Number of parks in a city."),
+    _tool("translate_text", "Translate a text into another language."),       # nothing in common
+    _tool("get_stock", "Latest price of a stock ticker."),                      # already offered by R1
+]
+
+
+def test_near_miss_offers_same_domain_tools_that_cannot_answer():
+    index = A.NearMissIndex(NEAR_POOL)
+    seen = set()
+    for seed in range(30):
+        out = A.make_near_miss(R1, index, random.Random(seed))
+        validate_conversation(out)
+        assert called_names(out) == [] and out["messages"][-1]["content"] == A.REFUSAL
+        assert out["meta"]["augmentation"] == "near_miss" and out["meta"]["category"] == "irrelevance"
+        names = [t["name"] for t in out["tools"]]
+        assert "get_weather" not in names and "get_stock" in names and len(names) == len(set(names))
+        seen |= set(names) - {"get_stock"}
+    # never the near-copy, a name-word sibling, an unrelated tool or one already offered; the two
+    # closest that remain (air quality, population) are skipped as the likeliest false refusals
+    assert seen == {"get_sunrise_time", "count_city_parks"}
+    assert A.make_near_miss(R1, A.NearMissIndex([NEAR_POOL[6]]), random.Random(0)) is None  # nothing near
+    assert A.make_near_miss(row([W], "hi", []), index, random.Random(0)) is None            # not a call row
+    assert A._name_words("getWeatherAlerts") == {"weather", "alerts"}
+
+
 def test_augment_rows_is_deterministic_and_counts():
     rows = [R1, R2] * 10
     cfg = {"irrelevance": 0.2, "distractors": 0.3, "mask_names": 0.2, "join_parallel": 0.2, "procedural": 0.1}
-    a, ca = A.augment_rows(rows, cfg, seed=7)
-    b, cb = A.augment_rows(rows, cfg, seed=7)
-    c, _ = A.augment_rows(rows, cfg, seed=8)
+    before, _ = A.augment_rows(rows, cfg, seed=7, tool_pool=NEAR_POOL + [W, S, B])
+    cfg["near_miss"] = 0.2  # drawn last: adding it leaves the other augmentations as they were
+    a, ca = A.augment_rows(rows, cfg, seed=7, tool_pool=NEAR_POOL + [W, S, B])
+    assert json.dumps(a[:len(before)]) == json.dumps(before) and ca["near_miss"] > 0
+    b, cb = A.augment_rows(rows, cfg, seed=7, tool_pool=NEAR_POOL + [W, S, B])
+    c, _ = A.augment_rows(rows, cfg, seed=8, tool_pool=NEAR_POOL + [W, S, B])
     assert json.dumps(a) == json.dumps(b) and ca == cb and json.dumps(a) != json.dumps(c)
     assert len(a) == len(rows) + sum(ca.values()) and ca["distractors"] == 6
     for r in a:

@@ -2,6 +2,9 @@
 `augment_rows` applies them with configured ratios, deterministically for a given seed.
 
   irrelevance     remove every called tool: the answer becomes the plain-text REFUSAL
+  near_miss       replace the called tools by same-domain pool tools that do something else
+                  (BFCL's irrelevance offers such tools: a BMI tool for a triangle's area);
+                  the answer is the REFUSAL
   distractors     add tools from other rows (no name clashes) and shuffle the tool order
   mask_names      Hammer-style: random function and parameter names, consistently in the
                   tool list and the calls, so the model reads descriptions, not names
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 import string
 from typing import Any
 
@@ -43,6 +47,78 @@ def make_irrelevant(row: dict, rng: random.Random) -> dict | None:
     out["tools"] = tools
     out["messages"][-1] = {"role": "assistant", "content": REFUSAL}
     return _tag(out, "irrelevance")
+
+
+# Name words that say what a tool does, not what about: sharing one of them does not make two
+# tools alike ("calculate_bmi" vs "calculate_area"); sharing any other name word might.
+_GENERIC_NAME_WORDS = frozenset(
+    "get set calculate calc find search check create update delete list fetch generate retrieve analyze analyse "
+    "compute convert track manage add remove send book plan predict estimate evaluate monitor validate query "
+    "lookup info data details information the for and from with by api tool".split())
+_STOP_WORDS = frozenset(
+    "the a an of to for and or in on at by with from given into this that these those is are be it its as "
+    "specified provided based using use user their your which what".split())
+
+
+def _name_words(name: str) -> set[str]:
+    split = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    return {w for w in re.findall(r"[a-z]+", split.lower()) if len(w) >= 3} - _GENERIC_NAME_WORDS
+
+
+def _tool_words(tool: dict) -> frozenset[str]:
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", f"{tool['name']} {tool.get('description') or ''}")
+    words = re.findall(r"[a-z]+", text.lower())
+    return frozenset(w for w in words if len(w) >= 3 and w not in _STOP_WORDS and w not in _GENERIC_NAME_WORDS)
+
+
+class NearMissIndex:
+    """Pool tools by content words, to find same-domain tools that do something else."""
+
+    def __init__(self, pool: list[dict]):
+        self.pool = pool
+        self.words = [_tool_words(t) for t in pool]
+        self.by_word: dict[str, list[int]] = {}
+        for i, ws in enumerate(self.words):
+            for w in ws:
+                self.by_word.setdefault(w, []).append(i)
+
+    def near_misses(self, tools: list[dict], exclude: set[str], k: int, rng: random.Random,
+                    max_similarity: float = 0.35, skip: int = 2) -> list[dict]:
+        """Up to k pool tools that share description words with `tools` (same domain) but no
+        specific name word, and are not near-copies (word Jaccard < max_similarity): tools that
+        look relevant and cannot do what these tools do. Drawn from the 4k closest after the
+        `skip` closest: those are the likeliest to fit the request after all (a false refusal)."""
+        target = frozenset().union(*(_tool_words(t) for t in tools))
+        names = set().union(*(_name_words(t["name"]) for t in tools))
+        shared: dict[int, int] = {}
+        for w in target:
+            for i in self.by_word.get(w, ()):
+                shared[i] = shared.get(i, 0) + 1
+        scored = []
+        for i, n in shared.items():
+            t = self.pool[i]
+            jaccard = n / len(target | self.words[i])
+            if t["name"] in exclude or jaccard >= max_similarity or _name_words(t["name"]) & names:
+                continue
+            scored.append((-jaccard, t["name"], i))
+        closest = [i for _, _, i in sorted(scored)[skip:skip + 4 * k]]
+        return [copy.deepcopy(self.pool[i]) for i in rng.sample(closest, min(k, len(closest)))]
+
+
+def make_near_miss(row: dict, index: NearMissIndex, rng: random.Random, k: int = 3) -> dict | None:
+    """A call row whose called tools are replaced by near-miss pool tools: the answer is the REFUSAL."""
+    called = {c["name"] for c in _single_turn_calls(row) or []}
+    if not called:
+        return None
+    gold = [t for t in row["tools"] if t["name"] in called]
+    near = index.near_misses(gold, exclude={t["name"] for t in row["tools"]}, k=rng.randint(1, k), rng=rng)
+    if not near:
+        return None
+    out = copy.deepcopy(row)
+    out["tools"] = [t for t in out["tools"] if t["name"] not in called] + near
+    rng.shuffle(out["tools"])
+    out["messages"][-1] = {"role": "assistant", "content": REFUSAL}
+    return _tag(out, "near_miss")
 
 
 def add_distractors(row: dict, pool: list[dict], rng: random.Random, k: int = 3) -> dict:
@@ -166,7 +242,7 @@ def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = Non
 
 def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None = None) -> tuple[list[dict], dict]:
     """Originals plus augmented copies, by ratio of the originals (cfg: irrelevance,
-    distractors, mask_names, join_parallel, procedural; floats >= 0). Deterministic."""
+    distractors, mask_names, join_parallel, procedural, near_miss; floats >= 0). Deterministic."""
     rng = random.Random(seed)
     pool = tool_pool or [t for r in rows for t in r.get("tools", [])]
     out, counts = list(rows), {}
@@ -189,4 +265,7 @@ def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None 
     n_joins = n_of("join_parallel") if len(singles) >= 2 else 0
     add("join_parallel", [join_parallel(*rng.sample(singles, 2), rng) for _ in range(n_joins)])
     add("procedural", [procedural_row(t, rng, pool) for t in pick(pool, n_of("procedural"))])
+    if n_of("near_miss"):  # last, and only when asked: the other draws stay as they were
+        index = NearMissIndex(pool)
+        add("near_miss", [make_near_miss(r, index, rng) for r in pick(rows, n_of("near_miss"))])
     return out, counts
