@@ -16,7 +16,8 @@ later one from the previous stage's exported adapter (`<dir>/adapter/`, adapters
 (`pipeline.eval_subset_per_category`; labelled as such everywhere).
 
 State lives in `<pipeline dir>/pipeline_state.json`: a stage is recorded there when its process
-exits 0. Re-running the same command skips recorded stages and re-runs the interrupted one in
+exits 0. Paths inside the pipeline dir are recorded relative to it, so a finished dir can be
+moved or committed (experiments/<name>/) and a later session continues it in place. Re-running the same command skips recorded stages and re-runs the interrupted one in
 its own directory, where training and BFCL resume from their checkpoints / finished entries. A
 recorded stage whose start differs from the one this command would give it is refused (use
 another pipeline dir: `hydra.run.dir=...`). After each stage: pipeline_summary.{json,md,png}.
@@ -100,9 +101,24 @@ def _bfcl_summary(stage_dir: Path, stage: str) -> dict | None:
 
 def _read_state(root: Path) -> dict:
     try:
-        return json.loads((root / STATE).read_text())
+        state = json.loads((root / STATE).read_text())
     except (OSError, ValueError):
         return {"stages": {}}
+    for rec in state.get("stages", {}).values():  # states written with absolute paths under root
+        for key in ("dir", "start", "adapter"):
+            if rec.get(key):
+                rec[key] = _portable(root, rec[key])
+    return state
+
+
+def _portable(root: Path, path: str) -> str:
+    """`path` relative to the pipeline dir when it lies inside it, else as given."""
+    p = Path(path)
+    return str(p.relative_to(root)) if p.is_absolute() and p.is_relative_to(root) else path
+
+
+def _absolute(root: Path, path: str) -> str:
+    return str(path if Path(path).is_absolute() else root / path)
 
 
 def _run_child(args: list[str], position: str) -> tuple[int, float, float, str | None]:
@@ -150,6 +166,7 @@ def run_pipeline(cfg: DictConfig) -> float | None:
         root = Path(HydraConfig.get().runtime.output_dir)
     except ValueError:
         root = Path(cfg.get("run_dir") or f"outputs/pipeline/{pl.name}")
+    root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
     start = pl.resume_from
     if start:
@@ -158,8 +175,8 @@ def run_pipeline(cfg: DictConfig) -> float | None:
             raise PipelineError(f"pipeline.resume_from={start!r}: no such file or directory")
         if (p / "adapter" / "adapter_config.json").is_file():  # a stage dir: its exported adapter
             p = p / "adapter"
-        start = str(p.absolute())
-        check_same_architecture(start, cfg.model, "pipeline.resume_from")
+        check_same_architecture(str(p.absolute()), cfg.model, "pipeline.resume_from")
+        start = _portable(root, str(p.absolute()))
     steps = plan(cfg)
     first_training = next((s for s in steps if s["stage"] != "eval"), None)
     if first_training and first_training["stage"] == "grpo" and not start:
@@ -189,13 +206,13 @@ def run_pipeline(cfg: DictConfig) -> float | None:
         args = [sys.executable, "-m", "gemma_tool_use", f"stage={stage}", *pl.common, *step["overrides"], *user,
                 f"hydra.run.dir={stage_dir}", f"tracking.group={group}", *_eval_overrides(pl, step.get("full", False))]
         if stage == "eval":
-            args.append(f"model.lora_checkpoint={start_here}" if start_here else "model.lora_checkpoint=null")
+            args.append(f"model.lora_checkpoint={_absolute(root, start_here)}" if start_here else "model.lora_checkpoint=null")
         else:
-            args += [f"train.init_from={start_here}" if start_here else "train.init_from=null",
+            args += [f"train.init_from={_absolute(root, start_here)}" if start_here else "train.init_from=null",
                      "eval.run_after_training=true"]
         print(f"[pipeline {pl.name}] stage {k}/{n}: {name} -> {stage_dir}", flush=True)
         prev = rec or {}  # an interrupted earlier attempt: its time and memory count too
-        state["stages"][name] = {"status": "running", "stage": stage, "start": start_here, "dir": str(stage_dir),
+        state["stages"][name] = {"status": "running", "stage": stage, "start": start_here, "dir": name,
                                  "command": args[1:], "seconds": prev.get("seconds"), "peak_rss_gib": prev.get("peak_rss_gib")}
         _write_state(root, state)
         code, seconds, rss, stopped = _run_child(args, f"pipeline {pl.name}, stage {k}/{n}: {name}")
@@ -216,13 +233,13 @@ def run_pipeline(cfg: DictConfig) -> float | None:
                                 "Fix it and re-run the same command: finished stages are skipped")
         adapter = stage_dir / "adapter"
         # a resumed stage ran in several processes: its wall time adds up, its peak memory is the max
-        state["stages"][name].update({"status": "done", "adapter": str(adapter) if stage != "eval" else None})
+        state["stages"][name].update({"status": "done", "adapter": f"{name}/adapter" if stage != "eval" else None})
         if stage != "eval":
             if not (adapter / "adapter_config.json").is_file():
                 raise PipelineError(f"stage {name} exited 0 but wrote no adapter at {adapter}")
-            current = str(adapter)
+            current = f"{name}/adapter"
         _write_state(root, state)
-        write_pipeline_summary(root, state, {s["name"]: _bfcl_summary(Path(state["stages"][s["name"]]["dir"]), s["stage"])
+        write_pipeline_summary(root, state, {s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"])
                                              for s in steps if state["stages"].get(s["name"], {}).get("status") == "done"})
     print(f"[pipeline {pl.name}] done: {root / 'pipeline_summary.md'}", flush=True)
     return None

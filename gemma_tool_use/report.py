@@ -465,7 +465,7 @@ def write_pipeline_summary(root: str | Path, state: dict, bfcl: dict[str, dict |
 
         rows = [row(c, [scored[n]["categories"].get(c, {}).get("accuracy") for n in names]) for c in cats]
         rows += [row(f"**{k}**", [scored[n].get("aggregates", {}).get(k) for n in names]) for k in aggs]
-        splits = {n: irrelevance_split(Path(stages[n]["dir"]) / ("bfcl" if stages[n]["stage"] == "eval" else "bfcl_eval/bfcl"))
+        splits = {n: irrelevance_split(root / stages[n]["dir"] / ("bfcl" if stages[n]["stage"] == "eval" else "bfcl_eval/bfcl"))
                   for n in names if n in stages}
         if any(splits.values()):
             rows.append(row("irrelevance: clean abstentions", [(splits.get(n) or {}).get("clean_accuracy") for n in names]))

@@ -141,3 +141,29 @@ def test_export_stage_writes_files_a_summary_and_a_modelfile(tmp_path):
     assert "FROM ./tiny-tools-f16.gguf" in (tmp_path / "Modelfile").read_text()
     bad = run_cli("stage=export", "model=tiny", "tracking=disabled", "export.types=[q4_k_m]", f"hydra.run.dir={tmp_path}/x")
     assert bad.returncode != 0 and "export.types" in bad.stderr and "llama-quantize" in bad.stderr
+
+
+# llama.cpp itself, through node-llama-cpp's prebuilt CPU binaries (`npm install --prefix <dir>
+# node-llama-cpp@3.22.1`, ~30 s, no compiler): set GEMMA_TOOL_USE_NODE_LLAMA_CPP=<dir> to run it.
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("GEMMA_TOOL_USE_NODE_LLAMA_CPP"),
+                    reason="GEMMA_TOOL_USE_NODE_LLAMA_CPP (a dir with node_modules/node-llama-cpp) is not set")
+def test_llama_cpp_generates_our_greedy_text_from_the_exported_tuned_model(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    adapter = REPO / "experiments" / "grpo_from_sft_short_r3" / "adapter"
+    r = run_cli("stage=export", "model=gemma3_270m", f"model.lora_checkpoint={adapter}", "export.types=[q8_0]",
+                "export.name=m", "tracking=disabled", f"hydra.run.dir={tmp_path / 'export'}", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "llama_cpp_check.py"),
+                        "--node-dir", os.environ["GEMMA_TOOL_USE_NODE_LLAMA_CPP"], "--out", str(tmp_path / "check"),
+                        "--gguf", str(tmp_path / "export" / "m-q8_0.gguf"), "--",
+                        "model=gemma3_270m", f"model.lora_checkpoint={adapter}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    check = json.loads((tmp_path / "check" / "llama_cpp_check.json").read_text())["files"]["m-q8_0.gguf"]
+    assert check["calls_equal"] == check["text_equal"] == len(check["rows"]) == 7

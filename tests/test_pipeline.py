@@ -4,6 +4,7 @@ starts from an earlier stage's result; handoff refuses another architecture's ad
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,9 +125,11 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     assert sft_full["steps"] == 3 and sft_full["resumed_from_step"] >= 1
     state = json.loads((root / "pipeline_state.json").read_text())
     assert all(s["status"] == "done" for s in state["stages"].values())
-    # each stage started from the previous stage's exported adapter, given explicitly
-    assert state["stages"]["2_sft_full"]["start"] == str(root / "1_sft_small" / "adapter")
-    assert state["stages"]["3_grpo"]["start"] == str(root / "2_sft_full" / "adapter")
+    # each stage started from the previous stage's exported adapter, given explicitly, recorded
+    # relative to the pipeline dir
+    assert state["stages"]["2_sft_full"]["start"] == "1_sft_small/adapter"
+    assert state["stages"]["3_grpo"]["start"] == "2_sft_full/adapter"
+    assert f"train.init_from={root / '2_sft_full' / 'adapter'}" in state["stages"]["3_grpo"]["command"]
     assert json.loads((root / "3_grpo" / "adapter" / "adapter_config.json").read_text())["model"]["train_token_ids"] == [105, 106]
     summary = json.loads((root / "pipeline_summary.json").read_text())
     assert list(summary["bfcl"]) == ["0_baseline", "1_sft_small", "2_sft_full", "3_grpo"]
@@ -135,6 +138,13 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     md = (root / "pipeline_summary.md").read_text()
     assert "BFCL, subset (2 per category" in md and "Δ" in md and (root / "pipeline_summary.png").is_file()
     assert "irrelevance: clean abstentions" in md and summary["bfcl"]["3_grpo"]["irrelevance_split"]["entries"] == 2
+
+    # a finished pipeline dir moved elsewhere (e.g. committed to experiments/, restored in a later
+    # session) is still recognised: the same command skips every stage there
+    moved = tmp_path / "moved" / "pipe"
+    shutil.copytree(root, moved)
+    r = subprocess.run(_pipeline(moved), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.count("finished earlier, skipped") == 4, (r.stdout + r.stderr)[-3000:]
 
     # the GRPO stage's run dir (Orbax checkpoints in the SFT layout) loads for prediction too
     src = tmp_path / "in.jsonl"
