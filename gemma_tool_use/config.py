@@ -118,6 +118,7 @@ class AugmentConfig:
     join_parallel: float = 0.0
     procedural: float = 0.0
     near_miss: float = 0.0  # call rows whose tools are swapped for same-domain ones that do not fit
+    procedural_parallel: float = 0.0  # one tool called 2-4 times in one request (BFCL "parallel")
 
 
 @dataclass

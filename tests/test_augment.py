@@ -87,6 +87,23 @@ def test_validate_args_reports_problems():
         "people: 2.0 is not of type 'integer'"]
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_procedural_parallel_rows_call_one_tool_with_distinct_valid_args(seed):
+    out = A.procedural_parallel_row(B, random.Random(seed), pool=[W, S])
+    validate_conversation(out)
+    calls = out["messages"][-1]["tool_calls"]
+    assert out["meta"]["category"] == "parallel" and 2 <= len(calls) <= 4
+    assert {c["name"] for c in calls} == {"book_table"}
+    assert len({json.dumps(c["args"], sort_keys=True) for c in calls}) == len(calls)
+    for c in calls:
+        assert A.validate_args(c["args"], B["parameters"]) == []
+        assert f"people {c['args']['people']}" in out["messages"][0]["content"]  # each call is asked for
+
+
+def test_procedural_parallel_needs_arguments_to_vary():
+    assert A.procedural_parallel_row(_tool("ping", "Ping the server."), random.Random(0)) is None
+
+
 def _tool(name, description):
     return {"name": name, "description": description, "parameters": {"type": "object", "properties": {}}}
 
@@ -127,9 +144,10 @@ def test_augment_rows_is_deterministic_and_counts():
     rows = [R1, R2] * 10
     cfg = {"irrelevance": 0.2, "distractors": 0.3, "mask_names": 0.2, "join_parallel": 0.2, "procedural": 0.1}
     before, _ = A.augment_rows(rows, cfg, seed=7, tool_pool=NEAR_POOL + [W, S, B])
-    cfg["near_miss"] = 0.2  # drawn last: adding it leaves the other augmentations as they were
+    cfg.update(near_miss=0.2, procedural_parallel=0.2)  # drawn last: the others stay as they were
     a, ca = A.augment_rows(rows, cfg, seed=7, tool_pool=NEAR_POOL + [W, S, B])
     assert json.dumps(a[:len(before)]) == json.dumps(before) and ca["near_miss"] > 0
+    assert ca["procedural_parallel"] > 0
     b, cb = A.augment_rows(rows, cfg, seed=7, tool_pool=NEAR_POOL + [W, S, B])
     c, _ = A.augment_rows(rows, cfg, seed=8, tool_pool=NEAR_POOL + [W, S, B])
     assert json.dumps(a) == json.dumps(b) and ca == cb and json.dumps(a) != json.dumps(c)

@@ -10,6 +10,7 @@
                   tool list and the calls, so the model reads descriptions, not names
   join_parallel   two independent single-call requests joined into one parallel request
   procedural      rows generated from tool schemas alone (valid args drawn from the schema)
+  procedural_parallel  one request for the same task 2-4 times: as many calls of one tool
 """
 
 from __future__ import annotations
@@ -210,8 +211,8 @@ def sample_value(schema: dict, rng: random.Random, depth: int = 0) -> Any:
     return rng.choice(_WORDS) + (str(rng.randint(1, 99)) if rng.random() < 0.3 else "")
 
 
-def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = None) -> dict | None:
-    """A templated request for one tool and a schema-valid call (plus distractors from pool)."""
+def _procedural_args(tool: dict, rng: random.Random) -> tuple[dict, str] | None:
+    """Schema-valid arguments for `tool` and how a request would spell them, or None."""
     params = tool.get("parameters") or {"type": "object", "properties": {}}
     props = params.get("properties") or {}
     required = params.get("required") or []
@@ -219,22 +220,74 @@ def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = Non
     args = {p: sample_value(props[p], rng) for p in chosen}
     if validate_args(args, params):
         return None
-    desc = (tool.get("description") or tool["name"]).strip().rstrip(".")
     details = ", ".join(f"{p.replace('_', ' ')} {repr(v) if isinstance(v, (dict, list)) else v}"
                         for p, v in args.items())
-    templates = ("Please {d}{w}.", "Can you {d}{w}?", "I need to {d}{w}.", "{D}{w}, please.")
-    d = desc[0].lower() + desc[1:] if desc else tool["name"]
-    w = f" with {details}" if details else ""
-    query = rng.choice(templates).format(d=d, D=d[0].upper() + d[1:], w=w)
+    return args, details
+
+
+def _with_distractors(tool: dict, rng: random.Random, pool: list[dict] | None) -> list[dict]:
     tools = [copy.deepcopy(tool)]
     if pool:
         others = [t for t in pool if t["name"] != tool["name"]]
         tools += copy.deepcopy(rng.sample(others, min(len(others), rng.randint(0, 3))))
         rng.shuffle(tools)
+    return tools
+
+
+def _task_phrase(tool: dict) -> str:
+    desc = (tool.get("description") or tool["name"]).strip().rstrip(".")
+    return desc[0].lower() + desc[1:] if desc else tool["name"]
+
+
+def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = None) -> dict | None:
+    """A templated request for one tool and a schema-valid call (plus distractors from pool)."""
+    got = _procedural_args(tool, rng)
+    if got is None:
+        return None
+    args, details = got
+    templates = ("Please {d}{w}.", "Can you {d}{w}?", "I need to {d}{w}.", "{D}{w}, please.")
+    d = _task_phrase(tool)
+    w = f" with {details}" if details else ""
+    query = rng.choice(templates).format(d=d, D=d[0].upper() + d[1:], w=w)
     messages = [{"role": "user", "content": query},
                 {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": args}]}]
-    return _tag({"tools": tools, "messages": messages, "meta": {"source": "procedural", "row": tool["name"]}},
-                "procedural")
+    return _tag({"tools": _with_distractors(tool, rng, pool), "messages": messages,
+                 "meta": {"source": "procedural", "row": tool["name"]}}, "procedural")
+
+
+def procedural_parallel_row(tool: dict, rng: random.Random, pool: list[dict] | None = None) -> dict | None:
+    """One request asking for the same task 2-4 times with different arguments, answered by as
+    many calls of one tool (BFCL's "parallel": rare in the sources, 63 of 2.3k rows)."""
+    calls, seen = [], set()
+    for _ in range(rng.randint(2, 4)):
+        got = _procedural_args(tool, rng)
+        if got is None or not got[1] or json_key(got[0]) in seen:
+            continue
+        seen.add(json_key(got[0]))
+        calls.append(got)
+    if len(calls) < 2:
+        return None
+    d = _task_phrase(tool)
+    items = [details for _, details in calls]
+    style = rng.randrange(3)
+    if style == 0:
+        query = f"Please {d} for each of these: " + "; ".join(f"({i + 1}) {x}" for i, x in enumerate(items)) + "."
+    elif style == 1:
+        query = f"Can you {d} with {items[0]}" + "".join(rng.choice((", and also with ", ", then with ", "; and with "))
+                                                         + x for x in items[1:]) + "?"
+    else:
+        query = f"I need to {d} with {items[0]}." + "".join(rng.choice((" Do the same with ", " Also with ", " And with "))
+                                                           + x + "." for x in items[1:])
+    messages = [{"role": "user", "content": query},
+                {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": a} for a, _ in calls]}]
+    return _tag({"tools": _with_distractors(tool, rng, pool), "messages": messages,
+                 "meta": {"source": "procedural", "row": tool["name"]}}, "procedural_parallel")
+
+
+def json_key(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 # ------------------------------------------------------------------------------ applying ratios
@@ -242,7 +295,8 @@ def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = Non
 
 def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None = None) -> tuple[list[dict], dict]:
     """Originals plus augmented copies, by ratio of the originals (cfg: irrelevance,
-    distractors, mask_names, join_parallel, procedural, near_miss; floats >= 0). Deterministic."""
+    distractors, mask_names, join_parallel, procedural, near_miss, procedural_parallel; floats
+    >= 0). Deterministic."""
     rng = random.Random(seed)
     pool = tool_pool or [t for r in rows for t in r.get("tools", [])]
     out, counts = list(rows), {}
@@ -268,4 +322,6 @@ def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None 
     if n_of("near_miss"):  # last, and only when asked: the other draws stay as they were
         index = NearMissIndex(pool)
         add("near_miss", [make_near_miss(r, index, rng) for r in pick(rows, n_of("near_miss"))])
+    if n_of("procedural_parallel"):
+        add("procedural_parallel", [procedural_parallel_row(t, rng, pool) for t in pick(pool, n_of("procedural_parallel"))])
     return out, counts
