@@ -188,6 +188,10 @@ def run_pipeline(cfg: DictConfig) -> float | None:
     group = cfg.tracking.group or f"pipeline-{pl.name}"
     current = start  # the model the next stage starts from (None: the base)
     n = len(steps)
+    def summarise():
+        write_pipeline_summary(root, state, {s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"])
+                                             for s in steps if state["stages"].get(s["name"], {}).get("status") == "done"})
+
     for k, step in enumerate(steps, 1):
         name, stage = step["name"], step["stage"]
         stage_dir = (root / name).absolute()
@@ -239,8 +243,8 @@ def run_pipeline(cfg: DictConfig) -> float | None:
                 raise PipelineError(f"stage {name} exited 0 but wrote no adapter at {adapter}")
             current = f"{name}/adapter"
         _write_state(root, state)
-        write_pipeline_summary(root, state, {s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"])
-                                             for s in steps if state["stages"].get(s["name"], {}).get("status") == "done"})
+        summarise()
+    summarise()  # also when every stage was recorded earlier: the table from the files alone
     print(f"[pipeline {pl.name}] done: {root / 'pipeline_summary.md'}", flush=True)
     return None
 

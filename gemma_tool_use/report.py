@@ -391,6 +391,32 @@ def collect_run(run_dir: str | Path, dest: str | Path) -> list[Path]:
     return copied
 
 
+def collect_pipeline(root: str | Path, dest: str | Path) -> list[Path]:
+    """A pipeline dir's state, summary and each stage's small artifacts (collect_run), laid out as
+    the pipeline dir itself: copied back to a pipeline dir (`cp -r <dest> outputs/pipeline/<name>`),
+    the same command continues the chain after the recorded stages."""
+    from gemma_tool_use.files import write_json_atomic
+    from gemma_tool_use.pipeline import STATE, _read_state
+
+    root, dest = Path(root).resolve(), Path(dest)
+    if not (root / STATE).is_file():
+        raise FileNotFoundError(f"{root} is not a pipeline directory (no {STATE})")
+    state = _read_state(root)  # paths relative to the pipeline dir
+    dest.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(dest / STATE, state)
+    copied = [dest / STATE]
+    for name in ("pipeline_summary.md", "pipeline_summary.json", "pipeline_summary.png"):
+        if (root / name).is_file():
+            out = dest / name
+            out.write_bytes((root / name).read_bytes().replace(str(root).encode() + b"/", b""))
+            copied.append(out)
+    for name, rec in state.get("stages", {}).items():
+        stage_dir = root / rec.get("dir", name)
+        if (stage_dir / ".hydra" / "config.yaml").is_file():
+            copied += collect_run(stage_dir, dest / name)
+    return copied
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gemma_tool_use.report", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -400,12 +426,13 @@ def main(argv=None) -> int:
     m = sub.add_parser("compare", help="BFCL accuracy of runs side by side")
     m.add_argument("runs", nargs="+", help="name=path to a BFCL summary.json or the folder holding it")
     m.add_argument("--out", required=True, help="output folder")
-    k = sub.add_parser("collect", help="copy a run's small artifacts into experiments/<name>/")
+    k = sub.add_parser("collect", help="copy a run's (or a pipeline dir's) small artifacts into experiments/<name>/")
     k.add_argument("run_dir")
     k.add_argument("dest")
     args = ap.parse_args(argv)
     if args.cmd == "collect":
-        for path in collect_run(args.run_dir, args.dest):
+        collect = collect_pipeline if (Path(args.run_dir) / "pipeline_state.json").is_file() else collect_run
+        for path in collect(args.run_dir, args.dest):
             print(path)
     elif args.cmd == "curves":
         run = Path(args.run_dir)

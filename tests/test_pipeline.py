@@ -139,12 +139,19 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     assert "BFCL, subset (2 per category" in md and "Δ" in md and (root / "pipeline_summary.png").is_file()
     assert "irrelevance: clean abstentions" in md and summary["bfcl"]["3_grpo"]["irrelevance_split"]["entries"] == 2
 
-    # a finished pipeline dir moved elsewhere (e.g. committed to experiments/, restored in a later
-    # session) is still recognised: the same command skips every stage there
-    moved = tmp_path / "moved" / "pipe"
-    shutil.copytree(root, moved)
+    # its record (`report collect`: small artifacts and adapters, no checkpoints), as committed to
+    # experiments/ and copied back in a later session elsewhere, continues in place: the same
+    # command skips every recorded stage there and rewrites the same table
+    from gemma_tool_use.report import main as report_main
+
+    assert report_main(["collect", str(root), str(tmp_path / "record")]) == 0
+    assert not list((tmp_path / "record").rglob("checkpoints")) and (tmp_path / "record" / "3_grpo" / "adapter").is_dir()
+    moved = tmp_path / "later" / "pipe"
+    shutil.copytree(tmp_path / "record", moved)
+    (moved / "pipeline_summary.json").unlink()
     r = subprocess.run(_pipeline(moved), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.count("finished earlier, skipped") == 4, (r.stdout + r.stderr)[-3000:]
+    assert json.loads((moved / "pipeline_summary.json").read_text())["bfcl"] == summary["bfcl"]
 
     # the GRPO stage's run dir (Orbax checkpoints in the SFT layout) loads for prediction too
     src = tmp_path / "in.jsonl"
