@@ -136,7 +136,8 @@ def run_multi_turn_category(category, todo, answers, originals, generator, token
             run_dialogues(todo[s : s + group], generator, tokenizer, params, system_prompt, on_done=on_done)
 
 
-def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker, step: int = 0) -> dict:
+def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker, step: int = 0,
+                   model_label: str | None = None) -> dict:
     """BFCL on `cfg.eval.categories` for an already built model; writes the reports into out_dir.
     `step`: the training step of the weights (where the per-category numbers are logged)."""
     from tqdm import tqdm
@@ -169,7 +170,8 @@ def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker, st
                      res["total_count"], res["seconds"])
             tracker.log({f"bfcl/{category}": res["accuracy"]}, step=step)
     summary = {
-        "model": cfg.model.name + (f" + {cfg.model.lora_checkpoint}" if cfg.model.lora_checkpoint else ""),
+        # what was scored: a training stage passes its own result (its adapter), not its start
+        "model": model_label or (cfg.model.name + (f" + {cfg.model.lora_checkpoint}" if cfg.model.lora_checkpoint else "")),
         "commit": commit,
         "categories": per_category,
         "aggregates": bfcl.aggregate(per_category),

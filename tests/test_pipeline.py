@@ -131,6 +131,9 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     assert state["stages"]["3_grpo"]["start"] == "2_sft_full/adapter"
     assert f"train.init_from={root / '2_sft_full' / 'adapter'}" in state["stages"]["3_grpo"]["command"]
     assert json.loads((root / "3_grpo" / "adapter" / "adapter_config.json").read_text())["model"]["train_token_ids"] == [105, 106]
+    # each stage's BFCL names what it scored: the stage's own adapter, not its start
+    assert json.loads((root / "3_grpo" / "bfcl_eval" / "summary.json").read_text())["model"] == \
+        f"tiny + {root / '3_grpo' / 'adapter'} (step 1)"
     summary = json.loads((root / "pipeline_summary.json").read_text())
     assert list(summary["bfcl"]) == ["0_baseline", "1_sft_small", "2_sft_full", "3_grpo"]
     assert {b["kind"] for b in summary["bfcl"].values()} == {"subset (2 per category, seed 0)"}

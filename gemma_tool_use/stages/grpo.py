@@ -328,7 +328,8 @@ def run(cfg: DictConfig) -> float:
 
             # the training figures are on disk before BFCL starts: a failed or cut eval loses none
             (run_dir / "grpo_summary.json").write_text(json.dumps(summary, indent=2))
-            bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker, step=summary["steps"])
+            bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker, step=summary["steps"],
+                                          model_label=f"{cfg.model.name} + {run_dir / 'adapter'} (step {summary['steps']})")
             summary["bfcl_categories"] = {c: v["accuracy"] for c, v in bfcl_summary["categories"].items()}
         summary["total_seconds"] = round(time.time() - t_start, 1)
         (run_dir / "grpo_summary.json").write_text(json.dumps(summary, indent=2))

@@ -185,7 +185,8 @@ def run(cfg: DictConfig) -> float:
 
             # the training figures are on disk before BFCL starts: a failed or cut eval loses none
             (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-            bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker, step=trainer.train_steps)
+            bfcl_summary = evaluate_model(cfg, model, tokenizer, run_dir / "bfcl_eval", tracker, step=trainer.train_steps,
+                                          model_label=f"{cfg.model.name} + {run_dir / 'adapter'} (step {trainer.train_steps})")
             summary["bfcl"] = {k: v for k, v in bfcl_summary["aggregates"].items() if k != "missing"}
             summary["bfcl_categories"] = {c: v["accuracy"] for c, v in bfcl_summary["categories"].items()}
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
