@@ -41,6 +41,14 @@ class DType(_StrEnum):
     float32 = "float32"
 
 
+class Remat(_StrEnum):
+    """What a training step recomputes in the backward pass instead of keeping (tunix RematConfig)."""
+
+    none = "none"  # keep every activation: fastest, most memory
+    block = "block"  # recompute each attention block and each MLP
+    decoder = "decoder"  # recompute each whole decoder layer: least memory
+
+
 class StageName(_StrEnum):
     sft_small = "sft_small"
     sft_full = "sft_full"
@@ -92,6 +100,8 @@ class ModelConfig:
     # tokenizer.model or .gguf; null = from the checkpoint, else the offline GGUF.
     tokenizer_path: Optional[str] = None
     dtype: DType = DType.bfloat16
+    # Activation recomputation in training (memory for compute); no effect on results.
+    remat: Remat = Remat.none
     # Random init only. tunix zero-initialises MLP kernels and norm scales (LoRA gradients on
     # MLPs are then exactly zero) and draws embeddings with std 0.01 (all logits ~0, so nothing
     # LoRA does can move the loss). True: randomise the zeros and give embeddings a std of

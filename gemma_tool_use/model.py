@@ -108,6 +108,7 @@ def tunix_config(model_cfg) -> tunix_gemma3.ModelConfig:
         num_kv_heads=a.num_kv_heads, sliding_window_size=a.sliding_window_size,
         local_base_frequency=a.local_base_frequency, global_base_frequency=a.global_base_frequency,
         param_dtype=_dtype(model_cfg),
+        remat_config=tunix_gemma3.RematConfig[str(model_cfg.get("remat", "none")).upper()],
     )
 
 

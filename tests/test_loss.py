@@ -49,3 +49,41 @@ def test_chunked_loss_matches_the_unchunked_loss_and_gradients(rows):
     for a, b in zip(one_shot[1], chunked[1]):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-3, atol=1e-5)
     assert any(np.abs(np.asarray(g, np.float32)).sum() > 0 for g in one_shot[1])
+
+
+@pytest.mark.parametrize("remat", ["block", "decoder"])
+def test_remat_changes_memory_not_the_loss_or_gradients(remat):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gemma_tool_use import training
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model
+    from gemma_tool_use.paths import conf_dir
+
+    register_configs()
+    rng = np.random.default_rng(1)
+    B, T, K = 2, 16, 5
+    batch = dict(input_tokens=jnp.asarray(rng.integers(3, 1000, (B, T)), jnp.int32), input_mask=jnp.ones((B, T), bool),
+                 target_positions=jnp.asarray(rng.integers(0, T, (B, K)), jnp.int32),
+                 target_ids=jnp.asarray(rng.integers(0, 1000, (B, K)), jnp.int32),
+                 target_weights=jnp.ones((B, K), jnp.float32))
+    out = {}
+    for setting in ("none", remat):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=["model=tiny", f"model.remat={setting}"])
+        model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
+        loss, grads = nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(model, **batch)
+        graphdef, state = nnx.split(model)
+        jaxpr = str(jax.make_jaxpr(lambda st: nnx.value_and_grad(
+            training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(nnx.merge(graphdef, st), **batch)[0])(state))
+        out[setting] = (float(loss), jax.tree.leaves(grads), jaxpr.count("remat") + jaxpr.count("checkpoint"))
+    assert out["none"][2] == 0 and out[remat][2] > 0  # the setting reaches the model
+    np.testing.assert_allclose(out[remat][0], out["none"][0], rtol=1e-6)
+    for a, b in zip(out["none"][1], out[remat][1]):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-4, atol=1e-6)
