@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
 import re
 import string
@@ -261,9 +262,9 @@ def procedural_parallel_row(tool: dict, rng: random.Random, pool: list[dict] | N
     calls, seen = [], set()
     for _ in range(rng.randint(2, 4)):
         got = _procedural_args(tool, rng)
-        if got is None or not got[1] or json_key(got[0]) in seen:
+        if got is None or not got[1] or json.dumps(got[0], sort_keys=True, default=str) in seen:
             continue
-        seen.add(json_key(got[0]))
+        seen.add(json.dumps(got[0], sort_keys=True, default=str))
         calls.append(got)
     if len(calls) < 2:
         return None
@@ -282,12 +283,6 @@ def procedural_parallel_row(tool: dict, rng: random.Random, pool: list[dict] | N
                 {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": a} for a, _ in calls]}]
     return _tag({"tools": _with_distractors(tool, rng, pool), "messages": messages,
                  "meta": {"source": "procedural", "row": tool["name"]}}, "procedural_parallel")
-
-
-def json_key(value: Any) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 # ------------------------------------------------------------------------------ applying ratios
