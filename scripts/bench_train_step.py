@@ -3,6 +3,8 @@ step time, tokens/s and peak memory of one LoRA train step on the real Gemma 3 2
 
     .venv/bin/python scripts/bench_train_step.py --loss ours --out experiments/train_step_bench/ours.json
     .venv/bin/python scripts/bench_train_step.py --loss tunix --out experiments/train_step_bench/tunix.json
+    .venv/bin/python scripts/bench_train_step.py --loss ours --batch 8 --seq 768 --steps 2 --remat decoder \
+        --out experiments/train_step_bench/remat_decoder_8x768.json
 
 One loss per process, so each peak-RSS figure belongs to one loss only.
 """
@@ -23,6 +25,7 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--remat", choices=["none", "block", "decoder"], default="none")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -44,7 +47,7 @@ def main():
 
     register_configs()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["model=gemma3_270m"])
+        cfg = compose("config", overrides=["model=gemma3_270m", f"model.remat={args.remat}"])
     mesh = build_mesh(cfg.tpu)
     model = build_model(cfg.model, mesh, 0)
     tok = load_tokenizer_for(cfg.model)
@@ -78,7 +81,7 @@ def main():
             times.append(time.perf_counter() - t0)
     warm = times[1:]
     tokens = int(batch["input_mask"].sum())
-    out = {"loss_fn": args.loss, "batch": args.batch, "seq_len": args.seq, "tokens_per_step": tokens,
+    out = {"loss_fn": args.loss, "remat": args.remat, "batch": args.batch, "seq_len": args.seq, "tokens_per_step": tokens,
            "target_tokens_per_step": int(batch["target_weights"].sum()), "first_step_s_incl_compile": round(times[0], 2),
            "median_step_s": round(float(np.median(warm)), 3), "tokens_per_s": round(tokens / float(np.median(warm)), 1),
            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2),
