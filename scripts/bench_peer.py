@@ -1,0 +1,363 @@
+"""Ours against the usual PyTorch alternative (transformers + PEFT) on this machine, in one run.
+
+    .venv/bin/python scripts/bench_peer.py --peer-python /path/to/peer/bin/python \
+        --out experiments/peer_bench/result.json
+
+The peer's packages are the optional extra `peer` (`pip install -e .[peer]`, or any venv with
+torch, transformers and peft; --peer-python points at its interpreter). Both sides load the same
+weights: the HF-layout directory our GGUF conversion writes (model.source=gguf's cache) is a
+checkpoint transformers reads as is.
+
+Every measurement runs in a fresh process of its own (so each peak RSS belongs to one task),
+and the two sides alternate, task by task, repetition by repetition (the machine's drift hits
+both). Both sides get the same token ids, the same padded shapes and the same loss positions,
+written once by this driver. Tasks:
+
+- train BxT: one LoRA step (rank 16, alpha 32, every attention and MLP projection, AdamW,
+  global-norm clip 1.0), loss on completion tokens only: the vocabulary projection runs at the
+  loss positions only, on both sides.
+- prefill BxT: one forward pass, logits at each row's last position.
+- generate B: greedy, 200-token prompts + 64 new tokens (no stopping), base model on both sides.
+- matmul: a bare bf16 1024x640 @ 640x2048 matmul, the peak the MFU figures are measured against.
+
+Ratios are peer time / our time (above 1: ours is faster), min / median / max over repetitions.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Gemma 3 270M: per position, the 18 layers' projections (q 640x1024, k and v 640x256,
+# o 1024x640, gate/up/down 640x2048) hold 100.27M weights; the tied vocabulary projection 167.8M.
+TRANSFORMER_WEIGHTS = 18 * (640 * 1024 + 2 * 640 * 256 + 1024 * 640 + 3 * 640 * 2048)
+VOCAB_WEIGHTS = 262144 * 640
+LAYERS, HEADS, HEAD_DIM = 18, 4, 256
+MATMUL = (1024, 640, 2048)
+
+
+def model_flops(task: str, batch: int, seq: int, loss_positions: int = 0) -> float:
+    """Model FLOPs of one call (causal attention counted at its useful half). A LoRA step needs the
+    frozen weights' input gradients but not their weight gradients: 2x the forward matmuls."""
+    attn = 2 * 2 * HEADS * HEAD_DIM * LAYERS * (seq + 1) / 2  # QK^T and AV, per position
+    fwd = batch * seq * (2 * TRANSFORMER_WEIGHTS + attn)
+    if task == "train":
+        return 2 * fwd + attn * batch * seq + 2 * 2 * VOCAB_WEIGHTS * loss_positions
+    if task == "prefill":
+        return fwd + 2 * VOCAB_WEIGHTS * batch
+    raise ValueError(task)
+
+
+def rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def write_inputs(path: Path, train_shapes, prefill_shapes, gen_batches, rows_file: str) -> dict:
+    """Token ids both sides use: training batches (our collate: right padding, gathered loss
+    targets), prefill batches and generation prompts. Returns what each batch holds."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.data.batching import collate, tokenize_conversations
+    from gemma_tool_use.data.conversations import load_jsonl_conversations
+    from gemma_tool_use.model import load_tokenizer_for
+    from gemma_tool_use.paths import conf_dir
+
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["model=gemma3_270m"])
+    tok = load_tokenizer_for(cfg.model)
+    arrays, info = {}, {}
+    rows = load_jsonl_conversations(rows_file)
+    for b, t in train_shapes:
+        ex = tokenize_conversations(rows, tok, max_length=t).examples
+        batch = collate([ex[i % len(ex)] for i in range(b)], [t])
+        for k, v in batch.items():
+            arrays[f"train_{b}x{t}_{k}"] = v
+        info[f"train {b}x{t}"] = {"real_tokens": int(batch["input_mask"].sum()), "positions": b * t,
+                                  "loss_positions": int(batch["target_weights"].sum())}
+    text = "Tool-calling models read a list of functions and decide which one to call. " * 200
+    ids = np.asarray(tok.encode(text, add_bos=True), np.int32)
+    for b, t in prefill_shapes:
+        arrays[f"prefill_{b}x{t}"] = np.stack([np.roll(ids[1:t + 1], i) for i in range(b)]).astype(np.int32)
+        arrays[f"prefill_{b}x{t}"][:, 0] = ids[0]
+        info[f"prefill {b}x{t}"] = {"real_tokens": b * t, "positions": b * t}
+    for b in gen_batches:
+        p = np.stack([np.roll(ids[1:201], i) for i in range(b)]).astype(np.int32)
+        p[:, 0] = ids[0]
+        arrays[f"generate_{b}"] = p
+        info[f"generate {b}"] = {"prompt_tokens": 200, "new_tokens": 64}
+    np.savez(path, **arrays)
+    return info
+
+
+# ------------------------------------------------------------------------------------ our worker
+def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+    from hydra import compose, initialize_config_dir
+
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model, load_tokenizer_for
+    from gemma_tool_use.paths import conf_dir
+
+    if task == "matmul":
+        m, k, n = MATMUL
+        x, y = jnp.ones((m, k), jnp.bfloat16), jnp.ones((k, n), jnp.bfloat16)
+        f = jax.jit(lambda a, c: a @ c)
+        f(x, y).block_until_ready()
+        t0 = time.perf_counter()
+        for _ in range(50):
+            r = f(x, y)
+        r.block_until_ready()
+        return {"gflops": 2 * m * k * n / ((time.perf_counter() - t0) / 50) / 1e9}
+    data = np.load(inputs)
+    register_configs()
+    overrides = ["model=gemma3_270m"] + ([] if task == "train" else ["model.lora.enabled=false"])
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    mesh = build_mesh(cfg.tpu)
+    t0 = time.perf_counter()
+    model = build_model(cfg.model, mesh, 0)
+    load_s = time.perf_counter() - t0
+    times = []
+    with mesh:
+        if task == "train":
+            from tunix.sft import peft_trainer
+            from tunix.sft.metrics_logger import MetricsLogger
+
+            from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
+
+            batch = {k: data[f"train_{b}x{t}_{k}"] for k in
+                     ("input_tokens", "input_mask", "target_positions", "target_ids", "target_weights")}
+            opt, _ = make_optimizer(cfg.optim, 100)
+            trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=10**6, max_steps=steps + 2),
+                                 metrics_logger=MetricsLogger(), throughput=Throughput())
+            trainer.with_loss_fn(completion_loss)
+            step, _ = trainer.jit_train_and_eval_step()
+            call = lambda: jax.block_until_ready(step(batch)[0])  # noqa: E731
+        elif task == "prefill":
+            from tunix.sft import utils as sft_utils
+
+            tokens = jnp.asarray(data[f"prefill_{b}x{t}"])
+            mask = jnp.ones(tokens.shape, bool)
+            last = jnp.full((b, 1), t - 1, jnp.int32)
+
+            @nnx.jit
+            def forward(model, tokens, mask, last):
+                return model(tokens, sft_utils.build_positions_from_mask(mask), None,
+                             sft_utils.make_causal_attn_mask(mask), logits_at=last)[0]
+
+            call = lambda: jax.block_until_ready(forward(model, tokens, mask, last))  # noqa: E731
+        else:
+            from gemma_tool_use.generate import Generator, SamplingParams
+
+            prompts = [list(map(int, r)) for r in data[f"generate_{b}"]]
+            gen = Generator(model, load_tokenizer_for(cfg.model), batch_size=b, prompt_buckets=(256,), max_prompt_len=512)
+            params = SamplingParams(max_new_tokens=64, stop_ids=(-1,))
+            call = lambda: gen.generate_ids(prompts, params)  # noqa: E731
+        for _ in range(steps + 1):
+            t1 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t1)
+    from gemma_tool_use.model import count_params
+
+    return {"load_s": load_s, "first_call_s": times[0], "seconds": times[1:], "jax": jax.__version__,
+            **({"our_trainable_params": count_params(model, nnx.LoRAParam)} if task == "train" else {})}
+
+
+# ----------------------------------------------------------------------------------- peer worker
+def peer(task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    if task == "matmul":
+        m, k, n = MATMUL
+        x, y = torch.ones((m, k), dtype=torch.bfloat16), torch.ones((k, n), dtype=torch.bfloat16)
+        x @ y
+        t0 = time.perf_counter()
+        for _ in range(50):
+            x @ y
+        return {"gflops": 2 * m * k * n / ((time.perf_counter() - t0) / 50) / 1e9}
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    data = np.load(inputs)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16, attn_implementation="sdpa")
+    load_s = time.perf_counter() - t0
+    extra = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if task == "train":
+        import peft
+
+        model = peft.get_peft_model(model, peft.LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+        model.train()
+        extra.update(peft=peft.__version__, trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
+        ids = torch.from_numpy(data[f"train_{b}x{t}_input_tokens"]).long()
+        mask = torch.from_numpy(data[f"train_{b}x{t}_input_mask"]).long()
+        pos = torch.from_numpy(data[f"train_{b}x{t}_target_positions"]).long()
+        tgt = torch.from_numpy(data[f"train_{b}x{t}_target_ids"]).long()
+        w = torch.from_numpy(data[f"train_{b}x{t}_target_weights"]).float()
+        base = model.get_base_model()
+        head = base.get_output_embeddings()
+
+        def call():
+            # the hidden states at the loss positions only, then the vocabulary projection there
+            hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            h = torch.gather(hidden, 1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
+            logits = head(h).float()
+            nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none")
+            loss = (nll * w.flatten()).sum() / w.sum().clamp(min=1.0)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.item()
+    elif task == "prefill":
+        model.eval()
+        ids = torch.from_numpy(data[f"prefill_{b}x{t}"]).long()
+
+        def call():
+            with torch.inference_mode():
+                return model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits
+    else:
+        model.eval()
+        ids = torch.from_numpy(data[f"generate_{b}"]).long()
+
+        def call():
+            with torch.inference_mode():
+                return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
+                                      min_new_tokens=64, do_sample=False)
+    times = []
+    for _ in range(steps + 1):
+        t1 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t1)
+    return {"load_s": load_s, "first_call_s": times[0], "seconds": times[1:], **extra}
+
+
+# ---------------------------------------------------------------------------------------- driver
+def parse_shape(s: str) -> tuple[int, int]:
+    b, t = s.lower().split("x")
+    return int(b), int(t)
+
+
+def spawn(python: str, side: str, task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> dict:
+    cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--task", task, "--b", str(b), "--t", str(t),
+           "--inputs", str(inputs), "--steps", str(steps), "--hf-dir", hf_dir]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{side} {task} {b}x{t} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def spread(xs) -> dict:
+    return {"min": round(min(xs), 3), "median": round(statistics.median(xs), 3), "max": round(max(xs), 3)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", choices=["ours", "peer"])
+    ap.add_argument("--task", choices=["train", "prefill", "generate", "matmul"])
+    ap.add_argument("--b", type=int)
+    ap.add_argument("--t", type=int)
+    ap.add_argument("--inputs")
+    ap.add_argument("--hf-dir")
+    ap.add_argument("--steps", type=int, default=3, help="timed calls per process, after one warm-up call")
+    ap.add_argument("--peer-python", default=sys.executable, help="an interpreter with torch, transformers, peft")
+    ap.add_argument("--train", default="4x256,8x1024", help="LoRA step shapes, BxT, comma-separated ('' for none)")
+    ap.add_argument("--prefill", default="4x256")
+    ap.add_argument("--generate", default="8,16", help="generation batch sizes")
+    ap.add_argument("--reps", type=int, default=2, help="processes per side and task, interleaved")
+    ap.add_argument("--rows", default="tiny/train.jsonl", help="conversations for the training batches")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    if args.worker:
+        fn = ours if args.worker == "ours" else peer
+        kw = {} if args.worker == "ours" else {"hf_dir": args.hf_dir}
+        out = fn(args.task, args.b, args.t, Path(args.inputs) if args.inputs else None, args.steps, **kw)
+        out["peak_rss_gib"] = rss_gib()
+        print(json.dumps(out))
+        return
+
+    if not args.out:
+        ap.error("--out is required")
+    from gemma_tool_use.weights import converted_gguf_dir
+
+    hf_dir = str(converted_gguf_dir())
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    inputs = out_path.with_suffix(".inputs.npz")
+    train = [parse_shape(s) for s in args.train.split(",") if s]
+    prefill = [parse_shape(s) for s in args.prefill.split(",") if s]
+    gen = [int(s) for s in args.generate.split(",") if s]
+    info = write_inputs(inputs, train, prefill, gen, args.rows)
+    tasks = ([("matmul", 0, 0)] + [("train", b, t) for b, t in train] + [("prefill", b, t) for b, t in prefill]
+             + [("generate", b, 200) for b in gen])
+    runs = {f"{task} {b}x{t}" if task != "generate" else f"generate {b}": {"ours": [], "peer": []} for task, b, t in tasks}
+    runs["matmul"] = runs.pop("matmul 0x0")
+    t_start = time.time()
+    for rep in range(args.reps):
+        for task, b, t in tasks:
+            key = "matmul" if task == "matmul" else (f"generate {b}" if task == "generate" else f"{task} {b}x{t}")
+            sides = ("ours", "peer") if rep % 2 == 0 else ("peer", "ours")  # alternate who goes first
+            for side in sides:
+                python = sys.executable if side == "ours" else args.peer_python
+                r = spawn(python, side, task, b, t, inputs, args.steps, hf_dir)
+                runs[key][side].append(r)
+                shown = r.get("gflops") or statistics.median(r["seconds"])
+                print(f"[rep {rep + 1}/{args.reps}, {time.time() - t_start:6.0f} s] {key:14s} {side}: "
+                      f"{shown:.3f} {'GFLOP/s' if task == 'matmul' else 's'}, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
+    peak = max(statistics.median(r["gflops"] for r in runs["matmul"][s]) for s in ("ours", "peer"))
+    table = {"matmul": {s: spread([r["gflops"] for r in runs["matmul"][s]]) for s in ("ours", "peer")}}
+    for key, sides in runs.items():
+        if key == "matmul":
+            continue
+        task = key.split()[0]
+        med = {s: [statistics.median(r["seconds"]) for r in sides[s]] for s in ("ours", "peer")}
+        row = {s: {"seconds": spread(med[s]), "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)}
+               for s in ("ours", "peer")}
+        row["ratio_peer_over_ours"] = spread([p / o for p, o in zip(med["peer"], med["ours"])])
+        if task in ("train", "prefill"):
+            b, t = parse_shape(key.split()[1])
+            flops = model_flops(task, b, t, info[key].get("loss_positions", 0))
+            for s in ("ours", "peer"):
+                row[s]["real_tokens_per_s"] = round(info[key]["real_tokens"] / statistics.median(med[s]), 1)
+                row[s]["mfu_vs_matmul_peak"] = round(flops / statistics.median(med[s]) / (peak * 1e9), 3)
+        else:
+            b = int(key.split()[1])
+            for s in ("ours", "peer"):
+                row[s]["new_tokens_per_s"] = round(b * 64 / statistics.median(med[s]), 1)
+        table[key] = row
+    versions = {k: v for s in ("ours", "peer") for r in runs[next(k for k in runs if k != "matmul")][s][:1]
+                for k, v in r.items() if k in ("jax", "torch", "transformers", "peft", "trainable_params", "our_trainable_params")}
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "inputs": info, "results": table,
+              "matmul_peak_gflops": round(peak, 1), "versions": versions, "raw": runs,
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=ROOT).stdout.strip(),
+              "wall_s": round(time.time() - t_start, 1)}
+    out_path.write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: report[k] for k in ("results", "matmul_peak_gflops", "versions")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
