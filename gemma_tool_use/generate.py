@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gemma_tool_use.model import graphdef_without_remat
 from gemma_tool_use.tokenizer import BOS_ID, END_OF_TURN_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ class Generator:
         self.buckets = tuple(sorted(b for b in prompt_buckets if b < self.max_prompt_len)) + (self.max_prompt_len,)
         # Long prompts get smaller batches: the attention scores of a prefill grow as T^2.
         self.max_batch_tokens = int(max_batch_tokens)
-        self.graphdef, self.state = nnx.split(model)
+        # the graph the programs trace: the model's own, without training-only recomputation
+        self.graphdef = graphdef_without_remat(model)
+        self._source_graphdef, self.state = nnx.split(model)
         self._model = model
         self.model_config = model.config
         self.dtype = model.embedder.input_embedding.value.dtype
@@ -122,7 +125,7 @@ class Generator:
         this after every update or it keeps sampling the old policy (same graph: no recompile)."""
         model = self._model if model is None else model
         graphdef, self.state = nnx.split(model)
-        if graphdef != self.graphdef:
+        if graphdef != self._source_graphdef:
             raise GenerationError("Generator.sync: the model's structure changed; build a new Generator")
         self._model = model
 

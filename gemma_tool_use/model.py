@@ -10,6 +10,7 @@ and trainers work unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -139,6 +140,36 @@ def shard_model(model: nnx.Module, mesh) -> nnx.Module:
     )
     nnx.update(model, sharded)
     return model
+
+
+def graphdef_without_remat(model: nnx.Module):
+    """The model's graph with activation recomputation switched off: for sampling.
+
+    model.remat is a training setting (memory for compute in the backward pass), and tunix
+    applies it with nnx.remat inside each layer's __call__, which cannot run inside the
+    generator's decode loop (a jax while_loop whose body merges the model: nnx refuses the
+    nested transform with a TraceContextError). Recomputation has no use without gradients, so
+    the generator traces this graph instead; the variables, and so the state, are the same.
+    The model itself is left as it was."""
+    none = tunix_gemma3.RematConfig.NONE
+    changed = []
+    for _, module in model.iter_modules():
+        if getattr(module, "remat_config", none) != none:
+            changed.append((module, "remat_config", module.remat_config))
+        cfg = getattr(module, "config", None)
+        if cfg is not None and getattr(cfg, "remat_config", none) != none:
+            changed.append((module, "config", cfg))
+    if not changed:
+        return nnx.graphdef(model)
+    try:
+        for module, attr, value in changed:
+            # a new config object, not a mutated one: the training graph keeps its own
+            new = none if attr == "remat_config" else dataclasses.replace(value, remat_config=none)
+            setattr(module, attr, new)
+        return nnx.graphdef(model)
+    finally:
+        for module, attr, value in changed:
+            setattr(module, attr, value)
 
 
 def build_random_model(model_cfg, seed: int) -> ToolGemma3:

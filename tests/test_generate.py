@@ -161,3 +161,28 @@ def test_works_with_lora_model(tokenizer):
     r = Generator(model, tokenizer, prompt_buckets=(8,), max_prompt_len=16).generate_ids(
         [PROMPTS[0]], SamplingParams(max_new_tokens=4, stop_ids=(-1,)))[0]
     assert r.token_ids == naive_greedy(model, PROMPTS[0], 4)
+
+
+@pytest.mark.parametrize("remat", ["block", "decoder"])
+def test_a_model_trained_with_remat_generates_and_keeps_its_remat(tokenizer, remat):
+    """model.remat is for training; sampling from such a model (BFCL after SFT, GRPO rollouts)
+    once failed inside the decode loop with nnx's TraceContextError."""
+    from tunix.models.gemma3.model import RematConfig
+
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model
+
+    outs = {}
+    for setting in ("none", remat):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=["model=tiny", f"model.remat={setting}"])
+        model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
+        for refill in (False, True):
+            gen = Generator(model, tokenizer, batch_size=2, prompt_buckets=(8, 32), max_prompt_len=64, refill=refill)
+            outs[setting, refill] = [r.token_ids for r in gen.generate_ids(
+                PROMPTS[:3], SamplingParams(max_new_tokens=5, stop_ids=(-1,)))]
+        gen.sync(model)  # the trainer's graph (with remat) is the one sync accepts
+        assert model.config.remat_config == RematConfig[remat.upper()] or setting == "none"
+    assert outs[remat, False] == outs["none", False]
+    assert outs[remat, True] == outs["none", True]
