@@ -262,9 +262,12 @@ def procedural_parallel_row(tool: dict, rng: random.Random, pool: list[dict] | N
     calls, seen = [], set()
     for _ in range(rng.randint(2, 4)):
         got = _procedural_args(tool, rng)
-        if got is None or not got[1] or json.dumps(got[0], sort_keys=True, default=str) in seen:
+        if got is None or not got[1]:
             continue
-        seen.add(json.dumps(got[0], sort_keys=True, default=str))
+        key = json.dumps(got[0], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
         calls.append(got)
     if len(calls) < 2:
         return None
