@@ -50,8 +50,10 @@ Choices (documented here, pinned by tests/test_rewards.py):
 * **Value equality** follows BFCL's AST checker: strings through BFCL's `standardize_string`
   (drop ' ' and the characters ,./-_*^, lowercase, ' -> "; re-implemented with its exact regex,
   because importing bfcl_eval's checker costs seconds; a test pins the regex against the
-  installed bfcl_eval source), int == float when numerically equal (BFCL lets an int stand for
-  a float), bools only equal bools (True is not 1), lists element-wise in order (same length),
+  installed bfcl_eval source), an int may stand for an equal float (BFCL converts an int given
+  for a float parameter) but a float never for an int (BFCL's type check rejects 20.0 for an
+  integer parameter: with the two symmetric, GRPO drifted ints into floats unpunished and lost
+  simple_python entries, experiments/pipeline_cpu), bools only equal bools (True is not 1), lists element-wise in order (same length),
   dicts key-wise (same keys, values by the same rules), None only None.
 * **Abstention** only asks whether a call was made: a truncated plain-text answer on a no-call
   row still scores +1.0 there (the format term takes the truncation).
@@ -107,7 +109,9 @@ def values_match(gold: Any, pred: Any) -> bool:
     if isinstance(gold, bool) or isinstance(pred, bool):
         return isinstance(gold, bool) and isinstance(pred, bool) and gold == pred
     if isinstance(gold, (int, float)) and isinstance(pred, (int, float)):
-        return gold == pred  # exact across int/float: 1 == 1.0, and big ints are not rounded
+        if isinstance(gold, int) and isinstance(pred, float):
+            return False  # a float for an integer is a type error in BFCL's checker
+        return gold == pred  # an int for a float: 1.0 == 1, and big ints are not rounded
     if isinstance(gold, str) and isinstance(pred, str):
         return standardize_string(gold) == standardize_string(pred)
     if isinstance(gold, (list, tuple)) and isinstance(pred, (list, tuple)):

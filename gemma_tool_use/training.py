@@ -113,6 +113,37 @@ def device_memory_gib() -> float | None:
     return stats["peak_bytes_in_use"] / (1 << 30)
 
 
+PROCESS_START = "run/process_start"  # metrics.jsonl marker: a process began (or resumed) training here
+
+
+def training_history(metrics_path) -> dict:
+    """The whole run's figures from metrics.jsonl, every process that trained it included: the
+    counters of a process cover only its own steps, so a run resumed at its last step would
+    otherwise report no train loss, seconds of a validation and the memory of a BFCL pass.
+
+    Training seconds add up each process's span, from its PROCESS_START marker (or, in runs
+    written before the marker, its first record) to its last train or eval record; the time of
+    steps that a kill threw away (dropped on resume) is not counted."""
+    from pathlib import Path
+
+    from gemma_tool_use.files import read_jsonl
+
+    path = Path(metrics_path)
+    recs = [r for r in read_jsonl(path) if isinstance(r, dict)] if path.is_file() else []
+    recs = [r for r in recs if not any(k.startswith("bfcl/") for k in r)]
+    segments: list[list[dict]] = []
+    for r in recs:
+        if r.get(PROCESS_START) or not segments:
+            segments.append([])
+        segments[-1].append(r)
+    seconds = sum(seg[-1]["time"] - seg[0]["time"] for seg in segments if len(seg) > 1)
+    last = lambda key: next((float(r[key]) for r in reversed(recs) if key in r), None)
+    rss = [float(r["perf/peak_rss_gib"]) for r in recs if "perf/peak_rss_gib" in r]
+    return {"processes": len(segments), "train_seconds": round(seconds, 2),
+            "final_train_loss": last("train/loss"), "final_val_loss": last("eval/loss"),
+            "peak_rss_gib": round(max(rss), 2) if rss else None}
+
+
 class TrackerMetricsLogger(tunix_metrics.MetricsLogger):
     """Sends tunix's per-step metrics to our Tracker (one record per step and mode), adding
     throughput and memory to train records."""

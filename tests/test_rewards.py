@@ -60,8 +60,11 @@ CASES = [
     # BFCL does not drop '!': value wrong; S = 1 + 1 + 0 = 2, S_max = 3 -> 2*2/3 - 1 = 1/3
     ("string_bang_not_normalised", out(call("get_weather", city="Paris!")), [PARIS], "stop", 1.0, 1 / 3, 0.0, 1.0, 0.0),
     # 20.0 == 20: S = 1 + 1 + 1 = 3 = S_max -> 1
-    ("int_vs_float", out(call("set_thermostat", degrees=20.0)), [call("set_thermostat", degrees=20)], "stop",
+    ("int_for_float", out(call("set_thermostat", degrees=20)), [call("set_thermostat", degrees=20.0)], "stop",
      1.0, 1.0, 0.0, 1.0, 1.0),
+    # ... but a float for an int is BFCL's type_error: S = 1 + [1 + 0] = 2 of 3 -> 1/3
+    ("float_for_int", out(call("set_thermostat", degrees=20.0)), [call("set_thermostat", degrees=20)], "stop",
+     1.0, 1 / 3, 0.0, 1.0, 0.0),
     # no arguments: keys m(∅, ∅) = 1; S = 1 + 1 = 2 = S_max -> 1
     ("no_argument_call", out(call("list_alarms")), [call("list_alarms")], "stop", 1.0, 1.0, 0.0, 1.0, 1.0),
     # names m({get_weather},{get_time}) = 0, nothing to match: S = 0, S_max = 3 -> -1
@@ -166,11 +169,12 @@ def test_build_reward_fns_partial_weights():
 
 def test_values_match_rules():
     m = R.values_match
-    assert m(1, 1.0) and m(2.5, 2.5) and not m(1, 1.5)
+    assert m(1.0, 1) and m(2.5, 2.5) and not m(1, 1.5)
+    assert not m(1, 1.0) and not m(20, 20.0)  # BFCL: a float for an integer parameter is a type error
     assert not m(True, 1) and not m(1, True) and m(False, False)
     assert not m("5", 5) and not m(None, "") and m(None, None)
-    assert m(["New York", 1], ["new york", 1.0]) and not m(["a", "b"], ["b", "a"]) and not m([1], [1, 1])
-    assert m({"tags": ["A b", "c"], "n": 2}, {"n": 2.0, "tags": ["ab", "C"]})
+    assert m(["New York", 1.0], ["new york", 1]) and not m(["a", "b"], ["b", "a"]) and not m([1], [1, 1])
+    assert m({"tags": ["A b", "c"], "n": 2.0}, {"n": 2, "tags": ["ab", "C"]}) and not m({"n": 2}, {"n": 2.0})
     assert not m({"a": 1}, {"a": 1, "b": 2}) and not m({"a": 1}, {"A": 1})
     assert m("It's 5 p.m.", 'its 5 pm') is False  # ' -> " (BFCL), so the quote is kept
     assert m("It's", 'It"s')

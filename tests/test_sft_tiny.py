@@ -101,6 +101,9 @@ def test_resume_after_kill_continues_the_same_curve(full_run, tmp_path):
     assert train_steps == list(range(1, STEPS + 1))
     full = json.loads((full_run / "train_summary.json").read_text())
     assert summary["tokens_trained"] == full["tokens_trained"] and summary["tokens_trained"] > 0
+    # The summary describes the whole run, not only the resumed process's share of it.
+    assert summary["processes"] == 2 and summary["train_seconds"] > summary["train_seconds_this_process"] > 0
+    assert summary["final_train_loss"] == pytest.approx(train_losses(read_metrics(tmp_path))[STEPS])
 
 
 def test_sigterm_saves_the_current_step_and_final_metrics_describe_the_final_weights(tmp_path):
@@ -123,6 +126,17 @@ def test_sigterm_saves_the_current_step_and_final_metrics_describe_the_final_wei
     evals = {rec["step"]: rec["eval/loss"] for rec in records if "eval/loss" in rec}
     assert summary["steps"] == 5 and 5 in evals and summary["final_val_loss"] == pytest.approx(evals[5])
     assert [rec["step"] for rec in records if "train/loss" in rec] == [1, 2, 3, 4, 5]
+
+    # Once more: resumed at its last step, the process trains nothing and re-evaluates. Its summary
+    # still carries the run's train loss, seconds and memory (it once wrote null, 48 s and 4.9 GiB
+    # for a 2-hour stage).
+    r = run_cli(*common)
+    assert r.returncode == 0, r.stderr[-4000:]
+    again = json.loads((tmp_path / "train_summary.json").read_text())
+    assert again["resumed_from_step"] == 5 and again["processes"] == 3 and again["tokens_per_s"] is None
+    assert summary["final_train_loss"] is not None
+    assert again["final_train_loss"] == pytest.approx(summary["final_train_loss"])
+    assert again["train_seconds"] >= summary["train_seconds"] and again["peak_rss_gib"] >= summary["peak_rss_gib"]
 
 
 def test_a_corrupt_latest_checkpoint_gives_way_to_the_newest_intact_one(full_run, tmp_path, caplog):
@@ -235,3 +249,22 @@ def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
     steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and max(steps) >= 3, "no interval checkpoint was due, yet the work is on disk"
+
+
+def test_training_history_adds_up_every_process_and_skips_bfcl_and_thrown_away_time(tmp_path):
+    from gemma_tool_use.training import PROCESS_START, training_history
+
+    recs = [{"step": 0, "time": 100.0, PROCESS_START: 1}, {"step": 0, "time": 110.0, "eval/loss": 2.0},
+            {"step": 1, "time": 130.0, "train/loss": 1.5, "perf/peak_rss_gib": 3.0},
+            {"step": 2, "time": 150.0, "train/loss": 1.2, "perf/peak_rss_gib": 7.5},
+            # a second process, hours later, resumes at step 2
+            {"step": 2, "time": 9000.0, PROCESS_START: 1},
+            {"step": 3, "time": 9040.0, "train/loss": 1.1, "perf/peak_rss_gib": 5.0},
+            {"step": 3, "time": 9050.0, "eval/loss": 1.4},
+            {"step": 3, "time": 9900.0, "bfcl/simple_python": 0.4}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    h = training_history(path)
+    assert h == {"processes": 2, "train_seconds": 100.0, "final_train_loss": 1.1, "final_val_loss": 1.4,
+                 "peak_rss_gib": 7.5}
+    assert training_history(tmp_path / "absent.jsonl")["train_seconds"] == 0

@@ -39,8 +39,8 @@ def run(cfg: DictConfig) -> float:
     from gemma_tool_use.tracking import Tracker
     from gemma_tool_use.interrupt import deferred_stops, signals_ignored
     from gemma_tool_use.training import (CheckpointError, SftTrainer, Throughput, TrackerMetricsLogger,
-                                         completion_loss, make_optimizer, peak_rss_gib,
-                                         set_aside_corrupt_checkpoints)
+                                         completion_loss, make_optimizer, peak_rss_gib, PROCESS_START,
+                                         set_aside_corrupt_checkpoints, training_history)
 
     import jax
     from omegaconf import open_dict
@@ -109,6 +109,7 @@ def run(cfg: DictConfig) -> float:
             dropped = tracker.drop_records_after(start_step)
             log.info("resumed from checkpoint at step %d (%d metrics records of redone steps dropped)",
                      start_step, dropped)
+        tracker.log({PROCESS_START: 1}, step=start_step)  # where this process's share of the training time begins
         train_iter = train_batches(train_set, int(cfg.train.batch_size), buckets, int(cfg.seed),
                                    int(cfg.train.length_group_batches), proc, nproc)
         val = (eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches), proc, nproc)
@@ -126,25 +127,26 @@ def run(cfg: DictConfig) -> float:
             raise
         train_seconds = time.time() - t_train
 
-        logger = trainer.metrics_logger
-        def last(name, mode):
-            try:
-                return float(logger.get_metric_history("", name, mode)[-1])
-            except (ValueError, KeyError, IndexError):
-                return None
+        trainer.metrics_logger.flush()
+        # The run's figures over every process that trained it (a resumed run's counters hold only its own steps).
+        history = training_history(own_dir / "metrics.jsonl")
+        steps_here = trainer.train_steps - start_step
         summary = {
             "stage": training_config.pbar_description,
             "steps": trainer.train_steps,
             "resumed_from_step": start_step,
-            "final_train_loss": last("loss", "train"),
-            "final_val_loss": last("loss", "eval"),
-            "train_seconds": round(train_seconds, 2),
-            "total_seconds": round(time.time() - t_start, 2),
+            "final_train_loss": history["final_train_loss"],
+            "final_val_loss": history["final_val_loss"],
+            "train_seconds": history["train_seconds"],  # all processes
+            "processes": history["processes"],
+            "train_seconds_this_process": round(train_seconds, 2),
+            "total_seconds_this_process": round(time.time() - t_start, 2),
             "tokens_trained": throughput.tokens,
             "target_tokens_trained": throughput.target_tokens,
-            # tokens of every process (they ride in the checkpoints); speed of this one
-            "tokens_per_s": round((throughput.tokens - start_tokens) / train_seconds, 1) if train_seconds > 0 else None,
-            "peak_rss_gib": round(peak_rss_gib(), 2),
+            # tokens of every process (they ride in the checkpoints); speed of this one, None if it trained no step
+            "tokens_per_s": (round((throughput.tokens - start_tokens) / train_seconds, 1)
+                             if steps_here > 0 and train_seconds > 0 else None),
+            "peak_rss_gib": round(max(peak_rss_gib(), history["peak_rss_gib"] or 0.0), 2),
             "final_lr": float(schedule(trainer.train_steps)),
             "checkpoint_dir": training_config.checkpoint_root_directory,
         }
