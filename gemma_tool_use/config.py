@@ -158,6 +158,10 @@ class DataConfig:
     overlength: str = "drop"
     # Padded sequence lengths; a batch is padded to the smallest bucket that fits (one compile each).
     length_buckets: list[int] = field(default_factory=lambda: [128, 256, 512, 1024])
+    # Sequence packing (null: off): training rows hold several conversations end to end, up to
+    # this many tokens, each attending to itself only; train.batch_size counts packed rows.
+    # Between data.max_length and the largest length bucket. Validation batches stay unpacked.
+    pack_length: Optional[int] = None
     system_prompt: Optional[str] = None  # null = chat_format.DEFAULT_TOOL_SYSTEM_PROMPT
 
 
@@ -558,6 +562,9 @@ def check_config(cfg) -> None:
     if buckets != sorted(set(buckets)) or buckets[-1] < d.max_length:
         fail("data.length_buckets", f"must be strictly ascending and end at >= data.max_length ({d.max_length}), "
              f"got {buckets}")
+    if d.pack_length is not None and not d.max_length <= d.pack_length <= buckets[-1]:
+        fail("data.pack_length", f"must be null (no packing) or between data.max_length ({d.max_length}) and the "
+             f"largest of data.length_buckets ({buckets[-1]}), got {d.pack_length}")
 
     # ------------------------------------------------------------------ devices
     tpu = cfg.tpu

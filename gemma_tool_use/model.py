@@ -88,8 +88,8 @@ class TrainableRowsEmbedder(tunix_gemma3.Embedder):
         return e * jnp.sqrt(e.shape[-1]).astype(e.dtype)
 
     def decode(self, x):
-        logits = jnp.dot(x, self.input_embedding.value.T)
-        return logits.at[..., self.row_ids.value].add(jnp.dot(x, self.row_delta.value.T))
+        logits = jnp.einsum("...d,vd->...v", x, self.input_embedding.value)  # no transposed copy (training.py)
+        return logits.at[..., self.row_ids.value].add(jnp.einsum("...d,kd->...k", x, self.row_delta.value))
 
     def merged_table(self):
         return self.input_embedding.value.at[self.row_ids.value].add(self.row_delta.value)

@@ -30,24 +30,42 @@ from gemma_tool_use.interrupt import raise_if_stop_requested
 LOSS_CHUNK = 512
 
 
-def completion_loss(model, input_tokens, input_mask, target_positions, target_ids, target_weights):
+def completion_loss(model, input_tokens, input_mask, target_positions, target_ids, target_weights,
+                    input_segments=None):
     """Mean next-token NLL over model-turn targets only.
 
     Hidden states are gathered at the K target positions ([B, K, D]) instead of every position,
     labels are integers (no one-hot over 262k classes), and the vocabulary projection runs in
-    chunks of LOSS_CHUNK positions (see above)."""
-    positions = sft_utils.build_positions_from_mask(input_mask)
-    attention_mask = sft_utils.make_causal_attn_mask(input_mask)
+    chunks of LOSS_CHUNK positions (see above). With `input_segments` (packed rows, see
+    data/batching.py), each conversation attends to itself only and its positions start at 0."""
+    if input_segments is None:
+        positions = sft_utils.build_positions_from_mask(input_mask)
+        attention_mask = sft_utils.make_causal_attn_mask(input_mask)
+    else:
+        positions, attention_mask = packed_positions_and_mask(input_segments)
     hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions, return_hidden=True)
     nll = chunked_nll(model.embedder, hidden, target_ids)
     return jnp.sum(nll * target_weights) / jnp.maximum(jnp.sum(target_weights), 1.0)
 
 
+def packed_positions_and_mask(segments):
+    """Positions (restarting at 0 with each segment) and the causal attention mask [B, T, T]
+    that keeps each segment to itself, from segment ids [B, T] (0 = padding, attends nowhere)."""
+    T = segments.shape[-1]
+    idx = jnp.arange(T, dtype=jnp.int32)
+    first = jnp.concatenate([jnp.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=1)
+    start = jax.lax.cummax(jnp.where(first, idx, 0), axis=1)
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, :, None] > 0)
+    return idx - start, same & (idx[:, None] >= idx[None, :])
+
+
 def _head_nll(table, row_ids, row_delta, h, targets):
     """-log p(target) for hidden states h [N, D] under the tied head (plus trained row deltas)."""
-    logits = jnp.dot(h, table.T)
+    # einsum, not jnp.dot(h, table.T): for 2-D h, XLA:CPU copies the transposed 262k x 640 table on
+    # every call and picks a slower bf16 kernel (measured: 512 positions 1.32 s vs 0.70 s, forward).
+    logits = jnp.einsum("...d,vd->...v", h, table)
     if row_delta is not None:
-        logits = logits.at[..., row_ids].add(jnp.dot(h, row_delta.T))
+        logits = logits.at[..., row_ids].add(jnp.einsum("...d,kd->...k", h, row_delta))
     logits = logits.astype(jnp.float32)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return jax.nn.logsumexp(logits, axis=-1) - target_logit

@@ -19,6 +19,12 @@ written once by this driver. Tasks:
 - prefill BxT: one forward pass, logits at each row's last position.
 - generate B: greedy, 200-token prompts + 64 new tokens (no stopping), base model on both sides.
 - matmul: a bare bf16 1024x640 @ 640x2048 matmul, the peak the MFU figures are measured against.
+- epoch B: a slice of an epoch of a real training mix (--epoch-data, default the cpu pipeline's
+  sft_small rows): the peer trains batches of B rows in a seeded random order, each padded to its
+  longest row (its usual dynamic padding); ours trains the same rows the way a run would, packed
+  into rows of --epoch-pack tokens (`data.pack_length`), or with 0 our length-grouped padded
+  buckets. The figure is useful (non-pad) tokens per second over --epoch-steps steps; our steps
+  that compiled a new shape are left out of it and reported apart (a full epoch amortises them).
 
 Ratios are peer time / our time (above 1: ours is faster), min / median / max over repetitions.
 """
@@ -60,9 +66,11 @@ def rss_gib() -> float:
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def write_inputs(path: Path, train_shapes, prefill_shapes, gen_batches, rows_file: str) -> dict:
+def write_inputs(path: Path, train_shapes, prefill_shapes, gen_batches, rows_file: str,
+                 epoch_data: list[str] | None = None) -> dict:
     """Token ids both sides use: training batches (our collate: right padding, gathered loss
-    targets), prefill batches and generation prompts. Returns what each batch holds."""
+    targets), prefill batches, generation prompts and the rows of a real training mix (epoch).
+    Returns what each batch holds."""
     import numpy as np
     from hydra import compose, initialize_config_dir
 
@@ -96,8 +104,31 @@ def write_inputs(path: Path, train_shapes, prefill_shapes, gen_batches, rows_fil
         p[:, 0] = ids[0]
         arrays[f"generate_{b}"] = p
         info[f"generate {b}"] = {"prompt_tokens": 200, "new_tokens": 64}
+    if epoch_data:
+        import tempfile
+
+        from gemma_tool_use.data.prepare import prepare_training_data
+
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            dcfg = compose("config", overrides=["model=gemma3_270m", *epoch_data])
+        with tempfile.TemporaryDirectory() as tmp:
+            train, _, _ = prepare_training_data(dcfg, tok, Path(tmp))
+        ex = train.examples
+        arrays["epoch_ids"] = np.concatenate([e.ids for e in ex]).astype(np.int32)
+        arrays["epoch_loss_mask"] = np.concatenate([e.loss_mask for e in ex])
+        arrays["epoch_offsets"] = np.cumsum([0] + [len(e) for e in ex])
+        arrays["epoch_buckets"] = np.asarray(list(dcfg.data.length_buckets), np.int32)
+        info["epoch"] = {"overrides": epoch_data, "rows": len(ex), "tokens": int(arrays["epoch_offsets"][-1]),
+                         "target_tokens": int(sum(int(e.loss_mask[1:].sum()) for e in ex))}
     np.savez(path, **arrays)
     return info
+
+
+def epoch_rows(data) -> list:
+    from gemma_tool_use.chat_format import RenderedConversation
+
+    off = data["epoch_offsets"]
+    return [RenderedConversation(data["epoch_ids"][a:b], data["epoch_loss_mask"][a:b]) for a, b in zip(off[:-1], off[1:])]
 
 
 # ------------------------------------------------------------------------------------ our worker
@@ -106,12 +137,9 @@ def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
-    from hydra import compose, initialize_config_dir
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model, load_tokenizer_for
-    from gemma_tool_use.paths import conf_dir
+    from bench_common import lora_train_step, real_model
+    from gemma_tool_use.model import load_tokenizer_for
 
     if task == "matmul":
         m, k, n = MATMUL
@@ -124,29 +152,34 @@ def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
         r.block_until_ready()
         return {"gflops": 2 * m * k * n / ((time.perf_counter() - t0) / 50) / 1e9}
     data = np.load(inputs)
-    register_configs()
-    overrides = ["model=gemma3_270m"] + ([] if task == "train" else ["model.lora.enabled=false"])
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    mesh = build_mesh(cfg.tpu)
+    overrides = [] if task in ("train", "epoch") else ["model.lora.enabled=false"]
     t0 = time.perf_counter()
-    model = build_model(cfg.model, mesh, 0)
+    cfg, mesh, model = real_model(*overrides)
     load_s = time.perf_counter() - t0
     times = []
     with mesh:
+        if task == "epoch":
+            from gemma_tool_use.data.batching import TokenizedSet, train_batches
+
+            step = lora_train_step(cfg, model)
+            batches = train_batches(TokenizedSet(epoch_rows(data)), b, list(map(int, data["epoch_buckets"])), seed=0,
+                                    pack_length=t or None)
+            seen, rec = set(), {"seconds": [], "tokens": [], "compiled": [], "shapes": []}
+            for _ in range(steps):
+                batch = next(batches)
+                shape = tuple(batch["input_tokens"].shape) + (batch["target_positions"].shape[1],)
+                t1 = time.perf_counter()
+                jax.block_until_ready(step(batch)[0])
+                rec["seconds"].append(time.perf_counter() - t1)
+                rec["tokens"].append(int(batch["input_mask"].sum()))
+                rec["compiled"].append(shape not in seen)
+                rec["shapes"].append("x".join(map(str, shape)))
+                seen.add(shape)
+            return {"load_s": load_s, **rec, "jax": jax.__version__}
         if task == "train":
-            from tunix.sft import peft_trainer
-            from tunix.sft.metrics_logger import MetricsLogger
-
-            from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
-
             batch = {k: data[f"train_{b}x{t}_{k}"] for k in
                      ("input_tokens", "input_mask", "target_positions", "target_ids", "target_weights")}
-            opt, _ = make_optimizer(cfg.optim, 100)
-            trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=10**6, max_steps=steps + 2),
-                                 metrics_logger=MetricsLogger(), throughput=Throughput())
-            trainer.with_loss_fn(completion_loss)
-            step, _ = trainer.jit_train_and_eval_step()
+            step = lora_train_step(cfg, model)
             call = lambda: jax.block_until_ready(step(batch)[0])  # noqa: E731
         elif task == "prefill":
             from tunix.sft import utils as sft_utils
@@ -200,7 +233,7 @@ def peer(task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> di
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.bfloat16, attn_implementation="sdpa")
     load_s = time.perf_counter() - t0
     extra = {"torch": torch.__version__, "transformers": transformers.__version__}
-    if task == "train":
+    if task in ("train", "epoch"):
         import peft
 
         model = peft.get_peft_model(model, peft.LoraConfig(
@@ -210,15 +243,10 @@ def peer(task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> di
         extra.update(peft=peft.__version__, trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
-        ids = torch.from_numpy(data[f"train_{b}x{t}_input_tokens"]).long()
-        mask = torch.from_numpy(data[f"train_{b}x{t}_input_mask"]).long()
-        pos = torch.from_numpy(data[f"train_{b}x{t}_target_positions"]).long()
-        tgt = torch.from_numpy(data[f"train_{b}x{t}_target_ids"]).long()
-        w = torch.from_numpy(data[f"train_{b}x{t}_target_weights"]).float()
         base = model.get_base_model()
         head = base.get_output_embeddings()
 
-        def call():
+        def step(ids, mask, pos, tgt, w):
             # the hidden states at the loss positions only, then the vocabulary projection there
             hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
             h = torch.gather(hidden, 1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -230,6 +258,33 @@ def peer(task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> di
             opt.step()
             opt.zero_grad(set_to_none=True)
             return loss.item()
+
+        if task == "epoch":  # batches of b rows in a seeded random order, each padded to its longest row
+            off = data["epoch_offsets"]
+            ids_all, lm_all = data["epoch_ids"], data["epoch_loss_mask"]
+            order = np.random.default_rng(0).permutation(len(off) - 1)
+            rec = {"seconds": [], "tokens": []}
+            for s in range(steps):
+                rows = order[s * b:(s + 1) * b]
+                T = max(int(off[i + 1] - off[i]) for i in rows)
+                targets = [np.nonzero(lm_all[off[i]:off[i + 1]][1:])[0] for i in rows]
+                K = max(len(x) for x in targets)
+                ids, mask = np.zeros((b, T), np.int64), np.zeros((b, T), np.int64)
+                pos, tgt, w = np.zeros((b, K), np.int64), np.zeros((b, K), np.int64), np.zeros((b, K), np.float32)
+                for r, i in enumerate(rows):
+                    seq = ids_all[off[i]:off[i + 1]]
+                    ids[r, :len(seq)], mask[r, :len(seq)] = seq, 1
+                    pos[r, :len(targets[r])], tgt[r, :len(targets[r])] = targets[r], seq[targets[r] + 1]
+                    w[r, :len(targets[r])] = 1.0
+                t1 = time.perf_counter()
+                step(*(torch.from_numpy(x) for x in (ids, mask, pos, tgt, w)))
+                rec["seconds"].append(time.perf_counter() - t1)
+                rec["tokens"].append(int(mask.sum()))
+            return {"load_s": load_s, **rec, **extra}
+        batch = [torch.from_numpy(data[f"train_{b}x{t}_{k}"]) for k in
+                 ("input_tokens", "input_mask", "target_positions", "target_ids", "target_weights")]
+        ids, mask, pos, tgt = (x.long() for x in batch[:4])
+        call = lambda: step(ids, mask, pos, tgt, batch[4].float())  # noqa: E731
     elif task == "prefill":
         model.eval()
         ids = torch.from_numpy(data[f"prefill_{b}x{t}"]).long()
@@ -268,6 +323,26 @@ def spawn(python: str, side: str, task: str, b: int, t: int, inputs: Path, steps
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def split_overrides(text: str) -> list[str]:
+    """'a=1,b=[2,3]' -> ['a=1', 'b=[2,3]']: commas inside brackets stay."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{" and 1 or ch in "]}" and -1 or 0
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return out + ([cur] if cur else [])
+
+
+def epoch_rate(r: dict) -> float:
+    """Useful tokens per second of an epoch slice, leaving out warm-up: our steps that compiled a
+    new shape, the peer's first step."""
+    keep = [i for i in range(len(r["seconds"])) if not (r["compiled"][i] if "compiled" in r else i == 0)]
+    return round(sum(r["tokens"][i] for i in keep) / max(sum(r["seconds"][i] for i in keep), 1e-9), 1)
+
+
 def spread(xs) -> dict:
     return {"min": round(min(xs), 3), "median": round(statistics.median(xs), 3), "max": round(max(xs), 3)}
 
@@ -275,7 +350,7 @@ def spread(xs) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", choices=["ours", "peer"])
-    ap.add_argument("--task", choices=["train", "prefill", "generate", "matmul"])
+    ap.add_argument("--task", choices=["train", "prefill", "generate", "matmul", "epoch"])
     ap.add_argument("--b", type=int)
     ap.add_argument("--t", type=int)
     ap.add_argument("--inputs")
@@ -287,6 +362,11 @@ def main():
     ap.add_argument("--generate", default="8,16", help="generation batch sizes")
     ap.add_argument("--reps", type=int, default=2, help="processes per side and task, interleaved")
     ap.add_argument("--rows", default="tiny/train.jsonl", help="conversations for the training batches")
+    ap.add_argument("--epoch", default="", help="epoch-slice batch sizes ('' for none), e.g. 8")
+    ap.add_argument("--epoch-pack", default="768,0", help="our data.pack_length per epoch run (0: padded buckets)")
+    ap.add_argument("--epoch-steps", type=int, default=12)
+    ap.add_argument("--epoch-data", default="data=sft_small,data.max_length=768,data.length_buckets=[256,512,768],"
+                    "data.augment.near_miss=0.35", help="config overrides naming the mix (the cpu pipeline's sft_small)")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -309,29 +389,57 @@ def main():
     train = [parse_shape(s) for s in args.train.split(",") if s]
     prefill = [parse_shape(s) for s in args.prefill.split(",") if s]
     gen = [int(s) for s in args.generate.split(",") if s]
-    info = write_inputs(inputs, train, prefill, gen, args.rows)
+    epoch = [int(s) for s in args.epoch.split(",") if s]
+    epoch_data = [s for s in split_overrides(args.epoch_data)] if epoch else None
+    info = write_inputs(inputs, train, prefill, gen, args.rows, epoch_data)
     tasks = ([("matmul", 0, 0)] + [("train", b, t) for b, t in train] + [("prefill", b, t) for b, t in prefill]
-             + [("generate", b, 200) for b in gen])
-    runs = {f"{task} {b}x{t}" if task != "generate" else f"generate {b}": {"ours": [], "peer": []} for task, b, t in tasks}
-    runs["matmul"] = runs.pop("matmul 0x0")
+             + [("generate", b, 200) for b in gen]
+             + [("epoch", b, int(p)) for b in epoch for p in args.epoch_pack.split(",")])
+
+    def key_of(task, b, t):
+        return {"matmul": "matmul", "generate": f"generate {b}",
+                "epoch": f"epoch {b} {'pack ' + str(t) if t else 'padded buckets'}"}.get(task, f"{task} {b}x{t}")
+
+    runs = {key_of(*task): {"ours": [], "peer": []} for task in tasks}
+    peer_epoch = {}  # (b, rep) -> the peer's epoch run: one serves every variant of ours
     t_start = time.time()
     for rep in range(args.reps):
         for task, b, t in tasks:
-            key = "matmul" if task == "matmul" else (f"generate {b}" if task == "generate" else f"{task} {b}x{t}")
+            key = key_of(task, b, t)
             sides = ("ours", "peer") if rep % 2 == 0 else ("peer", "ours")  # alternate who goes first
             for side in sides:
                 python = sys.executable if side == "ours" else args.peer_python
-                r = spawn(python, side, task, b, t, inputs, args.steps, hf_dir)
+                steps = args.epoch_steps if task == "epoch" else args.steps
+                if task == "epoch" and side == "peer" and (b, rep) in peer_epoch:
+                    runs[key][side].append(peer_epoch[b, rep])
+                    continue
+                r = spawn(python, side, task, b, t, inputs, steps, hf_dir)
+                if task == "epoch" and side == "peer":
+                    peer_epoch[b, rep] = r
                 runs[key][side].append(r)
-                shown = r.get("gflops") or statistics.median(r["seconds"])
+                if task == "epoch":
+                    r["useful_tokens_per_s"] = epoch_rate(r)
+                shown = r.get("gflops") or r.get("useful_tokens_per_s") or statistics.median(r["seconds"])
                 print(f"[rep {rep + 1}/{args.reps}, {time.time() - t_start:6.0f} s] {key:14s} {side}: "
-                      f"{shown:.3f} {'GFLOP/s' if task == 'matmul' else 's'}, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
+                      f"{shown:.3f} {'GFLOP/s' if task == 'matmul' else 'useful tok/s' if task == 'epoch' else 's'}, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
     peak = max(statistics.median(r["gflops"] for r in runs["matmul"][s]) for s in ("ours", "peer"))
     table = {"matmul": {s: spread([r["gflops"] for r in runs["matmul"][s]]) for s in ("ours", "peer")}}
     for key, sides in runs.items():
         if key == "matmul":
             continue
         task = key.split()[0]
+        if task == "epoch":
+            rate = {s: [r["useful_tokens_per_s"] for r in sides[s]] for s in ("ours", "peer")}
+            row = {s: {"useful_tokens_per_s": spread(rate[s]),
+                       "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)} for s in ("ours", "peer")}
+            row["ours"]["compiles"] = [sum(r["compiled"]) for r in sides["ours"]]
+            row["ours"]["compile_step_seconds"] = [round(sum(x for x, c in zip(r["seconds"], r["compiled"]) if c), 1)
+                                                  for r in sides["ours"]]
+            row["ours"]["tokens_per_step"] = round(statistics.mean(x for r in sides["ours"] for x in r["tokens"]), 1)
+            row["peer"]["tokens_per_step"] = round(statistics.mean(x for r in sides["peer"] for x in r["tokens"]), 1)
+            row["ratio_ours_over_peer"] = spread([o / p for o, p in zip(rate["ours"], rate["peer"])])
+            table[key] = row
+            continue
         med = {s: [statistics.median(r["seconds"]) for r in sides[s]] for s in ("ours", "peer")}
         row = {s: {"seconds": spread(med[s]), "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)}
                for s in ("ours", "peer")}

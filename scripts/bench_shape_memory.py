@@ -18,8 +18,6 @@ those of real steps; the losses are printed so runs under different allocators c
 import argparse
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -44,23 +42,13 @@ def main():
 
     import jax
     import numpy as np
-    from hydra import compose, initialize_config_dir
-    from tunix.sft import peft_trainer
-    from tunix.sft.metrics_logger import MetricsLogger
 
-    from gemma_tool_use.config import register_configs
+    from bench_common import lora_train_step, real_model, run_facts
     from gemma_tool_use.data.batching import tokenize_conversations
     from gemma_tool_use.data.conversations import load_jsonl_conversations
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model, load_tokenizer_for
-    from gemma_tool_use.paths import conf_dir
-    from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
+    from gemma_tool_use.model import load_tokenizer_for
 
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["model=gemma3_270m", f"model.remat={args.remat}"])
-    mesh = build_mesh(cfg.tpu)
-    model = build_model(cfg.model, mesh, 0)
+    cfg, mesh, model = real_model(f"model.remat={args.remat}")
     tok = load_tokenizer_for(cfg.model)
     rows = tokenize_conversations(load_jsonl_conversations("tiny/train.jsonl"), tok, max_length=4096).examples
     rng = np.random.default_rng(0)
@@ -79,14 +67,10 @@ def main():
                 "target_weights": np.ones((B, K), np.float32)}
 
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-    opt, _ = make_optimizer(cfg.optim, 100)
     records = []
     base = {"rss_gib": proc_status_gib("VmRSS"), "hwm_gib": proc_status_gib("VmHWM")}
     with mesh:
-        trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=10**6, max_steps=10**6),
-                             metrics_logger=MetricsLogger(), throughput=Throughput())
-        trainer.with_loss_fn(completion_loss)
-        step, _ = trainer.jit_train_and_eval_step()
+        step = lora_train_step(cfg, model)
         for T, K in shapes:
             t0 = time.perf_counter()
             loss, _, _ = step(batch_of(T, K))
@@ -99,8 +83,7 @@ def main():
     out = {"allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
            "remat": args.remat, "after_model_load": {k: round(v, 2) for k, v in base.items()}, "steps": records,
            "peak_rss_gib": max(r["hwm_gib"] for r in records), "final_rss_gib": records[-1]["rss_gib"],
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
+           **run_facts()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps({k: out[k] for k in ("allocator_env", "peak_rss_gib", "final_rss_gib")}))

@@ -11,10 +11,7 @@ One loss per process, so each peak-RSS figure belongs to one loss only.
 
 import argparse
 import json
-import os
-import platform
 import resource
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,24 +29,15 @@ def main():
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from hydra import compose, initialize_config_dir
-    from tunix.sft import peft_trainer
     from tunix.sft import utils as sft_utils
-    from tunix.sft.metrics_logger import MetricsLogger
 
-    from gemma_tool_use.config import register_configs
+    from bench_common import lora_train_step, real_model, run_facts
     from gemma_tool_use.data.batching import collate, tokenize_conversations
     from gemma_tool_use.data.conversations import load_jsonl_conversations
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model, load_tokenizer_for
-    from gemma_tool_use.paths import conf_dir
-    from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
+    from gemma_tool_use.model import load_tokenizer_for
+    from gemma_tool_use.training import completion_loss
 
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["model=gemma3_270m", f"model.remat={args.remat}"])
-    mesh = build_mesh(cfg.tpu)
-    model = build_model(cfg.model, mesh, 0)
+    cfg, mesh, model = real_model(f"model.remat={args.remat}")
     tok = load_tokenizer_for(cfg.model)
     rows = load_jsonl_conversations("tiny/train.jsonl")
     data = tokenize_conversations(rows, tok, max_length=args.seq)
@@ -67,13 +55,9 @@ def main():
         one_hot = jax.nn.one_hot(input_tokens[:, 1:], logits.shape[-1]) * loss_mask[..., None]
         return -jnp.sum(jax.nn.log_softmax(logits) * one_hot) / (jnp.sum(loss_mask) + 1e-8)
 
-    opt, _ = make_optimizer(cfg.optim, 100)
     times = []
     with mesh:
-        trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=10**6, max_steps=args.steps + 1),
-                             metrics_logger=MetricsLogger(), throughput=Throughput())
-        trainer.with_loss_fn(completion_loss if args.loss == "ours" else tunix_loss)
-        step, _ = trainer.jit_train_and_eval_step()
+        step = lora_train_step(cfg, model, completion_loss if args.loss == "ours" else tunix_loss, args.steps + 1)
         for i in range(args.steps + 1):
             t0 = time.perf_counter()
             loss, _, _ = step(batch)
@@ -85,8 +69,7 @@ def main():
            "target_tokens_per_step": int(batch["target_weights"].sum()), "first_step_s_incl_compile": round(times[0], 2),
            "median_step_s": round(float(np.median(warm)), 3), "tokens_per_s": round(tokens / float(np.median(warm)), 1),
            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2),
-           "loss": float(loss), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()}
+           "loss": float(loss), **run_facts()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

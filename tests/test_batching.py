@@ -46,3 +46,46 @@ def test_grouped_order_is_a_pure_function_of_seed_and_epoch():
 def test_tiny_set_repeats_rows_to_fill_one_batch():
     batches = length_grouped_batches(np.array([5, 9, 7]), 8, seed=0, epoch=0)
     assert len(batches) == 1 and len(batches[0]) == 8
+
+
+def test_packing_fills_rows_keeps_every_conversation_once_and_is_deterministic():
+    from gemma_tool_use.data.batching import pack_rows, packed_batches
+
+    lengths = _lengths()
+    bins = pack_rows(lengths, 1024, seed=3, epoch=0)
+    rows = [i for b in bins for i in b]
+    assert sorted(rows) == list(range(len(lengths)))  # every conversation once
+    assert all(lengths[b].sum() <= 1024 for b in bins)
+    fill = lengths.sum() / (1024 * len(bins))
+    assert fill > 0.95, fill  # first-fit decreasing leaves little room
+    # padded batching of the same rows pays for far more positions
+    assert 1024 * len(bins) < 0.8 * _padded_tokens(lengths, length_grouped_batches(lengths, 8, 3, 0))
+    again = pack_rows(lengths, 1024, seed=3, epoch=0)
+    assert again == bins and pack_rows(lengths, 1024, seed=3, epoch=1) != bins
+    batches = packed_batches(lengths, 8, 1024, seed=3, epoch=0)
+    assert all(len(b) == 8 for b in batches) and len(batches) == len(bins) // 8
+
+
+def test_packed_collate_marks_segments_and_keeps_targets_inside_each():
+    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.data.batching import collate_packed
+
+    a = RenderedConversation(np.array([2, 10, 11, 12], np.int32), np.array([0, 0, 1, 1], bool))
+    b = RenderedConversation(np.array([2, 20, 21], np.int32), np.array([0, 1, 1], bool))
+    batch = collate_packed([[a, b], [b]], [8])
+    assert batch["input_segments"].tolist() == [[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0]]
+    assert batch["input_mask"].tolist()[0] == [True] * 7 + [False]
+    w = batch["target_weights"].astype(bool)
+    # a: positions 1, 2 predict 11, 12; b (starting at 4): positions 4, 5 predict 20, 21
+    assert batch["target_positions"][0][w[0]].tolist() == [1, 2, 4, 5]
+    assert batch["target_ids"][0][w[0]].tolist() == [11, 12, 20, 21]
+
+
+def test_pack_length_shorter_than_a_row_is_a_clear_error():
+    import pytest
+
+    from gemma_tool_use.data.batching import pack_rows
+    from gemma_tool_use.data.conversations import DataError
+
+    with pytest.raises(DataError, match="data.pack_length=512"):
+        pack_rows([100, 600], 512, seed=0, epoch=0)

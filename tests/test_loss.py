@@ -87,3 +87,56 @@ def test_remat_changes_memory_not_the_loss_or_gradients(remat):
     np.testing.assert_allclose(out[remat][0], out["none"][0], rtol=1e-6)
     for a, b in zip(out["none"][1], out[remat][1]):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-4, atol=1e-6)
+
+
+def test_a_packed_row_has_the_loss_and_gradients_of_its_conversations_apart():
+    """Sequence packing changes the layout, not the maths: two conversations in one row (each
+    attending to itself, positions restarting) give the loss and LoRA gradients of two padded
+    rows. Lengths beyond the tiny model's 64-token sliding window check the local layers too."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gemma_tool_use import training
+    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.data.batching import collate, collate_packed
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model
+    from gemma_tool_use.paths import conf_dir
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[105,106]"])
+    model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
+    rng = np.random.default_rng(2)
+
+    def conv(n, first_target):
+        mask = np.zeros(n, bool)
+        mask[first_target:] = True
+        ids = rng.integers(3, 1000, n).astype(np.int32)
+        ids[0], ids[first_target - 1] = 2, 105
+        return RenderedConversation(ids, mask)
+
+    a, b, c = conv(90, 60), conv(75, 30), conv(40, 20)
+    unpacked = collate([a, b, c], [128, 256])
+    packed = collate_packed([[a, b], [c]], [128, 256])
+    assert packed["input_tokens"].shape == (2, 256) and unpacked["input_tokens"].shape == (3, 128)
+    assert packed["target_weights"].sum() == unpacked["target_weights"].sum()
+
+    def value_and_grads(batch):
+        loss, grads = nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
+            model, **{k: jnp.asarray(v) for k, v in batch.items()})
+        return float(loss), jax.tree.leaves(grads)
+
+    (lu, gu), (lp, gp) = value_and_grads(unpacked), value_and_grads(packed)
+    np.testing.assert_allclose(lp, lu, rtol=1e-5)
+    assert len(gu) == len(gp) > 0
+    for x, y in zip(gu, gp):
+        np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(x, np.float32), rtol=1e-3, atol=1e-6)
+    # without the segment ids the second conversation would see the first: a different loss
+    leaky = {k: v for k, v in packed.items() if k != "input_segments"}
+    assert abs(value_and_grads(leaky)[0] - lu) > 1e-4

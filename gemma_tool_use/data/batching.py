@@ -5,6 +5,9 @@ Shapes are bucketed so XLA compiles a handful of programs, not one per batch:
   * loss positions K: the smallest of T/8, T/4, T/2, T that fits the row with the most
     target tokens. The loss gathers hidden states at those K positions only, so the
     vocabulary projection runs on K, not T, positions.
+With `data.packing`, a row holds several conversations end to end (`packed_batches`): every
+position is a real token, attention stays within each conversation (`input_segments`) and the
+positions restart at each one, so the loss of a packed row is that of its conversations apart.
 The order is a pure function of (seed, epoch): a resumed run replays the same batches.
 """
 
@@ -66,25 +69,73 @@ def collate(examples: list[RenderedConversation], length_buckets) -> dict[str, n
 
     Target j of row b: the token at target_positions[b, j] + 1, predicted from position
     target_positions[b, j], weighted by target_weights[b, j] (0 for padding slots)."""
-    T = pick_bucket(max(len(e) for e in examples), length_buckets)
-    n_targets = [int(e.loss_mask[1:].sum()) for e in examples]
+    batch = collate_packed([[e] for e in examples], length_buckets)
+    del batch["input_segments"]  # one conversation per row: input_mask says it all
+    return batch
+
+
+def collate_packed(rows: list[list[RenderedConversation]], length_buckets) -> dict[str, np.ndarray]:
+    """`collate` for rows of one or more conversations laid end to end, plus input_segments [B, T]:
+    1, 2, ... for the conversation each token belongs to, 0 for padding. A target never crosses
+    a boundary: a conversation's last token predicts nothing."""
+    lengths = [sum(len(e) for e in row) for row in rows]
+    T = pick_bucket(max(lengths), length_buckets)
+    n_targets = [sum(int(e.loss_mask[1:].sum()) for e in row) for row in rows]
     K = next(k for k in (max(T // 8, 1), T // 4, T // 2, T) if k >= max(n_targets))
-    B = len(examples)
+    B = len(rows)
     tokens = np.full((B, T), PAD_ID, np.int32)
-    valid = np.zeros((B, T), bool)
+    segments = np.zeros((B, T), np.int32)
     pos = np.zeros((B, K), np.int32)
     tgt = np.zeros((B, K), np.int32)
     w = np.zeros((B, K), np.float32)
-    for b, e in enumerate(examples):
-        n = len(e)
-        tokens[b, :n] = e.ids
-        valid[b, :n] = True
-        idx = np.nonzero(e.loss_mask[1:])[0]  # position p predicts token p + 1
-        pos[b, : len(idx)] = idx
-        tgt[b, : len(idx)] = e.ids[idx + 1]
-        w[b, : len(idx)] = 1.0
-    return {"input_tokens": tokens, "input_mask": valid, "target_positions": pos,
-            "target_ids": tgt, "target_weights": w}
+    for b, row in enumerate(rows):
+        start, k = 0, 0
+        for s, e in enumerate(row, start=1):
+            n = len(e)
+            tokens[b, start:start + n] = e.ids
+            segments[b, start:start + n] = s
+            idx = np.nonzero(e.loss_mask[1:])[0]  # position p predicts token p + 1
+            pos[b, k:k + len(idx)] = start + idx
+            tgt[b, k:k + len(idx)] = e.ids[idx + 1]
+            w[b, k:k + len(idx)] = 1.0
+            start, k = start + n, k + len(idx)
+    return {"input_tokens": tokens, "input_mask": segments > 0, "input_segments": segments,
+            "target_positions": pos, "target_ids": tgt, "target_weights": w}
+
+
+def pack_rows(lengths, pack_length: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of rows packed into bins of at most `pack_length` tokens: first-fit decreasing
+    over a random order (ties broken by it), so bins are nearly full; the bins come back shuffled.
+    Pure function of (seed, epoch). A row longer than pack_length is an error (data.max_length
+    must not exceed it)."""
+    lengths = np.asarray(lengths)
+    if lengths.size and lengths.max() > pack_length:
+        raise DataError(f"a row of {int(lengths.max())} tokens does not fit data.pack_length={pack_length}")
+    rng = np.random.default_rng([seed, epoch, 1])
+    order = rng.permutation(len(lengths))
+    order = order[np.argsort(-lengths[order], kind="stable")]
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order.tolist():
+        n = int(lengths[i])
+        # first bin with room; bins are few hundred per epoch, so a linear scan is cheap
+        j = next((j for j, r in enumerate(room) if r >= n), None)
+        if j is None:
+            bins.append([i])
+            room.append(pack_length - n)
+        else:
+            bins[j].append(i)
+            room[j] -= n
+    return [bins[i] for i in rng.permutation(len(bins))]
+
+
+def packed_batches(lengths, batch_size: int, pack_length: int, seed: int, epoch: int) -> list[list[list[int]]]:
+    """One epoch of batches of `batch_size` packed rows (pack_rows); the ragged tail is dropped,
+    and a set that fills less than one batch repeats its bins."""
+    bins = pack_rows(lengths, pack_length, seed, epoch)
+    if len(bins) < batch_size:
+        return [[bins[i % len(bins)] for i in range(batch_size)]]
+    return [bins[s:s + batch_size] for s in range(0, len(bins) - batch_size + 1, batch_size)]
 
 
 def length_grouped_batches(lengths, batch_size: int, seed: int, epoch: int,
@@ -126,12 +177,19 @@ def process_rows(batch: dict, process_index: int, process_count: int) -> dict:
 
 
 def train_batches(data: TokenizedSet, batch_size: int, length_buckets, seed: int,
-                  group_batches: int = 16, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+                  group_batches: int = 16, process_index: int = 0, process_count: int = 1,
+                  pack_length: int | None = None) -> Iterator[dict]:
     """Endless stream of `length_grouped_batches` epochs (`group_batches=1`: plain random batches).
     Each epoch drops the ragged tail of every window; a set smaller than one batch repeats rows.
-    `batch_size` is the global batch; with several processes each yields its rows (process_rows)."""
+    `batch_size` is the global batch; with several processes each yields its rows (process_rows).
+    With `pack_length`, a batch is `batch_size` packed rows of up to pack_length tokens instead."""
     lengths = [len(e) for e in data.examples]
     for epoch in itertools.count():
+        if pack_length:
+            for bins in packed_batches(lengths, batch_size, pack_length, seed, epoch):
+                rows = [[data.examples[i] for i in b] for b in bins]
+                yield process_rows(collate_packed(rows, length_buckets), process_index, process_count)
+            continue
         for idx in length_grouped_batches(lengths, batch_size, seed, epoch, group_batches):
             yield process_rows(collate([data.examples[i] for i in idx], length_buckets), process_index, process_count)
 

@@ -111,7 +111,7 @@ def run(cfg: DictConfig) -> float:
                      start_step, dropped)
         tracker.log({PROCESS_START: 1}, step=start_step)  # where this process's share of the training time begins
         train_iter = train_batches(train_set, int(cfg.train.batch_size), buckets, int(cfg.seed),
-                                   int(cfg.train.length_group_batches), proc, nproc)
+                                   int(cfg.train.length_group_batches), proc, nproc, cfg.data.pack_length)
         val = (eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches), proc, nproc)
                if val_set else None)
         t_train = time.time()

@@ -1,0 +1,58 @@
+"""What the benchmark scripts share: the real Gemma 3 270M with its LoRA adapters, one jitted
+LoRA train step (our trainer, as the sft stages run it) and the facts to write beside a figure."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose_real(*overrides: str):
+    """The composed config of the real model (model=gemma3_270m) plus `overrides`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.paths import conf_dir
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return compose("config", overrides=["model=gemma3_270m", *overrides])
+
+
+def real_model(*overrides: str):
+    """(cfg, mesh, model): the real weights, LoRA applied as configured."""
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model
+
+    cfg = compose_real(*overrides)
+    mesh = build_mesh(cfg.tpu)
+    return cfg, mesh, build_model(cfg.model, mesh, 0)
+
+
+def lora_train_step(cfg, model, loss_fn=None, max_steps: int = 10**6):
+    """The jitted train step of our SftTrainer (call it inside `with mesh:`): batch -> (loss, ...)."""
+    from tunix.sft import peft_trainer
+    from tunix.sft.metrics_logger import MetricsLogger
+
+    from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
+
+    opt, _ = make_optimizer(cfg.optim, 100)
+    trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=10**6, max_steps=max_steps),
+                         metrics_logger=MetricsLogger(), throughput=Throughput())
+    trainer.with_loss_fn(loss_fn or completion_loss)
+    return trainer.jit_train_and_eval_step()[0]
+
+
+def run_facts() -> dict:
+    """Machine, JAX version and commit, written beside every figure."""
+    import jax
+
+    return {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=ROOT).stdout.strip()}
