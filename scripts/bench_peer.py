@@ -464,6 +464,7 @@ def main():
                                        cwd=ROOT).stdout.strip(),
               "wall_s": round(time.time() - t_start, 1)}
     out_path.write_text(json.dumps(report, indent=2))
+    inputs.unlink()  # derived token ids (MBs): the command rebuilds them
     print(json.dumps({k: report[k] for k in ("results", "matmul_peak_gflops", "versions")}, indent=2))
 
 
