@@ -23,11 +23,14 @@ from omegaconf import DictConfig
 
 from gemma_tool_use.config import check_config, preflight, register_configs
 from gemma_tool_use.errors import UserError, one_line
+from gemma_tool_use.host_memory import tune_malloc
 from gemma_tool_use.paths import conf_dir
 
 log = logging.getLogger("gemma_tool_use")
 
 register_configs()
+# Before anything allocates: glibc returns XLA's freed buffers to the system (host_memory.py).
+MALLOC_TUNING = tune_malloc()
 
 # Full tracebacks of user errors: GTU_VERBOSE=1 (or Hydra's own HYDRA_FULL_ERROR=1).
 VERBOSE_ENV = ("GTU_VERBOSE", "HYDRA_FULL_ERROR")
@@ -77,6 +80,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
             return run_pipeline(cfg)
         preflight(cfg)  # the files and runs the config names: before JAX loads
+        if MALLOC_TUNING:
+            log.info("host memory: %s (GTU_MALLOC_TUNING=0 leaves glibc's default)", MALLOC_TUNING)
         value = run_stage(cfg)
         _write_job_result(value)
         return value

@@ -26,8 +26,12 @@ def compose_real(*overrides: str):
 
 
 def real_model(*overrides: str):
-    """(cfg, mesh, model): the real weights, LoRA applied as configured."""
+    """(cfg, mesh, model): the real weights, LoRA applied as configured; host memory set up as
+    `python -m gemma_tool_use` sets it (host_memory.tune_malloc), so the figures are the CLI's."""
+    from gemma_tool_use.host_memory import tune_malloc
     from gemma_tool_use.mesh import build_mesh
+
+    tune_malloc()
     from gemma_tool_use.model import build_model
 
     cfg = compose_real(*overrides)
