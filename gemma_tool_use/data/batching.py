@@ -5,9 +5,9 @@ Shapes are bucketed so XLA compiles a handful of programs, not one per batch:
   * loss positions K: the smallest of T/8, T/4, T/2, T that fits the row with the most
     target tokens. The loss gathers hidden states at those K positions only, so the
     vocabulary projection runs on K, not T, positions.
-With `data.packing`, a row holds several conversations end to end (`packed_batches`): every
-position is a real token, attention stays within each conversation (`input_segments`) and the
-positions restart at each one, so the loss of a packed row is that of its conversations apart.
+With `data.pack_length`, a row holds several conversations end to end (`packed_batches`): nearly
+every position is a real token, attention stays within each conversation (`input_segments`) and
+the positions restart at each one, so the loss of a packed row is that of its conversations apart.
 The order is a pure function of (seed, epoch): a resumed run replays the same batches.
 """
 
