@@ -4,6 +4,7 @@ Loss and LoRA gradients of the same conversations, padded one per row vs packed 
 padded batch with its rows reversed (mathematically the same mean loss).
 
     .venv/bin/python scripts/packing_equivalence.py --out experiments/packing/equivalence.json
+    .venv/bin/python scripts/packing_equivalence.py --dtype float32 --out experiments/packing/equivalence_f32.json
 """
 import argparse
 import json
@@ -23,10 +24,12 @@ from gemma_tool_use.model import load_tokenizer_for
 ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=12)
 ap.add_argument("--pack-length", type=int, default=768)
+ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                help="float32: the same comparison without bf16's rounding (should agree to ~1e-5)")
 ap.add_argument("--out", required=True)
 args = ap.parse_args()
 
-cfg, mesh, model = real_model("model.train_token_ids=[105,106]")
+cfg, mesh, model = real_model("model.train_token_ids=[105,106]", f"model.dtype={args.dtype}")
 # LoRA B starts at zero; perturb the adapters so A's gradients are compared too
 st = nnx.state(model, nnx.LoRAParam)
 nnx.update(model, jax.tree.map(lambda x: x + 0.01 * jax.random.normal(jax.random.key(3), x.shape, x.dtype), st))
@@ -51,7 +54,7 @@ def compare(a, b):
             "lora_grad_rel_diff_median": float(np.median(rel)), "lora_grad_rel_diff_max": float(max(rel))}
 
 
-out = {"rows": args.rows, "shapes": {k: list(v["input_tokens"].shape) for k, v in batches.items()},
+out = {"rows": args.rows, "dtype": args.dtype, "shapes": {k: list(v["input_tokens"].shape) for k, v in batches.items()},
        "real_tokens": int(batches["padded"]["input_mask"].sum()),
        "packed vs padded": compare("padded", "packed"),
        "bf16 noise floor: padded rows reversed vs not": compare("padded", "padded, rows reversed"), **run_facts()}
