@@ -23,14 +23,12 @@ from omegaconf import DictConfig
 
 from gemma_tool_use.config import check_config, preflight, register_configs
 from gemma_tool_use.errors import UserError, one_line
-from gemma_tool_use.host_memory import tune_malloc
+from gemma_tool_use.host_memory import tune_malloc, wants_tuning
 from gemma_tool_use.paths import conf_dir
 
 log = logging.getLogger("gemma_tool_use")
 
 register_configs()
-# Before anything allocates: glibc returns XLA's freed buffers to the system (host_memory.py).
-MALLOC_TUNING = tune_malloc()
 
 # Full tracebacks of user errors: GTU_VERBOSE=1 (or Hydra's own HYDRA_FULL_ERROR=1).
 VERBOSE_ENV = ("GTU_VERBOSE", "HYDRA_FULL_ERROR")
@@ -80,8 +78,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
             return run_pipeline(cfg)
         preflight(cfg)  # the files and runs the config names: before JAX loads
-        if MALLOC_TUNING:
-            log.info("host memory: %s (GTU_MALLOC_TUNING=0 leaves glibc's default)", MALLOC_TUNING)
+        # Before JAX allocates: in training, glibc returns XLA's freed buffers (host_memory.py).
+        if wants_tuning(str(cfg.stage.name)) and (tuning := tune_malloc()):
+            log.info("host memory: %s (GTU_MALLOC_TUNING=0 leaves glibc's default)", tuning)
         value = run_stage(cfg)
         _write_job_result(value)
         return value

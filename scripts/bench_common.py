@@ -25,13 +25,15 @@ def compose_real(*overrides: str):
         return compose("config", overrides=["model=gemma3_270m", *overrides])
 
 
-def real_model(*overrides: str):
+def real_model(*overrides: str, training: bool = True):
     """(cfg, mesh, model): the real weights, LoRA applied as configured; host memory set up as
-    `python -m gemma_tool_use` sets it (host_memory.tune_malloc), so the figures are the CLI's."""
-    from gemma_tool_use.host_memory import tune_malloc
+    `python -m gemma_tool_use` sets it for a training (or another) stage (host_memory), so the
+    figures are the CLI's."""
+    from gemma_tool_use.host_memory import tune_malloc, wants_tuning
     from gemma_tool_use.mesh import build_mesh
 
-    tune_malloc()
+    if wants_tuning("sft_small" if training else "eval"):
+        tune_malloc()
     from gemma_tool_use.model import build_model
 
     cfg = compose_real(*overrides)

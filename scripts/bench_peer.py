@@ -154,7 +154,7 @@ def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
     data = np.load(inputs)
     overrides = [] if task in ("train", "epoch") else ["model.lora.enabled=false"]
     t0 = time.perf_counter()
-    cfg, mesh, model = real_model(*overrides)
+    cfg, mesh, model = real_model(*overrides, training=task in ("train", "epoch"))
     load_s = time.perf_counter() - t0
     times = []
     with mesh:

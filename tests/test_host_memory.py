@@ -16,8 +16,9 @@ from conftest import REPO
 # heap) and free all but the newest, which pins the heap top so nothing can be trimmed.
 PROBE = r"""
 import json, sys
-from gemma_tool_use.host_memory import tune_malloc
-done = tune_malloc()
+import os
+from gemma_tool_use.host_memory import tune_malloc, wants_tuning
+done = tune_malloc() if wants_tuning("sft_small") else None
 import numpy as np
 
 def rss_mib():
@@ -56,3 +57,15 @@ def test_freed_large_blocks_go_back_to_the_system_only_with_the_tuning():
 def test_the_users_own_setting_or_allocator_is_left_alone():
     assert probe(MALLOC_MMAP_THRESHOLD_="65536")["tuned"] is None
     assert probe(LD_PRELOAD="/nonexistent/libjemalloc.so.2")["tuned"] is None
+
+
+def test_the_tuning_goes_to_training_stages_by_default(monkeypatch):
+    from gemma_tool_use.host_memory import wants_tuning
+
+    monkeypatch.delenv("GTU_MALLOC_TUNING", raising=False)
+    assert all(wants_tuning(s) for s in ("sft_small", "sft_full", "grpo"))
+    assert not any(wants_tuning(s) for s in ("eval", "predict", "serve", "export"))  # it slows generation
+    monkeypatch.setenv("GTU_MALLOC_TUNING", "1")
+    assert wants_tuning("eval")
+    monkeypatch.setenv("GTU_MALLOC_TUNING", "0")
+    assert not wants_tuning("sft_small")
