@@ -11,7 +11,7 @@ threshold, same losses, no slower (experiments/allocator_memory/). A fixed thres
 `MALLOC_MMAP_THRESHOLD_=1048576` sets; `mallopt` sets it from inside the process.
 
 The price: a mapped block comes back as fresh pages, which the kernel zeroes on first touch, in
-every step. Same session, alternating processes: LoRA step 4 x 256 3.6 -> 4.1 s (+12%), greedy
+every step. Same session, alternating processes: LoRA step 4 x 256 3.61 -> 4.09 s (+13%), greedy
 generation at batch 8 6.1 -> 7.3 s (+20%). So it is applied where memory is the risk, the
 training stages (GTU_MALLOC_TUNING=auto, the default), not to evaluation, prediction or serving,
 whose peak is a few GiB; GTU_MALLOC_TUNING=1 applies it to every stage, 0 to none.
