@@ -7,7 +7,7 @@ XLA:CPU's buffers are megabytes, so after the first step most of them come from 
 freed heap block is returned to the system only when nothing above it is still in use. Every new
 shape (a length bucket, a loss-position count) then leaves a high-water mark behind: three shapes
 of the 8 x 768 LoRA step ended at 14.5 GiB with the default and 10.3 GiB with a fixed 1 MiB
-threshold, same losses, no slower (experiments/allocator_memory/). A fixed threshold is what
+threshold, same losses (experiments/allocator_memory/). A fixed threshold is what
 `MALLOC_MMAP_THRESHOLD_=1048576` sets; `mallopt` sets it from inside the process.
 
 The price: a mapped block comes back as fresh pages, which the kernel zeroes on first touch, in
