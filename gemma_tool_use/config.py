@@ -257,6 +257,11 @@ class GenerationConfig:
     overlength: str = "error"
     # Long-prompt batches shrink so that batch x bucket stays under this many tokens.
     max_batch_tokens: int = 32768
+    # Prompts are left-padded to the smallest of these lengths that fits (one compiled program
+    # per batch x bucket). Steps of 128 up to 1024: BFCL's median prompt is ~300 tokens, and the
+    # old power-of-two buckets padded 257-512-token prompts to 512 (experiments/decode_step).
+    prompt_buckets: list[int] = field(default_factory=lambda: [128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192,
+                                                               16384])
     # Continuous batching: finished rows are refilled with waiting prompts. Off by default until
     # it measures faster: on a 200-entry BFCL slice it ran 0.96x of static batches (compiles of
     # the refill shapes vs few runaway rows; experiments/eval_refill_ab), same verdicts.
@@ -535,6 +540,10 @@ def check_config(cfg) -> None:
     positive("generation.batch_size", g.batch_size)
     positive("generation.max_prompt_len", g.max_prompt_len)
     positive("generation.max_batch_tokens", g.max_batch_tokens)
+    buckets = list(g.prompt_buckets)
+    if not buckets or any(not isinstance(b, int) or isinstance(b, bool) or b <= 0 for b in buckets) \
+            or buckets != sorted(set(buckets)):
+        fail("generation.prompt_buckets", f"must be a non-empty increasing list of positive token counts, got {buckets}")
     if g.overlength not in ("error", "skip", "truncate_left"):
         fail("generation.overlength", f"must be error, skip or truncate_left, got {g.overlength!r}")
     token_ids("generation.stop_ids", g.stop_ids, non_empty=True)

@@ -281,6 +281,9 @@ def apply_lora(model: ToolGemma3, lora_cfg, seed: int) -> ToolGemma3:
         alpha=float(lora_cfg.alpha), dropout=float(lora_cfg.dropout),
     )
     lora_model = qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(params=seed, dropout=seed), **model.get_model_input())
+    # the generator's decode step (decode_step.py) applies the adapters itself and needs their
+    # scale, which qwix keeps inside its interceptor
+    lora_model.lora_scale = float(lora_cfg.alpha) / float(lora_cfg.rank)
     n_lora = count_params(lora_model, nnx.LoRAParam)
     if n_lora == 0:
         raise LoraTargetError(f"model.lora.target_modules={lora_cfg.target_modules!r} matches no module of the model; "

@@ -6,6 +6,7 @@ accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
         sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
 
     python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
+    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement
 
 The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
 its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
@@ -231,6 +232,30 @@ def _plot_compare(loaded: dict, cats: list[str], out_png: Path, title: str | Non
     plt.close(fig)
 
 
+def entry_agreement(a_dir: str | Path, b_dir: str | Path) -> dict:
+    """Per-entry agreement of two BFCL runs' JSONL folders (same entries, e.g. the same model
+    before and after a speed change): per category, how many verdicts (`valid`) and raw texts
+    (`result`) are equal, and the ids that differ. Only entries present in both are compared."""
+    out = {"categories": {}, "verdicts_equal": 0, "texts_equal": 0, "compared": 0}
+    for fa in sorted(Path(a_dir).glob("*.jsonl")):
+        fb = Path(b_dir) / fa.name
+        if not fb.is_file():
+            continue
+        a = {r["id"]: r for r in read_jsonl(fa)}
+        b = {r["id"]: r for r in read_jsonl(fb)}
+        ids = [i for i in a if i in b]
+        flipped = [i for i in ids if bool(a[i]["valid"]) != bool(b[i]["valid"])]
+        texts = [i for i in ids if a[i]["result"] != b[i]["result"]]
+        out["categories"][fa.stem] = {"compared": len(ids), "verdicts_equal": len(ids) - len(flipped),
+                                      "texts_equal": len(ids) - len(texts), "flipped": flipped,
+                                      "flipped_to_valid": [i for i in flipped if b[i]["valid"]],
+                                      "texts_differ": texts}
+        out["compared"] += len(ids)
+        out["verdicts_equal"] += len(ids) - len(flipped)
+        out["texts_equal"] += len(ids) - len(texts)
+    return out
+
+
 def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     """results.md (per category and BFCL v4 aggregates) and accuracy.png (per-category accuracy
     beside the published anchors) of one BFCL evaluation summary."""
@@ -429,7 +454,22 @@ def main(argv=None) -> int:
     k = sub.add_parser("collect", help="copy a run's (or a pipeline dir's) small artifacts into experiments/<name>/")
     k.add_argument("run_dir")
     k.add_argument("dest")
+    g = sub.add_parser("agree", help="per-entry agreement (verdicts, raw texts) of two BFCL runs' bfcl/ folders")
+    g.add_argument("a")
+    g.add_argument("b")
+    g.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
+    if args.cmd == "agree":
+        result = entry_agreement(args.a, args.b)
+        text = json.dumps(result, indent=1)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        for cat, c in result["categories"].items():
+            print(f"{cat:20s} {c['verdicts_equal']:4d}/{c['compared']:<4d} verdicts equal, {c['texts_equal']:4d} texts equal;"
+                  f" flipped {c['flipped']}")
+        print(f"{'all':20s} {result['verdicts_equal']:4d}/{result['compared']:<4d} verdicts equal, "
+              f"{result['texts_equal']:4d} texts equal")
+        return 0
     if args.cmd == "collect":
         collect = collect_pipeline if (Path(args.run_dir) / "pipeline_state.json").is_file() else collect_run
         for path in collect(args.run_dir, args.dest):

@@ -79,3 +79,25 @@ def test_collect_copies_small_artifacts_only(tmp_path):
     assert json.loads((dest / "train_summary.json").read_text()) == {"checkpoint_dir": "<run dir>/checkpoints"}
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         main(["collect", str(tmp_path / "exp"), str(tmp_path / "x")])
+
+
+def test_agree_counts_equal_verdicts_and_texts_per_entry(tmp_path, capsys):
+    """`report agree`: two runs' per-entry JSONL, matched by id (order and extra entries ignored)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+
+    def rows(d, name, items):
+        (d / f"{name}.jsonl").write_text("".join(json.dumps({"id": i, "valid": v, "result": t}) + "\n" for i, v, t in items))
+
+    rows(a, "simple_python", [("s1", True, "x"), ("s2", False, "y"), ("s3", True, "z"), ("s4", False, "only in a")])
+    rows(b, "simple_python", [("s3", False, "z2"), ("s1", True, "x"), ("s2", True, "y2")])
+    rows(a, "irrelevance", [("i1", True, "no call")])  # absent from b: not compared
+    out = tmp_path / "agree.json"
+    assert main(["agree", str(a), str(b), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    sp = r["categories"]["simple_python"]
+    assert (sp["compared"], sp["verdicts_equal"], sp["texts_equal"]) == (3, 1, 1)
+    assert sorted(sp["flipped"]) == ["s2", "s3"] and sp["flipped_to_valid"] == ["s2"]
+    assert set(r["categories"]) == {"simple_python"} and r["compared"] == 3
+    assert "1/3" in capsys.readouterr().out

@@ -115,7 +115,8 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
 
     gen_cfg = cfg.generation
     generator = Generator(model, tokenizer, batch_size=max(int(gen_cfg.batch_size), P * G),
-                          max_prompt_len=int(g.max_prompt_len), overlength="skip")
+                          max_prompt_len=int(g.max_prompt_len), overlength="skip",
+                          prompt_buckets=tuple(int(b) for b in gen_cfg.prompt_buckets))
     stop_ids = tuple(gen_cfg.stop_ids)
     greedy = SamplingParams(max_new_tokens=int(g.max_new_tokens), temperature=0.0, stop_ids=stop_ids)
     # Log-probs of the policy that sampled: logits / T, as the sampler used (T 0 or 1: unchanged).
