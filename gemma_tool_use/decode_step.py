@@ -2,18 +2,21 @@
 
 tunix's module path is exact but slow inside a `lax.while_loop` on XLA:CPU. Measured on the real
 270M at batch 8, 200 prompt + 64 new tokens (2-core EPYC, 2026-12-05, experiments/decode_step/):
-72 ms a step, of which only ~37 ms are the matmuls. The rest, from the profile:
+72-76 ms a step, of which only ~37 ms are the matmuls' weight reads. From the profile:
   * 9 ms: XLA re-lays the attention weights ([N, D, H] -> [D, N*H] and the like) inside the
     loop body, every step, for every layer (loop-invariant copies it does not hoist);
   * 8.5 ms: the KV cache is copied 3 times per layer and step, because the updated cache feeds
     both the attention (as [B, S, H]) and the loop output (as [B, S, 1, H]), and an in-place
     dynamic-update-slice can serve only one of them;
-  * 4.7 ms: argmax over the 262k logits as a variadic (value, index) reduce.
+  * 4.7 ms: argmax over the 262k logits as a variadic (value, index) reduce;
+  * at 8 rows a matmul costs its weight reads plus a fixed overhead: gate and up as two
+    matmuls took 16.8 ms, as one 8.7.
 This module computes the same function from weights prepared once per generate call, outside
-the loop (projections and their LoRA adapters in the layout the dots want), attends to the cached
-columns and the new token's own key/value separately so that the cache write is the last use of
-the cache (XLA updates it in place), reads only the last `sliding_window_size` columns in the
-local layers, and picks the greedy token with two plain reductions.
+the loop (projections and their LoRA adapters in the layout the dots want, q/k/v and gate/up
+fused), attends to the cached columns and the new token's own key/value separately so that the
+cache write is the last use of the cache (XLA updates it in place), reads only the last
+`sliding_window_size - 1` cached columns in the local layers, and picks the greedy token with
+two plain reductions: 49 ms a step on the same run.
 
 The prefill stays tunix's own forward (ToolGemma3.__call__), and so does training. The decode
 step is checked against it: tests/test_decode_step.py (tiny model with LoRA and trained rows,
@@ -58,13 +61,13 @@ def _block_diag(*bs):
 
 def prepare_weights(model) -> list[dict]:
     """Per layer, the arrays the decode step reads, in the layout its matmuls use:
-    q [D, N*H], kv [D, 2*K*H], o [N*H, D], gate_up [D, 2F], down [F, D], the norm scales, and
+    qkv [D, (N+2K)*H], o [N*H, D], gate_up [D, 2F], down [F, D], the norm scales, and
     each projection's LoRA adapter as (A [in, r], B [r, out]) under "lora/<name>".
     Call inside the jitted program, outside the loop: XLA then lays them out once per call.
 
-    The adapters stay apart from the base weights, as qwix applies them: merged into bf16
-    weights, a LoRA delta ~1% of a weight keeps only a few of its bits (bf16 has 8), and on BFCL
-    that changed 6 of 313 verdicts where the unmerged step changes (see experiments/decode_step)."""
+    The adapters stay apart from the base weights, as qwix applies them in training: merged
+    into bf16 weights, a LoRA delta ~1% of a weight would keep only a few of its bits (bf16
+    has 8). Apart they cost nothing measurable on BFCL (experiments/decode_step)."""
     scale = lora_scale(model)
     layers = []
     for layer in model.layers:
@@ -74,9 +77,12 @@ def prepare_weights(model) -> list[dict]:
                                       "layout; use the module path")
         q, kv, o = attn.q_einsum.w.value, attn.kv_einsum.w.value, attn.attn_vec_einsum.w.value  # NDH, CKDH, NHD
         n, d, h = q.shape
+        # q, k and v in one [D, (N + 2K) * H] matmul, gate and up in one [D, 2F]: at 8 rows a
+        # matmul costs its weight reads plus a fixed overhead, and one wide op beats two narrow
+        # ones (gate and up apart took 16.8 ms a step, fused 8.7; q and kv 5.5 ms, fused 3.1)
         w = {
-            "q": jnp.transpose(q, (1, 0, 2)).reshape(d, n * h),
-            "kv": jnp.transpose(kv, (2, 0, 1, 3)).reshape(d, -1),
+            "qkv": jnp.concatenate([jnp.transpose(q, (1, 0, 2)).reshape(d, n * h),
+                                    jnp.transpose(kv, (2, 0, 1, 3)).reshape(d, -1)], axis=1),
             "o": o.reshape(n * h, d),
             "gate_up": jnp.concatenate([mlp.gate_proj.kernel.value, mlp.up_proj.kernel.value], axis=1),
             "down": mlp.down_proj.kernel.value,
@@ -86,10 +92,13 @@ def prepare_weights(model) -> list[dict]:
         }
         # qwix's shapes: q a [D, r] b [r, N, H]; kv a [D, r] b [r, C, K, H]; o a [N, H, r] b [r, D];
         # Linear a [in, r] b [r, out]
-        if lq := _lora(attn.q_einsum, "w"):
-            w["lora/q"] = (lq[0], lq[1].reshape(lq[1].shape[0], -1))
-        if lkv := _lora(attn.kv_einsum, "w"):
-            w["lora/kv"] = (lkv[0], lkv[1].reshape(lkv[1].shape[0], -1))
+        lq, lkv = _lora(attn.q_einsum, "w"), _lora(attn.kv_einsum, "w")
+        if lq or lkv:
+            dtype = q.dtype
+            lq = lq or (jnp.zeros((d, 1), dtype), jnp.zeros((1, n, h), dtype))
+            lkv = lkv or (jnp.zeros((d, 1), dtype), jnp.zeros((1, *kv.shape[:2], h), dtype))
+            w["lora/qkv"] = (jnp.concatenate([lq[0], lkv[0]], axis=1),
+                             _block_diag(lq[1].reshape(lq[1].shape[0], -1), lkv[1].reshape(lkv[1].shape[0], -1)))
         if lo := _lora(attn.attn_vec_einsum, "w"):
             w["lora/o"] = (lo[0].reshape(n * h, -1), lo[1])
         lg, lu = _lora(mlp.gate_proj, "kernel"), _lora(mlp.up_proj, "kernel")
@@ -162,8 +171,9 @@ def decode_step(model, weights: list[dict], token, position, cache, old_valid, w
         c = cache[f"layer_{i}"]
         S = c["k"].shape[1]
         h = _rms(x, w["pre_attn"])
-        q = _proj(h, w, "q").reshape(B, N, H)
-        kv = _proj(h, w, "kv").reshape(B, 2, K, H)
+        qkv = _proj(h, w, "qkv")
+        q = qkv[:, : N * H].reshape(B, N, H)
+        kv = qkv[:, N * H:].reshape(B, 2, K, H)
         q = _rms(q, w["q_norm"])
         k = _rms(kv[:, 0], w["k_norm"])
         pos = position[:, None]
