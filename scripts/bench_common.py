@@ -62,3 +62,47 @@ def run_facts() -> dict:
     return {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=ROOT).stdout.strip()}
+
+
+def hlo_dump_flags(dump_dir: str, module_re: str) -> str:
+    """XLA_FLAGS that dump the optimized HLO of the matching jitted modules (for `op_table`);
+    set them before jax is imported."""
+    return f"--xla_dump_to={dump_dir} --xla_dump_hlo_module_re={module_re} --xla_dump_hlo_pass_re=^$"
+
+
+def op_table(trace_dir: str, dump_dir: str, keep=lambda count: True) -> list[dict]:
+    """Per-op time from a jax.profiler trace (XLA:CPU records every thunk), grouped by op kind,
+    the JAX op name XLA kept in the optimized HLO (`hlo_dump_flags`) and the output shape; `keep`
+    selects ops by how often they ran (e.g. the body of a 64-step loop). ms are summed over the
+    trace, divided by the count when the caller asks per call."""
+    import collections
+    import glob
+    import gzip
+    import json
+    import re
+
+    names = {}
+    for f in glob.glob(f"{dump_dir}/*after_optimizations.txt"):
+        module = re.sub(r"^module_\d+\.", "", os.path.basename(f)).replace(".cpu_after_optimizations.txt", "")
+        for line in open(f):
+            m = re.match(r"\s+(?:ROOT )?%(\S+) = (\S+) (.*)", line)
+            if m:
+                name = re.search(r'op_name="([^"]*)"', m.group(3))
+                names[(module, m.group(1))] = (re.sub(r"jit\([^)]*\)/", "", name.group(1)) if name else "?", m.group(2))
+    trace = sorted(glob.glob(f"{trace_dir}/plugins/profile/*/*.trace.json.gz"))[-1]
+    total, count = collections.Counter(), collections.Counter()
+    for e in json.load(gzip.open(trace))["traceEvents"]:
+        a = e.get("args", {})
+        if e.get("ph") == "X" and a.get("hlo_op"):
+            total[(a.get("hlo_module"), a["hlo_op"])] += e["dur"]
+            count[(a.get("hlo_module"), a["hlo_op"])] += 1
+    ms, ops, calls = collections.Counter(), collections.Counter(), {}
+    for key, us in total.items():
+        if keep(count[key]):
+            name, shape = names.get(key, ("?", "?"))
+            group = (re.sub(r"[._]?[0-9]+$", "", key[1]), name, shape)
+            ms[group] += us / 1000
+            ops[group] += 1
+            calls[group] = count[key]
+    return [{"kind": k[0], "op": k[1], "shape": k[2], "ops": ops[k], "runs_each": calls[k], "ms": round(v, 2)}
+            for k, v in ms.most_common()]

@@ -5,6 +5,7 @@ step time, tokens/s and peak memory of one LoRA train step on the real Gemma 3 2
     .venv/bin/python scripts/bench_train_step.py --loss tunix --out experiments/train_step_bench/tunix.json
     .venv/bin/python scripts/bench_train_step.py --loss ours --batch 8 --seq 768 --steps 2 --remat decoder \
         --out experiments/train_step_bench/remat_decoder_8x768.json
+    .venv/bin/python scripts/bench_train_step.py --loss ours --profile --out experiments/train_step_bench/profile_4x256.json
 
 One loss per process, so each peak-RSS figure belongs to one loss only.
 """
@@ -23,8 +24,17 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--remat", choices=["none", "block", "decoder"], default="none")
+    ap.add_argument("--profile", action="store_true", help="then profile one more step: time per op (XLA:CPU trace)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.profile:
+        import os
+        import tempfile
+
+        work = tempfile.mkdtemp(prefix="bench_train_step_")
+        from bench_common import hlo_dump_flags
+
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + hlo_dump_flags(f"{work}/hlo", ".*train.*")).strip()
 
     import jax
     import jax.numpy as jnp
@@ -57,12 +67,16 @@ def main():
 
     times = []
     with mesh:
-        step = lora_train_step(cfg, model, completion_loss if args.loss == "ours" else tunix_loss, args.steps + 1)
+        step = lora_train_step(cfg, model, completion_loss if args.loss == "ours" else tunix_loss, args.steps + 2)
         for i in range(args.steps + 1):
             t0 = time.perf_counter()
             loss, _, _ = step(batch)
             jax.block_until_ready(loss)
             times.append(time.perf_counter() - t0)
+        if args.profile:
+            jax.profiler.start_trace(f"{work}/trace")
+            jax.block_until_ready(step(batch)[0])
+            jax.profiler.stop_trace()
     warm = times[1:]
     tokens = int(batch["input_mask"].sum())
     out = {"loss_fn": args.loss, "remat": args.remat, "batch": args.batch, "seq_len": args.seq, "tokens_per_step": tokens,
@@ -70,6 +84,15 @@ def main():
            "median_step_s": round(float(np.median(warm)), 3), "tokens_per_s": round(tokens / float(np.median(warm)), 1),
            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2),
            "loss": float(loss), **run_facts()}
+    if args.profile:
+        from bench_common import op_table
+
+        ops = op_table(f"{work}/trace", f"{work}/hlo")
+        out["profiled_step_ms"] = round(sum(r["ms"] for r in ops), 1)
+        out["profiled_ms_by_kind"] = {}
+        for r in ops:
+            out["profiled_ms_by_kind"][r["kind"]] = round(out["profiled_ms_by_kind"].get(r["kind"], 0) + r["ms"], 1)
+        out["ops"] = ops
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
