@@ -70,11 +70,12 @@ def hlo_dump_flags(dump_dir: str, module_re: str) -> str:
     return f"--xla_dump_to={dump_dir} --xla_dump_hlo_module_re={module_re} --xla_dump_hlo_pass_re=^$"
 
 
-def op_table(trace_dir: str, dump_dir: str, keep=lambda count: True) -> list[dict]:
+def op_table(trace_dir: str, dump_dir: str, keep=lambda count: True, module: int | None = None) -> list[dict]:
     """Per-op time from a jax.profiler trace (XLA:CPU records every thunk), grouped by op kind,
     the JAX op name XLA kept in the optimized HLO (`hlo_dump_flags`) and the output shape; `keep`
-    selects ops by how often they ran (e.g. the body of a 64-step loop). ms are summed over the
-    trace, divided by the count when the caller asks per call."""
+    selects ops by how often they ran (e.g. the body of a 64-step loop); `module` picks the n-th
+    dumped module for the names when several compiled programs share one name (generate's
+    `jit_run`). ms: summed over the trace; `runs_each`: how often each op of the group ran."""
     import collections
     import glob
     import gzip
@@ -82,13 +83,14 @@ def op_table(trace_dir: str, dump_dir: str, keep=lambda count: True) -> list[dic
     import re
 
     names = {}
-    for f in glob.glob(f"{dump_dir}/*after_optimizations.txt"):
-        module = re.sub(r"^module_\d+\.", "", os.path.basename(f)).replace(".cpu_after_optimizations.txt", "")
+    files = sorted(glob.glob(f"{dump_dir}/module_*after_optimizations.txt"))
+    for f in files if module is None else files[module:module + 1]:
+        module_name = re.sub(r"^module_\d+\.", "", os.path.basename(f)).replace(".cpu_after_optimizations.txt", "")
         for line in open(f):
             m = re.match(r"\s+(?:ROOT )?%(\S+) = (\S+) (.*)", line)
             if m:
                 name = re.search(r'op_name="([^"]*)"', m.group(3))
-                names[(module, m.group(1))] = (re.sub(r"jit\([^)]*\)/", "", name.group(1)) if name else "?", m.group(2))
+                names[(module_name, m.group(1))] = (re.sub(r"jit\([^)]*\)/", "", name.group(1)) if name else "?", m.group(2))
     trace = sorted(glob.glob(f"{trace_dir}/plugins/profile/*/*.trace.json.gz"))[-1]
     total, count = collections.Counter(), collections.Counter()
     for e in json.load(gzip.open(trace))["traceEvents"]:

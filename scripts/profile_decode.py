@@ -12,36 +12,18 @@ up here, as they did before decode_step.py.
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
-import gzip
 import json
 import os
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 WORK = Path(tempfile.mkdtemp(prefix="profile_decode_"))
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={WORK}/hlo --xla_dump_hlo_module_re=.*jit_run.*"
-                           " --xla_dump_hlo_pass_re=^$").strip()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import hlo_dump_flags  # noqa: E402
 
-
-def hlo_op_names(which: int) -> dict[str, tuple[str, str]]:
-    """HLO instruction -> (JAX op name, shape) in the `which`-th compiled generate program (0: the
-    max_new_tokens one, 1: the one-token one; they compile in that order)."""
-    files = sorted(glob.glob(f"{WORK}/hlo/module_*.jit_run.cpu_after_optimizations.txt"))
-    out = {}
-    for line in open(files[which]) if len(files) > which else []:
-        m = re.match(r"\s+(?:ROOT )?%(\S+) = (\S+) (.*)", line)
-        if m:
-            name = re.search(r'op_name="([^"]*)"', m.group(3))
-            kind = re.search(r"(fusion|copy|dot|convert)\(", m.group(3))
-            out[m.group(1)] = (re.sub(r".*/while/body/", "", name.group(1)) if name else (kind.group(1) if kind else "?"),
-                               m.group(2))
-    return out
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + hlo_dump_flags(f"{WORK}/hlo", ".*jit_run.*")).strip()
 
 
 def main():
@@ -57,7 +39,7 @@ def main():
     import jax
     import numpy as np
 
-    from bench_common import real_model, run_facts
+    from bench_common import op_table, real_model, run_facts
     from gemma_tool_use.generate import Generator, SamplingParams
     from gemma_tool_use.model import load_tokenizer_for
 
@@ -80,31 +62,17 @@ def main():
     with mesh:
         t_full, t_one = timed(full), timed(one)
         step_ms = (min(t_full) - min(t_one)) / (args.new - 1) * 1000
-        traces = {}
         for name, params in (("decode", full), ("prefill", one)):
             jax.profiler.start_trace(str(WORK / name))
             gen.generate_ids(prompts, params)
             jax.profiler.stop_trace()
-            traces[name] = sorted(glob.glob(f"{WORK}/{name}/plugins/profile/*/*.trace.json.gz"))[-1]
-    def grouped(trace: str, keep, names) -> list[dict]:
-        """Profiled ms per call of the ops `keep(count)` selects, grouped by JAX op name."""
-        total, count = collections.Counter(), collections.Counter()
-        for e in json.load(gzip.open(trace))["traceEvents"]:
-            if e.get("ph") == "X" and e.get("args", {}).get("hlo_op"):
-                total[e["name"]] += e["dur"]
-                count[e["name"]] += 1
-        ms, n_ops = collections.Counter(), collections.Counter()
-        for op, us in total.items():
-            if keep(count[op]):
-                key = names.get(op, ("?", "?"))
-                key = (f"{re.sub(r'[._]?[0-9]+$', '', op)}: {key[0]}", key[1])
-                ms[key] += us / count[op] / 1000
-                n_ops[key] += 1
-        return [{"op": k[0], "shape": k[1], "ops": n_ops[k], "ms": round(v, 3)} for k, v in ms.most_common()]
+    def per_call(rows: list[dict]) -> list[dict]:
+        return [{**r, "ms": round(r["ms"] / r["runs_each"], 3)} for r in rows]
 
-    # the decode loop body, per step; and the one-token call: prefill (+ one sample)
-    loop = grouped(traces["decode"], lambda c: c in (args.new - 1, args.new), hlo_op_names(0))
-    prefill = grouped(traces["prefill"], lambda c: c == 1, hlo_op_names(1))
+    # the decode loop body, per step (ops that ran new-1 or new times); and the one-token call:
+    # prefill (+ one sample). The two programs compile in that order, both named jit_run.
+    loop = per_call(op_table(f"{WORK}/decode", f"{WORK}/hlo", lambda c: c in (args.new - 1, args.new), module=0))
+    prefill = op_table(f"{WORK}/prefill", f"{WORK}/hlo", lambda c: c == 1, module=1)
     result = {"batch": args.batch, "prompt_tokens": args.prompt, "new_tokens": args.new, "lora": args.lora,
               "generate_s": t_full, "prefill_plus_one_s": t_one, "decode_step_ms": round(step_ms, 2),
               "profiled_ms_per_step": round(sum(r["ms"] for r in loop), 2), "decode_ops": loop,
