@@ -5,8 +5,9 @@
 * Prefill computes the vocabulary projection at the last prompt position only (`logits_at`):
   never [B, T, 262144] logits over the whole prompt, and attends over the prompt's columns
   only; the cache is widened for the new tokens afterwards.
-* Decoding runs decode_step.py inside the loop (LoRA merged once per call, weights in the layout
-  the matmuls use, the cache updated in place): 72 -> ~50 ms a step at batch 8 on this CPU.
+* Decoding runs decode_step.py inside the loop (weights laid out once per call for the matmuls,
+  LoRA adapters applied unmerged, the cache updated in place): 76 -> 49 ms a step at batch 8 on
+  this CPU (experiments/decode_step).
 * Decoding can refill finished rows (continuous batching, `refill=True`; off by default: on a
   200-entry BFCL slice it measured 0.96x of static batches, experiments/eval_refill_ab): each length
   bucket is one stream of `batch_size` slots over a KV cache of bucket + 2 x max_new_tokens
