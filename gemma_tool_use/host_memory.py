@@ -26,12 +26,11 @@ import ctypes
 import os
 import platform
 
+from gemma_tool_use.config import TRAINING_STAGES
+
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 MMAP_THRESHOLD_BYTES = 1 << 20
 OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
-
-
-TRAINING_STAGES = ("sft_small", "sft_full", "grpo")
 
 
 def wants_tuning(stage: str | None) -> bool:
