@@ -44,6 +44,7 @@ class ToolGemma3(tunix_gemma3.Gemma3):
         *,
         images=None,
         logits_at=None,  # [B, K] int positions; None = logits at every position
+        logits_rows=None,  # [B, K] row of each logits_at position; None = its own row
         return_hidden: bool = False,  # final-norm hidden states instead of logits (chunked losses)
     ):
         new_cache = None if cache is None else {}
@@ -55,7 +56,10 @@ class ToolGemma3(tunix_gemma3.Gemma3):
                 new_cache[name] = layer_cache
         if logits_at is not None:
             # RMSNorm and the projection are per-position: gathering first is exact.
-            x = jnp.take_along_axis(x, logits_at.astype(jnp.int32)[..., None], axis=1)
+            if logits_rows is None:
+                x = jnp.take_along_axis(x, logits_at.astype(jnp.int32)[..., None], axis=1)
+            else:
+                x = x[logits_rows.astype(jnp.int32), logits_at.astype(jnp.int32)]
         x = self.final_norm(x)
         if output_hidden_states:
             self.sow(nnx.Intermediate, "all_hidden_states", x)

@@ -133,7 +133,8 @@ def rollout(generator, prompts: list[Prompt], num_generations: int, sampling) ->
 def train_batch(prompts: list[Prompt], completions: list[Completion], advantages: np.ndarray,
                 keep: np.ndarray, max_prompt_len: int, max_new_tokens: int) -> dict[str, np.ndarray]:
     """Prompt + completion rows through the SFT collator (right-padded to a multiple of 128, loss
-    targets gathered at the completion tokens, the stop id included): `completion_mask` is its
+    targets gathered at the completion tokens, the stop id included, each row's in its own slots:
+    the objective sums per sequence): `completion_mask` is its
     target weights, zeroed on rows with keep=False (their group carries no signal), so the batch
     shape does not depend on which groups were dropped."""
     from gemma_tool_use.chat_format import RenderedConversation
@@ -142,7 +143,8 @@ def train_batch(prompts: list[Prompt], completions: list[Completion], advantages
     rows = [RenderedConversation(np.asarray(prompts[c.prompt].ids + c.token_ids, np.int32),
                                  np.asarray([False] * len(prompts[c.prompt].ids) + [True] * len(c.token_ids), bool))
             for c in completions]
-    batch = collate(rows, list(range(128, max_prompt_len + max_new_tokens + 128, 128)))
+    batch = collate(rows, list(range(128, max_prompt_len + max_new_tokens + 128, 128)),
+                    per_row_slots=True)
     return {"input_tokens": batch["input_tokens"], "input_mask": batch["input_mask"],
             "target_positions": batch["target_positions"], "target_ids": batch["target_ids"],
             "completion_mask": batch["target_weights"] * np.asarray(keep, np.float32)[:, None],

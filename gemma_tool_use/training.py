@@ -31,19 +31,22 @@ LOSS_CHUNK = 512
 
 
 def completion_loss(model, input_tokens, input_mask, target_positions, target_ids, target_weights,
-                    input_segments=None):
+                    input_segments=None, target_rows=None):
     """Mean next-token NLL over model-turn targets only.
 
     Hidden states are gathered at the K target positions ([B, K, D]) instead of every position,
     labels are integers (no one-hot over 262k classes), and the vocabulary projection runs in
     chunks of LOSS_CHUNK positions (see above). With `input_segments` (packed rows, see
-    data/batching.py), each conversation attends to itself only and its positions start at 0."""
+    data/batching.py), each conversation attends to itself only and its positions start at 0.
+    `target_rows` [B, K]: the row each slot's position belongs to (batching deals a batch's targets
+    over all rows); None: slot (b, k) is in row b."""
     if input_segments is None:
         positions = sft_utils.build_positions_from_mask(input_mask)
         attention_mask = sft_utils.make_causal_attn_mask(input_mask)
     else:
         positions, attention_mask = packed_positions_and_mask(input_segments)
-    hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions, return_hidden=True)
+    hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions,
+                      logits_rows=target_rows, return_hidden=True)
     nll = chunked_nll(model.embedder, hidden, target_ids)
     return jnp.sum(nll * target_weights) / jnp.maximum(jnp.sum(target_weights), 1.0)
 
@@ -82,6 +85,7 @@ def chunked_nll(embedder, hidden, target_ids, chunk: int | None = None):
     n = B * K
     if n <= chunk:
         return _head_nll(table, row_ids, row_delta, hidden, target_ids)
+    chunk = -(-n // -(-n // chunk))  # as many chunks as needed, evened out: 768 = 2 x 384, not 2 x 512
     pad = -n % chunk
     h = jnp.pad(hidden.reshape(n, D), ((0, pad), (0, 0))).reshape(-1, chunk, D)
     t = jnp.pad(target_ids.reshape(n), (0, pad)).reshape(-1, chunk)

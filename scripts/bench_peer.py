@@ -15,7 +15,9 @@ written once by this driver. Tasks:
 
 - train BxT: one LoRA step (rank 16, alpha 32, every attention and MLP projection, AdamW,
   global-norm clip 1.0), loss on completion tokens only: the vocabulary projection runs at the
-  loss positions only, on both sides.
+  loss positions only, on both sides. The peer gathers exactly the real ones (`hidden[rows, pos]`,
+  no padding slot); ours runs on its collate's dealt slots (data/batching.py: the batch's targets
+  over B x K slots, K a bucket, so a few padding slots).
 - prefill BxT: one forward pass, logits at each row's last position.
 - generate B: greedy, 200-token prompts + 64 new tokens (no stopping), base model on both sides.
 - matmul: a bare bf16 1024x640 @ 640x2048 matmul, the peak the MFU figures are measured against.
@@ -178,7 +180,7 @@ def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
             return {"load_s": load_s, **rec, "jax": jax.__version__}
         if task == "train":
             batch = {k: data[f"train_{b}x{t}_{k}"] for k in
-                     ("input_tokens", "input_mask", "target_positions", "target_ids", "target_weights")}
+                     ("input_tokens", "input_mask", "target_rows", "target_positions", "target_ids", "target_weights")}
             step = lora_train_step(cfg, model)
             call = lambda: jax.block_until_ready(step(batch)[0])  # noqa: E731
         elif task == "prefill":
@@ -246,13 +248,12 @@ def peer(task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> di
         base = model.get_base_model()
         head = base.get_output_embeddings()
 
-        def step(ids, mask, pos, tgt, w):
-            # the hidden states at the loss positions only, then the vocabulary projection there
+        def step(ids, mask, rows, pos, tgt):
+            # the hidden states at the real loss positions only (flat, no padding slots), then the
+            # vocabulary projection there: the leanest plain-PyTorch completion-only loss
             hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            h = torch.gather(hidden, 1, pos[..., None].expand(-1, -1, hidden.shape[-1]))
-            logits = head(h).float()
-            nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none")
-            loss = (nll * w.flatten()).sum() / w.sum().clamp(min=1.0)
+            logits = head(hidden[rows, pos]).float()
+            loss = torch.nn.functional.cross_entropy(logits, tgt)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -268,23 +269,24 @@ def peer(task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> di
                 rows = order[s * b:(s + 1) * b]
                 T = max(int(off[i + 1] - off[i]) for i in rows)
                 targets = [np.nonzero(lm_all[off[i]:off[i + 1]][1:])[0] for i in rows]
-                K = max(len(x) for x in targets)
                 ids, mask = np.zeros((b, T), np.int64), np.zeros((b, T), np.int64)
-                pos, tgt, w = np.zeros((b, K), np.int64), np.zeros((b, K), np.int64), np.zeros((b, K), np.float32)
                 for r, i in enumerate(rows):
                     seq = ids_all[off[i]:off[i + 1]]
                     ids[r, :len(seq)], mask[r, :len(seq)] = seq, 1
-                    pos[r, :len(targets[r])], tgt[r, :len(targets[r])] = targets[r], seq[targets[r] + 1]
-                    w[r, :len(targets[r])] = 1.0
+                flat_rows = np.repeat(np.arange(b), [len(x) for x in targets])
+                flat_pos = np.concatenate(targets)
+                flat_tgt = ids[flat_rows, flat_pos + 1]
                 t1 = time.perf_counter()
-                step(*(torch.from_numpy(x) for x in (ids, mask, pos, tgt, w)))
+                step(*(torch.from_numpy(x) for x in (ids, mask, flat_rows, flat_pos, flat_tgt)))
                 rec["seconds"].append(time.perf_counter() - t1)
                 rec["tokens"].append(int(mask.sum()))
             return {"load_s": load_s, **rec, **extra}
-        batch = [torch.from_numpy(data[f"train_{b}x{t}_{k}"]) for k in
-                 ("input_tokens", "input_mask", "target_positions", "target_ids", "target_weights")]
-        ids, mask, pos, tgt = (x.long() for x in batch[:4])
-        call = lambda: step(ids, mask, pos, tgt, batch[4].float())  # noqa: E731
+        w = data[f"train_{b}x{t}_target_weights"] > 0
+        rows = data[f"train_{b}x{t}_target_rows"][w]
+        ids, mask, pos, tgt = (torch.from_numpy(data[f"train_{b}x{t}_{k}"]).long() for k in
+                               ("input_tokens", "input_mask", "target_positions", "target_ids"))
+        flat = [torch.from_numpy(rows).long(), pos[torch.from_numpy(w)], tgt[torch.from_numpy(w)]]
+        call = lambda: step(ids, mask, *flat)  # noqa: E731
     elif task == "prefill":
         model.eval()
         ids = torch.from_numpy(data[f"prefill_{b}x{t}"]).long()

@@ -51,7 +51,9 @@ def main():
     tok = load_tokenizer_for(cfg.model)
     rows = load_jsonl_conversations("tiny/train.jsonl")
     data = tokenize_conversations(rows, tok, max_length=args.seq)
-    batch = collate([data.examples[i % len(data.examples)] for i in range(args.batch)], [args.seq])
+    # tunix's loss below reads targets per row, so it gets per-row slots; ours gets collate's dealt slots
+    batch = collate([data.examples[i % len(data.examples)] for i in range(args.batch)], [args.seq],
+                    per_row_slots=args.loss == "tunix")
     batch["input_tokens"] = np.where(batch["input_mask"], batch["input_tokens"], 0)
 
     def tunix_loss(model, input_tokens, input_mask, target_positions, target_ids, target_weights):

@@ -31,7 +31,7 @@ def loss_and_grads(setting, reverse_rows):
     nnx.update(model, st)
     tok = load_tokenizer_for(cfg.model)
     data = tokenize_conversations(load_jsonl_conversations("tiny/train.jsonl"), tok, max_length=768)
-    batch = collate([data.examples[i] for i in range(8)], [768])
+    batch = collate([data.examples[i] for i in range(8)], [768], per_row_slots=True)  # rows reverse whole
     batch = {k: jnp.asarray(v[::-1] if reverse_rows else v) for k, v in batch.items()}
     f = nnx.jit(lambda m, b: nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(m, **b))
     loss, grads = f(model, batch)

@@ -75,10 +75,36 @@ def test_packed_collate_marks_segments_and_keeps_targets_inside_each():
     batch = collate_packed([[a, b], [b]], [8])
     assert batch["input_segments"].tolist() == [[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0]]
     assert batch["input_mask"].tolist()[0] == [True] * 7 + [False]
-    w = batch["target_weights"].astype(bool)
-    # a: positions 1, 2 predict 11, 12; b (starting at 4): positions 4, 5 predict 20, 21
-    assert batch["target_positions"][0][w[0]].tolist() == [1, 2, 4, 5]
-    assert batch["target_ids"][0][w[0]].tolist() == [11, 12, 20, 21]
+    # a: positions 1, 2 predict 11, 12; b (starting at 4): positions 4, 5 predict 20, 21; then row 1's
+    # b: positions 0, 1. Six targets dealt over 2 rows: 2 x 3 slots, no padding slot.
+    assert batch["target_rows"].tolist() == [[0, 0, 0], [0, 1, 1]]
+    assert batch["target_positions"].tolist() == [[1, 2, 4], [5, 0, 1]]
+    assert batch["target_ids"].tolist() == [[11, 12, 20], [21, 20, 21]]
+    assert batch["target_weights"].tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+def test_loss_slots_are_dealt_over_the_batch_in_few_shapes():
+    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.data.batching import collate, loss_slots_per_row
+
+    assert [loss_slots_per_row(n, 4) for n in (0, 1, 4, 5, 9, 12, 13, 17, 25, 147, 4 * 48, 4 * 48 + 1)] == \
+        [1, 1, 1, 2, 3, 3, 4, 6, 8, 48, 48, 64]
+    # every K is 2^i or 3 * 2^i, and at most a third of the slots are padding
+    for n in range(1, 5000, 7):
+        k = loss_slots_per_row(n, 8)
+        assert k & (k - 1) == 0 or (k % 3 == 0 and (k // 3) & (k // 3 - 1) == 0)
+        assert 8 * k >= n and (k == 1 or n > 8 * k * 2 / 3 - 8), (n, k)
+    # one long row and three short ones: per-row slots would be 4 x 40; dealt slots are 4 x 12
+    rows = [RenderedConversation(np.arange(2, 43, dtype=np.int32), np.array([0] + [1] * 40, bool))] + [
+        RenderedConversation(np.arange(2, 6, dtype=np.int32), np.array([0, 0, 1, 1], bool))] * 3
+    batch = collate(rows, [64])
+    assert batch["target_weights"].shape == (4, 12) and batch["target_weights"].sum() == 40 + 3 * 2
+    w = batch["target_weights"] > 0
+    tokens = batch["input_tokens"]
+    got = tokens[batch["target_rows"][w], batch["target_positions"][w] + 1]
+    assert (got == batch["target_ids"][w]).all()  # every slot names its row's next token
+    assert sorted(zip(batch["target_rows"][w].tolist(), batch["target_positions"][w].tolist())) == \
+        [(0, p) for p in range(40)] + [(r, p) for r in (1, 2, 3) for p in (1, 2)]
 
 
 def test_pack_length_shorter_than_a_row_is_a_clear_error():
@@ -89,3 +115,15 @@ def test_pack_length_shorter_than_a_row_is_a_clear_error():
 
     with pytest.raises(DataError, match="data.pack_length=512"):
         pack_rows([100, 600], 512, seed=0, epoch=0)
+
+
+def test_per_row_slots_keep_each_rows_targets_in_its_own_row():
+    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.data.batching import collate
+
+    long = RenderedConversation(np.arange(2, 43, dtype=np.int32), np.array([0] + [1] * 40, bool))
+    short = RenderedConversation(np.arange(2, 6, dtype=np.int32), np.array([0, 0, 1, 1], bool))
+    batch = collate([short, long], [64], per_row_slots=True)
+    assert "target_rows" not in batch and batch["target_positions"].shape == (2, 64)  # 40 targets: T/2 < 40 <= T
+    assert batch["target_positions"][0, :3].tolist() == [1, 2, 0] and batch["target_weights"][0].sum() == 2
+    assert batch["target_positions"][1, :40].tolist() == list(range(40)) and batch["target_weights"][1].sum() == 40

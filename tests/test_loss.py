@@ -140,3 +140,62 @@ def test_a_packed_row_has_the_loss_and_gradients_of_its_conversations_apart():
     # without the segment ids the second conversation would see the first: a different loss
     leaky = {k: v for k, v in packed.items() if k != "input_segments"}
     assert abs(value_and_grads(leaky)[0] - lu) > 1e-4
+
+
+def test_slots_dealt_over_rows_give_the_loss_and_gradients_of_per_row_slots():
+    """Batching deals a batch's targets over all rows (`target_rows`) so the vocabulary head runs on
+    few padding slots. The same targets laid out one row each (slot (b, k) in row b, no target_rows,
+    the layout GRPO still uses) must give the same loss and LoRA + trained-row gradients."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gemma_tool_use import training
+    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.data.batching import collate
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model
+    from gemma_tool_use.paths import conf_dir
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[105,106]"])
+    model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
+    rng = np.random.default_rng(5)
+
+    def conv(n, first_target):
+        mask = np.zeros(n, bool)
+        mask[first_target:] = True
+        ids = rng.integers(3, 1000, n).astype(np.int32)
+        ids[0], ids[first_target - 1], ids[-1] = 2, 105, 106
+        return RenderedConversation(ids, mask)
+
+    dealt = collate([conv(60, 5), conv(20, 15), conv(30, 25)], [64])
+    w = dealt["target_weights"] > 0
+    assert (dealt["target_rows"][w] != np.arange(3)[:, None].repeat(w.shape[1], 1)[w]).any()  # slots do cross rows
+    per_row = {k: dealt[k] for k in ("input_tokens", "input_mask")}
+    K = max(int((dealt["target_rows"][w] == b).sum()) for b in range(3))
+    for key in ("target_positions", "target_ids", "target_weights"):
+        per_row[key] = np.zeros((3, K), dealt[key].dtype)
+        for b in range(3):
+            mine = w & (dealt["target_rows"] == b)
+            per_row[key][b, :mine.sum()] = dealt[key][mine]
+    assert per_row["target_weights"].size > dealt["target_weights"].size  # 3 x 55 slots vs 3 x 24
+
+    def value_and_grads(batch):
+        loss, grads = nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
+            model, **{k: jnp.asarray(v) for k, v in batch.items()})
+        return float(loss), jax.tree.leaves(grads)
+
+    (ld, gd), (lr, gr) = value_and_grads(dealt), value_and_grads(per_row)
+    np.testing.assert_allclose(ld, lr, rtol=1e-6)
+    assert len(gd) == len(gr) > 0 and any(np.abs(np.asarray(g, np.float32)).sum() > 0 for g in gd)
+    for x, y in zip(gd, gr):
+        np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=1e-4, atol=1e-7)
+    # the rows matter: every slot read from row 0 instead is another loss
+    wrong = dict(dealt, target_rows=np.zeros_like(dealt["target_rows"]))
+    assert abs(value_and_grads(wrong)[0] - lr) > 1e-3
