@@ -59,7 +59,8 @@ def completion_logps(model, input_tokens, input_mask, target_positions, target_i
     (h / T) @ W^T: exact); 1.0 leaves them alone. Padding slots hold finite garbage: mask them."""
     positions = sft_utils.build_positions_from_mask(input_mask)
     attention_mask = sft_utils.make_causal_attn_mask(input_mask)
-    hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions, return_hidden=True)
+    hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions, return_hidden=True,
+                      causal_mask=True)
     hidden = hidden.astype(jnp.float32)
     if temperature not in (0.0, 1.0):  # tunix's convention: T = 0 (greedy) means unscaled
         hidden = hidden / temperature

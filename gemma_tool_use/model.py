@@ -22,6 +22,7 @@ from flax import nnx
 from tunix.models.gemma3 import model as tunix_gemma3
 
 from gemma_tool_use import weights
+from gemma_tool_use.causal_attention import CausalBlockAttention, causal_blocks
 from gemma_tool_use.config import WeightSource
 from gemma_tool_use.errors import UserError
 from gemma_tool_use.weights import WeightsError
@@ -34,6 +35,11 @@ class LoraTargetError(UserError, ValueError):
 
 
 class ToolGemma3(tunix_gemma3.Gemma3):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for layer in self.layers:  # same variables; a causal call may skip the masked keys
+            layer.attn.__class__ = CausalBlockAttention
+
     def __call__(
         self,
         last_tokens,
@@ -46,7 +52,14 @@ class ToolGemma3(tunix_gemma3.Gemma3):
         logits_at=None,  # [B, K] int positions; None = logits at every position
         logits_rows=None,  # [B, K] row of each logits_at position; None = its own row
         return_hidden: bool = False,  # final-norm hidden states instead of logits (chunked losses)
+        causal_mask: bool = False,  # attention_mask is causal: attention skips the keys no query sees
     ):
+        with causal_blocks(causal_mask):
+            return self._forward(last_tokens, positions, cache, attention_mask, output_hidden_states, images,
+                                 logits_at, logits_rows, return_hidden)
+
+    def _forward(self, last_tokens, positions, cache, attention_mask, output_hidden_states, images, logits_at,
+                 logits_rows, return_hidden):
         new_cache = None if cache is None else {}
         x = self._encode_and_get_inputs(tokens=last_tokens, images=images)
         for i, layer in enumerate(self.layers):

@@ -46,7 +46,7 @@ def completion_loss(model, input_tokens, input_mask, target_positions, target_id
     else:
         positions, attention_mask = packed_positions_and_mask(input_segments)
     hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions,
-                      logits_rows=target_rows, return_hidden=True)
+                      logits_rows=target_rows, return_hidden=True, causal_mask=True)
     nll = chunked_nll(model.embedder, hidden, target_ids)
     return jnp.sum(nll * target_weights) / jnp.maximum(jnp.sum(target_weights), 1.0)
 
