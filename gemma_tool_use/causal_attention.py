@@ -5,10 +5,11 @@ everything beyond the sliding window) with a large negative number: half of thos
 of the softmax and the backward pass over them, are thrown away. Here the queries go in blocks of
 QUERY_BLOCK; block [q0, q1) attends to keys [k0, q1) only, k0 = 0 in global layers and
 q0 - window + 1 in local ones. Shapes stay static (one unrolled block per slice), so XLA compiles
-it like any other program. Measured on the 2-core EPYC, one layer's attention core, forward +
-backward, batch 8 x 768, 4 query heads, 1 kv head of 256 (`scripts/bench_train_step.py`-style
-micro benchmark, experiments/causal_attention/README.md): 280 ms full, 205 ms in blocks of 128,
-214 ms in blocks of 256.
+it like any other program. One layer's attention core, forward + backward, batch 8, the 270M
+model's heads (4 query, 1 kv, 256 wide), bf16, 2-core EPYC (`scripts/bench_attention_blocks.py`,
+experiments/train_step_bench/attention_blocks.json), dense -> blocks of 128:
+T = 256: 39 -> 29 ms; T = 768: 273 -> 207 ms (280 -> 196 with the 512 window); T = 1024:
+562 -> 352 ms (569 -> 315). Blocks of 64 and 256 were no better overall.
 
 The result is the same as tunix's up to summation order: a masked column adds exp(-huge) = 0 to
 a softmax, so leaving it out changes nothing. Rows with no visible key at all (padding queries)

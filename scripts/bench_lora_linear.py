@@ -37,7 +37,8 @@ def run_jax(T: int) -> dict:
         B = jax.random.normal(key[3], (LAYERS, RANK, d_out), jnp.bfloat16) * 0.02
         P = jax.random.normal(key[0], (LAYERS, d_out, d_in), jnp.bfloat16) * 0.02  # back to d_in, frozen
 
-        def loss(adapters, x, lora):
+        def loss(adapters, x, frozen, lora):  # frozen weights are arguments: constants would be folded
+            W, P = frozen
             for i in range(LAYERS):
                 y = x @ W[i]
                 if lora:
@@ -46,12 +47,12 @@ def run_jax(T: int) -> dict:
             return jnp.sum(x.astype(jnp.float32))
 
         for lora in (False, True):
-            f = jax.jit(jax.grad(loss, argnums=(0, 1) if lora else 1), static_argnums=2)
-            jax.block_until_ready(f((A, B), x, lora))
+            f = jax.jit(jax.grad(loss, argnums=(0, 1) if lora else 1), static_argnums=3)
+            jax.block_until_ready(f((A, B), x, (W, P), lora))
             times = []
             for _ in range(5):
                 t0 = time.perf_counter()
-                jax.block_until_ready(f((A, B), x, lora))
+                jax.block_until_ready(f((A, B), x, (W, P), lora))
                 times.append(time.perf_counter() - t0)
             out[f"{d_in}->{d_out} {'lora' if lora else 'frozen'}"] = statistics.median(times) * 1e3
     return out

@@ -1,8 +1,9 @@
-"""Is model.remat=decoder the same computation as none on the real model at the recipe's shape?
-Loss and LoRA gradients of one 8 x 768 batch under both settings, beside the noise floor of bf16
-itself: the same batch with its rows reversed (mathematically the same mean loss).
+"""Are model.remat=decoder, and the causal attention blocks (causal_attention.py), the same
+computation as the plain path on the real model at the recipe's shape? Loss and LoRA gradients of
+one 8 x 768 batch under each, beside the noise floor of bf16 itself: the same batch with its rows
+reversed (mathematically the same mean loss).
 
-    .venv/bin/python scripts/remat_equivalence.py          # ~6 min on the 2-core EPYC
+    .venv/bin/python scripts/remat_equivalence.py          # ~8 min on the 2-core EPYC
 """
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import numpy as np
 from flax import nnx
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from gemma_tool_use import training
+from gemma_tool_use import causal_attention, training
 from gemma_tool_use.config import register_configs
 from gemma_tool_use.mesh import build_mesh
 from gemma_tool_use.model import build_model, load_tokenizer_for
@@ -20,7 +21,9 @@ from gemma_tool_use.data.conversations import load_jsonl_conversations
 register_configs()
 
 
-def loss_and_grads(setting, reverse_rows):
+def loss_and_grads(setting, reverse_rows, blocks=True):
+    # a query block as long as the batch: the dense (tunix) attention path
+    causal_attention.QUERY_BLOCK = 128 if blocks else 10**9
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["model=gemma3_270m", f"model.remat={setting}"])
@@ -46,4 +49,5 @@ def compare(name, a, b):
 
 base = loss_and_grads("none", False)
 compare("remat decoder vs none", base, loss_and_grads("decoder", False))
+compare("attention blocks vs dense (none)", base, loss_and_grads("none", False, blocks=False))
 compare("bf16 noise floor: rows reversed vs not (none)", base, loss_and_grads("none", True))
