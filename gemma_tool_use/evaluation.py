@@ -153,9 +153,7 @@ def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker, st
     # An eval never aborts on one long prompt: such entries are skipped and scored invalid.
     overlength = "skip" if g.overlength == "error" else g.overlength
     t_start = time.time()
-    generator = Generator(model, tokenizer, batch_size=g.batch_size, max_prompt_len=g.max_prompt_len,
-                          overlength=overlength, max_batch_tokens=g.max_batch_tokens, refill=g.refill,
-                          prompt_buckets=tuple(g.prompt_buckets))
+    generator = Generator.from_config(model, tokenizer, g, overlength=overlength)
     params = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
                             top_p=g.top_p, seed=cfg.seed, stop_ids=tuple(g.stop_ids))
     per_category = {}

@@ -102,6 +102,18 @@ def _roll_cache(cache, key_valid, shift):
 
 
 class Generator:
+    @classmethod
+    def from_config(cls, model, tokenizer, g, **overrides) -> "Generator":
+        """A Generator from the `generation` config group `g` (one place that reads its keys);
+        `overrides` replace single arguments (a stage's own batch size or overlength policy)."""
+        kwargs = dict(batch_size=int(g.batch_size), max_prompt_len=int(g.max_prompt_len), overlength=str(g.overlength),
+                      max_batch_tokens=int(g.max_batch_tokens), refill=bool(g.refill),
+                      prompt_buckets=tuple(int(b) for b in g.prompt_buckets))
+        unknown = set(overrides) - set(kwargs)
+        if unknown:
+            raise TypeError(f"unknown Generator overrides: {sorted(unknown)}")
+        return cls(model, tokenizer, **{**kwargs, **overrides})
+
     def __init__(self, model, tokenizer, *, batch_size: int = 8, max_prompt_len: int = 8192,
                  overlength: str = "error", prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
                  max_batch_tokens: int = 32768, refill: bool = False):

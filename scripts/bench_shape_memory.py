@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     # The cpu recipe's buckets (256, 512, 768), each with the loss-position counts collate picks
     # (T/8, T/4, T/2), in the order a length-grouped epoch meets them, then the first shapes again.
+    # (Since 2026-12-05 collate deals a batch's targets over its rows, so training batches have fewer
+    # slots than these per-row counts; the shapes stay as recorded for comparison with old runs.)
     ap.add_argument("--shapes", default="256x64,512x64,512x128,768x96,768x192,768x384,256x32,512x64,768x192",
                     help="TxK list: sequence length x loss positions per row")
     ap.add_argument("--remat", choices=["none", "block", "decoder"], default="none")

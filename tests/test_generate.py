@@ -186,3 +186,19 @@ def test_a_model_trained_with_remat_generates_and_keeps_its_remat(tokenizer, rem
         assert model.config.remat_config == RematConfig[remat.upper()] or setting == "none"
     assert outs[remat, False] == outs["none", False]
     assert outs[remat, True] == outs["none", True]
+
+
+def test_from_config_reads_the_generation_group_and_takes_overrides(tiny_model, tokenizer):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny", "generation.batch_size=3", "generation.max_prompt_len=300",
+                                           "generation.prompt_buckets=[64,128]", "generation.refill=true",
+                                           "generation.max_batch_tokens=4096", "generation.overlength=truncate_left"])
+    gen = Generator.from_config(tiny_model, tokenizer, cfg.generation)
+    assert (gen.batch_size, gen.max_prompt_len, gen.buckets, gen.max_batch_tokens, gen.overlength) == \
+        (3, 300, (64, 128, 300), 4096, "truncate_left")
+    assert gen.refill is True
+    gen = Generator.from_config(tiny_model, tokenizer, cfg.generation, batch_size=5, overlength="skip", refill=False)
+    assert (gen.batch_size, gen.overlength, gen.refill, gen.max_prompt_len) == (5, "skip", False, 300)
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        Generator.from_config(tiny_model, tokenizer, cfg.generation, max_new_tokens=4)

@@ -114,9 +114,10 @@ def train(cfg, model, tokenizer, prompt_set, probe, reward_fns, run_dir: Path, t
         log.info("resumed GRPO from step %d (%d metrics records of redone steps dropped)", start, dropped)
 
     gen_cfg = cfg.generation
-    generator = Generator(model, tokenizer, batch_size=max(int(gen_cfg.batch_size), P * G),
-                          max_prompt_len=int(g.max_prompt_len), overlength="skip",
-                          prompt_buckets=tuple(int(b) for b in gen_cfg.prompt_buckets))
+    # one static batch holds every group: refill off whatever generation.refill says (a step waits
+    # for all its rollouts anyway); generation.max_batch_tokens still caps a batch's memory
+    generator = Generator.from_config(model, tokenizer, gen_cfg, batch_size=max(int(gen_cfg.batch_size), P * G),
+                                      max_prompt_len=int(g.max_prompt_len), overlength="skip", refill=False)
     stop_ids = tuple(gen_cfg.stop_ids)
     greedy = SamplingParams(max_new_tokens=int(g.max_new_tokens), temperature=0.0, stop_ids=stop_ids)
     # Log-probs of the policy that sampled: logits / T, as the sampler used (T 0 or 1: unchanged).

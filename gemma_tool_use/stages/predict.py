@@ -157,9 +157,7 @@ def run(cfg: DictConfig) -> float:
 
     with mesh:
         model = build_model(cfg.model, mesh, cfg.seed)
-        generator = Generator(model, tokenizer, batch_size=g.batch_size, max_prompt_len=g.max_prompt_len,
-                              overlength=g.overlength, max_batch_tokens=g.max_batch_tokens, refill=g.refill,
-                              prompt_buckets=tuple(g.prompt_buckets))
+        generator = Generator.from_config(model, tokenizer, g)
         params = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
                                 top_p=g.top_p, seed=cfg.seed, stop_ids=tuple(g.stop_ids))
         t0 = time.time()

@@ -34,9 +34,7 @@ def run(cfg: DictConfig) -> float:
     tokenizer = load_tokenizer_for(cfg.model)
     with mesh:
         model = build_model(cfg.model, mesh, cfg.seed)
-        generator = Generator(model, tokenizer, batch_size=int(s.max_batch), max_prompt_len=int(g.max_prompt_len),
-                              overlength="error", max_batch_tokens=int(g.max_batch_tokens), refill=bool(g.refill),
-                              prompt_buckets=tuple(int(b) for b in g.prompt_buckets))
+        generator = Generator.from_config(model, tokenizer, g, batch_size=int(s.max_batch), overlength="error")
         batcher = Batcher(lambda ids, params, on_result: generator.generate_ids(ids, params, on_result=on_result),
                           max_batch=int(s.max_batch), window_s=float(s.batch_window_ms) / 1000)
         app = ChatServer(tokenizer, batcher, model_name=served_model_name(cfg), system_prompt=cfg.data.system_prompt,
