@@ -17,7 +17,8 @@ get a different (unused) output: tunix's softmax over an all-masked row is unifo
 column, ours over the block's; no real position reads a padding position, and no loss does.
 
 Used only where the caller says the mask is causal (`causal_blocks()`, entered by ToolGemma3 when
-called with `causal_mask=True`: the training and GRPO losses) and there is no KV cache.
+called with `causal_mask=True`): the training and GRPO losses (no cache), and generation's prefill
+(into an empty cache as wide as the prompt). Decoding steps keep tunix's path.
 """
 
 from __future__ import annotations
@@ -74,10 +75,13 @@ def _softmax_attention(q, k, v, mask):
 
 
 class CausalBlockAttention(tunix_gemma3.Attention):
-    """tunix's Attention; under `causal_blocks()` and without a cache, `attend` does the core."""
+    """tunix's Attention; under `causal_blocks()`, `attend` does the core of a cache-free call or
+    of a prefill (a cache exactly as wide as the input, which the caller guarantees is empty)."""
 
     def block(self, x, segment_pos, cache, attn_mask):
-        if cache is not None or not _causal.get() or x.shape[1] <= QUERY_BLOCK:
+        T = x.shape[1]
+        prefill = cache is not None and cache["k"].shape[1] == T
+        if not _causal.get() or T <= QUERY_BLOCK or (cache is not None and not prefill):
             return super().block(x, segment_pos, cache, attn_mask)
         if self.use_qkv_einsum:
             query, key, value = self.qkv_einsum(x)
@@ -92,4 +96,7 @@ class CausalBlockAttention(tunix_gemma3.Attention):
         key = tunix_gemma3.apply_rope(key, segment_pos, **rope)
         window = self.sliding_window_size if self.attn_type == tunix_gemma3.AttentionType.LOCAL_SLIDING else None
         encoded = attend(query, key, value, attn_mask.astype(bool), window=window)
-        return None, sharding_utils.shard(self.attn_vec_einsum(encoded), self.shd_config.act_btd)
+        # an empty cache as wide as the input: tunix's write at end_index 0 replaces it whole
+        new_cache = None if cache is None else {"k": key.astype(cache["k"].dtype), "v": value.astype(cache["v"].dtype),
+                                                "end_index": cache["end_index"] + T}
+        return new_cache, sharding_utils.shard(self.attn_vec_einsum(encoded), self.shd_config.act_btd)

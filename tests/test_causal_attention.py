@@ -108,3 +108,66 @@ def test_the_model_gives_the_same_loss_and_gradients_with_and_without_blocks():
         assert np.abs(np.asarray(y)).sum() > 0
         # f32 summation order only: each leaf equal to 1e-4 of its largest entry
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=1e-4 * np.abs(np.asarray(y)).max())
+
+
+def test_prefill_in_blocks_gives_tunix_logits_and_cache_and_the_same_greedy_text():
+    """Generation's prefill (an empty cache as wide as the left-padded prompts) in query blocks:
+    the last position's logits and every real column of the cache equal tunix's dense prefill,
+    and greedy generation from prompts longer than a block is token for token the same."""
+    import jax
+    import jax.numpy as jnp
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gemma_tool_use import causal_attention
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.generate import Generator, SamplingParams, _init_cache
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model, tunix_config
+    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.tokenizer import load_tokenizer
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny", "model.arch.num_layers=6", "model.arch.sliding_window_size=48"])
+    model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
+    rng = np.random.default_rng(3)
+    B, T = 3, 300
+    lengths = [300, 230, 170]
+    tokens = np.zeros((B, T), np.int32)
+    valid = np.zeros((B, T), bool)
+    for b, n in enumerate(lengths):  # left padding, as the generator lays prompts out
+        tokens[b, T - n:] = rng.integers(3, 1000, n)
+        tokens[b, T - n] = 2
+        valid[b, T - n:] = True
+    positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+    mask = jnp.tril(jnp.ones((T, T), bool))[None] & jnp.asarray(valid)[:, None, :]
+    mcfg = tunix_config(cfg.model)
+
+    def prefill(causal_mask):
+        return model(jnp.asarray(tokens), positions, _init_cache(mcfg, B, T, jnp.float32), mask,
+                     logits_at=jnp.full((B, 1), T - 1, jnp.int32), causal_mask=causal_mask)
+
+    (lb, cb), (ld, cd) = prefill(True), prefill(False)
+    np.testing.assert_allclose(np.asarray(lb), np.asarray(ld), rtol=1e-4, atol=1e-4)
+    for name in cd:
+        for kv in ("k", "v"):
+            got, want = np.asarray(cb[name][kv]), np.asarray(cd[name][kv])
+            np.testing.assert_allclose(got[valid], want[valid], rtol=1e-4, atol=1e-4)
+        assert int(cb[name]["end_index"][0]) == int(cd[name]["end_index"][0]) == T
+
+    tok = load_tokenizer()
+    prompts = [list(map(int, tokens[b, T - n:])) for b, n in enumerate(lengths)]
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+
+    def greedy(block):
+        causal_attention.QUERY_BLOCK = block
+        try:
+            return [r.token_ids for r in Generator(model, tok, batch_size=3, max_prompt_len=320,
+                                                   prompt_buckets=(128, 256)).generate_ids(prompts, params)]
+        finally:
+            causal_attention.QUERY_BLOCK = 128
+
+    assert greedy(64) == greedy(10**9)
+    jax.clear_caches()

@@ -93,44 +93,19 @@ def test_a_packed_row_has_the_loss_and_gradients_of_its_conversations_apart():
     """Sequence packing changes the layout, not the maths: two conversations in one row (each
     attending to itself, positions restarting) give the loss and LoRA gradients of two padded
     rows. Lengths beyond the tiny model's 64-token sliding window check the local layers too."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from gemma_tool_use import training
-    from gemma_tool_use.chat_format import RenderedConversation
-    from gemma_tool_use.config import register_configs
     from gemma_tool_use.data.batching import collate, collate_packed
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
 
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[105,106]"])
-    model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
+    model = _tiny_model_with_rows()
     rng = np.random.default_rng(2)
 
-    def conv(n, first_target):
-        mask = np.zeros(n, bool)
-        mask[first_target:] = True
-        ids = rng.integers(3, 1000, n).astype(np.int32)
-        ids[0], ids[first_target - 1] = 2, 105
-        return RenderedConversation(ids, mask)
-
-    a, b, c = conv(90, 60), conv(75, 30), conv(40, 20)
+    a, b, c = (_conversation(rng, n, t) for n, t in ((90, 60), (75, 30), (40, 20)))
     unpacked = collate([a, b, c], [128, 256])
     packed = collate_packed([[a, b], [c]], [128, 256])
     assert packed["input_tokens"].shape == (2, 256) and unpacked["input_tokens"].shape == (3, 128)
     assert packed["target_weights"].sum() == unpacked["target_weights"].sum()
 
     def value_and_grads(batch):
-        loss, grads = nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
-            model, **{k: jnp.asarray(v) for k, v in batch.items()})
-        return float(loss), jax.tree.leaves(grads)
+        return _loss_and_grads(model, batch)
 
     (lu, gu), (lp, gp) = value_and_grads(unpacked), value_and_grads(packed)
     np.testing.assert_allclose(lp, lu, rtol=1e-5)
@@ -146,35 +121,12 @@ def test_slots_dealt_over_rows_give_the_loss_and_gradients_of_per_row_slots():
     """Batching deals a batch's targets over all rows (`target_rows`) so the vocabulary head runs on
     few padding slots. The same targets laid out one row each (slot (b, k) in row b, no target_rows,
     the layout GRPO still uses) must give the same loss and LoRA + trained-row gradients."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from gemma_tool_use import training
-    from gemma_tool_use.chat_format import RenderedConversation
-    from gemma_tool_use.config import register_configs
     from gemma_tool_use.data.batching import collate
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
 
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[105,106]"])
-    model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
+    model = _tiny_model_with_rows()
     rng = np.random.default_rng(5)
 
-    def conv(n, first_target):
-        mask = np.zeros(n, bool)
-        mask[first_target:] = True
-        ids = rng.integers(3, 1000, n).astype(np.int32)
-        ids[0], ids[first_target - 1], ids[-1] = 2, 105, 106
-        return RenderedConversation(ids, mask)
-
-    dealt = collate([conv(60, 5), conv(20, 15), conv(30, 25)], [64])
+    dealt = collate([_conversation(rng, n, t, end_token=True) for n, t in ((60, 5), (20, 15), (30, 25))], [64])
     w = dealt["target_weights"] > 0
     assert (dealt["target_rows"][w] != np.arange(3)[:, None].repeat(w.shape[1], 1)[w]).any()  # slots do cross rows
     per_row = {k: dealt[k] for k in ("input_tokens", "input_mask")}
@@ -187,9 +139,7 @@ def test_slots_dealt_over_rows_give_the_loss_and_gradients_of_per_row_slots():
     assert per_row["target_weights"].size > dealt["target_weights"].size  # 3 x 55 slots vs 3 x 24
 
     def value_and_grads(batch):
-        loss, grads = nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
-            model, **{k: jnp.asarray(v) for k, v in batch.items()})
-        return float(loss), jax.tree.leaves(grads)
+        return _loss_and_grads(model, batch)
 
     (ld, gd), (lr, gr) = value_and_grads(dealt), value_and_grads(per_row)
     np.testing.assert_allclose(ld, lr, rtol=1e-6)
@@ -199,3 +149,45 @@ def test_slots_dealt_over_rows_give_the_loss_and_gradients_of_per_row_slots():
     # the rows matter: every slot read from row 0 instead is another loss
     wrong = dict(dealt, target_rows=np.zeros_like(dealt["target_rows"]))
     assert abs(value_and_grads(wrong)[0] - lr) > 1e-3
+
+
+def _tiny_model_with_rows():
+    """The tiny model with trained rows for <start_of_turn>/<end_of_turn> (105, 106)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.model import build_model
+    from gemma_tool_use.paths import conf_dir
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[105,106]"])
+    return build_model(cfg.model, build_mesh(cfg.tpu), 0)
+
+
+def _conversation(rng, n, first_target, end_token=False):
+    """n random tokens, <bos> first, targets from `first_target` on (after a 105)."""
+    from gemma_tool_use.chat_format import RenderedConversation
+
+    mask = np.zeros(n, bool)
+    mask[first_target:] = True
+    ids = rng.integers(3, 1000, n).astype(np.int32)
+    ids[0], ids[first_target - 1] = 2, 105
+    if end_token:
+        ids[-1] = 106
+    return RenderedConversation(ids, mask)
+
+
+def _loss_and_grads(model, batch):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from gemma_tool_use import training
+
+    loss, grads = nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
+        model, **{k: jnp.asarray(v) for k, v in batch.items()})
+    return float(loss), jax.tree.leaves(grads)
