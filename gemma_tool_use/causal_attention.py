@@ -9,9 +9,7 @@ it like any other program. One layer's attention core, forward + backward, batch
 model's heads (4 query, 1 kv, 256 wide), bf16, 2-core EPYC (`scripts/bench_attention_blocks.py`,
 experiments/train_step_bench/attention_blocks.json), dense -> blocks of 128:
 T = 256: 39 -> 29 ms; T = 768: 273 -> 207 ms (280 -> 196 with the 512 window); T = 1024:
-562 -> 352 ms (569 -> 315). Blocks of 64 and 256 were no better overall. A whole prefill of 8
-prompts (real model, forward only, `scripts/bench_prefill_blocks.py`): 384 tokens 3.33 -> 3.17 s,
-512 tokens 4.63 -> 4.40 s, 1,024 tokens 10.44 -> 9.19 s.
+562 -> 352 ms (569 -> 315). Blocks of 64 and 256 were no better overall.
 
 The result is the same as tunix's up to summation order: a masked column adds exp(-huge) = 0 to
 a softmax, so leaving it out changes nothing. Rows with no visible key at all (padding queries)
@@ -19,8 +17,7 @@ get a different (unused) output: tunix's softmax over an all-masked row is unifo
 column, ours over the block's; no real position reads a padding position, and no loss does.
 
 Used only where the caller says the mask is causal (`causal_blocks()`, entered by ToolGemma3 when
-called with `causal_mask=True`): the training and GRPO losses (no cache), and generation's prefill
-(into an empty cache as wide as the prompt). Decoding steps keep tunix's path.
+called with `causal_mask=True`: the training and GRPO losses) and there is no KV cache.
 """
 
 from __future__ import annotations
@@ -77,13 +74,10 @@ def _softmax_attention(q, k, v, mask):
 
 
 class CausalBlockAttention(tunix_gemma3.Attention):
-    """tunix's Attention; under `causal_blocks()`, `attend` does the core of a cache-free call or
-    of a prefill (a cache exactly as wide as the input, which the caller guarantees is empty)."""
+    """tunix's Attention; under `causal_blocks()` and without a cache, `attend` does the core."""
 
     def block(self, x, segment_pos, cache, attn_mask):
-        T = x.shape[1]
-        prefill = cache is not None and cache["k"].shape[1] == T
-        if not _causal.get() or T <= QUERY_BLOCK or (cache is not None and not prefill):
+        if cache is not None or not _causal.get() or x.shape[1] <= QUERY_BLOCK:
             return super().block(x, segment_pos, cache, attn_mask)
         if self.use_qkv_einsum:
             query, key, value = self.qkv_einsum(x)
@@ -98,7 +92,4 @@ class CausalBlockAttention(tunix_gemma3.Attention):
         key = tunix_gemma3.apply_rope(key, segment_pos, **rope)
         window = self.sliding_window_size if self.attn_type == tunix_gemma3.AttentionType.LOCAL_SLIDING else None
         encoded = attend(query, key, value, attn_mask.astype(bool), window=window)
-        # an empty cache as wide as the input: tunix's write at end_index 0 replaces it whole
-        new_cache = None if cache is None else {"k": key.astype(cache["k"].dtype), "v": value.astype(cache["v"].dtype),
-                                                "end_index": cache["end_index"] + T}
-        return new_cache, sharding_utils.shard(self.attn_vec_einsum(encoded), self.shd_config.act_btd)
+        return None, sharding_utils.shard(self.attn_vec_einsum(encoded), self.shd_config.act_btd)

@@ -166,7 +166,7 @@ class Generator:
             # attending over all S columns computed max_new masked-out columns per position.
             mask = jnp.tril(jnp.ones((Tp, Tp), bool))[None] & valid[:, None, :]
             logits, cache = model(tokens, positions, _init_cache(cfg, B, Tp, dtype), mask,
-                                  logits_at=jnp.full((B, 1), Tp - 1, jnp.int32), causal_mask=True)
+                                  logits_at=jnp.full((B, 1), Tp - 1, jnp.int32))
             widen = ((0, 0), (0, max_new), (0, 0), (0, 0))
             cache = {name: {"k": jnp.pad(c["k"], widen), "v": jnp.pad(c["v"], widen), "end_index": c["end_index"]}
                      for name, c in cache.items()}
@@ -219,7 +219,7 @@ class Generator:
             positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
             mask = jnp.tril(jnp.ones((Tp, Tp), bool))[None] & valid[:, None, :]
             logits, fresh = model(tokens, positions, _init_cache(cfg, n, Tp, dtype), mask,
-                                  logits_at=jnp.full((n, 1), Tp - 1, jnp.int32), causal_mask=True)
+                                  logits_at=jnp.full((n, 1), Tp - 1, jnp.int32))
             first = _sample(logits[:, -1], rng, params)
             w = cache["layer_0"]["end_index"][0]
             cols = (w - Tp + jnp.arange(Tp))[None, :]

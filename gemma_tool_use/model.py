@@ -52,9 +52,7 @@ class ToolGemma3(tunix_gemma3.Gemma3):
         logits_at=None,  # [B, K] int positions; None = logits at every position
         logits_rows=None,  # [B, K] row of each logits_at position; None = its own row
         return_hidden: bool = False,  # final-norm hidden states instead of logits (chunked losses)
-        # attention_mask is causal (and a cache, if given, is empty and as wide as the input: a
-        # prefill): attention runs in query blocks that skip the keys no query sees
-        causal_mask: bool = False,
+        causal_mask: bool = False,  # attention_mask is causal: attention skips the keys no query sees
     ):
         with causal_blocks(causal_mask):
             return self._forward(last_tokens, positions, cache, attention_mask, output_hidden_states, images,
