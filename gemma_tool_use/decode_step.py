@@ -61,8 +61,7 @@ def _block_diag(*bs):
 
 def prepare_weights(model) -> list[dict]:
     """Per layer, the arrays the decode step reads, in the layout its matmuls use:
-    qkv [D, (N+2K)*H], o [N*H, D], gate_up [D, 2F], down [F, D], the norm scales, and
-    each projection's LoRA adapter as (A [in, r], B [r, out]) under "lora/<name>".
+    qkv [D, (N+2K)*H], o [N*H, D], gate_up [D, 2F], down [F, D], and each projection's LoRA adapter as (A [in, r], B [r, out]) under "lora/<name>".
     Call inside the jitted program, outside the loop: XLA then lays them out once per call.
 
     The adapters stay apart from the base weights, as qwix applies them in training: merged
@@ -86,9 +85,6 @@ def prepare_weights(model) -> list[dict]:
             "o": o.reshape(n * h, d),
             "gate_up": jnp.concatenate([mlp.gate_proj.kernel.value, mlp.up_proj.kernel.value], axis=1),
             "down": mlp.down_proj.kernel.value,
-            "pre_attn": layer.pre_attention_norm.scale.value, "post_attn": layer.post_attention_norm.scale.value,
-            "pre_ffw": layer.pre_ffw_norm.scale.value, "post_ffw": layer.post_ffw_norm.scale.value,
-            "q_norm": attn._query_norm.scale.value, "k_norm": attn._key_norm.scale.value,
         }
         # qwix's shapes: q a [D, r] b [r, N, H]; kv a [D, r] b [r, C, K, H]; o a [N, H, r] b [r, D];
         # Linear a [in, r] b [r, out]
@@ -121,12 +117,6 @@ def _proj(x, w: dict, name: str):
         a, b = w[f"lora/{name}"]
         y = y + ((x @ a) @ b) * w["lora_scale"]
     return y
-
-
-def _rms(x, scale):
-    # tunix's RMSNorm, op for op (same dtypes), so the step matches its forward
-    var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(var + 1e-06) * (1 + jnp.expand_dims(scale, axis=range(x.ndim - 1)))
 
 
 def greedy(logits):
@@ -170,12 +160,12 @@ def decode_step(model, weights: list[dict], token, position, cache, old_valid, w
         attn = layer.attn
         c = cache[f"layer_{i}"]
         S = c["k"].shape[1]
-        h = _rms(x, w["pre_attn"])
+        h = layer.pre_attention_norm(x)
         qkv = _proj(h, w, "qkv")
         q = qkv[:, : N * H].reshape(B, N, H)
         kv = qkv[:, N * H:].reshape(B, 2, K, H)
-        q = _rms(q, w["q_norm"])
-        k = _rms(kv[:, 0], w["k_norm"])
+        q = attn._query_norm(q)
+        k = attn._key_norm(kv[:, 0])
         pos = position[:, None]
         q = tunix_gemma3.apply_rope(q[:, None], pos, head_dim=H, base_frequency=attn.rope_base_frequency,
                                     scale_factor=attn.rope_scale_factor)[:, 0]
@@ -204,10 +194,10 @@ def decode_step(model, weights: list[dict], token, position, cache, old_valid, w
         # values to the attention output.
         k, v, enc = jax.lax.optimization_barrier((k, v, enc))
         out = _proj(enc.reshape(B, N * H), w, "o")
-        x = x + _rms(out, w["post_attn"])
-        hf = _rms(x, w["pre_ffw"])
+        x = x + layer.post_attention_norm(out)
+        hf = layer.pre_ffw_norm(x)
         gate, up = jnp.split(_proj(hf, w, "gate_up"), 2, axis=-1)
-        x = x + _rms(_proj(nnx.gelu(gate) * up, w, "down"), w["post_ffw"])
+        x = x + layer.post_ffw_norm(_proj(nnx.gelu(gate) * up, w, "down"))
         # the cache write comes last: nothing reads the old cache after it, so it is in place
         at = (0, write_col, 0, 0)
         new_cache[f"layer_{i}"] = {"k": jax.lax.dynamic_update_slice(c["k"], k[:, None].astype(c["k"].dtype), at),

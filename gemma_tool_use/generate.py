@@ -33,13 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gemma_tool_use.config import GenerationConfig
 from gemma_tool_use.decode_step import decode_step, greedy, head_logits, prepare_weights
 from gemma_tool_use.model import graphdef_without_remat
 from gemma_tool_use.tokenizer import BOS_ID, END_OF_TURN_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT_BUCKETS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192, 16384)  # = generation.prompt_buckets
+DEFAULT_PROMPT_BUCKETS = tuple(GenerationConfig().prompt_buckets)  # the config's default, one list
 
 
 class GenerationError(ValueError):

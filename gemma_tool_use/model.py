@@ -54,19 +54,14 @@ class ToolGemma3(tunix_gemma3.Gemma3):
         return_hidden: bool = False,  # final-norm hidden states instead of logits (chunked losses)
         causal_mask: bool = False,  # attention_mask is causal: attention skips the keys no query sees
     ):
-        with causal_blocks(causal_mask):
-            return self._forward(last_tokens, positions, cache, attention_mask, output_hidden_states, images,
-                                 logits_at, logits_rows, return_hidden)
-
-    def _forward(self, last_tokens, positions, cache, attention_mask, output_hidden_states, images, logits_at,
-                 logits_rows, return_hidden):
         new_cache = None if cache is None else {}
         x = self._encode_and_get_inputs(tokens=last_tokens, images=images)
-        for i, layer in enumerate(self.layers):
-            name = f"layer_{i}"
-            layer_cache, x = layer(x, positions, cache[name] if cache else None, attention_mask)
-            if cache is not None:
-                new_cache[name] = layer_cache
+        with causal_blocks(causal_mask):  # read by the layers' attention while they trace
+            for i, layer in enumerate(self.layers):
+                name = f"layer_{i}"
+                layer_cache, x = layer(x, positions, cache[name] if cache else None, attention_mask)
+                if cache is not None:
+                    new_cache[name] = layer_cache
         if logits_at is not None:
             # RMSNorm and the projection are per-position: gathering first is exact.
             if logits_rows is None:
