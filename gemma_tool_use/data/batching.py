@@ -7,7 +7,8 @@ Shapes are bucketed so XLA compiles a handful of programs, not one per batch:
     12, ... (2^i and 3 * 2^i) that holds them. The loss gathers hidden states at those slots only,
     so the vocabulary projection (the priciest op of a LoRA step) runs on ~1.2x the real target
     count instead of B x the longest row's count: on the cpu recipe's packed sft_small epoch,
-    per-row slots filled 38% (45,071 targets in 119,040 slots), dealt slots fill 81%.
+    per-row slots filled 38% (45,071 targets in 119,040 slots), dealt slots fill 81%, in 4
+    T x K shapes instead of 3 (`scripts/loss_slot_fill.py`).
 With `data.pack_length`, a row holds several conversations end to end (`packed_batches`): nearly
 every position is a real token, attention stays within each conversation (`input_segments`) and
 the positions restart at each one, so the loss of a packed row is that of its conversations apart.
