@@ -21,10 +21,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from gemma_tool_use.config import check_config, preflight, register_configs
-from gemma_tool_use.errors import UserError, one_line
-from gemma_tool_use.host_memory import tune_malloc, wants_tuning
-from gemma_tool_use.paths import conf_dir
+from gemma_tool_use.config.checks import check_config
+from gemma_tool_use.config.schema import TRAINING_STAGES, register_configs
+from gemma_tool_use.stages.preflight import preflight
+from gemma_tool_use.utils.errors import UserError, one_line
+from gemma_tool_use.utils.host_memory import tune_malloc, wants_tuning
+from gemma_tool_use.utils.paths import conf_dir
 
 log = logging.getLogger("gemma_tool_use")
 
@@ -74,12 +76,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         check_config(cfg)  # values: ranges and agreement (pure)
         if cfg.get("pipeline") is not None:  # `pipeline=<recipe>`: each stage in its own process
-            from gemma_tool_use.pipeline import run_pipeline
+            from gemma_tool_use.orchestration.pipeline import run_pipeline
 
             return run_pipeline(cfg)
         preflight(cfg)  # the files and runs the config names: before JAX loads
         # Before JAX allocates: in training, glibc returns XLA's freed buffers (host_memory.py).
-        if wants_tuning(str(cfg.stage.name)) and (tuning := tune_malloc()):
+        if wants_tuning(str(cfg.stage.name) in TRAINING_STAGES) and (tuning := tune_malloc()):
             log.info("host memory: %s (GTU_MALLOC_TUNING=0 leaves glibc's default)", tuning)
         value = run_stage(cfg)
         _write_job_result(value)

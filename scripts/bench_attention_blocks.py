@@ -30,7 +30,7 @@ def main():
     import jax.numpy as jnp
 
     from bench_common import run_facts
-    from gemma_tool_use.causal_attention import _softmax_attention, attend
+    from gemma_tool_use.model.attention import _softmax_attention, attend
 
     def dense(q, k, v, mask, window):
         T = q.shape[1]

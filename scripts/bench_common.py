@@ -16,8 +16,8 @@ def compose_real(*overrides: str):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -29,12 +29,12 @@ def real_model(*overrides: str, training: bool = True):
     """(cfg, mesh, model): the real weights, LoRA applied as configured; host memory set up as
     `python -m gemma_tool_use` sets it for a training (or another) stage (host_memory), so the
     figures are the CLI's."""
-    from gemma_tool_use.host_memory import tune_malloc, wants_tuning
-    from gemma_tool_use.mesh import build_mesh
+    from gemma_tool_use.utils.host_memory import tune_malloc, wants_tuning
+    from gemma_tool_use.utils.mesh import build_mesh
 
-    if wants_tuning("sft_small" if training else "eval"):
+    if wants_tuning(training):
         tune_malloc()
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.model.loading import build_model
 
     cfg = compose_real(*overrides)
     mesh = build_mesh(cfg.tpu)
@@ -46,7 +46,10 @@ def lora_train_step(cfg, model, loss_fn=None, max_steps: int = 10**6):
     from tunix.sft import peft_trainer
     from tunix.sft.metrics_logger import MetricsLogger
 
-    from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
+    from gemma_tool_use.training.sft_trainer import SftTrainer
+    from gemma_tool_use.training.metrics import Throughput
+    from gemma_tool_use.training.loss import completion_loss
+    from gemma_tool_use.training.optimizer import make_optimizer
 
     opt, _ = make_optimizer(cfg.optim, 100)
     trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=10**6, max_steps=max_steps),

@@ -3,7 +3,7 @@ alternating processes with GTU_MALLOC_TUNING=1 and 0 (bench_peer.py workers, sam
 
     .venv/bin/python scripts/bench_malloc_speed.py   # ~5 min; writes /tmp/malloc_ab.json
 """
-import json, os, statistics, subprocess, sys, time
+import json, os, subprocess, sys
 from pathlib import Path
 sys.path.insert(0, "scripts")
 from bench_peer import write_inputs

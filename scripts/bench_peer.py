@@ -76,11 +76,11 @@ def write_inputs(path: Path, train_shapes, prefill_shapes, gen_batches, rows_fil
     import numpy as np
     from hydra import compose, initialize_config_dir
 
-    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.config.schema import register_configs
     from gemma_tool_use.data.batching import collate, tokenize_conversations
     from gemma_tool_use.data.conversations import load_jsonl_conversations
-    from gemma_tool_use.model import load_tokenizer_for
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.model.loading import load_tokenizer_for
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
@@ -127,7 +127,7 @@ def write_inputs(path: Path, train_shapes, prefill_shapes, gen_batches, rows_fil
 
 
 def epoch_rows(data) -> list:
-    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.format.render import RenderedConversation
 
     off = data["epoch_offsets"]
     return [RenderedConversation(data["epoch_ids"][a:b], data["epoch_loss_mask"][a:b]) for a, b in zip(off[:-1], off[1:])]
@@ -141,7 +141,7 @@ def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
     from flax import nnx
 
     from bench_common import lora_train_step, real_model
-    from gemma_tool_use.model import load_tokenizer_for
+    from gemma_tool_use.model.loading import load_tokenizer_for
 
     if task == "matmul":
         m, k, n = MATMUL
@@ -197,7 +197,7 @@ def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
 
             call = lambda: jax.block_until_ready(forward(model, tokens, mask, last))  # noqa: E731
         else:
-            from gemma_tool_use.generate import Generator, SamplingParams
+            from gemma_tool_use.generation.generator import Generator, SamplingParams
 
             prompts = [list(map(int, r)) for r in data[f"generate_{b}"]]
             gen = Generator(model, load_tokenizer_for(cfg.model), batch_size=b, prompt_buckets=(256,), max_prompt_len=512)
@@ -207,7 +207,7 @@ def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
             t1 = time.perf_counter()
             call()
             times.append(time.perf_counter() - t1)
-    from gemma_tool_use.model import count_params
+    from gemma_tool_use.model.gemma import count_params
 
     return {"load_s": load_s, "first_call_s": times[0], "seconds": times[1:], "jax": jax.__version__,
             **({"our_trainable_params": count_params(model, nnx.LoRAParam)} if task == "train" else {})}
@@ -382,7 +382,7 @@ def main():
 
     if not args.out:
         ap.error("--out is required")
-    from gemma_tool_use.weights import converted_gguf_dir
+    from gemma_tool_use.model.weights import converted_gguf_dir
 
     hf_dir = str(converted_gguf_dir())
     out_path = Path(args.out)

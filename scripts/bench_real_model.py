@@ -33,24 +33,24 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, GEMMA_TOOL_USE_CACHE=tmp)
         t0 = time.time()
-        subprocess.run([sys.executable, "-c", "from gemma_tool_use.weights import converted_gguf_dir; converted_gguf_dir()"],
+        subprocess.run([sys.executable, "-c", "from gemma_tool_use.model.weights import converted_gguf_dir; converted_gguf_dir()"],
                        env=env, check=True)
         report["gguf_conversion_s"] = round(time.time() - t0, 1)
 
     from hydra import compose, initialize_config_dir
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["model=gemma3_270m", "model.lora.enabled=false"])
     import jax
 
-    from gemma_tool_use.chat_format import render_conversation
-    from gemma_tool_use.generate import Generator, SamplingParams
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model, load_tokenizer_for
+    from gemma_tool_use.format.render import render_conversation
+    from gemma_tool_use.generation.generator import Generator, SamplingParams
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model, load_tokenizer_for
 
     mesh = build_mesh(cfg.tpu)
     t0 = time.time()

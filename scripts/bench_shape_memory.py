@@ -48,7 +48,7 @@ def main():
     from bench_common import lora_train_step, real_model, run_facts
     from gemma_tool_use.data.batching import tokenize_conversations
     from gemma_tool_use.data.conversations import load_jsonl_conversations
-    from gemma_tool_use.model import load_tokenizer_for
+    from gemma_tool_use.model.loading import load_tokenizer_for
 
     cfg, mesh, model = real_model(f"model.remat={args.remat}")
     tok = load_tokenizer_for(cfg.model)

@@ -44,8 +44,8 @@ def main():
     from bench_common import lora_train_step, real_model, run_facts
     from gemma_tool_use.data.batching import collate, tokenize_conversations
     from gemma_tool_use.data.conversations import load_jsonl_conversations
-    from gemma_tool_use.model import load_tokenizer_for
-    from gemma_tool_use.training import completion_loss
+    from gemma_tool_use.model.loading import load_tokenizer_for
+    from gemma_tool_use.training.loss import completion_loss
 
     cfg, mesh, model = real_model(f"model.remat={args.remat}")
     tok = load_tokenizer_for(cfg.model)

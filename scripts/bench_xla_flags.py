@@ -36,7 +36,6 @@ def main():
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    from gemma_tool_use.weights import converted_gguf_dir
 
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

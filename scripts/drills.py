@@ -81,7 +81,7 @@ def drill_parser(tmp: Path) -> dict:
     sys.path.insert(0, str(REPO / "tests"))
     from test_parser_fuzz import TOOLS, fuzz_cases  # the suite's seeded mutator
 
-    from gemma_tool_use.chat_format import parse_model_output
+    from gemma_tool_use.format.parse import parse_model_output
 
     raised, unserialisable, n = 0, 0, 0
     for text in fuzz_cases(10_000):
@@ -168,7 +168,7 @@ def drill_predict_empty(tmp: Path) -> dict:
 def _mix_cache_drill(tmp: Path, damage, what: str) -> dict:
     if not (DATA / "seal_tools").is_dir():
         return {"tried": what, "survived": None, "lost": False, "detail": f"skipped: no datasets at {DATA}"}
-    from gemma_tool_use.tokenizer import cache_root
+    from gemma_tool_use.model.tokenizer import cache_root
 
     name = f"drill_{os.getpid()}_{int(time.time())}"  # a cache folder of its own, removed afterwards
     args = [*TINY, "data=sft_small", f"data.name={name}", f"data.root={DATA}", "train.max_steps=1",

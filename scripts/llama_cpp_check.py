@@ -27,7 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gemma_tool_use.chat_format import parse_model_output, render_text  # noqa: E402
+from gemma_tool_use.format.parse import parse_model_output
+from gemma_tool_use.format.render import render_text
 
 
 def tool(name, desc, props, required):

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from gemma_tool_use.config import register_configs
+from gemma_tool_use.config.schema import register_configs
 from gemma_tool_use.data.batching import collate, collate_packed, length_grouped_batches, packed_batches
 from gemma_tool_use.data.prepare import prepare_training_data
-from gemma_tool_use.model import load_tokenizer_for
-from gemma_tool_use.paths import conf_dir
+from gemma_tool_use.model.loading import load_tokenizer_for
+from gemma_tool_use.utils.paths import conf_dir
 
 OVERRIDES = ["model=gemma3_270m", "data=sft_small", "data.max_length=768", "data.length_buckets=[256,512,768]",
              "data.augment.near_miss=0.35"]

@@ -16,10 +16,10 @@ import numpy as np
 from flax import nnx
 
 from bench_common import real_model, run_facts
-from gemma_tool_use import training
+from gemma_tool_use.training import loss as training_loss
 from gemma_tool_use.data.batching import collate, collate_packed, pack_rows, tokenize_conversations
 from gemma_tool_use.data.conversations import load_jsonl_conversations
-from gemma_tool_use.model import load_tokenizer_for
+from gemma_tool_use.model.loading import load_tokenizer_for
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=12)
@@ -40,7 +40,7 @@ buckets = [256, 512, args.pack_length]
 bins = pack_rows([len(e) for e in ex], args.pack_length, seed=0, epoch=0)
 batches = {"padded": collate(ex, buckets), "padded, rows reversed": collate(ex[::-1], buckets),
            "packed": collate_packed([[ex[i] for i in b] for b in bins], buckets)}
-f = nnx.jit(lambda m, b: nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(m, **b))
+f = nnx.jit(lambda m, b: nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(m, **b))
 res = {}
 with mesh:
     for name, batch in batches.items():

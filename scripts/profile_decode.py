@@ -40,8 +40,8 @@ def main():
     import numpy as np
 
     from bench_common import op_table, real_model, run_facts
-    from gemma_tool_use.generate import Generator, SamplingParams
-    from gemma_tool_use.model import load_tokenizer_for
+    from gemma_tool_use.generation.generator import Generator, SamplingParams
+    from gemma_tool_use.model.loading import load_tokenizer_for
 
     cfg, mesh, model = real_model(f"model.lora.enabled={str(args.lora).lower()}", training=False)
     rng = np.random.default_rng(0)

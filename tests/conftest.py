@@ -18,7 +18,7 @@ def pytest_configure(config):
     set later by a test still apply)."""
     import jax
 
-    from gemma_tool_use.config import TpuConfig
+    from gemma_tool_use.config.schema import TpuConfig
 
     cache_dir = os.path.expanduser(TpuConfig.compilation_cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
@@ -28,7 +28,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from gemma_tool_use.tokenizer import load_tokenizer
+    from gemma_tool_use.model.tokenizer import load_tokenizer
 
     return load_tokenizer()
 

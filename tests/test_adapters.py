@@ -11,8 +11,8 @@ def _cfg(overrides=()):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -34,9 +34,9 @@ def exported(tmp_path_factory):
     import jax
     from flax import nnx
 
-    from gemma_tool_use.adapters import export_adapter
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.model.adapters import export_adapter
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     cfg = _cfg(["model.lora.rank=4", "model.train_token_ids=[105,106]"])
     model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
@@ -49,9 +49,9 @@ def exported(tmp_path_factory):
 
 
 def test_exported_adapter_loads_with_its_own_shape_and_same_logits(exported):
-    from gemma_tool_use.adapters import CONFIG, read_adapter_config
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.model.adapters import CONFIG, read_adapter_config
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     path, logits = exported
     info = read_adapter_config(path)
@@ -67,7 +67,8 @@ def test_exported_adapter_loads_with_its_own_shape_and_same_logits(exported):
 
 
 def test_adapter_config_drives_the_architecture_check(exported, tmp_path):
-    from gemma_tool_use.runs import HandoffError, check_same_architecture, resolve_init_from
+    from gemma_tool_use.model.checkpoints import HandoffError, check_same_architecture
+    from gemma_tool_use.orchestration.runs import resolve_init_from
 
     path, _ = exported
     assert resolve_init_from(str(path), _cfg().model) == str(path)
@@ -79,9 +80,9 @@ def test_adapter_config_drives_the_architecture_check(exported, tmp_path):
 def test_damaged_adapters_are_refused_with_the_file_named(exported, tmp_path):
     import shutil
 
-    from gemma_tool_use.adapters import AdapterError, load_adapter
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.model.adapters import AdapterError, load_adapter
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     path, _ = exported
     cfg = _cfg(["model.lora.rank=4", "model.train_token_ids=[105,106]"])

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from gemma_tool_use.chat_format import validate_conversation
+from gemma_tool_use.format.render import validate_conversation
 from gemma_tool_use.data import augment as A
 from gemma_tool_use.data.schema import classify
 

@@ -67,7 +67,7 @@ def test_packing_fills_rows_keeps_every_conversation_once_and_is_deterministic()
 
 
 def test_packed_collate_marks_segments_and_keeps_targets_inside_each():
-    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.format.render import RenderedConversation
     from gemma_tool_use.data.batching import collate_packed
 
     a = RenderedConversation(np.array([2, 10, 11, 12], np.int32), np.array([0, 0, 1, 1], bool))
@@ -84,7 +84,7 @@ def test_packed_collate_marks_segments_and_keeps_targets_inside_each():
 
 
 def test_loss_slots_are_dealt_over_the_batch_in_few_shapes():
-    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.format.render import RenderedConversation
     from gemma_tool_use.data.batching import collate, loss_slots_per_row
 
     assert [loss_slots_per_row(n, 4) for n in (0, 1, 4, 5, 9, 12, 13, 17, 25, 147, 4 * 48, 4 * 48 + 1)] == \
@@ -118,7 +118,7 @@ def test_pack_length_shorter_than_a_row_is_a_clear_error():
 
 
 def test_per_row_slots_keep_each_rows_targets_in_its_own_row():
-    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.format.render import RenderedConversation
     from gemma_tool_use.data.batching import collate
 
     long = RenderedConversation(np.arange(2, 43, dtype=np.int32), np.array([0] + [1] * 40, bool))

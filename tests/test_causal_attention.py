@@ -28,8 +28,8 @@ def test_blocks_equal_dense_attention_wherever_a_key_is_visible(window):
     import jax
     import jax.numpy as jnp
 
-    from gemma_tool_use.causal_attention import attend
-    from gemma_tool_use.training import packed_positions_and_mask
+    from gemma_tool_use.model.attention import attend
+    from gemma_tool_use.training.loss import packed_positions_and_mask
 
     B, T, N, K, H = 3, 45, 4, 2, 8  # T not a multiple of the block: a ragged last block
     rng = jax.random.split(jax.random.key(0), 3)
@@ -58,11 +58,12 @@ def test_the_model_gives_the_same_loss_and_gradients_with_and_without_blocks():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use import causal_attention, training
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.model import attention as causal_attention
+    from gemma_tool_use.training import loss as training_loss
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -87,19 +88,19 @@ def test_the_model_gives_the_same_loss_and_gradients_with_and_without_blocks():
              "target_weights": np.ones((1, len(slots)), np.float32)}
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
 
-    positions, mask = training.packed_positions_and_mask(batch["input_segments"])
+    positions, mask = training_loss.packed_positions_and_mask(batch["input_segments"])
 
     def loss(model, causal_mask):
         hidden, _ = model(batch["input_tokens"], positions, None, mask, logits_at=batch["target_positions"],
                           logits_rows=batch["target_rows"], return_hidden=True, causal_mask=causal_mask)
-        return jnp.mean(training.chunked_nll(model.embedder, hidden, batch["target_ids"]))
+        return jnp.mean(training_loss.chunked_nll(model.embedder, hidden, batch["target_ids"]))
 
     def loss_and_grads(causal_mask: bool):
         value, grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(model, causal_mask)
         return float(value), jax.tree.leaves(grads)
 
     # the training loss takes the block path
-    assert float(training.completion_loss(model, **batch)) == pytest.approx(float(loss(model, True)), rel=1e-6)
+    assert float(training_loss.completion_loss(model, **batch)) == pytest.approx(float(loss(model, True)), rel=1e-6)
     (lb, gb), (ld, gd) = loss_and_grads(True), loss_and_grads(False)
     assert np.isfinite(lb)
     np.testing.assert_allclose(lb, ld, rtol=1e-5)

@@ -4,7 +4,6 @@ experiment config states in its `# Result:` comment are the ones its recorded su
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -13,10 +12,11 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import REPO, run_cli
-from gemma_tool_use.report import irrelevance_split
-from gemma_tool_use.config import ConfigValueError, check_config, register_configs
-from gemma_tool_use.files import read_jsonl
-from gemma_tool_use.paths import conf_dir, experiments_dir
+from gemma_tool_use.evaluation.bfcl_tables import irrelevance_split
+from gemma_tool_use.config.checks import ConfigValueError, check_config
+from gemma_tool_use.config.schema import register_configs
+from gemma_tool_use.utils.files import read_jsonl
+from gemma_tool_use.utils.paths import conf_dir, experiments_dir
 
 register_configs()
 GROUPS = ("model", "data", "stage", "tpu", "tracking")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_tool_use.chat_format import render_conversation, render_text, validate_conversation
+from gemma_tool_use.format.render import render_conversation, render_text, validate_conversation
 from gemma_tool_use.data import sources as hub
 from gemma_tool_use.data.conversations import DataError, LoadReport
 from gemma_tool_use.data.schema import REFUSAL
@@ -34,7 +34,7 @@ def load(hub_id: str, name: str, **kw):
 
 @pytest.fixture(scope="module")
 def tok():
-    from gemma_tool_use.tokenizer import load_tokenizer
+    from gemma_tool_use.model.tokenizer import load_tokenizer
 
     return load_tokenizer()
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from gemma_tool_use.chat_format import render_conversation, validate_conversation
+from gemma_tool_use.format.render import render_conversation, validate_conversation
 from gemma_tool_use.data.conversations import DataError, LoadReport
 from gemma_tool_use.data.schema import CATEGORIES, REFUSAL
 from gemma_tool_use.data.sources import LOCAL_SOURCES, fetch, load_source
 from gemma_tool_use.data.sources.common import params_schema
-from gemma_tool_use.files import sha256_file
+from gemma_tool_use.utils.files import sha256_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "local"
 SHARED = Path(os.environ.get("GEMMA_TOOL_USE_TEST_DATASETS")
@@ -57,7 +57,7 @@ def data(request):
 
 @pytest.fixture(scope="module")
 def tok():
-    from gemma_tool_use.tokenizer import load_tokenizer
+    from gemma_tool_use.model.tokenizer import load_tokenizer
 
     return load_tokenizer()
 

@@ -10,17 +10,17 @@ from flax import nnx
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from gemma_tool_use.config import register_configs
-from gemma_tool_use.decode_step import decode_step, greedy, head_logits, lora_scale, prepare_weights
-from gemma_tool_use.generate import _init_cache
-from gemma_tool_use.paths import conf_dir
+from gemma_tool_use.config.schema import register_configs
+from gemma_tool_use.generation.decode_step import decode_step, greedy, head_logits, lora_scale, prepare_weights
+from gemma_tool_use.generation.generator import _init_cache
+from gemma_tool_use.utils.paths import conf_dir
 
 register_configs()
 
 
 def _build(*overrides):
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):

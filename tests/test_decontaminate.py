@@ -2,7 +2,7 @@
 
 import pytest
 
-from gemma_tool_use import bfcl
+from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.data.decontaminate import bfcl_index, contamination_reason, decontaminate
 
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import run_cli
-from gemma_tool_use import bfcl
-from gemma_tool_use.chat_format import render_call
+from gemma_tool_use.evaluation import bfcl
+from gemma_tool_use.format.render import render_call
 
 
 def call_text(*calls):
@@ -108,7 +108,7 @@ def test_aggregates_match_hand_computed_values():
 
 
 def test_stratified_subset_is_fixed_per_category_and_order_free():
-    from gemma_tool_use.evaluation import select_entries, stratified_subset
+    from gemma_tool_use.evaluation.evaluate import select_entries, stratified_subset
 
     entries = bfcl.load_entries("simple_python")
     sub = stratified_subset(entries, 25)
@@ -182,7 +182,7 @@ class ScriptedGenerator:
         self.texts = list(texts)
 
     def generate_ids(self, prompts, params):
-        from gemma_tool_use.generate import Generation
+        from gemma_tool_use.generation.generator import Generation
 
         assert len(prompts) == 1
         text = self.texts.pop(0)
@@ -207,7 +207,7 @@ def _gt_to_text(call_strings, functions):
 
 @pytest.mark.parametrize("category", ["multi_turn_base", "multi_turn_miss_func"])
 def test_multi_turn_loop_with_ground_truth_calls_passes_bfcls_checker(category, tokenizer):
-    from gemma_tool_use.multi_turn import run_dialogues, score_dialogue
+    from gemma_tool_use.evaluation.multi_turn import run_dialogues, score_dialogue
 
     entry = bfcl.load_entries(category)[0]
     original = bfcl.load_entries(category, hints=False)[0]
@@ -219,7 +219,7 @@ def test_multi_turn_loop_with_ground_truth_calls_passes_bfcls_checker(category, 
             script.append(_gt_to_text(turn_calls, functions))
         script.append("Done.")
     gen = ScriptedGenerator(script)
-    from gemma_tool_use.generate import SamplingParams
+    from gemma_tool_use.generation.generator import SamplingParams
 
     (d,) = run_dialogues([entry], gen, tokenizer, SamplingParams())
     assert not gen.texts and d.done and d.error is None
@@ -234,8 +234,8 @@ def test_multi_turn_loop_with_ground_truth_calls_passes_bfcls_checker(category, 
 
 
 def test_multi_turn_wrong_calls_fail(tokenizer):
-    from gemma_tool_use.generate import SamplingParams
-    from gemma_tool_use.multi_turn import run_dialogues, score_dialogue
+    from gemma_tool_use.generation.generator import SamplingParams
+    from gemma_tool_use.evaluation.multi_turn import run_dialogues, score_dialogue
 
     entry = bfcl.load_entries("multi_turn_base")[0]
     truth = bfcl.load_answers("multi_turn_base")[entry["id"]]

@@ -14,14 +14,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import run_cli
-from gemma_tool_use.chat_format import render_text
-from gemma_tool_use.config import register_configs
-from gemma_tool_use.export import merged_hf_tensors
-from gemma_tool_use.export_gguf import chat_template, hf_name_to_gguf, roundtrip_errors, write_gguf
-from gemma_tool_use.openai_format import parse_request
-from gemma_tool_use.paths import conf_dir
-from gemma_tool_use.tokenizer import default_gguf_path
-from gemma_tool_use.weights import gguf_name_to_hf, gguf_to_hf_tensors
+from gemma_tool_use.format.render import render_text
+from gemma_tool_use.config.schema import register_configs
+from gemma_tool_use.export.hf_checkpoint import merged_hf_tensors
+from gemma_tool_use.export.gguf_file import chat_template, hf_name_to_gguf, roundtrip_errors, write_gguf
+from gemma_tool_use.serving.openai_api import parse_request
+from gemma_tool_use.utils.paths import conf_dir
+from gemma_tool_use.model.tokenizer import default_gguf_path
+from gemma_tool_use.model.weights import gguf_name_to_hf, gguf_to_hf_tensors
 from reference_gemma3_numpy import forward as reference_forward
 
 register_configs()
@@ -78,8 +78,8 @@ def test_tensor_names_invert_the_loader():
 @pytest.fixture(scope="module")
 def tuned_tiny():
     """The tiny model with non-zero LoRA B (so merging matters) and trained rows moved."""
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):

@@ -8,17 +8,17 @@ from flax import nnx
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from gemma_tool_use.config import register_configs
-from gemma_tool_use.generate import GenerationError, Generator, SamplingParams
-from gemma_tool_use.paths import conf_dir
+from gemma_tool_use.config.schema import register_configs
+from gemma_tool_use.generation.generator import GenerationError, Generator, SamplingParams
+from gemma_tool_use.utils.paths import conf_dir
 
 register_configs()
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
@@ -151,8 +151,8 @@ def test_overlength_policies(tiny_model, tokenizer):
 
 
 def test_works_with_lora_model(tokenizer):
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
@@ -169,8 +169,8 @@ def test_a_model_trained_with_remat_generates_and_keeps_its_remat(tokenizer, rem
     once failed inside the decode loop with nnx's TraceContextError."""
     from tunix.models.gemma3.model import RematConfig
 
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     outs = {}
     for setting in ("none", remat):

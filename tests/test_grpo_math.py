@@ -17,10 +17,10 @@ def _tiny_model(rows=(105, 106), seed=0):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -94,7 +94,7 @@ def test_advantages_equal_tunix_and_zero_variance_groups_are_found(estimator):
     import jax.numpy as jnp
     from tunix.rl import algo_core
 
-    from gemma_tool_use import grpo
+    from gemma_tool_use.training.grpo import objective as grpo
 
     tunix_fn = {"grpo": algo_core.compute_advantages, "drgrpo": algo_core.compute_drgrpo_advantages,
                 "rloo": algo_core.compute_rloo_advantages}[estimator]
@@ -126,7 +126,7 @@ def test_completion_logps_equal_full_vocabulary_logps(model, batch, chunk, tempe
     import jax.numpy as jnp
     from tunix.sft import utils as sft_utils
 
-    from gemma_tool_use import grpo
+    from gemma_tool_use.training.grpo import objective as grpo
 
     got = grpo.completion_logps(model, **_inputs(batch), temperature=temperature, chunk=chunk)
     assert got.shape == batch["target_ids"].shape and got.dtype == jnp.float32
@@ -148,7 +148,7 @@ def test_completion_logps_equal_full_vocabulary_logps(model, batch, chunk, tempe
 def test_one_iteration_gradient_is_minus_advantage_times_grad_logp(model, batch, mode):
     from tunix.rl import common as rl_common
 
-    from gemma_tool_use import grpo
+    from gemma_tool_use.training.grpo import objective as grpo
 
     adv, cmask = batch["advantages"], batch["completion_mask"]
 
@@ -171,7 +171,7 @@ def test_one_iteration_gradient_is_minus_advantage_times_grad_logp(model, batch,
 def test_kl_to_an_identical_reference_is_zero_and_changes_no_gradient(model, batch):
     import jax
 
-    from gemma_tool_use import grpo
+    from gemma_tool_use.training.grpo import objective as grpo
 
     ref = jax.lax.stop_gradient(grpo.completion_logps(model, **_inputs(batch)))
 
@@ -195,7 +195,7 @@ def test_clipped_tokens_carry_no_gradient_and_epsilon_high_is_honoured():
     import jax
     import jax.numpy as jnp
 
-    from gemma_tool_use import grpo
+    from gemma_tool_use.training.grpo import objective as grpo
 
     # ratios per token (row 0: A>0, row 1: A<0); eps 0.2, eps_high 0.28 -> [0.8, 1.28]
     ratios = np.array([[1.5, 1.25, 0.5, 1.0, 1.35],
@@ -237,7 +237,7 @@ def test_policy_loss_equals_tunix_grpo_loss_fn(mode):
     from tunix.rl import algo_core
     from tunix.rl import common as rl_common
 
-    from gemma_tool_use import grpo
+    from gemma_tool_use.training.grpo import objective as grpo
 
     class FixedLogits(nnx.Module):  # its logits are a parameter: tunix's loss runs on it as on a model
         def __init__(self, logits):
@@ -292,7 +292,7 @@ def test_train_step_moves_only_the_trainable_parameters(batch):
     import optax
     from flax import nnx
 
-    from gemma_tool_use import grpo
+    from gemma_tool_use.training.grpo import objective as grpo
 
     model = _tiny_model(seed=5)
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.LoRAParam)
@@ -330,7 +330,7 @@ def test_micro_batched_update_equals_the_whole_batch(batch, mode):
     import optax
     from flax import nnx
 
-    from gemma_tool_use import grpo
+    from gemma_tool_use.training.grpo import objective as grpo
 
     whole, micro = _tiny_model(seed=7), _tiny_model(seed=7)
     opt_w = nnx.Optimizer(whole, optax.sgd(1.0), wrt=nnx.LoRAParam)

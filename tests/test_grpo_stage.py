@@ -21,8 +21,8 @@ def compose(overrides):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -36,7 +36,7 @@ def ascii_share(prompts, completions, **_):
 
 
 def tiny_prompts(tokenizer, cfg):
-    from gemma_tool_use.rollouts import build_prompt_set, prompt_rows
+    from gemma_tool_use.training.grpo.rollouts import build_prompt_set, prompt_rows
 
     rows, _ = prompt_rows(cfg.data, 0)
     return build_prompt_set(rows, tokenizer, system_prompt=None, max_prompt_len=512, categories=set(cfg.grpo.categories))
@@ -45,11 +45,11 @@ def tiny_prompts(tokenizer, cfg):
 def run_loop(tmp_path, tokenizer, overrides, reward_fns, *, spy=None):
     from flax import nnx
 
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.rollouts import probe_prompts
-    from gemma_tool_use.stages.grpo import train
-    from gemma_tool_use.tracking import Tracker
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.training.grpo.rollouts import probe_prompts
+    from gemma_tool_use.training.grpo.grpo_loop import train
+    from gemma_tool_use.utils.tracking import Tracker
 
     cfg = compose(overrides)
     mesh = build_mesh(cfg.tpu)
@@ -72,9 +72,9 @@ def test_a_generator_holding_a_snapshot_is_caught_and_sync_fixes_it(tokenizer):
     import jax.numpy as jnp
     from flax import nnx
 
-    from gemma_tool_use.generate import Generator
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.generation.generator import Generator
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     cfg = compose([])
     model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
@@ -116,7 +116,7 @@ def test_resume_equals_a_straight_run(tmp_path, tokenizer):
 def test_mean_reward_rises_on_a_learnable_toy_reward_sampling_the_current_policy(tmp_path, tokenizer, monkeypatch):
     """16 steps on a toy reward the tiny model can learn: the mean reward rises. Every rollout (and
     probe) is generated from exactly the model's current adapters (the stale-policy guard)."""
-    from gemma_tool_use.generate import Generator
+    from gemma_tool_use.generation.generator import Generator
 
     seen, holder = [], {}
     original = Generator.generate_ids

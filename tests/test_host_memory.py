@@ -17,8 +17,8 @@ from conftest import REPO
 PROBE = r"""
 import json, sys
 import os
-from gemma_tool_use.host_memory import tune_malloc, wants_tuning
-done = tune_malloc() if wants_tuning("sft_small") else None
+from gemma_tool_use.utils.host_memory import tune_malloc, wants_tuning
+done = tune_malloc() if wants_tuning(True) else None
 import numpy as np
 
 def rss_mib():
@@ -60,12 +60,13 @@ def test_the_users_own_setting_or_allocator_is_left_alone():
 
 
 def test_the_tuning_goes_to_training_stages_by_default(monkeypatch):
-    from gemma_tool_use.host_memory import wants_tuning
+    from gemma_tool_use.config.schema import TRAINING_STAGES
+    from gemma_tool_use.utils.host_memory import wants_tuning
 
     monkeypatch.delenv("GTU_MALLOC_TUNING", raising=False)
-    assert all(wants_tuning(s) for s in ("sft_small", "sft_full", "grpo"))
-    assert not any(wants_tuning(s) for s in ("eval", "predict", "serve", "export"))  # it slows generation
+    assert all(wants_tuning(s in TRAINING_STAGES) for s in ("sft_small", "sft_full", "grpo"))
+    assert not any(wants_tuning(s in TRAINING_STAGES) for s in ("eval", "predict", "serve", "export"))  # it slows generation
     monkeypatch.setenv("GTU_MALLOC_TUNING", "1")
-    assert wants_tuning("eval")
+    assert wants_tuning(False)
     monkeypatch.setenv("GTU_MALLOC_TUNING", "0")
-    assert not wants_tuning("sft_small")
+    assert not wants_tuning(True)

@@ -12,11 +12,11 @@ def test_chunked_loss_matches_the_unchunked_loss_and_gradients(rows):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use import training
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.training import loss as training_loss
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -33,8 +33,8 @@ def test_chunked_loss_matches_the_unchunked_loss_and_gradients(rows):
                  target_weights=jnp.asarray(rng.random((B, K)) > 0.3, jnp.float32))
 
     def value_and_grads(chunk):
-        training.LOSS_CHUNK = chunk
-        loss, grads = nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
+        training_loss.LOSS_CHUNK = chunk
+        loss, grads = nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
             model, **batch)
         return float(loss), jax.tree.leaves(grads)
 
@@ -42,7 +42,7 @@ def test_chunked_loss_matches_the_unchunked_loss_and_gradients(rows):
         one_shot = value_and_grads(10_000)
         chunked = value_and_grads(4)  # 14 positions -> 4 chunks, the last one padded
     finally:
-        training.LOSS_CHUNK = 512
+        training_loss.LOSS_CHUNK = 512
     assert np.isfinite(one_shot[0])
     np.testing.assert_allclose(chunked[0], one_shot[0], rtol=1e-5)
     assert len(one_shot[1]) == len(chunked[1]) > 0
@@ -59,11 +59,11 @@ def test_remat_changes_memory_not_the_loss_or_gradients(remat):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use import training
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.training import loss as training_loss
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     rng = np.random.default_rng(1)
@@ -78,10 +78,10 @@ def test_remat_changes_memory_not_the_loss_or_gradients(remat):
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
             cfg = compose("config", overrides=["model=tiny", f"model.remat={setting}"])
         model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
-        loss, grads = nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(model, **batch)
+        loss, grads = nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(model, **batch)
         graphdef, state = nnx.split(model)
         jaxpr = str(jax.make_jaxpr(lambda st: nnx.value_and_grad(
-            training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(nnx.merge(graphdef, st), **batch)[0])(state))
+            training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(nnx.merge(graphdef, st), **batch)[0])(state))
         out[setting] = (float(loss), jax.tree.leaves(grads), jaxpr.count("remat") + jaxpr.count("checkpoint"))
     assert out["none"][2] == 0 and out[remat][2] > 0  # the setting reaches the model
     np.testing.assert_allclose(out[remat][0], out["none"][0], rtol=1e-6)
@@ -156,10 +156,10 @@ def _tiny_model_with_rows():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -170,7 +170,7 @@ def _tiny_model_with_rows():
 
 def _conversation(rng, n, first_target, end_token=False):
     """n random tokens, <bos> first, targets from `first_target` on (after a 105)."""
-    from gemma_tool_use.chat_format import RenderedConversation
+    from gemma_tool_use.format.render import RenderedConversation
 
     mask = np.zeros(n, bool)
     mask[first_target:] = True
@@ -186,8 +186,8 @@ def _loss_and_grads(model, batch):
     import jax.numpy as jnp
     from flax import nnx
 
-    from gemma_tool_use import training
+    from gemma_tool_use.training import loss as training_loss
 
-    loss, grads = nnx.value_and_grad(training.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
+    loss, grads = nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
         model, **{k: jnp.asarray(v) for k, v in batch.items()})
     return float(loss), jax.tree.leaves(grads)

@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_cli
-from gemma_tool_use.errors import UserError
-from gemma_tool_use.mesh import MeshError, build_mesh, resolve_axis_sizes
+from gemma_tool_use.utils.errors import UserError
+from gemma_tool_use.utils.mesh import MeshError, build_mesh, resolve_axis_sizes
 
 
 def test_resolve_axis_sizes():
@@ -42,15 +42,15 @@ def test_tpu_layout_on_cpu_fails_with_a_clear_message():
 SHARDING_CHECK = r"""
 import json
 from hydra import compose, initialize_config_dir
-from gemma_tool_use.config import register_configs
-from gemma_tool_use.paths import conf_dir
-from gemma_tool_use.mesh import prepare_runtime, build_mesh
+from gemma_tool_use.config.schema import register_configs
+from gemma_tool_use.utils.paths import conf_dir
+from gemma_tool_use.utils.mesh import prepare_runtime, build_mesh
 register_configs()
 with initialize_config_dir(str(conf_dir()), version_base="1.3"):
     cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[]", "tpu.simulated_devices=4", "tpu.axis_sizes=[2,2]"])
 prepare_runtime(cfg.tpu)
 import jax, jax.numpy as jnp
-from gemma_tool_use.model import build_model
+from gemma_tool_use.model.loading import build_model
 mesh = build_mesh(cfg.tpu)
 model = build_model(cfg.model, mesh, 0)
 emb = model.embedder.input_embedding.value
@@ -80,9 +80,9 @@ def test_tpu_v5e8_recipe_stage_runs_on_a_simulated_8_device_mesh(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.paths import conf_dir
-    from gemma_tool_use.pipeline import plan
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.paths import conf_dir
+    from gemma_tool_use.orchestration.pipeline import plan
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -102,7 +102,7 @@ def test_tpu_v5e8_recipe_stage_runs_on_a_simulated_8_device_mesh(tmp_path):
 DISTRIBUTED_CHECK = r"""
 import json, socket
 from omegaconf import OmegaConf
-from gemma_tool_use.mesh import prepare_runtime, build_mesh, _distributed_initialized
+from gemma_tool_use.utils.mesh import prepare_runtime, build_mesh, _distributed_initialized
 s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
 cfg = OmegaConf.create({"name": "cpu", "platform": "cpu", "axis_names": ["fsdp", "tp"], "axis_sizes": [-1, 1],
                         "simulated_devices": 2, "distributed": True, "coordinator_address": f"127.0.0.1:{port}",
@@ -129,7 +129,7 @@ def test_compilation_cache_is_written_and_shared_across_processes(tmp_path):
     code = f"""
 import time, jax, jax.numpy as jnp
 from omegaconf import OmegaConf
-from gemma_tool_use.mesh import prepare_runtime
+from gemma_tool_use.utils.mesh import prepare_runtime
 prepare_runtime(OmegaConf.create({{"simulated_devices": 0, "platform": "cpu", "distributed": False,
                                    "compilation_cache_dir": "{tmp_path}/cache"}}))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -6,8 +6,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from gemma_tool_use import bfcl
-from gemma_tool_use.config import DataConfig
+from gemma_tool_use.evaluation import bfcl
+from gemma_tool_use.config.schema import DataConfig
 from gemma_tool_use.data import mix as mix_mod
 from gemma_tool_use.data.schema import make_row
 from gemma_tool_use.data.conversations import LoadReport
@@ -134,7 +134,7 @@ def test_missing_files_are_fetched_from_pinned_upstream_and_verified(tmp_path, m
 
     from conftest import REPO
     from gemma_tool_use.data.sources import LOCAL_SOURCES, fetch
-    from gemma_tool_use.files import sha256_file
+    from gemma_tool_use.utils.files import sha256_file
 
     fixtures = REPO / "tests" / "fixtures" / "local"  # a few real rows: pin what they hold
     local = LOCAL_SOURCES["llamafactory/reason_tool_use"].files[0]
@@ -159,7 +159,7 @@ def test_tool_pools_are_verified_too(tmp_path, monkeypatch):
 
     from conftest import REPO
     from gemma_tool_use.data.sources import fetch
-    from gemma_tool_use.files import sha256_file
+    from gemma_tool_use.utils.files import sha256_file
 
     fixtures = REPO / "tests" / "fixtures" / "local"
     names = ["seal_tools/tool.jsonl", "toolalpaca/public_apis.json"]

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from gemma_tool_use import chat_format as cf
+from gemma_tool_use.format import parse, render
 
 WEATHER = {"name": "get_weather", "description": "Current weather for a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -19,7 +19,7 @@ TOOLS = [WEATHER, ADD]
 
 
 def call_text(name, args) -> str:
-    return cf.render_call({"name": name, "args": args})
+    return render.render_call({"name": name, "args": args})
 
 
 SEEDS = [
@@ -36,7 +36,7 @@ SEEDS = [
 HUGE_INT = "1" * 4301
 DEEP = "[" * 10_000
 SNIPPETS = [
-    cf.TOOL_CALL_OPEN, cf.TOOL_CALL_CLOSE, cf.TOOL_CALL_OPEN * 2, cf.TOOL_CALL_CLOSE * 2,
+    render.TOOL_CALL_OPEN, render.TOOL_CALL_CLOSE, render.TOOL_CALL_OPEN * 2, render.TOOL_CALL_CLOSE * 2,
     "<tool_", "call>", "</tool_", "<\\/tool_call>", "<end_of_turn>", "<tool_response>",
     '"\\ud800"', "\\ud800", "\\udfff", "\\ud83d", "\\ude00", '"\\udc00\\ud800"', "\ud800", "\udfff",
     HUGE_INT, "-" + "9" * 5000, "1e400", "-1e999", "1" * 400 + ".5", "NaN", "Infinity", "-Infinity",
@@ -96,20 +96,20 @@ def fuzz_cases(n: int = 20_000, seed: int = 12):
             yield s[:i], TOOLS
 
 
-def check(text, tools, tokenizer=None) -> cf.ParseResult:
-    res = cf.parse_model_output(text, tools)
-    assert isinstance(res, cf.ParseResult)
-    assert set(res.error_kinds) <= set(cf.ERROR_KINDS), res.error_kinds
-    assert cf.PARSER_ERROR not in res.error_kinds, res.errors  # the catch-all must never be needed
+def check(text, tools, tokenizer=None) -> parse.ParseResult:
+    res = parse.parse_model_output(text, tools)
+    assert isinstance(res, parse.ParseResult)
+    assert set(res.error_kinds) <= set(parse.ERROR_KINDS), res.error_kinds
+    assert parse.PARSER_ERROR not in res.error_kinds, res.errors  # the catch-all must never be needed
     # Strict JSON (no NaN/Infinity), valid UTF-8: what eval/predict write per record.
     json.dumps(res.to_dict(), ensure_ascii=False, allow_nan=False).encode("utf-8")
     # Multi-turn: the parsed turn goes back into the history and is rendered (and tokenized) again.
     msg = {"role": "assistant", "content": res.text, "tool_calls": res.calls}
-    cf.validate_conversation({"messages": [{"role": "user", "content": "q"}, msg]})
-    back = cf.render_assistant_text(msg)
+    render.validate_conversation({"messages": [{"role": "user", "content": "q"}, msg]})
+    back = render.render_assistant_text(msg)
     back.encode("utf-8")
-    assert cf.TOOL_CALL_OPEN not in res.text and cf.TOOL_CALL_CLOSE not in res.text
-    assert cf.parse_model_output(back).calls == res.calls
+    assert render.TOOL_CALL_OPEN not in res.text and render.TOOL_CALL_CLOSE not in res.text
+    assert parse.parse_model_output(back).calls == res.calls
     if tokenizer is not None:
         tokenizer.encode(back)
     return res
@@ -133,17 +133,17 @@ def arg_call(value_json: str, name: str = '"get_weather"') -> str:
 
 
 @pytest.mark.parametrize("text,kind", [
-    (arg_call(HUGE_INT), cf.NUMBER_TOO_LARGE),
-    (arg_call("-" + "9" * 5000), cf.NUMBER_TOO_LARGE),
-    (arg_call("1e400"), cf.NUMBER_TOO_LARGE),
-    (arg_call("-1e999"), cf.NUMBER_TOO_LARGE),
-    (arg_call("NaN"), cf.BAD_JSON),
-    (arg_call("Infinity"), cf.BAD_JSON),
-    (arg_call(DEEP), cf.TOO_DEEP),
-    (arg_call(DEEP + "]" * 10_000), cf.TOO_DEEP),
-    (arg_call("[" * 200 + "]" * 200), cf.TOO_DEEP),  # json can parse it; nothing downstream should have to
-    (arg_call('{"a": ' * 3000 + "1" + "}" * 3000), cf.TOO_DEEP),
-    ("<tool_call>\n" + DEEP + "\n</tool_call>", cf.TOO_DEEP),
+    (arg_call(HUGE_INT), parse.NUMBER_TOO_LARGE),
+    (arg_call("-" + "9" * 5000), parse.NUMBER_TOO_LARGE),
+    (arg_call("1e400"), parse.NUMBER_TOO_LARGE),
+    (arg_call("-1e999"), parse.NUMBER_TOO_LARGE),
+    (arg_call("NaN"), parse.BAD_JSON),
+    (arg_call("Infinity"), parse.BAD_JSON),
+    (arg_call(DEEP), parse.TOO_DEEP),
+    (arg_call(DEEP + "]" * 10_000), parse.TOO_DEEP),
+    (arg_call("[" * 200 + "]" * 200), parse.TOO_DEEP),  # json can parse it; nothing downstream should have to
+    (arg_call('{"a": ' * 3000 + "1" + "}" * 3000), parse.TOO_DEEP),
+    ("<tool_call>\n" + DEEP + "\n</tool_call>", parse.TOO_DEEP),
 ])
 def test_unusable_values_drop_the_call_with_their_kind(text, kind):
     res = check(text, TOOLS)
@@ -156,7 +156,7 @@ def test_huge_but_representable_int_is_kept():
 
 
 def test_nesting_up_to_the_limit_is_kept():
-    depth = cf.MAX_NESTING - 2  # the call object and 'args' are two levels
+    depth = parse.MAX_NESTING - 2  # the call object and 'args' are two levels
     res = check(arg_call("[" * depth + "]" * depth), TOOLS)
     assert res.ok, res.errors
 
@@ -172,13 +172,13 @@ def test_nesting_up_to_the_limit_is_kept():
 ])
 def test_lone_surrogates_become_replacement_chars(text, where):
     res = check(text, TOOLS)
-    assert cf.INVALID_UNICODE in res.error_kinds
+    assert parse.INVALID_UNICODE in res.error_kinds
     dumped = json.dumps(res.to_dict(), ensure_ascii=False)
     assert "\ufffd" in dumped
     if where != "text":
         assert len(res.calls) == 1  # kept, like unknown_tool: scorers decide
     if where == "name":
-        assert res.calls[0]["name"] == "get_\ufffdweather" and cf.UNKNOWN_TOOL in res.error_kinds
+        assert res.calls[0]["name"] == "get_\ufffdweather" and parse.UNKNOWN_TOOL in res.error_kinds
 
 
 def test_surrogate_pair_escapes_are_fine():
@@ -191,14 +191,14 @@ def test_surrogate_pair_escapes_are_fine():
                                    [WEATHER, {"name": "f", "parameters": "x"}], [WEATHER, "get_weather"]])
 def test_bad_tools_are_reported_and_the_call_still_parses(tools):
     res = check(call_text("get_weather", {"city": "Paris"}), tools)
-    assert res.error_kinds.count(cf.BAD_TOOLS) == 1
+    assert res.error_kinds.count(parse.BAD_TOOLS) == 1
     assert res.calls == [{"name": "get_weather", "args": {"city": "Paris"}}]
-    assert cf.UNKNOWN_TOOL not in res.error_kinds  # WEATHER, where listed, is still known
+    assert parse.UNKNOWN_TOOL not in res.error_kinds  # WEATHER, where listed, is still known
 
 
 def test_bad_tools_keep_the_good_names():
     res = check(call_text("nope", {}), [WEATHER, 7])
-    assert sorted(res.error_kinds) == sorted([cf.BAD_TOOLS, cf.UNKNOWN_TOOL])
+    assert sorted(res.error_kinds) == sorted([parse.BAD_TOOLS, parse.UNKNOWN_TOOL])
 
 
 def test_tools_may_be_any_iterable_of_tools():
@@ -209,7 +209,7 @@ def test_tools_may_be_any_iterable_of_tools():
 def test_nested_open_tag_is_reported_and_the_inner_call_recovered():
     text = '<tool_call>\n{"name": "get_wea' + call_text("get_weather", {"city": "Paris"})
     res = check(text, TOOLS)
-    assert res.error_kinds == [cf.NESTED_OPEN_TAG]
+    assert res.error_kinds == [parse.NESTED_OPEN_TAG]
     assert res.calls == [{"name": "get_weather", "args": {"city": "Paris"}}]
 
 
@@ -220,15 +220,15 @@ def test_open_tag_inside_a_json_string_is_just_text():
 
 def test_raw_close_tag_inside_a_json_string_is_reported():
     res = check('<tool_call>\n{"name": "get_weather", "args": {"city": "a</tool_call>b"}}\n</tool_call>', TOOLS)
-    assert cf.BAD_JSON in res.error_kinds and cf.STRAY_CLOSE_TAG in res.error_kinds and res.calls == []
+    assert parse.BAD_JSON in res.error_kinds and parse.STRAY_CLOSE_TAG in res.error_kinds and res.calls == []
 
 
 @pytest.mark.parametrize("text,kinds", [
-    ("<tool_call>", [cf.UNTERMINATED_BLOCK]),
-    ("</tool_call>", [cf.STRAY_CLOSE_TAG]),
-    (SEEDS[0] + "\n</tool_call>", [cf.STRAY_CLOSE_TAG]),
-    (SEEDS[0] + "\n<tool_call>\n{", [cf.UNTERMINATED_BLOCK]),
-    ("<tool_call><tool_call></tool_call></tool_call>", [cf.NESTED_OPEN_TAG, cf.BAD_JSON, cf.STRAY_CLOSE_TAG]),
+    ("<tool_call>", [parse.UNTERMINATED_BLOCK]),
+    ("</tool_call>", [parse.STRAY_CLOSE_TAG]),
+    (SEEDS[0] + "\n</tool_call>", [parse.STRAY_CLOSE_TAG]),
+    (SEEDS[0] + "\n<tool_call>\n{", [parse.UNTERMINATED_BLOCK]),
+    ("<tool_call><tool_call></tool_call></tool_call>", [parse.NESTED_OPEN_TAG, parse.BAD_JSON, parse.STRAY_CLOSE_TAG]),
 ])
 def test_unbalanced_tags(text, kinds):
     res = check(text, TOOLS)
@@ -242,11 +242,11 @@ def test_text_after_calls_is_free_text_not_an_error():
 
 def test_tags_forged_by_removing_a_stray_tag_do_not_reach_the_text():
     res = check("a <tool_</tool_call>call> b </tool_</tool_call>call>", TOOLS)
-    assert cf.TOOL_CALL_OPEN not in res.text and cf.TOOL_CALL_CLOSE not in res.text
-    assert cf.STRAY_CLOSE_TAG in res.error_kinds
+    assert render.TOOL_CALL_OPEN not in res.text and render.TOOL_CALL_CLOSE not in res.text
+    assert parse.STRAY_CLOSE_TAG in res.error_kinds
 
 
 def test_non_text_output_is_reported():
     for bad in (None, 3, b"<tool_call>", ["x"]):
         res = check(bad, TOOLS)
-        assert res.error_kinds == [cf.NOT_AN_OBJECT]
+        assert res.error_kinds == [parse.NOT_AN_OBJECT]

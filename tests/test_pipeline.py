@@ -22,8 +22,8 @@ def compose(overrides, hydra=False):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -37,8 +37,8 @@ def compose(overrides, hydra=False):
 
 @pytest.mark.parametrize("recipe", ["cpu", "tpu_v5e8"])
 def test_recipes_compose_check_and_plan(recipe):
-    from gemma_tool_use.config import check_config
-    from gemma_tool_use.pipeline import plan
+    from gemma_tool_use.config.checks import check_config
+    from gemma_tool_use.orchestration.pipeline import plan
 
     assert compose([f"pipeline={recipe}"], hydra=True).hydra.run.dir == f"outputs/pipeline/{recipe}"
     cfg = compose([f"pipeline={recipe}"])
@@ -67,7 +67,7 @@ def test_recipes_compose_check_and_plan(recipe):
     ("pipeline.eval_subset_per_category=0", "pipeline.eval_subset_per_category"),
 ])
 def test_bad_pipeline_configs_name_the_key(override, key):
-    from gemma_tool_use.config import ConfigValueError, check_config
+    from gemma_tool_use.config.checks import ConfigValueError, check_config
 
     with pytest.raises(ConfigValueError, match=key.replace(".", r"\.")):
         check_config(compose(["pipeline=cpu", *override.split()]))

@@ -6,7 +6,6 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from omegaconf import OmegaConf
 
 from conftest import run_cli
 
@@ -62,10 +61,10 @@ def test_lora_checkpoint_restores_trained_adapters(tmp_path, caplog):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.config import register_configs
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.paths import conf_dir
 
     sft_dir = tmp_path / "sft"
     r = run_cli("experiments=tiny_smoke", "train.max_steps=2", "train.checkpoint_every_steps=1", "tracking=disabled",

@@ -2,13 +2,13 @@
 
 import logging
 
-from gemma_tool_use.progress import POSITION_ENV, StepProgress, format_seconds
+from gemma_tool_use.utils.progress import POSITION_ENV, StepProgress, format_seconds
 
 
 def test_log_lines_carry_step_metrics_eta_and_the_pipeline_position(monkeypatch, caplog):
     monkeypatch.setenv(POSITION_ENV, "pipeline cpu, stage 2/4: 2_sft_full")
     clock = iter([0.0, 100.0, 110.0, 120.0, 130.0]).__next__
-    monkeypatch.setattr("gemma_tool_use.progress.time.perf_counter", clock)
+    monkeypatch.setattr("gemma_tool_use.utils.progress.time.perf_counter", clock)
     p = StepProgress(total=10, initial=2, desc="sft_full", interval_s=15.0, tty=False)
     with caplog.at_level(logging.INFO, logger="gemma_tool_use.progress"):
         first = p.update(3, loss=0.5123, tok_s=410.0, rss_gib=15.25)   # 100 s (compiles)

@@ -22,10 +22,10 @@ PROMPTS = [
 def real():
     from safetensors.numpy import load_file
 
-    from gemma_tool_use.config import ModelConfig
-    from gemma_tool_use.model import build_base_model, load_tokenizer_for
-    from gemma_tool_use.paths import conf_dir
-    from gemma_tool_use.weights import converted_gguf_dir
+    from gemma_tool_use.config.schema import ModelConfig
+    from gemma_tool_use.model.loading import build_base_model, load_tokenizer_for
+    from gemma_tool_use.utils.paths import conf_dir
+    from gemma_tool_use.model.weights import converted_gguf_dir
 
     cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(conf_dir() / "model" / "gemma3_270m.yaml"),
                           {"dtype": "float32", "lora": {"enabled": False}})

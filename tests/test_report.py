@@ -4,7 +4,10 @@ import json
 
 import pytest
 
-from gemma_tool_use.report import compare_bfcl, main, plot_training_curves, read_jsonl
+from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl
+from gemma_tool_use.report import main
+from gemma_tool_use.training.curves import plot_training_curves
+from gemma_tool_use.utils.files import read_jsonl
 
 
 def _summary(path, acc, aggregates):

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from gemma_tool_use import rewards as R
-from gemma_tool_use.chat_format import render_call
+from gemma_tool_use.training.grpo import rewards as R
+from gemma_tool_use.format.render import render_call
 
 
 def tool(name, *params):

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from gemma_tool_use.runs import HandoffError, resolve_init_from, run_model_config
+from gemma_tool_use.model.checkpoints import HandoffError, run_model_config
+from gemma_tool_use.orchestration.runs import resolve_init_from
 
 STAGES_DIR = Path(__file__).parents[1] / "gemma_tool_use" / "stages"
 

@@ -10,14 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import openai
 import pytest
 
 from conftest import REPO
-from gemma_tool_use.chat_format import parse_model_output
-from gemma_tool_use.openai_format import RequestError, apply_stop, build_message, parse_request
+from gemma_tool_use.format.parse import parse_model_output
+from gemma_tool_use.serving.openai_api import RequestError, apply_stop, build_message, parse_request
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather of a city",

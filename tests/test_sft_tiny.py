@@ -159,7 +159,7 @@ def test_a_corrupt_latest_checkpoint_gives_way_to_the_newest_intact_one(full_run
     import logging
     import shutil
 
-    from gemma_tool_use.training import CheckpointError, checkpoint_problem, set_aside_corrupt_checkpoints
+    from gemma_tool_use.model.checkpoints import CheckpointError, checkpoint_problem, set_aside_corrupt_checkpoints
 
     src = full_run / "checkpoints"
     steps = sorted(int(p.name) for p in src.iterdir() if p.name.isdigit())
@@ -194,13 +194,16 @@ def _train_tiny_in_process(tokenizer, overrides, steps):
     from tunix.sft import peft_trainer
     from tunix.sft.metrics_logger import MetricsLogger
 
-    from gemma_tool_use.config import register_configs
+    from gemma_tool_use.config.schema import register_configs
     from gemma_tool_use.data.batching import tokenize_conversations, train_batches
     from gemma_tool_use.data.conversations import load_jsonl_conversations
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.paths import conf_dir
-    from gemma_tool_use.training import SftTrainer, Throughput, completion_loss, make_optimizer
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.paths import conf_dir
+    from gemma_tool_use.training.sft_trainer import SftTrainer
+    from gemma_tool_use.training.metrics import Throughput
+    from gemma_tool_use.training.loss import completion_loss
+    from gemma_tool_use.training.optimizer import make_optimizer
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -268,7 +271,7 @@ def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
 
 
 def test_training_history_adds_up_every_process_and_skips_bfcl_and_thrown_away_time(tmp_path):
-    from gemma_tool_use.training import PROCESS_START, training_history
+    from gemma_tool_use.training.metrics import PROCESS_START, training_history
 
     recs = [{"step": 0, "time": 100.0, PROCESS_START: 1}, {"step": 0, "time": 110.0, "eval/loss": 2.0},
             {"step": 1, "time": 130.0, "train/loss": 1.5, "perf/peak_rss_gib": 3.0},

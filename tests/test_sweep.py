@@ -25,7 +25,7 @@ def test_sweep_over_two_values_runs_two_isolated_jobs(tmp_path):
 
 def test_summary_of_a_multirun_over_experiments(tmp_path):
     """`-m experiments=a,b` (e.g. ft_compare): the experiment is the swept value, plotted by name."""
-    from gemma_tool_use.report import write_sweep_summary
+    from gemma_tool_use.orchestration.sweeps import write_sweep_summary
 
     for i, (name, acc) in enumerate([("ft_compare_lora_rows", 0.4), ("ft_compare_full", 0.2)]):
         job = tmp_path / f"{i}_job"

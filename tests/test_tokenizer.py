@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_tool_use.tokenizer import (END_OF_TURN_ID, START_OF_TURN_ID, GemmaTokenizer, TokenizerError,
-                                      load_tokenizer, tokenizer_from_gguf)
+from gemma_tool_use.model.tokenizer import END_OF_TURN_ID, START_OF_TURN_ID, GemmaTokenizer, TokenizerError, load_tokenizer, tokenizer_from_gguf
 
 CORPUS = [
     "Hello, world!", "  leading and trailing spaces  ", "tabs\tand\nnewlines\n\n\nruns",
@@ -60,7 +59,7 @@ def test_special_tokens(tokenizer):
 
 
 def test_cache_is_reused_and_corrupt_cache_rebuilt(tmp_path, monkeypatch):
-    from gemma_tool_use.tokenizer import default_gguf_path
+    from gemma_tool_use.model.tokenizer import default_gguf_path
 
     monkeypatch.setenv("GEMMA_TOOL_USE_CACHE", str(tmp_path))
     tok = tokenizer_from_gguf(default_gguf_path())

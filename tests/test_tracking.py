@@ -4,8 +4,8 @@ import json
 
 from omegaconf import OmegaConf
 
-from gemma_tool_use.config import TrackingConfig
-from gemma_tool_use.tracking import Tracker
+from gemma_tool_use.config.schema import TrackingConfig
+from gemma_tool_use.utils.tracking import Tracker
 
 
 def test_same_run_dir_continues_the_same_offline_wandb_run(tmp_path, monkeypatch):

@@ -15,10 +15,11 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import REPO, run_cli
-from gemma_tool_use.config import ConfigValueError, check_config, register_configs
-from gemma_tool_use.errors import UserError, one_line
-from gemma_tool_use.paths import conf_dir
+from conftest import run_cli
+from gemma_tool_use.config.checks import ConfigValueError, check_config
+from gemma_tool_use.config.schema import register_configs
+from gemma_tool_use.utils.errors import UserError, one_line
+from gemma_tool_use.utils.paths import conf_dir
 
 register_configs()
 
@@ -110,11 +111,11 @@ def test_boundary_values_pass(overrides):
 
 
 def test_user_errors_share_one_base_class():
-    from gemma_tool_use.bfcl import BfclError
-    from gemma_tool_use.mesh import MeshError
-    from gemma_tool_use.runs import HandoffError
+    from gemma_tool_use.evaluation.bfcl import BfclError
+    from gemma_tool_use.utils.mesh import MeshError
+    from gemma_tool_use.model.checkpoints import HandoffError
     from gemma_tool_use.stages.predict import PredictInputError
-    from gemma_tool_use.weights import WeightsError
+    from gemma_tool_use.model.weights import WeightsError
 
     for cls in (ConfigValueError, WeightsError, BfclError, HandoffError, PredictInputError, MeshError):
         assert issubclass(cls, UserError), cls
@@ -129,9 +130,11 @@ PREFLIGHT_CASES = r"""
 import json, sys
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from gemma_tool_use.config import check_config, preflight, register_configs
-from gemma_tool_use.errors import UserError
-from gemma_tool_use.paths import conf_dir
+from gemma_tool_use.config.checks import check_config
+from gemma_tool_use.stages.preflight import preflight
+from gemma_tool_use.config.schema import register_configs
+from gemma_tool_use.utils.errors import UserError
+from gemma_tool_use.utils.paths import conf_dir
 register_configs()
 out = {}
 for name, overrides in json.loads(sys.argv[1]).items():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from gemma_tool_use.config import ModelConfig
-from gemma_tool_use.model import build_base_model, load_tokenizer_for
-from gemma_tool_use.weights import WeightsError, converted_gguf_dir, gguf_name_to_hf
+from gemma_tool_use.config.schema import ModelConfig
+from gemma_tool_use.model.loading import build_base_model, load_tokenizer_for
+from gemma_tool_use.model.weights import WeightsError, converted_gguf_dir, gguf_name_to_hf
 from reference_gemma3_numpy import forward as reference_forward
 
 ARCH = dict(num_layers=6, num_embed=384, embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16,
@@ -191,7 +191,7 @@ def test_hf_dir_without_weights_is_named(tmp_path):
 def test_tokenizer_comes_from_the_checkpoint_when_present(synthetic, tmp_path):
     import shutil
 
-    from gemma_tool_use.tokenizer import cache_root
+    from gemma_tool_use.model.tokenizer import cache_root
 
     d = tmp_path / "hf_with_tok"
     shutil.copytree(synthetic["hf"], d)
@@ -207,9 +207,9 @@ def test_export_merges_lora_and_rows_into_an_hf_checkpoint_that_loads_back(synth
     import jax
     from flax import nnx
 
-    from gemma_tool_use.export import export_hf
-    from gemma_tool_use.mesh import build_mesh
-    from gemma_tool_use.model import build_model
+    from gemma_tool_use.export.hf_checkpoint import export_hf
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model.loading import build_model
 
     mesh = build_mesh(OmegaConf.create({"name": "cpu", "platform": "cpu", "axis_names": ["fsdp", "tp"], "axis_sizes": [-1, 1]}))
     cfg = model_cfg("hf", synthetic["hf"])

@@ -42,7 +42,7 @@ def _run_from_wheel(site, cwd, *args):
 
 def test_installed_wheel_composes_from_its_own_configs(wheel_site, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(wheel_site)}
-    where = subprocess.run([sys.executable, "-c", "import gemma_tool_use.paths as p; print(p.__file__); print(p.conf_dir())"],
+    where = subprocess.run([sys.executable, "-c", "import gemma_tool_use.utils.paths as p; print(p.__file__); print(p.conf_dir())"],
                            cwd=tmp_path, env=env, capture_output=True, text=True).stdout.split()
     assert where[0].startswith(str(wheel_site)) and where[1].startswith(str(wheel_site))
     r = _run_from_wheel(wheel_site, tmp_path, "--cfg", "job", "experiments=tiny_smoke")

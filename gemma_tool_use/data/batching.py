@@ -25,9 +25,13 @@ from typing import Iterator
 
 import numpy as np
 
-from gemma_tool_use.chat_format import DEFAULT_TOOL_SYSTEM_PROMPT, RenderedConversation, render_conversation
 from gemma_tool_use.data.conversations import DataError
-from gemma_tool_use.tokenizer import PAD_ID, GemmaTokenizer
+from gemma_tool_use.format.render import (
+    DEFAULT_TOOL_SYSTEM_PROMPT,
+    RenderedConversation,
+    render_conversation,
+)
+from gemma_tool_use.model.tokenizer import PAD_ID, GemmaTokenizer
 
 log = logging.getLogger(__name__)
 

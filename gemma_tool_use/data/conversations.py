@@ -10,9 +10,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemma_tool_use.chat_format import FormatError, validate_conversation
-from gemma_tool_use.files import iter_jsonl
-from gemma_tool_use.paths import RESOURCES_DIR
+from gemma_tool_use.format.render import FormatError, validate_conversation
+from gemma_tool_use.utils.files import iter_jsonl
+from gemma_tool_use.utils.paths import RESOURCES_DIR
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from gemma_tool_use.evaluation import bfcl
+
 QUERY_NGRAM = 10
 DESC_NGRAM = 5
 MIN_DESC_WORDS = 5
@@ -52,8 +54,6 @@ class BfclIndex:
 @lru_cache(maxsize=1)
 def bfcl_index() -> BfclIndex:
     """The index of every category, from the original docs (hints=False: no language notes appended)."""
-    from gemma_tool_use import bfcl
-
     index = BfclIndex()
     for category in BFCL_CATEGORIES:
         for entry in bfcl.load_entries(category, hints=False):

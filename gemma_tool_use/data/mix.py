@@ -19,7 +19,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gemma_tool_use.data.augment import augment_rows
 from gemma_tool_use.data.conversations import DataError, LoadReport
+from gemma_tool_use.data.decontaminate import contamination_reason, decontaminate
+from gemma_tool_use.data.sources import fetch, load_source, seal_tools
+from gemma_tool_use.model.tokenizer import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,6 @@ def data_root(configured: str | None) -> Path:
     """data.root, else $GEMMA_TOOL_USE_DATA, else the user cache (~/.cache/gemma_tool_use/datasets)."""
     if chosen := configured or os.environ.get("GEMMA_TOOL_USE_DATA"):
         return Path(chosen).expanduser()
-    from gemma_tool_use.tokenizer import cache_root
 
     return cache_root() / "datasets"
 
@@ -92,8 +95,6 @@ def split_by_tool(rows: list[dict], fraction: float, seed: int) -> tuple[list[di
 
 def load_sources(names, root: Path, strict: bool, hub_files=None) -> tuple[list[dict], dict]:
     """Rows of the named sources (data/sources: local names, or "hub:<id>[:<config>]")."""
-    from gemma_tool_use.data.sources import load_source
-
     rows, dropped = [], {}
     for name in names:
         report = LoadReport()
@@ -108,8 +109,6 @@ def load_sources(names, root: Path, strict: bool, hub_files=None) -> tuple[list[
 def tool_pool(names, root: Path, strict: bool) -> list[dict]:
     """Tool schemas for procedural rows and distractors: "seal_tools/tool.jsonl" (3.6k schemas
     with parameters), "toolalpaca/public_apis.json" (1.4k API descriptions, no parameters)."""
-    from gemma_tool_use.data.sources import fetch, seal_tools
-
     pool = []
     for name in names:
         if name not in ("seal_tools/tool.jsonl", "toolalpaca/public_apis.json"):
@@ -128,9 +127,6 @@ def tool_pool(names, root: Path, strict: bool) -> list[dict]:
 
 
 def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
-    from gemma_tool_use.data.augment import augment_rows
-    from gemma_tool_use.data.decontaminate import contamination_reason, decontaminate
-
     card = MixCard(name=data_cfg.name)
     root = data_root(data_cfg.root)
     root.mkdir(parents=True, exist_ok=True)  # missing files are fetched from their pinned upstream

@@ -14,10 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from gemma_tool_use.chat_format import DEFAULT_TOOL_SYSTEM_PROMPT, RenderedConversation
 from gemma_tool_use.data.batching import TokenizedSet, tokenize_conversations
 from gemma_tool_use.data.conversations import load_jsonl_conversations
-from gemma_tool_use.files import sha256_file
+from gemma_tool_use.data.mix import build_mix, mix_fingerprint, no_call_share
+from gemma_tool_use.format.render import (
+    DEFAULT_TOOL_SYSTEM_PROMPT,
+    RenderedConversation,
+)
+from gemma_tool_use.model.tokenizer import cache_root
+from gemma_tool_use.utils.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +78,6 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
     if not d.sources:
         return tokenize_files(d.train_files), tokenize_files(d.val_files) if d.val_files else None, None
 
-    from gemma_tool_use.data.mix import build_mix, mix_fingerprint, no_call_share
-    from gemma_tool_use.tokenizer import cache_root
 
     key = mix_fingerprint(d, int(cfg.seed), tokenizer.source + f"|{d.max_length}|{d.overlength}|{prompt}")
     cache = cache_root() / "mixes" / f"{d.name}-{key}"

@@ -16,8 +16,8 @@ import json
 
 import jsonschema
 
-from gemma_tool_use.chat_format import FormatError, validate_conversation
 from gemma_tool_use.data.conversations import DataError, LoadReport
+from gemma_tool_use.format.render import FormatError, validate_conversation
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "multi_turn", "chat")
 

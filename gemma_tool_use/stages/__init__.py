@@ -37,7 +37,7 @@ def run_stage(cfg: DictConfig):
     if target is None:
         built = ", ".join(k for k, v in STAGES.items() if v)
         raise StageNotBuilt(f"stage '{name}' is not built yet (built stages: {built})")
-    from gemma_tool_use.interrupt import install_stop_handlers
+    from gemma_tool_use.utils.interrupt import install_stop_handlers
 
     install_stop_handlers()  # SIGTERM stops a run like Ctrl-C: checkpoint, finish the tracker, exit
     module, func = target.split(":")

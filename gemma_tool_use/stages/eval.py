@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from gemma_tool_use.mesh import build_mesh, prepare_runtime
-from gemma_tool_use.runs import run_dir_of, wandb_group
+from gemma_tool_use.orchestration.runs import run_dir_of, wandb_group
+from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
 
 
 def run(cfg: DictConfig) -> float:
-    from gemma_tool_use import bfcl
+    from gemma_tool_use.evaluation import bfcl
 
     bfcl.check_categories(cfg.eval.categories)  # config error before JAX starts
     prepare_runtime(cfg.tpu)
 
-    from gemma_tool_use.evaluation import evaluate_model
-    from gemma_tool_use.model import build_model, load_tokenizer_for
-    from gemma_tool_use.tracking import Tracker
+    from gemma_tool_use.evaluation.evaluate import evaluate_model
+    from gemma_tool_use.model.loading import build_model, load_tokenizer_for
+    from gemma_tool_use.utils.tracking import Tracker
 
     run_dir = run_dir_of(cfg)
     mesh = build_mesh(cfg.tpu)

@@ -17,24 +17,24 @@ import time
 
 from omegaconf import DictConfig
 
-from gemma_tool_use.mesh import build_mesh, prepare_runtime
-from gemma_tool_use.runs import run_dir_of, served_model_name
+from gemma_tool_use.orchestration.runs import run_dir_of, served_model_name
+from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float:
-    from gemma_tool_use.export_gguf import ExportError, GGUF_TYPES
+    from gemma_tool_use.export.gguf_file import GGUF_TYPES, ExportError
 
     kinds = [str(k) for k in cfg.export.types]
     bad = [k for k in kinds if k not in GGUF_TYPES]
     if bad or not kinds:
         raise ExportError(f"export.types: {bad or kinds} - choose from {', '.join(GGUF_TYPES)}")
     prepare_runtime(cfg.tpu)
-    from gemma_tool_use.export import lora_merge_scale, merged_hf_tensors
-    from gemma_tool_use.export_gguf import modelfile, roundtrip_errors, write_gguf
-    from gemma_tool_use.model import build_model
-    from gemma_tool_use.tokenizer import default_gguf_path
+    from gemma_tool_use.export.gguf_file import modelfile, roundtrip_errors, write_gguf
+    from gemma_tool_use.export.hf_checkpoint import lora_merge_scale, merged_hf_tensors
+    from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.model.tokenizer import default_gguf_path
 
     run_dir = run_dir_of(cfg)
     name = str(cfg.export.name or served_model_name(cfg)).replace("/", "_")

@@ -27,8 +27,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gemma_tool_use.errors import UserError
-from gemma_tool_use.runs import run_dir_of
+from gemma_tool_use.orchestration.runs import run_dir_of
+from gemma_tool_use.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def invalid_unicode_at(value: Any, where: str = "row") -> str | None:
 def read_prompts(path: Path) -> tuple[list[tuple[int, dict]], list[dict]]:
     """(rows to predict as (file line, row), rejects as {"line", "reason"}). Never raises on content:
     one bad line (bytes, JSON, Unicode, schema) costs that line only. Pure Python, no JAX."""
-    from gemma_tool_use.chat_format import FormatError, validate_conversation
-    from gemma_tool_use.files import iter_jsonl
+    from gemma_tool_use.format.render import FormatError, validate_conversation
+    from gemma_tool_use.utils.files import iter_jsonl
 
     rows, rejects = [], []
     for lineno, row, error in iter_jsonl(path):
@@ -118,14 +118,15 @@ def run(cfg: DictConfig) -> float:
         raise PredictInputError(f"predict.input_file={src}: no valid row ({len(rejects)} rejected, first "
                                 f"{src.name}:{rejects[0]['line']}: {rejects[0]['reason']}); reasons per line in {rejects_path}")
 
-    from gemma_tool_use.mesh import build_mesh, prepare_runtime
+    from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
 
     prepare_runtime(cfg.tpu)
     from tqdm import tqdm
 
-    from gemma_tool_use.chat_format import FormatError, parse_model_output, render_conversation
-    from gemma_tool_use.generate import Generator, SamplingParams
-    from gemma_tool_use.model import build_model, load_tokenizer_for
+    from gemma_tool_use.format.parse import parse_model_output
+    from gemma_tool_use.format.render import FormatError, render_conversation
+    from gemma_tool_use.generation.generator import Generator, SamplingParams
+    from gemma_tool_use.model.loading import build_model, load_tokenizer_for
 
     out_path = Path(cfg.predict.output_file).expanduser() if cfg.predict.output_file else run_dir / "predictions.jsonl"
     mesh = build_mesh(cfg.tpu)

@@ -16,17 +16,17 @@ import os
 
 from omegaconf import DictConfig
 
-from gemma_tool_use.mesh import build_mesh, prepare_runtime
-from gemma_tool_use.runs import run_dir_of, served_model_name
+from gemma_tool_use.orchestration.runs import run_dir_of, served_model_name
+from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float:
     prepare_runtime(cfg.tpu)
-    from gemma_tool_use.generate import Generator
-    from gemma_tool_use.model import build_model, load_tokenizer_for
-    from gemma_tool_use.serve import Batcher, ChatServer, make_http_server
+    from gemma_tool_use.generation.generator import Generator
+    from gemma_tool_use.model.loading import build_model, load_tokenizer_for
+    from gemma_tool_use.serving.server import Batcher, ChatServer, make_http_server
 
     run_dir = run_dir_of(cfg)
     g, s = cfg.generation, cfg.serve

@@ -19,8 +19,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from gemma_tool_use.mesh import build_mesh, prepare_runtime
-from gemma_tool_use.runs import adopt_start_model, resolve_init_from, run_dir_of, wandb_group
+from gemma_tool_use.orchestration.runs import (
+    adopt_start_model,
+    resolve_init_from,
+    run_dir_of,
+    wandb_group,
+)
+from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +35,30 @@ def run(cfg: DictConfig) -> float:
     init_from = resolve_init_from(cfg.train.init_from, cfg.model) if cfg.train.init_from else None
     prepare_runtime(cfg.tpu)  # before JAX starts: simulated devices, multi-host init
 
+    import jax
     import orbax.checkpoint as ocp
+    from omegaconf import open_dict
     from tunix.sft import peft_trainer
 
     from gemma_tool_use.data.batching import eval_batches, train_batches
     from gemma_tool_use.data.prepare import prepare_training_data
-    from gemma_tool_use.model import build_model, load_tokenizer_for
-    from gemma_tool_use.tracking import Tracker
-    from gemma_tool_use.interrupt import deferred_stops, signals_ignored
-    from gemma_tool_use.training import (CheckpointError, SftTrainer, Throughput, TrackerMetricsLogger,
-                                         completion_loss, make_optimizer, peak_rss_gib, PROCESS_START,
-                                         set_aside_corrupt_checkpoints, training_history)
-
-    import jax
-    from omegaconf import open_dict
+    from gemma_tool_use.model.checkpoints import (
+        CheckpointError,
+        set_aside_corrupt_checkpoints,
+    )
+    from gemma_tool_use.model.loading import build_model, load_tokenizer_for
+    from gemma_tool_use.training.loss import completion_loss
+    from gemma_tool_use.training.metrics import (
+        PROCESS_START,
+        Throughput,
+        TrackerMetricsLogger,
+        peak_rss_gib,
+        training_history,
+    )
+    from gemma_tool_use.training.optimizer import make_optimizer
+    from gemma_tool_use.training.sft_trainer import SftTrainer
+    from gemma_tool_use.utils.interrupt import deferred_stops, signals_ignored
+    from gemma_tool_use.utils.tracking import Tracker
 
     run_dir = run_dir_of(cfg)
     t_start = time.time()
@@ -151,8 +166,8 @@ def run(cfg: DictConfig) -> float:
             "checkpoint_dir": training_config.checkpoint_root_directory,
         }
         if cfg.model.lora.enabled:  # the portable adapter: the next stage's start, the user's takeaway
-            from gemma_tool_use.adapters import export_adapter
-            from gemma_tool_use.runs import git_commit
+            from gemma_tool_use.model.adapters import export_adapter
+            from gemma_tool_use.utils.git import git_commit
 
             summary["adapter"] = str(export_adapter(model, run_dir / "adapter", cfg.model, step=trainer.train_steps,
                                                     source=str(run_dir), commit=git_commit(), write=proc == 0))
@@ -171,19 +186,19 @@ def run(cfg: DictConfig) -> float:
                 with open_dict(cfg):
                     cfg.train.export_merged = False
         try:  # a plot is a convenience: never lose a finished run over it
-            from gemma_tool_use.report import plot_training_curves
+            from gemma_tool_use.training.curves import plot_training_curves
 
             summary["loss_curve"] = str(plot_training_curves(run_dir / "metrics.jsonl", run_dir / "loss_curve.png",
                                                               f"{cfg.stage.name}: {cfg.model.name}"))
         except Exception as e:  # noqa: BLE001
             log.warning("could not draw the loss curve: %s", e)
         if cfg.train.export_merged:
-            from gemma_tool_use.export import export_hf
+            from gemma_tool_use.export.hf_checkpoint import export_hf
 
             out = export_hf(model, cfg.model, run_dir / "merged_hf", tokenizer.source if Path(tokenizer.source).is_file() else None)
             summary["merged_hf"] = str(out)
         if cfg.eval.run_after_training:  # BFCL on the trained model; its summary lands beside the checkpoint
-            from gemma_tool_use.evaluation import evaluate_model
+            from gemma_tool_use.evaluation.evaluate import evaluate_model
 
             # the training figures are on disk before BFCL starts: a failed or cut eval loses none
             (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))

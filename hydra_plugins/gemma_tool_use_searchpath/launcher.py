@@ -73,7 +73,7 @@ class SubprocessLauncher(Launcher):
                 ret.return_value = RuntimeError(f"job {idx} exited with code {proc.returncode}; see {job_dir}")
                 log.error("job %d failed (exit %d); the sweep goes on", idx, proc.returncode)
             runs.append(ret)
-        from gemma_tool_use.report import write_sweep_summary
+        from gemma_tool_use.orchestration.sweeps import write_sweep_summary
 
         write_sweep_summary(sweep_dir)
         return runs

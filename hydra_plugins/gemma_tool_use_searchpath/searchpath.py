@@ -47,7 +47,7 @@ class ExperimentsConfigSource(FileConfigSource):
 
 class GemmaToolUseSearchPath(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from gemma_tool_use.paths import conf_dir, config_root
+        from gemma_tool_use.utils.paths import conf_dir, config_root
 
         ours = conf_dir().as_posix()
         if any(ours in (p.path or "") for p in search_path.get_path()):

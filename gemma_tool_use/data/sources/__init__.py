@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
-from gemma_tool_use.data.sources import fetch, hammer, hermes, llamafactory, seal_tools, toolace, toolrl, xlam
+from gemma_tool_use.data.sources import (
+    fetch,
+    hammer,
+    hermes,
+    llamafactory,
+    seal_tools,
+    toolace,
+    toolrl,
+    xlam,
+)
 from gemma_tool_use.data.sources.common import convert_rows, load_file
 
 

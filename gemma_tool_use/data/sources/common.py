@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
 from gemma_tool_use.data.schema import coerce, make_row
-from gemma_tool_use.files import iter_jsonl
+from gemma_tool_use.utils.files import iter_jsonl
 
 log = logging.getLogger(__name__)
 

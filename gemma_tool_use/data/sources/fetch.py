@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from gemma_tool_use.data.conversations import DataError
-from gemma_tool_use.files import sha256_file
+from gemma_tool_use.utils.files import sha256_file
 
 log = logging.getLogger(__name__)
 

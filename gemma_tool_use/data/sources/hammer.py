@@ -20,8 +20,18 @@ from pathlib import Path
 
 from gemma_tool_use.data.conversations import LoadReport
 from gemma_tool_use.data.schema import REFUSAL
-from gemma_tool_use.data.sources.common import Dialogue, RowError, call, calls, convert_rows, loads, read_rows, \
-    result, tool_from, tool_list
+from gemma_tool_use.data.sources.common import (
+    Dialogue,
+    RowError,
+    call,
+    calls,
+    convert_rows,
+    loads,
+    read_rows,
+    result,
+    tool_from,
+    tool_list,
+)
 
 _GENERATE_MARK = re.compile(r"\s*Generate API Request:\s*$")
 

@@ -14,7 +14,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gemma_tool_use.data.sources.common import Dialogue, RowError, call, loads, sharegpt_turns, tool_list
+from gemma_tool_use.data.sources.common import (
+    Dialogue,
+    RowError,
+    call,
+    loads,
+    sharegpt_turns,
+    tool_list,
+)
 
 _TOOLS_BLOCK_RE = re.compile(r"<tools>(.*?)</tools>", re.DOTALL)
 # Openings of Hermes' tool prompts (func_calling*, the structured-extraction rows, glaive).

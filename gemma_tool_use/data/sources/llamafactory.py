@@ -9,7 +9,14 @@
 
 from __future__ import annotations
 
-from gemma_tool_use.data.sources.common import Dialogue, RowError, calls, result, sharegpt_turns, tool_list
+from gemma_tool_use.data.sources.common import (
+    Dialogue,
+    RowError,
+    calls,
+    result,
+    sharegpt_turns,
+    tool_list,
+)
 
 
 def glaive_row(obj: dict) -> tuple[list[dict], list[dict]]:

@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
-from gemma_tool_use.data.sources.common import RowError, call, load_file, loads, read_rows, tool_from
+from gemma_tool_use.data.sources.common import (
+    RowError,
+    call,
+    load_file,
+    loads,
+    read_rows,
+    tool_from,
+)
 
 log = logging.getLogger(__name__)
 

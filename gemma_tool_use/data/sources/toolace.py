@@ -12,8 +12,15 @@ import json
 import re
 from typing import Iterable
 
-from gemma_tool_use.data.sources.common import Dialogue, RowError, parse_literal, result, sharegpt_turns, split_top, \
-    tool_list
+from gemma_tool_use.data.sources.common import (
+    Dialogue,
+    RowError,
+    parse_literal,
+    result,
+    sharegpt_turns,
+    split_top,
+    tool_list,
+)
 
 _LIST_MARKER = "Here is a list of functions in JSON format that you can invoke:"
 _BOILERPLATE = [re.compile(p.replace(" ", r"\s+"), re.IGNORECASE) for p in (

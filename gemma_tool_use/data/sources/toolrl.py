@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import re
 
-from gemma_tool_use.data.sources.common import Dialogue, RowError, calls, loads, result, tool_from
+from gemma_tool_use.data.sources.common import (
+    Dialogue,
+    RowError,
+    calls,
+    loads,
+    result,
+    tool_from,
+)
 
 _ENTRY = re.compile(r"\d+\. Name: (.*?)\nDescription: (.*?)\nParameters: (.*)", re.S)
 _SEGMENT = re.compile(r"<(user|think|tool_call|obs|response)>(.*?)</\1>", re.S)

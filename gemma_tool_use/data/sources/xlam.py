@@ -12,7 +12,13 @@ parameters an example value as "default"). A no-call answer becomes the plain te
 from __future__ import annotations
 
 from gemma_tool_use.data.schema import REFUSAL
-from gemma_tool_use.data.sources.common import Dialogue, RowError, call, loads, tool_list
+from gemma_tool_use.data.sources.common import (
+    Dialogue,
+    RowError,
+    call,
+    loads,
+    tool_list,
+)
 
 
 def _defaulted(raw_tool: dict) -> set[str]:

@@ -1,0 +1,207 @@
+"""Every plot and table the project writes: a run's training curve, a BFCL run's results table and
+accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
+
+    python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
+    python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
+        sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
+
+    python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
+    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement
+
+The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
+its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
+small artifacts of a run (never checkpoints or weights) into experiments/.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gemma_tool_use.evaluation import bfcl
+from gemma_tool_use.utils.files import read_jsonl
+from gemma_tool_use.utils.markdown import markdown_table
+
+
+def _pct(v, digits: int = 2) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}"
+
+
+def output_behaviour(bfcl_dir: str | Path) -> dict | None:
+    """How a run's single-turn outputs end: the share that stopped on a stop id (the format's
+    `<end_of_turn>`) rather than at max_new_tokens, that decode to at least one call, that carry
+    parse errors; None when the per-entry files are absent. A model that has the calls right but
+    never learned to end its turn shows here, not in the accuracy alone."""
+    # multi-turn records hold whole dialogues instead of one stop_reason
+    records = [r for f in sorted(Path(bfcl_dir).glob("*.jsonl")) for r in read_jsonl(f) if "stop_reason" in r]
+    if not records:
+        return None
+    n = len(records)
+    tokens = sorted(int(r.get("new_tokens") or 0) for r in records)
+    return {"entries": n,
+            "stopped": sum(r["stop_reason"] == "stop" for r in records) / n,
+            "length": sum(r["stop_reason"] == "length" for r in records) / n,
+            "with_call": sum(bool(r.get("decoded")) for r in records) / n,
+            "parse_error": sum(bool(r.get("parse_errors")) for r in records) / n,
+            "median_new_tokens": tokens[n // 2]}
+
+
+def irrelevance_split(bfcl_dir: str | Path) -> dict | None:
+    """BFCL's irrelevance passes split by how they pass: a clean abstention (no `<tool_call>` in
+    the text at all) or a decode failure (a call block BFCL's decoder could not read, which BFCL
+    also counts as "no call"). None when bfcl/irrelevance.jsonl is absent."""
+    f = Path(bfcl_dir) / "irrelevance.jsonl"
+    if not f.is_file():
+        return None
+    records = read_jsonl(f)
+    passed = [r for r in records if r.get("valid")]
+    clean = sum(1 for r in passed if "<tool_call>" not in str(r.get("result", "")))
+    n = len(records)
+    return {"entries": n, "passed": len(passed), "clean_abstentions": clean, "decode_failures": len(passed) - clean,
+            "clean_accuracy": clean / n if n else 0.0}
+
+
+def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
+    """Per-category BFCL accuracy of several runs side by side (`bfcl_compare.{md,json,png}`).
+    Categories missing from a run show as '-'; counts come from each summary.json."""
+    loaded, dirs = {}, {}
+    for name, path in summaries.items():
+        p = Path(path)
+        if p.is_dir():
+            p = p / "summary.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"{name}: no BFCL summary.json at {path}")
+        loaded[name], dirs[name] = json.loads(p.read_text()), p.parent
+    cats = list(dict.fromkeys(c for s in loaded.values() for c in s["categories"]))
+    rows, table = [], {}
+    for c in cats:
+        cells = []
+        for name, s in loaded.items():
+            v = s["categories"].get(c)
+            table.setdefault(name, {})[c] = v and {k: v[k] for k in ("accuracy", "correct", "total_count")}
+            cells.append("-" if v is None else f"{100 * v['accuracy']:.2f} ({v['correct']}/{v['total_count']})")
+        rows.append([c, *cells])
+    agg_keys = list(dict.fromkeys(k for s in loaded.values() for k, v in s.get("aggregates", {}).items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)))
+    rows += [[f"**{k}**", *(_pct(s.get("aggregates", {}).get(k)) for s in loaded.values())] for k in agg_keys]
+    splits = {name: irrelevance_split(dirs[name] / "bfcl") for name in loaded}
+    if any(splits.values()):  # BFCL passes undecodable calls too: the clean share is what abstains
+        for key, label in (("clean_abstentions", "irrelevance: clean abstentions (no call block)"),
+                           ("decode_failures", "irrelevance: decode failures (passed)")):
+            rows.append([label, *("-" if not sp else f"{100 * sp[key] / sp['entries']:.2f} ({sp[key]}/{sp['entries']})"
+                                  for sp in splits.values())])
+    lines = [markdown_table(["category", *loaded], rows)]
+    behaviour = {name: output_behaviour(dirs[name] / "bfcl") for name in loaded}
+    if any(behaviour.values()):
+        lines += ["", "How the outputs end (single-turn entries, from `bfcl/*.jsonl`):", "",
+                  markdown_table(["run", "entries", "stopped at <end_of_turn>/<eos>", "hit max_new_tokens",
+                                  ">= 1 decoded call", "parse errors", "median new tokens"],
+                                 [[name, b["entries"], f"{_pct(b['stopped'], 1)}%", f"{_pct(b['length'], 1)}%",
+                                   f"{_pct(b['with_call'], 1)}%", f"{_pct(b['parse_error'], 1)}%",
+                                   b["median_new_tokens"]] for name, b in behaviour.items() if b])]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bfcl_compare.md").write_text("\n".join(lines) + "\n")
+    result = {"runs": {n: {"commit": s.get("commit"), "categories": table[n],
+                           "aggregates": {k: s.get("aggregates", {}).get(k) for k in agg_keys},
+                           "outputs": behaviour[n], "irrelevance_split": splits[n]}
+                       for n, s in loaded.items()}}
+    (out_dir / "bfcl_compare.json").write_text(json.dumps(result, indent=2))
+    _plot_compare(loaded, cats, out_dir / "bfcl_compare.png")
+    return result
+
+
+def _plot_compare(loaded: dict, cats: list[str], out_png: Path, title: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cats) * max(1, len(loaded)) / 2), 4))
+    width = 0.8 / max(1, len(loaded))
+    for i, (name, s) in enumerate(loaded.items()):
+        xs = [j + i * width for j in range(len(cats))]
+        ys = [100 * s["categories"][c]["accuracy"] if c in s["categories"] else 0 for c in cats]
+        ax.bar(xs, ys, width, label=name)
+        for x, y, c in zip(xs, ys, cats):
+            if c in s["categories"]:
+                ax.text(x, y + 1, f"{y:.0f}", ha="center", fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))], cats, rotation=25, ha="right")
+    ax.set_ylabel("BFCL accuracy (%)")
+    ax.set_ylim(0, 105)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def entry_agreement(a_dir: str | Path, b_dir: str | Path) -> dict:
+    """Per-entry agreement of two BFCL runs' JSONL folders (same entries, e.g. the same model
+    before and after a speed change): per category, how many verdicts (`valid`) and raw texts
+    (`result`) are equal, and the ids that differ. Only entries present in both are compared."""
+    out = {"categories": {}, "verdicts_equal": 0, "texts_equal": 0, "compared": 0}
+    for fa in sorted(Path(a_dir).glob("*.jsonl")):
+        fb = Path(b_dir) / fa.name
+        if not fb.is_file():
+            continue
+        a = {r["id"]: r for r in read_jsonl(fa)}
+        b = {r["id"]: r for r in read_jsonl(fb)}
+        ids = [i for i in a if i in b]
+        flipped = [i for i in ids if bool(a[i]["valid"]) != bool(b[i]["valid"])]
+        texts = [i for i in ids if a[i]["result"] != b[i]["result"]]
+        out["categories"][fa.stem] = {"compared": len(ids), "verdicts_equal": len(ids) - len(flipped),
+                                      "texts_equal": len(ids) - len(texts), "flipped": flipped,
+                                      "flipped_to_valid": [i for i in flipped if b[i]["valid"]],
+                                      "texts_differ": texts}
+        out["compared"] += len(ids)
+        out["verdicts_equal"] += len(ids) - len(flipped)
+        out["texts_equal"] += len(ids) - len(texts)
+    return out
+
+
+def write_bfcl_report(out_dir: Path, summary: dict) -> None:
+    """results.md (per category and BFCL v4 aggregates) and accuracy.png (per-category accuracy
+    beside the published anchors) of one BFCL evaluation summary."""
+    per = summary["categories"]
+    lines = [markdown_table(["category", "accuracy", "correct / total"],
+                            [[c, _pct(v["accuracy"]), f"{v['correct']} / {v['total_count']}"] for c, v in per.items()])]
+    agg = summary["aggregates"]
+    keys = [k for k in ("non_live", "simple", "live", "irrelevance", "multi_turn", "overall_agentic_not_run") if k in agg]
+    lines += ["", markdown_table(["aggregate (BFCL v4)", "value"], [[k, "n/a" if agg[k] is None else _pct(agg[k])] for k in keys])]
+    if summary.get("not_run"):
+        lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in summary["not_run"].items())]
+    if summary.get("subset"):
+        sub = summary["subset"]
+        lines += ["", f"Subset: {sub['per_category']} fixed entries per category (seed {sub['seed']}, {sub['rule']}); "
+                  "not comparable to full-category scores or the leaderboard."]
+    elif summary.get("partial"):
+        lines += ["", "Partial: a subset of entries (eval.limit / eval.ids); not comparable to the leaderboard."]
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cats = list(per)
+    series = {"this run": [100 * per[c]["accuracy"] for c in cats]}
+    for name, anchors in bfcl.PUBLISHED_ANCHORS.items():
+        if any(c in anchors for c in cats):
+            series[name] = [anchors.get(c, np.nan) for c in cats]
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(cats)), 5.5))
+    width = 0.8 / len(series)
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar(np.arange(len(cats)) + i * width - 0.4 + width / 2, vals, width, label=name,
+               color="black" if name == "this run" else None)
+    ax.set_xticks(np.arange(len(cats)), cats, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"BFCL per-category accuracy: {summary['model']}")
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy.png", dpi=120)
+    plt.close(fig)

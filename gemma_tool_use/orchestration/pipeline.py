@@ -1,0 +1,227 @@
+"""The pipeline: `python -m gemma_tool_use pipeline=<recipe>` runs stages N..M, one process each.
+
+    python -m gemma_tool_use pipeline=cpu                                   # baseline, every stage
+    python -m gemma_tool_use pipeline=cpu "pipeline.stages=[sft_full,grpo]" \\
+        pipeline.resume_from=outputs/pipeline/cpu/1_sft_small               # a slice from a result
+
+A recipe (conf/pipeline/<name>.yaml) maps each training stage to its overrides. Every stage runs
+as `python -m gemma_tool_use stage=<stage> <common> <recipe overrides> <your overrides>` in its own
+process (no JAX or W&B state shared) and in a fixed directory, `<pipeline dir>/<i>_<stage>/`
+(i: the stage's place in the recipe, 0 the baseline eval), with W&B group `pipeline-<name>`.
+
+Handoff is explicit: the first stage starts from `pipeline.resume_from` (or the base model), each
+later one from the previous stage's exported adapter (`<dir>/adapter/`, adapters.py), passed as
+`train.init_from`. BFCL runs after every training stage (and on the start, `0_baseline`) on
+`pipeline.eval_categories`, on the full categories or on a fixed stratified subset
+(`pipeline.eval_subset_per_category`; labelled as such everywhere).
+
+State lives in `<pipeline dir>/pipeline_state.json`: a stage is recorded there when its process
+exits 0. Paths inside the pipeline dir are recorded relative to it, so a finished dir can be
+moved or committed (experiments/<name>/) and a later session continues it in place. Re-running the same command skips recorded stages and re-runs the interrupted one in
+its own directory, where training and BFCL resume from their checkpoints / finished entries. A
+recorded stage whose start differs from the one this command would give it is refused (use
+another pipeline dir: `hydra.run.dir=...`). After each stage: pipeline_summary.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from gemma_tool_use.config.schema import EvalConfig
+from gemma_tool_use.model.checkpoints import check_same_architecture
+from gemma_tool_use.orchestration.pipeline_state import (
+    absolute,
+    portable,
+    read_state,
+    write_state,
+)
+from gemma_tool_use.orchestration.pipeline_summary import write_pipeline_summary
+from gemma_tool_use.utils.errors import UserError
+from gemma_tool_use.utils.git import git_commit
+from gemma_tool_use.utils.interrupt import Stopped
+from gemma_tool_use.utils.progress import POSITION_ENV
+
+
+class PipelineError(UserError, RuntimeError):
+    """A stage failed, or the pipeline dir holds results of another start."""
+
+
+def _user_overrides() -> list[str]:
+    """The command line's overrides that go to every stage: all but the pipeline's own keys and
+    Hydra's (the stage dirs are the pipeline's)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:  # outside a Hydra app
+        return []
+    own = ("pipeline", "hydra.", "stage=", "train.init_from")
+    return [o for o in task if not o.lstrip("+~").startswith(own)]
+
+
+def plan(cfg: DictConfig) -> list[dict]:
+    """The stages this command runs, in order: index, stage, dir name, recipe overrides."""
+    pl = cfg.pipeline
+    order = list(pl.recipe)
+    chosen = list(pl.stages) if pl.stages is not None else order
+    steps = []
+    if pl.baseline:
+        steps.append({"index": 0, "stage": "eval", "name": "0_baseline", "overrides": []})
+    for stage in chosen:
+        i = order.index(stage) + 1
+        steps.append({"index": i, "stage": stage, "name": f"{i}_{stage}", "overrides": list(pl.recipe[stage])})
+    if pl.final_full_eval and pl.eval_subset_per_category:
+        steps.append({"index": len(order) + 1, "stage": "eval", "name": f"{len(order) + 1}_final_full_eval",
+                      "overrides": [], "full": True})
+    return steps
+
+
+def _eval_overrides(pl, full: bool = False) -> list[str]:
+    cats = ",".join(pl.eval_categories) if not full else ",".join(_default_categories())
+    out = [f"eval.categories=[{cats}]"]
+    if pl.eval_subset_per_category and not full:
+        out.append(f"eval.subset_per_category={int(pl.eval_subset_per_category)}")
+    return out
+
+
+def _default_categories() -> list[str]:
+    return EvalConfig().categories
+
+
+def _bfcl_summary(stage_dir: Path, stage: str) -> dict | None:
+    f = stage_dir / ("summary.json" if stage == "eval" else "bfcl_eval/summary.json")
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _run_child(args: list[str], position: str) -> tuple[int, float, float, str | None]:
+    """Run one stage process (its output to the console, as it comes); forward Ctrl-C / SIGTERM to
+    it and wait for it to save. Returns (exit code, seconds, peak RSS GiB of that process, the
+    name of the signal that stopped it or None)."""
+    t0 = time.time()
+
+    # its own session: a signal reaches it only through us; its progress lines carry its position
+    proc = subprocess.Popen(args, start_new_session=True, env={**os.environ, POSITION_ENV: position})
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stopped = signal.Signals(received[0]).name if received else None
+    return proc.returncode, time.time() - t0, usage.ru_maxrss / 2**20, stopped  # ru_maxrss: KiB (Linux)
+
+
+def run_pipeline(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+
+    pl = cfg.pipeline
+    try:
+        root = Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        root = Path(cfg.get("run_dir") or f"outputs/pipeline/{pl.name}")
+    root = root.absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    start = pl.resume_from
+    if start:
+        p = Path(start).expanduser()
+        if not p.exists():
+            raise PipelineError(f"pipeline.resume_from={start!r}: no such file or directory")
+        if (p / "adapter" / "adapter_config.json").is_file():  # a stage dir: its exported adapter
+            p = p / "adapter"
+        check_same_architecture(str(p.absolute()), cfg.model, "pipeline.resume_from")
+        start = portable(root, str(p.absolute()))
+    steps = plan(cfg)
+    first_training = next((s for s in steps if s["stage"] != "eval"), None)
+    if first_training and first_training["stage"] == "grpo" and not start:
+        raise PipelineError("pipeline: GRPO starts from an SFT result; give pipeline.resume_from=<stage dir or adapter>")
+
+    state = read_state(root)
+    state.update({"name": pl.name, "commit": git_commit(), "resume_from": start})
+    user = _user_overrides()
+    group = cfg.tracking.group or f"pipeline-{pl.name}"
+    current = start  # the model the next stage starts from (None: the base)
+    n = len(steps)
+    def summarise():
+        write_pipeline_summary(root, state, {s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"])
+                                             for s in steps if state["stages"].get(s["name"], {}).get("status") == "done"})
+
+    for k, step in enumerate(steps, 1):
+        name, stage = step["name"], step["stage"]
+        stage_dir = (root / name).absolute()
+        start_here = current
+        rec = state["stages"].get(name)
+        if rec and rec.get("status") == "done":
+            if rec.get("start") != start_here:
+                raise PipelineError(f"{stage_dir}: finished from start {rec.get('start')!r}, but this command starts it "
+                                    f"from {start_here!r}; use another pipeline dir (hydra.run.dir=...)")
+            print(f"[pipeline {pl.name}] stage {k}/{n}: {name} finished earlier, skipped", flush=True)
+            current = rec.get("adapter") or current
+            continue
+        if rec and rec.get("start") != start_here:  # an interrupted stage resumes only from its own start
+            raise PipelineError(f"{stage_dir}: an interrupted run from start {rec.get('start')!r}; this command starts "
+                                f"it from {start_here!r}; use another pipeline dir (hydra.run.dir=...)")
+        args = [sys.executable, "-m", "gemma_tool_use", f"stage={stage}", *pl.common, *step["overrides"], *user,
+                f"hydra.run.dir={stage_dir}", f"tracking.group={group}", *_eval_overrides(pl, step.get("full", False))]
+        if stage == "eval":
+            args.append(f"model.lora_checkpoint={absolute(root, start_here)}" if start_here else "model.lora_checkpoint=null")
+        else:
+            args += [f"train.init_from={absolute(root, start_here)}" if start_here else "train.init_from=null",
+                     "eval.run_after_training=true"]
+        print(f"[pipeline {pl.name}] stage {k}/{n}: {name} -> {stage_dir}", flush=True)
+        prev = rec or {}  # an interrupted earlier attempt: its time and memory count too
+        state["stages"][name] = {"status": "running", "stage": stage, "start": start_here, "dir": name,
+                                 "command": args[1:], "seconds": prev.get("seconds"), "peak_rss_gib": prev.get("peak_rss_gib")}
+        write_state(root, state)
+        code, seconds, rss, stopped = _run_child(args, f"pipeline {pl.name}, stage {k}/{n}: {name}")
+        state["stages"][name].update({"seconds": round(seconds + float(prev.get("seconds") or 0), 1),
+                                      "peak_rss_gib": round(max(rss, float(prev.get("peak_rss_gib") or 0)), 2)})
+        if stopped:
+            state["stages"][name]["status"] = "interrupted"
+            write_state(root, state)
+            print(f"[pipeline {pl.name}] stopped ({stopped}) in stage {name}; re-run the same command to resume it",
+                  file=sys.stderr, flush=True)
+            raise Stopped(stopped)
+        if code != 0:
+            state["stages"][name]["status"] = f"failed (exit {code})"
+            write_state(root, state)
+            raise PipelineError(f"stage {name} failed (exit {code}); its log: {stage_dir}/gemma_tool_use.log. "
+                                "Fix it and re-run the same command: finished stages are skipped")
+        adapter = stage_dir / "adapter"
+        # a resumed stage ran in several processes: its wall time adds up, its peak memory is the max
+        state["stages"][name].update({"status": "done", "adapter": f"{name}/adapter" if stage != "eval" else None})
+        if stage != "eval":
+            if not (adapter / "adapter_config.json").is_file():
+                raise PipelineError(f"stage {name} exited 0 but wrote no adapter at {adapter}")
+            current = f"{name}/adapter"
+        write_state(root, state)
+        summarise()
+    summarise()  # also when every stage was recorded earlier: the table from the files alone
+    print(f"[pipeline {pl.name}] done: {root / 'pipeline_summary.md'}", flush=True)
+    return None

@@ -1,0 +1,106 @@
+"""Every plot and table the project writes: a run's training curve, a BFCL run's results table and
+accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
+
+    python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
+    python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
+        sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
+
+    python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
+    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement
+
+The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
+its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
+small artifacts of a run (never checkpoints or weights) into experiments/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gemma_tool_use.utils.files import read_jsonl
+
+
+def plot_training_curves(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
+    """Train loss (raw and smoothed), validation loss and learning rate against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl(metrics_path)
+    train = sorted((r["step"], r["train/loss"]) for r in rows if "train/loss" in r)
+    val = sorted((r["step"], r["eval/loss"]) for r in rows if "eval/loss" in r)
+    lr = sorted((r["step"], r["train/learning_rate"]) for r in rows if "train/learning_rate" in r)
+    if not train and not val:
+        raise ValueError(f"{metrics_path}: no train/loss or eval/loss records to plot")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train loss (per step)")
+        k = min(len(losses), max(5, len(losses) // 10))  # moving mean over ~10% of the run
+        smooth = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, smooth, color="tab:blue", lw=2, label=f"train loss (mean of {k})")
+    if val:
+        ax.plot(*zip(*val), "o-", color="tab:red", lw=2, label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (completion tokens)")
+    ax.grid(alpha=0.3)
+    if lr:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*lr), color="gray", ls="--", lw=1, label="learning rate")
+        ax2.set_ylabel("learning rate")
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    handles = [h for a in fig.axes for h in a.get_legend_handles_labels()[0]]
+    labels = [lab for a in fig.axes for lab in a.get_legend_handles_labels()[1]]
+    ax.legend(handles, labels, fontsize=8, loc="upper right")
+    ax.set_title(title or Path(metrics_path).parent.name)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+def plot_grpo_curves(run_dir: str | Path, out_png: str | Path) -> Path:
+    """A GRPO run: total reward per step (mean +- std over the step's completions) and each term,
+    and on a second panel the probe set's greedy mean reward and exact-match rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "reward/total_mean" in r]
+    probe = read_jsonl(run_dir / "probe.jsonl") if (run_dir / "probe.jsonl").is_file() else []
+    if not rows:
+        raise ValueError(f"{run_dir}/metrics.jsonl: no GRPO reward records to plot")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [r["step"] for r in rows]
+    mean = [r["reward/total_mean"] for r in rows]
+    std = [r.get("reward/total_std", 0.0) for r in rows]
+    ax.plot(steps, mean, color="black", lw=2, label="total (mean)")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="gray",
+                    alpha=0.2, label="total (+- std)")
+    terms = sorted({k[len("reward/"):-len("_mean")] for r in rows for k in r
+                    if k.startswith("reward/") and k.endswith("_mean") and k != "reward/total_mean"})
+    for t in terms:
+        ax.plot(steps, [r.get(f"reward/{t}_mean") for r in rows], lw=1, label=t)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward (rollouts)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if probe:
+        ps = [r["step"] for r in probe]
+        bx.plot(ps, [r["probe/reward_mean"] for r in probe], "o-", label="probe mean reward (greedy)")
+        bx.plot(ps, [r["probe/exact_match"] for r in probe], "s-", label="probe exact match")
+        bx.legend(fontsize=7)
+    bx.set_xlabel("step")
+    bx.set_title("held-out-tool probe set")
+    bx.grid(alpha=0.3)
+    fig.suptitle(f"GRPO: {run_dir.name}")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png

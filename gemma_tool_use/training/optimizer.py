@@ -1,0 +1,38 @@
+"""Supervised training pieces shared by the SFT stages: loss, optimizer, trainer, metrics.
+
+The loop itself is tunix's PeftTrainer (checkpointing, resume, gradient accumulation, eval);
+we give it a completion-only loss that never builds full-vocabulary logits for positions that
+carry no loss, and a metrics logger that feeds our Tracker instead of jax.monitoring's
+process-global listeners (which leak between the jobs of a multirun).
+"""
+
+from __future__ import annotations
+
+import optax
+
+
+def learning_rate_schedule(optim_cfg, max_steps: int) -> optax.Schedule:
+    warmup = min(int(optim_cfg.warmup_steps), max(max_steps - 1, 0))
+    peak = float(optim_cfg.lr)
+    if optim_cfg.schedule == "constant":
+        after = optax.constant_schedule(peak)
+    else:
+        after = optax.cosine_decay_schedule(peak, max(max_steps - warmup, 1), alpha=float(optim_cfg.min_lr_ratio))
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def make_optimizer(optim_cfg, max_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    if optim_cfg.name != "adamw":
+        raise ValueError(f"optim.name={optim_cfg.name!r}: only 'adamw' is supported")
+    schedule = learning_rate_schedule(optim_cfg, max_steps)
+
+    def chain(learning_rate):
+        parts = [optax.adamw(learning_rate, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay)]
+        if optim_cfg.grad_clip_norm and optim_cfg.grad_clip_norm > 0:
+            parts.insert(0, optax.clip_by_global_norm(optim_cfg.grad_clip_norm))
+        return optax.chain(*parts)
+
+    # inject_hyperparams exposes the current learning rate in the optimizer state (logged).
+    return optax.inject_hyperparams(chain)(learning_rate=schedule), schedule
