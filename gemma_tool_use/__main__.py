@@ -7,7 +7,7 @@ Nothing heavy (JAX, tunix) is imported before the config is known to be valid, s
 
 Order: compose (Hydra: unknown keys, wrong types) -> `check_config` (the range of every value)
 -> `preflight` (the files, runs and checkpoints the config names; still no JAX) -> the stage.
-A user error (gemma_tool_use.errors.UserError, or the data package's DataError) is reported as
+A user error (gemma_tool_use.utils.errors.UserError: config values, data files, weights, ...) is reported as
 ONE line, `error: <message>`, on stderr and in the run's log file, with a non-zero exit: 2 for
 config values, 3 for a stage not built, 4 for other inputs (files, weights, hardware).
 Full traceback: GTU_VERBOSE=1 (or Hydra's HYDRA_FULL_ERROR=1).
@@ -15,15 +15,22 @@ Full traceback: GTU_VERBOSE=1 (or Hydra's HYDRA_FULL_ERROR=1).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from gemma_tool_use.config.checks import check_config
 from gemma_tool_use.config.schema import TRAINING_STAGES, register_configs
-from gemma_tool_use.stages.preflight import preflight
+from gemma_tool_use.orchestration.pipeline import run_pipeline
+from gemma_tool_use.stages import run_stage
+from gemma_tool_use.orchestration.preflight import preflight
 from gemma_tool_use.utils.errors import UserError, one_line
 from gemma_tool_use.utils.host_memory import tune_malloc, wants_tuning
 from gemma_tool_use.utils.paths import conf_dir
@@ -36,23 +43,9 @@ register_configs()
 VERBOSE_ENV = ("GTU_VERBOSE", "HYDRA_FULL_ERROR")
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [UserError]
-    try:  # the data package's own error type (bad data files and rows); not a UserError subclass
-        from gemma_tool_use.data.conversations import DataError
-
-        types.append(DataError)
-    except ImportError:  # pragma: no cover - the data package moved it
-        pass
-    return tuple(types)
-
-
 def report_user_error(e: BaseException, exit_code: int) -> None:
     """`error: <message>` as ONE line on stderr (and in the run's log file); exit non-zero.
     The traceback only when GTU_VERBOSE=1 or HYDRA_FULL_ERROR=1."""
-    import os
-    import traceback
-
     line = f"error: {one_line(e)}"
     if any(os.environ.get(k, "") not in ("", "0") for k in VERBOSE_ENV):
         traceback.print_exc()
@@ -66,18 +59,13 @@ def report_user_error(e: BaseException, exit_code: int) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    from gemma_tool_use.stages import StageNotBuilt, run_stage
-
     # absl (tunix, orbax) logs every checkpoint file operation at INFO; keep warnings only.
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" on CPU hosts
 
-    user_errors = _user_error_types()
     try:
         check_config(cfg)  # values: ranges and agreement (pure)
         if cfg.get("pipeline") is not None:  # `pipeline=<recipe>`: each stage in its own process
-            from gemma_tool_use.orchestration.pipeline import run_pipeline
-
             return run_pipeline(cfg)
         preflight(cfg)  # the files and runs the config names: before JAX loads
         # Before JAX allocates: in training, glibc returns XLA's freed buffers (host_memory.py).
@@ -86,9 +74,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         value = run_stage(cfg)
         _write_job_result(value)
         return value
-    except StageNotBuilt as e:
-        report_user_error(e, 3)
-    except user_errors as e:  # user-facing input problems: one line, no traceback
+    except UserError as e:  # user-facing input problems (StageNotBuilt: exit 3): one line, no traceback
         report_user_error(e, getattr(e, "exit_code", 4))
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (interrupt.Stopped): the stage saved its work
         signal_name = getattr(e, "signal_name", "SIGINT")
@@ -99,12 +85,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def _write_job_result(value) -> None:
     """The stage's return value beside its outputs (read by the subprocess launcher)."""
-    import json
-    import os
-    from pathlib import Path
-
-    from hydra.core.hydra_config import HydraConfig
-
     out = Path(HydraConfig.get().runtime.output_dir) / "job_result.json"
     out.write_text(json.dumps({"value": value if isinstance(value, (int, float)) or value is None else str(value),
                                "pid": os.getpid()}))

@@ -1,5 +1,4 @@
-"""Every plot and table the project writes: a run's training curve, a BFCL run's results table and
-accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
+"""The command line over the project's reports: `python -m gemma_tool_use.report <command>`.
 
     python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
     python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
@@ -10,7 +9,9 @@ accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
 
 The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
 its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
-small artifacts of a run (never checkpoints or weights) into experiments/.
+small artifacts of a run or a pipeline dir (never checkpoints or weights) into experiments/.
+The work is done elsewhere: training/curves.py, evaluation/bfcl_tables.py,
+orchestration/collect.py.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from bench_peer import write_inputs
 inputs = Path("/tmp/malloc_ab_inputs.npz")
 write_inputs(inputs, [(4, 256)], [], [8], "tiny/train.jsonl")
 res = {}
-for rep, order in enumerate([("1", "0"), ("0", "1")]):
+for order in [("1", "0"), ("0", "1")]:
     for task, b, t in (("train", 4, 256), ("generate", 8, 200)):
         for tun in order:
             env = {**os.environ, "GTU_MALLOC_TUNING": tun}

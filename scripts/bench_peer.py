@@ -134,79 +134,109 @@ def epoch_rows(data) -> list:
 
 
 # ------------------------------------------------------------------------------------ our worker
-def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
+def time_calls(call, steps: int) -> list[float]:
+    """Seconds of steps + 1 calls, the first one the warm-up."""
+    times = []
+    for _ in range(steps + 1):
+        t1 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t1)
+    return times
+
+
+def ours_matmul() -> dict:
     import jax
     import jax.numpy as jnp
+
+    m, k, n = MATMUL
+    x, y = jnp.ones((m, k), jnp.bfloat16), jnp.ones((k, n), jnp.bfloat16)
+    f = jax.jit(lambda a, c: a @ c)
+    f(x, y).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(50):
+        r = f(x, y)
+    r.block_until_ready()
+    return {"gflops": 2 * m * k * n / ((time.perf_counter() - t0) / 50) / 1e9}
+
+
+def ours_epoch(cfg, model, data, b: int, t: int, steps: int) -> dict:
+    """`steps` LoRA steps on the epoch rows as a run deals them (packed to t tokens, or padded
+    buckets with t=0): per step its seconds, tokens, whether it compiled a new shape, its shape."""
+    import jax
+
+    from bench_common import lora_train_step
+    from gemma_tool_use.data.batching import TokenizedSet, train_batches
+
+    step = lora_train_step(cfg, model)
+    batches = train_batches(TokenizedSet(epoch_rows(data)), b, list(map(int, data["epoch_buckets"])), seed=0,
+                            pack_length=t or None)
+    seen, rec = set(), {"seconds": [], "tokens": [], "compiled": [], "shapes": []}
+    for _ in range(steps):
+        batch = next(batches)
+        shape = tuple(batch["input_tokens"].shape) + (batch["target_positions"].shape[1],)
+        t1 = time.perf_counter()
+        jax.block_until_ready(step(batch)[0])
+        rec["seconds"].append(time.perf_counter() - t1)
+        rec["tokens"].append(int(batch["input_mask"].sum()))
+        rec["compiled"].append(shape not in seen)
+        rec["shapes"].append("x".join(map(str, shape)))
+        seen.add(shape)
+    return rec
+
+
+def ours_call(task: str, cfg, model, data, b: int, t: int):
+    """The call to time for a train, prefill or generate task (build it inside `with mesh:`)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    if task == "train":
+        from bench_common import lora_train_step
+
+        batch = {k: data[f"train_{b}x{t}_{k}"] for k in
+                 ("input_tokens", "input_mask", "target_rows", "target_positions", "target_ids", "target_weights")}
+        step = lora_train_step(cfg, model)
+        return lambda: jax.block_until_ready(step(batch)[0])
+    if task == "prefill":
+        from tunix.sft import utils as sft_utils
+
+        tokens = jnp.asarray(data[f"prefill_{b}x{t}"])
+        mask = jnp.ones(tokens.shape, bool)
+        last = jnp.full((b, 1), t - 1, jnp.int32)
+
+        @nnx.jit
+        def forward(model, tokens, mask, last):
+            return model(tokens, sft_utils.build_positions_from_mask(mask), None,
+                         sft_utils.make_causal_attn_mask(mask), logits_at=last)[0]
+
+        return lambda: jax.block_until_ready(forward(model, tokens, mask, last))
+    from gemma_tool_use.generation.generator import Generator, SamplingParams
+    from gemma_tool_use.model.loading import load_tokenizer_for
+
+    prompts = [list(map(int, r)) for r in data[f"generate_{b}"]]
+    gen = Generator(model, load_tokenizer_for(cfg.model), batch_size=b, prompt_buckets=(256,), max_prompt_len=512)
+    params = SamplingParams(max_new_tokens=64, stop_ids=(-1,))
+    return lambda: gen.generate_ids(prompts, params)
+
+
+def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
+    import jax
     import numpy as np
     from flax import nnx
 
-    from bench_common import lora_train_step, real_model
-    from gemma_tool_use.model.loading import load_tokenizer_for
+    from bench_common import real_model
 
     if task == "matmul":
-        m, k, n = MATMUL
-        x, y = jnp.ones((m, k), jnp.bfloat16), jnp.ones((k, n), jnp.bfloat16)
-        f = jax.jit(lambda a, c: a @ c)
-        f(x, y).block_until_ready()
-        t0 = time.perf_counter()
-        for _ in range(50):
-            r = f(x, y)
-        r.block_until_ready()
-        return {"gflops": 2 * m * k * n / ((time.perf_counter() - t0) / 50) / 1e9}
+        return ours_matmul()
     data = np.load(inputs)
     overrides = [] if task in ("train", "epoch") else ["model.lora.enabled=false"]
     t0 = time.perf_counter()
     cfg, mesh, model = real_model(*overrides, training=task in ("train", "epoch"))
     load_s = time.perf_counter() - t0
-    times = []
     with mesh:
         if task == "epoch":
-            from gemma_tool_use.data.batching import TokenizedSet, train_batches
-
-            step = lora_train_step(cfg, model)
-            batches = train_batches(TokenizedSet(epoch_rows(data)), b, list(map(int, data["epoch_buckets"])), seed=0,
-                                    pack_length=t or None)
-            seen, rec = set(), {"seconds": [], "tokens": [], "compiled": [], "shapes": []}
-            for _ in range(steps):
-                batch = next(batches)
-                shape = tuple(batch["input_tokens"].shape) + (batch["target_positions"].shape[1],)
-                t1 = time.perf_counter()
-                jax.block_until_ready(step(batch)[0])
-                rec["seconds"].append(time.perf_counter() - t1)
-                rec["tokens"].append(int(batch["input_mask"].sum()))
-                rec["compiled"].append(shape not in seen)
-                rec["shapes"].append("x".join(map(str, shape)))
-                seen.add(shape)
-            return {"load_s": load_s, **rec, "jax": jax.__version__}
-        if task == "train":
-            batch = {k: data[f"train_{b}x{t}_{k}"] for k in
-                     ("input_tokens", "input_mask", "target_rows", "target_positions", "target_ids", "target_weights")}
-            step = lora_train_step(cfg, model)
-            call = lambda: jax.block_until_ready(step(batch)[0])  # noqa: E731
-        elif task == "prefill":
-            from tunix.sft import utils as sft_utils
-
-            tokens = jnp.asarray(data[f"prefill_{b}x{t}"])
-            mask = jnp.ones(tokens.shape, bool)
-            last = jnp.full((b, 1), t - 1, jnp.int32)
-
-            @nnx.jit
-            def forward(model, tokens, mask, last):
-                return model(tokens, sft_utils.build_positions_from_mask(mask), None,
-                             sft_utils.make_causal_attn_mask(mask), logits_at=last)[0]
-
-            call = lambda: jax.block_until_ready(forward(model, tokens, mask, last))  # noqa: E731
-        else:
-            from gemma_tool_use.generation.generator import Generator, SamplingParams
-
-            prompts = [list(map(int, r)) for r in data[f"generate_{b}"]]
-            gen = Generator(model, load_tokenizer_for(cfg.model), batch_size=b, prompt_buckets=(256,), max_prompt_len=512)
-            params = SamplingParams(max_new_tokens=64, stop_ids=(-1,))
-            call = lambda: gen.generate_ids(prompts, params)  # noqa: E731
-        for _ in range(steps + 1):
-            t1 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t1)
+            return {"load_s": load_s, **ours_epoch(cfg, model, data, b, t, steps), "jax": jax.__version__}
+        times = time_calls(ours_call(task, cfg, model, data, b, t), steps)
     from gemma_tool_use.model.gemma import count_params
 
     return {"load_s": load_s, "first_call_s": times[0], "seconds": times[1:], "jax": jax.__version__,
@@ -214,19 +244,116 @@ def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------- peer worker
+def peer_matmul() -> dict:
+    import torch
+
+    m, k, n = MATMUL
+    x, y = torch.ones((m, k), dtype=torch.bfloat16), torch.ones((k, n), dtype=torch.bfloat16)
+    x @ y
+    t0 = time.perf_counter()
+    for _ in range(50):
+        x @ y
+    return {"gflops": 2 * m * k * n / ((time.perf_counter() - t0) / 50) / 1e9}
+
+
+def peer_lora(model):
+    """(peft model, step, facts): LoRA on every attention and MLP projection, AdamW, and one
+    training step on the real loss positions only."""
+    import peft
+    import torch
+
+    model = peft.get_peft_model(model, peft.LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    facts = {"peft": peft.__version__, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
+    base = model.get_base_model()
+    head = base.get_output_embeddings()
+
+    def step(ids, mask, rows, pos, tgt):
+        # the hidden states at the real loss positions only (flat, no padding slots), then the
+        # vocabulary projection there: the leanest plain-PyTorch completion-only loss
+        hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = head(hidden[rows, pos]).float()
+        loss = torch.nn.functional.cross_entropy(logits, tgt)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return model, step, facts
+
+
+def peer_epoch(step, data, b: int, steps: int) -> dict:
+    """`steps` steps on batches of b rows in a seeded random order, each padded to its longest row."""
+    import numpy as np
+    import torch
+
+    off = data["epoch_offsets"]
+    ids_all, lm_all = data["epoch_ids"], data["epoch_loss_mask"]
+    order = np.random.default_rng(0).permutation(len(off) - 1)
+    rec = {"seconds": [], "tokens": []}
+    for s in range(steps):
+        rows = order[s * b:(s + 1) * b]
+        T = max(int(off[i + 1] - off[i]) for i in rows)
+        targets = [np.nonzero(lm_all[off[i]:off[i + 1]][1:])[0] for i in rows]
+        ids, mask = np.zeros((b, T), np.int64), np.zeros((b, T), np.int64)
+        for r, i in enumerate(rows):
+            seq = ids_all[off[i]:off[i + 1]]
+            ids[r, :len(seq)], mask[r, :len(seq)] = seq, 1
+        flat_rows = np.repeat(np.arange(b), [len(x) for x in targets])
+        flat_pos = np.concatenate(targets)
+        flat_tgt = ids[flat_rows, flat_pos + 1]
+        t1 = time.perf_counter()
+        step(*(torch.from_numpy(x) for x in (ids, mask, flat_rows, flat_pos, flat_tgt)))
+        rec["seconds"].append(time.perf_counter() - t1)
+        rec["tokens"].append(int(mask.sum()))
+    return rec
+
+
+def peer_train_call(step, data, b: int, t: int):
+    """One step on the shared training batch, at its real (weighted) loss positions only."""
+    import torch
+
+    w = data[f"train_{b}x{t}_target_weights"] > 0
+    rows = data[f"train_{b}x{t}_target_rows"][w]
+    ids, mask, pos, tgt = (torch.from_numpy(data[f"train_{b}x{t}_{k}"]).long() for k in
+                           ("input_tokens", "input_mask", "target_positions", "target_ids"))
+    flat = [torch.from_numpy(rows).long(), pos[torch.from_numpy(w)], tgt[torch.from_numpy(w)]]
+    return lambda: step(ids, mask, *flat)
+
+
+def peer_infer_call(task: str, model, data, b: int, t: int):
+    """A prefill (logits at the last position) or a greedy 64-token generation."""
+    import torch
+
+    model.eval()
+    if task == "prefill":
+        ids = torch.from_numpy(data[f"prefill_{b}x{t}"]).long()
+
+        def call():
+            with torch.inference_mode():
+                return model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits
+    else:
+        ids = torch.from_numpy(data[f"generate_{b}"]).long()
+
+        def call():
+            with torch.inference_mode():
+                return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
+                                      min_new_tokens=64, do_sample=False)
+    return call
+
+
 def peer(task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> dict:
     import numpy as np
     import torch
 
     torch.set_num_threads(os.cpu_count())
     if task == "matmul":
-        m, k, n = MATMUL
-        x, y = torch.ones((m, k), dtype=torch.bfloat16), torch.ones((k, n), dtype=torch.bfloat16)
-        x @ y
-        t0 = time.perf_counter()
-        for _ in range(50):
-            x @ y
-        return {"gflops": 2 * m * k * n / ((time.perf_counter() - t0) / 50) / 1e9}
+        return peer_matmul()
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -236,77 +363,14 @@ def peer(task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> di
     load_s = time.perf_counter() - t0
     extra = {"torch": torch.__version__, "transformers": transformers.__version__}
     if task in ("train", "epoch"):
-        import peft
-
-        model = peft.get_peft_model(model, peft.LoraConfig(
-            r=16, lora_alpha=32, lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-        model.train()
-        extra.update(peft=peft.__version__, trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
-        base = model.get_base_model()
-        head = base.get_output_embeddings()
-
-        def step(ids, mask, rows, pos, tgt):
-            # the hidden states at the real loss positions only (flat, no padding slots), then the
-            # vocabulary projection there: the leanest plain-PyTorch completion-only loss
-            hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            logits = head(hidden[rows, pos]).float()
-            loss = torch.nn.functional.cross_entropy(logits, tgt)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss.item()
-
-        if task == "epoch":  # batches of b rows in a seeded random order, each padded to its longest row
-            off = data["epoch_offsets"]
-            ids_all, lm_all = data["epoch_ids"], data["epoch_loss_mask"]
-            order = np.random.default_rng(0).permutation(len(off) - 1)
-            rec = {"seconds": [], "tokens": []}
-            for s in range(steps):
-                rows = order[s * b:(s + 1) * b]
-                T = max(int(off[i + 1] - off[i]) for i in rows)
-                targets = [np.nonzero(lm_all[off[i]:off[i + 1]][1:])[0] for i in rows]
-                ids, mask = np.zeros((b, T), np.int64), np.zeros((b, T), np.int64)
-                for r, i in enumerate(rows):
-                    seq = ids_all[off[i]:off[i + 1]]
-                    ids[r, :len(seq)], mask[r, :len(seq)] = seq, 1
-                flat_rows = np.repeat(np.arange(b), [len(x) for x in targets])
-                flat_pos = np.concatenate(targets)
-                flat_tgt = ids[flat_rows, flat_pos + 1]
-                t1 = time.perf_counter()
-                step(*(torch.from_numpy(x) for x in (ids, mask, flat_rows, flat_pos, flat_tgt)))
-                rec["seconds"].append(time.perf_counter() - t1)
-                rec["tokens"].append(int(mask.sum()))
-            return {"load_s": load_s, **rec, **extra}
-        w = data[f"train_{b}x{t}_target_weights"] > 0
-        rows = data[f"train_{b}x{t}_target_rows"][w]
-        ids, mask, pos, tgt = (torch.from_numpy(data[f"train_{b}x{t}_{k}"]).long() for k in
-                               ("input_tokens", "input_mask", "target_positions", "target_ids"))
-        flat = [torch.from_numpy(rows).long(), pos[torch.from_numpy(w)], tgt[torch.from_numpy(w)]]
-        call = lambda: step(ids, mask, *flat)  # noqa: E731
-    elif task == "prefill":
-        model.eval()
-        ids = torch.from_numpy(data[f"prefill_{b}x{t}"]).long()
-
-        def call():
-            with torch.inference_mode():
-                return model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1).logits
+        model, step, facts = peer_lora(model)
+        extra.update(facts)
+        if task == "epoch":
+            return {"load_s": load_s, **peer_epoch(step, data, b, steps), **extra}
+        call = peer_train_call(step, data, b, t)
     else:
-        model.eval()
-        ids = torch.from_numpy(data[f"generate_{b}"]).long()
-
-        def call():
-            with torch.inference_mode():
-                return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
-                                      min_new_tokens=64, do_sample=False)
-    times = []
-    for _ in range(steps + 1):
-        t1 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t1)
+        call = peer_infer_call(task, model, data, b, t)
+    times = time_calls(call, steps)
     return {"load_s": load_s, "first_call_s": times[0], "seconds": times[1:], **extra}
 
 
@@ -349,7 +413,7 @@ def spread(xs) -> dict:
     return {"min": round(min(xs), 3), "median": round(statistics.median(xs), 3), "max": round(max(xs), 3)}
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--worker", choices=["ours", "peer"])
     ap.add_argument("--task", choices=["train", "prefill", "generate", "matmul", "epoch"])
@@ -370,14 +434,102 @@ def main():
     ap.add_argument("--epoch-data", default="data=sft_small,data.max_length=768,data.length_buckets=[256,512,768],"
                     "data.augment.near_miss=0.35", help="config overrides naming the mix (the cpu pipeline's sft_small)")
     ap.add_argument("--out")
+    return ap
+
+
+def run_worker(args) -> None:
+    """One measurement in this process; its result (and peak RSS) as the last stdout line."""
+    fn = ours if args.worker == "ours" else peer
+    kw = {} if args.worker == "ours" else {"hf_dir": args.hf_dir}
+    out = fn(args.task, args.b, args.t, Path(args.inputs) if args.inputs else None, args.steps, **kw)
+    out["peak_rss_gib"] = rss_gib()
+    print(json.dumps(out))
+
+
+def key_of(task, b, t):
+    """The results key of a task: 'matmul', 'train 4x256', 'generate 8', 'epoch 8 pack 768'."""
+    return {"matmul": "matmul", "generate": f"generate {b}",
+            "epoch": f"epoch {b} {'pack ' + str(t) if t else 'padded buckets'}"}.get(task, f"{task} {b}x{t}")
+
+
+def run_tasks(args, tasks, inputs: Path, hf_dir: str, t_start: float) -> dict:
+    """Every task on both sides, --reps times, alternating who goes first; key -> side -> results."""
+    runs = {key_of(*task): {"ours": [], "peer": []} for task in tasks}
+    peer_epoch_runs = {}  # (b, rep) -> the peer's epoch run: one serves every variant of ours
+    for rep in range(args.reps):
+        for task, b, t in tasks:
+            key = key_of(task, b, t)
+            sides = ("ours", "peer") if rep % 2 == 0 else ("peer", "ours")  # alternate who goes first
+            for side in sides:
+                python = sys.executable if side == "ours" else args.peer_python
+                steps = args.epoch_steps if task == "epoch" else args.steps
+                if task == "epoch" and side == "peer" and (b, rep) in peer_epoch_runs:
+                    runs[key][side].append(peer_epoch_runs[b, rep])
+                    continue
+                r = spawn(python, side, task, b, t, inputs, steps, hf_dir)
+                if task == "epoch" and side == "peer":
+                    peer_epoch_runs[b, rep] = r
+                runs[key][side].append(r)
+                if task == "epoch":
+                    r["useful_tokens_per_s"] = epoch_rate(r)
+                shown = r.get("gflops") or r.get("useful_tokens_per_s") or statistics.median(r["seconds"])
+                print(f"[rep {rep + 1}/{args.reps}, {time.time() - t_start:6.0f} s] {key:14s} {side}: "
+                      f"{shown:.3f} {'GFLOP/s' if task == 'matmul' else 'useful tok/s' if task == 'epoch' else 's'}, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
+    return runs
+
+
+def epoch_row(sides: dict) -> dict:
+    """An epoch slice's row: useful tokens/s, peak RSS, our compiles, tokens per step, ours/peer ratio."""
+    rate = {s: [r["useful_tokens_per_s"] for r in sides[s]] for s in ("ours", "peer")}
+    row = {s: {"useful_tokens_per_s": spread(rate[s]),
+               "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)} for s in ("ours", "peer")}
+    row["ours"]["compiles"] = [sum(r["compiled"]) for r in sides["ours"]]
+    row["ours"]["compile_step_seconds"] = [round(sum(x for x, c in zip(r["seconds"], r["compiled"]) if c), 1)
+                                          for r in sides["ours"]]
+    row["ours"]["tokens_per_step"] = round(statistics.mean(x for r in sides["ours"] for x in r["tokens"]), 1)
+    row["peer"]["tokens_per_step"] = round(statistics.mean(x for r in sides["peer"] for x in r["tokens"]), 1)
+    row["ratio_ours_over_peer"] = spread([o / p for o, p in zip(rate["ours"], rate["peer"])])
+    return row
+
+
+def timed_row(key: str, sides: dict, info: dict, peak: float) -> dict:
+    """A train, prefill or generate row: seconds, peak RSS, peer/ours ratio, and tokens/s (plus MFU
+    against the matmul peak for train and prefill)."""
+    task = key.split()[0]
+    med = {s: [statistics.median(r["seconds"]) for r in sides[s]] for s in ("ours", "peer")}
+    row = {s: {"seconds": spread(med[s]), "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)}
+           for s in ("ours", "peer")}
+    row["ratio_peer_over_ours"] = spread([p / o for p, o in zip(med["peer"], med["ours"])])
+    if task in ("train", "prefill"):
+        b, t = parse_shape(key.split()[1])
+        flops = model_flops(task, b, t, info[key].get("loss_positions", 0))
+        for s in ("ours", "peer"):
+            row[s]["real_tokens_per_s"] = round(info[key]["real_tokens"] / statistics.median(med[s]), 1)
+            row[s]["mfu_vs_matmul_peak"] = round(flops / statistics.median(med[s]) / (peak * 1e9), 3)
+    else:
+        b = int(key.split()[1])
+        for s in ("ours", "peer"):
+            row[s]["new_tokens_per_s"] = round(b * 64 / statistics.median(med[s]), 1)
+    return row
+
+
+def results_table(runs: dict, info: dict) -> tuple[dict, float]:
+    """(the results table, the matmul peak in GFLOP/s: the higher side's median)."""
+    peak = max(statistics.median(r["gflops"] for r in runs["matmul"][s]) for s in ("ours", "peer"))
+    table = {"matmul": {s: spread([r["gflops"] for r in runs["matmul"][s]]) for s in ("ours", "peer")}}
+    for key, sides in runs.items():
+        if key == "matmul":
+            continue
+        table[key] = epoch_row(sides) if key.split()[0] == "epoch" else timed_row(key, sides, info, peak)
+    return table, peak
+
+
+def main():
+    ap = build_parser()
     args = ap.parse_args()
 
     if args.worker:
-        fn = ours if args.worker == "ours" else peer
-        kw = {} if args.worker == "ours" else {"hf_dir": args.hf_dir}
-        out = fn(args.task, args.b, args.t, Path(args.inputs) if args.inputs else None, args.steps, **kw)
-        out["peak_rss_gib"] = rss_gib()
-        print(json.dumps(out))
+        run_worker(args)
         return
 
     if not args.out:
@@ -398,65 +550,9 @@ def main():
              + [("generate", b, 200) for b in gen]
              + [("epoch", b, int(p)) for b in epoch for p in args.epoch_pack.split(",")])
 
-    def key_of(task, b, t):
-        return {"matmul": "matmul", "generate": f"generate {b}",
-                "epoch": f"epoch {b} {'pack ' + str(t) if t else 'padded buckets'}"}.get(task, f"{task} {b}x{t}")
-
-    runs = {key_of(*task): {"ours": [], "peer": []} for task in tasks}
-    peer_epoch = {}  # (b, rep) -> the peer's epoch run: one serves every variant of ours
     t_start = time.time()
-    for rep in range(args.reps):
-        for task, b, t in tasks:
-            key = key_of(task, b, t)
-            sides = ("ours", "peer") if rep % 2 == 0 else ("peer", "ours")  # alternate who goes first
-            for side in sides:
-                python = sys.executable if side == "ours" else args.peer_python
-                steps = args.epoch_steps if task == "epoch" else args.steps
-                if task == "epoch" and side == "peer" and (b, rep) in peer_epoch:
-                    runs[key][side].append(peer_epoch[b, rep])
-                    continue
-                r = spawn(python, side, task, b, t, inputs, steps, hf_dir)
-                if task == "epoch" and side == "peer":
-                    peer_epoch[b, rep] = r
-                runs[key][side].append(r)
-                if task == "epoch":
-                    r["useful_tokens_per_s"] = epoch_rate(r)
-                shown = r.get("gflops") or r.get("useful_tokens_per_s") or statistics.median(r["seconds"])
-                print(f"[rep {rep + 1}/{args.reps}, {time.time() - t_start:6.0f} s] {key:14s} {side}: "
-                      f"{shown:.3f} {'GFLOP/s' if task == 'matmul' else 'useful tok/s' if task == 'epoch' else 's'}, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
-    peak = max(statistics.median(r["gflops"] for r in runs["matmul"][s]) for s in ("ours", "peer"))
-    table = {"matmul": {s: spread([r["gflops"] for r in runs["matmul"][s]]) for s in ("ours", "peer")}}
-    for key, sides in runs.items():
-        if key == "matmul":
-            continue
-        task = key.split()[0]
-        if task == "epoch":
-            rate = {s: [r["useful_tokens_per_s"] for r in sides[s]] for s in ("ours", "peer")}
-            row = {s: {"useful_tokens_per_s": spread(rate[s]),
-                       "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)} for s in ("ours", "peer")}
-            row["ours"]["compiles"] = [sum(r["compiled"]) for r in sides["ours"]]
-            row["ours"]["compile_step_seconds"] = [round(sum(x for x, c in zip(r["seconds"], r["compiled"]) if c), 1)
-                                                  for r in sides["ours"]]
-            row["ours"]["tokens_per_step"] = round(statistics.mean(x for r in sides["ours"] for x in r["tokens"]), 1)
-            row["peer"]["tokens_per_step"] = round(statistics.mean(x for r in sides["peer"] for x in r["tokens"]), 1)
-            row["ratio_ours_over_peer"] = spread([o / p for o, p in zip(rate["ours"], rate["peer"])])
-            table[key] = row
-            continue
-        med = {s: [statistics.median(r["seconds"]) for r in sides[s]] for s in ("ours", "peer")}
-        row = {s: {"seconds": spread(med[s]), "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)}
-               for s in ("ours", "peer")}
-        row["ratio_peer_over_ours"] = spread([p / o for p, o in zip(med["peer"], med["ours"])])
-        if task in ("train", "prefill"):
-            b, t = parse_shape(key.split()[1])
-            flops = model_flops(task, b, t, info[key].get("loss_positions", 0))
-            for s in ("ours", "peer"):
-                row[s]["real_tokens_per_s"] = round(info[key]["real_tokens"] / statistics.median(med[s]), 1)
-                row[s]["mfu_vs_matmul_peak"] = round(flops / statistics.median(med[s]) / (peak * 1e9), 3)
-        else:
-            b = int(key.split()[1])
-            for s in ("ours", "peer"):
-                row[s]["new_tokens_per_s"] = round(b * 64 / statistics.median(med[s]), 1)
-        table[key] = row
+    runs = run_tasks(args, tasks, inputs, hf_dir, t_start)
+    table, peak = results_table(runs, info)
     versions = {k: v for s in ("ours", "peer") for r in runs[next(k for k in runs if k != "matmul")][s][:1]
                 for k, v in r.items() if k in ("jax", "torch", "transformers", "peft", "trainable_params", "our_trainable_params")}
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "inputs": info, "results": table,

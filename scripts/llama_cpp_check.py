@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gemma_tool_use.format.parse import parse_model_output
-from gemma_tool_use.format.render import render_text
+from gemma_tool_use.format.parse import parse_model_output  # noqa: E402 - after the sys.path line
+from gemma_tool_use.format.render import render_text  # noqa: E402
 
 
 def tool(name, desc, props, required):

@@ -25,12 +25,9 @@ DEFAULT_TOKENIZER_JSON = REPO.parent / "shared" / "reference" / "gemma3_tokenize
 FIXTURE = REPO / "tests" / "fixtures" / "tokenizer_parity.json"
 
 
-def corpus() -> list[str]:
-    texts: list[str] = []
-    add = texts.extend
-
-    # Plain ASCII prose, punctuation, casing.
-    add([
+def _prose() -> list[str]:
+    """Plain ASCII prose, punctuation, casing."""
+    return [
         "", " ", "a", "A", "Hello, world!", "hello world", "HELLO WORLD", "Hello World",
         "The quick brown fox jumps over the lazy dog.", "It's a dog's life; isn't it?",
         "e.g. i.e. etc. Mr. Dr. St. U.S.A.", "well-known, state-of-the-art, two-thirds",
@@ -40,22 +37,34 @@ def corpus() -> list[str]:
         "snake_case camelCase PascalCase kebab-case SCREAMING_CASE", "https://example.com/path?q=1&r=2#frag",
         "mailto:someone@example.org", "C:\\Users\\name\\file.txt", "/usr/local/bin/python3.12",
         "\\n literal backslash-n", "x" * 300, "ab" * 50, "aaaa bbbb cccc dddd",
-    ])
+    ]
 
-    # Whitespace runs: spaces, tabs, newlines, mixtures, and runs before words.
+
+def _whitespace() -> list[str]:
+    """Whitespace runs: spaces, tabs, newlines, mixtures, and runs before words."""
+    texts: list[str] = []
+    add = texts.extend
     for n in (1, 2, 3, 4, 5, 7, 8, 12, 16, 31, 32, 33):
         add([" " * n, "\t" * n, "\n" * n, f"a{' ' * n}b", f"{' ' * n}indent", f"x\n{' ' * n}y"])
     add(["tabs\tand\nnewlines\n\n\nruns", " \t \n \r\n ", "\r\n\r\n", "line1\rline2", "    " * 20 + "indent",
          "end with newline\n", "\n\nstart with newlines", "a\u00a0b\u2003c\u2009d\u200be", "\u3000full-width space"])
+    return texts
 
-    # Digits: split_digits means one token a digit; signs, decimals, exponents, grouping.
+
+def _digits() -> list[str]:
+    """Digits: split_digits means one token a digit; signs, decimals, exponents, grouping."""
+    texts: list[str] = []
+    add = texts.extend
     add(["0", "7", "42", "123", "2024", "12345", "1234567890", "00000", "3.14159", "-0.0001", "1e10", "-3e-7",
          "1,234,567.89", "1 234 567", "+49 30 1234567", "2026-11-25T13:45:00Z", "v1.2.3", "0x1F 0b1010 0o17",
          "1234567890 3.14159 -0.0001", "٣٤٥ ١٢", "１２３", "½ ¾ ⅓", "①②③"])
     add(str(n) for n in (9, 10, 99, 100, 999, 1000, 65535, 262144, 2**31 - 1, 10**18))
+    return texts
 
-    # Code.
-    add([
+
+def _code() -> list[str]:
+    """Code snippets in several languages."""
+    return [
         "def f(x):\n    return {'a': [1, 2.5, -3e10]}\n",
         'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n',
         "import numpy as np\nx = np.zeros((3, 4), dtype=np.float32)\n",
@@ -72,10 +81,12 @@ def corpus() -> list[str]:
         "$ git commit -m \"fix: typo\" && git push origin main",
         "x != y && y <= z || !w", "a == b === c !== d", "// comment\n/* block */\n# hash comment",
         "```python\nprint('hi')\n```", "    return None  # TODO(user): fix",
-    ])
+    ]
 
-    # JSON and tool calls in the project's format.
-    add([
+
+def _json_and_tool_calls() -> list[str]:
+    """JSON and tool calls in the project's format."""
+    return [
         '{"name": "get_weather", "args": {"city": "Paris"}}',
         '{"name": "get_weather", "arguments": {"location": "San Francisco, CA", "unit": "celsius"}}',
         '[{"name": "add", "args": {"a": 1, "b": 2}}, {"name": "mul", "args": {"a": 3.5, "b": -4}}]',
@@ -87,9 +98,13 @@ def corpus() -> list[str]:
         '{"name": "search", "args": {"query": "数字 und Umlaute äöü", "limit": 10}}',
         '{"escaped": "line\\nbreak \\"quote\\" \\\\ backslash \\u00e9"}',
         "calculate_area(base=10, height=5)", "math.factorial(5)", "get_stock_price(symbol='AAPL')",
-    ])
+    ]
 
-    # Special-token strings, alone and embedded (our encode(parse_special=True)).
+
+def _special_tokens() -> list[str]:
+    """Special-token strings, alone and embedded (our encode(parse_special=True))."""
+    texts: list[str] = []
+    add = texts.extend
     for tok in ("<bos>", "<eos>", "<pad>", "<unk>", "<start_of_turn>", "<end_of_turn>"):
         add([tok, f"x{tok}y", f" {tok} ", tok * 2])
     add([
@@ -98,9 +113,12 @@ def corpus() -> list[str]:
         "<start_of_turn>model\n<tool_call>\n{\"name\": \"f\", \"args\": {}}\n</tool_call><end_of_turn>",
         "<start_of_turn", "start_of_turn>", "< start_of_turn >", "<START_OF_TURN>", "<end_of_turn",
     ])
+    return texts
 
-    # Unicode: accents, scripts, CJK, RTL, combining marks, emoji (incl. ZWJ and flags).
-    add([
+
+def _unicode() -> list[str]:
+    """Unicode: accents, scripts, CJK, RTL, combining marks, emoji (incl. ZWJ and flags)."""
+    return [
         "Ünïcödé façade naïve café résumé", "Straße Größe Ärger", "Ελληνικά κείμενο", "Русский текст, ёжик",
         "数字 12345 和中文、日本語のテキスト、한국어", "你好，世界！", "我爱自然语言处理。", "東京都渋谷区",
         "ひらがな カタカナ ｶﾀｶﾅ", "한국어 문장입니다.", "العربية نص", "עברית טקסט", "हिन्दी पाठ", "ภาษาไทย",
@@ -110,19 +128,34 @@ def corpus() -> list[str]:
         "\U0001F600\U0001F680\U0001F916", "mixed: abc中文123🙂!", "«guillemets» „quotes“ ‘single’ — dash – dash …",
         "\ue000\uf8ff private use", "\U000E0041 tag", "\x00\x01\x07\x1b control", "\x7f\x80\x9f",
         "\U00010000\U0010FFFD", "ﬁ ligature ﬀ", "Ｆｕｌｌｗｉｄｔｈ　ＡＢＣ",
-    ])
+    ]
 
-    # A chat-like paragraph and a long mixed text.
-    add([
+
+def _chat_and_long_text() -> list[str]:
+    """A chat-like paragraph and a long mixed text."""
+    return [
         "You are a helpful assistant with access to the following functions. Use them if required.",
         "User: Can you convert 100 USD to EUR?\nAssistant: Sure, calling the converter now.",
         " ".join(f"Item {i}: the quick brown fox near river {i % 7}." for i in range(40)),
-    ])
+    ]
 
-    # Each ASCII printable alone and after a space (single-character pieces, byte fallback).
+
+def _ascii_printables() -> list[str]:
+    """Each ASCII printable alone and after a space (single-character pieces, byte fallback)."""
+    texts: list[str] = []
+    add = texts.extend
     add(chr(c) for c in range(32, 127))
     add(" " + chr(c) for c in range(33, 127, 3))
+    return texts
 
+
+SECTIONS = (_prose, _whitespace, _digits, _code, _json_and_tool_calls, _special_tokens, _unicode,
+            _chat_and_long_text, _ascii_printables)
+
+
+def corpus() -> list[str]:
+    """Every section's strings, in order, each kept once (its first occurrence)."""
+    texts = [t for section in SECTIONS for t in section()]
     seen, out = set(), []
     for t in texts:
         if t not in seen:

@@ -7,7 +7,7 @@ import pytest
 
 from gemma_tool_use.format.render import validate_conversation
 from gemma_tool_use.data import augment as A
-from gemma_tool_use.data.schema import classify
+from gemma_tool_use.data.rows import classify
 
 W = {"name": "get_weather", "description": "Current weather for a city.",
      "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
@@ -159,7 +159,7 @@ def test_augment_rows_is_deterministic_and_counts():
 
 def test_make_row_repairs_stringified_types_and_drops_schema_violations():
     from gemma_tool_use.data.conversations import DataError, LoadReport
-    from gemma_tool_use.data.schema import make_row
+    from gemma_tool_use.data.rows import make_row
 
     report = LoadReport()
     msgs = [{"role": "user", "content": "table"},

@@ -12,7 +12,7 @@ import pytest
 from gemma_tool_use.format.render import render_conversation, render_text, validate_conversation
 from gemma_tool_use.data import sources as hub
 from gemma_tool_use.data.conversations import DataError, LoadReport
-from gemma_tool_use.data.schema import REFUSAL
+from gemma_tool_use.data.rows import REFUSAL
 from gemma_tool_use.data.sources.common import RowError, convert_rows, type_schema
 from gemma_tool_use.data.sources.hermes import hermes_row_to_conversation, hermes_system_to_tools
 from gemma_tool_use.data.sources.toolace import parse_python_calls, toolace_row_to_conversation

@@ -15,7 +15,7 @@ import pytest
 
 from gemma_tool_use.format.render import render_conversation, validate_conversation
 from gemma_tool_use.data.conversations import DataError, LoadReport
-from gemma_tool_use.data.schema import CATEGORIES, REFUSAL
+from gemma_tool_use.data.rows import CATEGORIES, REFUSAL
 from gemma_tool_use.data.sources import LOCAL_SOURCES, fetch, load_source
 from gemma_tool_use.data.sources.common import params_schema
 from gemma_tool_use.utils.files import sha256_file
@@ -144,7 +144,7 @@ def test_source_loads_into_canonical_rows(name, data):
 
 # Exact drops on the pinned files (checksums above): each is an upstream defect or a documented choice.
 # The fixtures hold the first dropped row of each reason: one drop per reason.
-EXPECTED_DROPS = {  # args_violate_schema: calls left invalid after lossless type repair (data/schema.py)
+EXPECTED_DROPS = {  # args_violate_schema: calls left invalid after lossless type repair (data/rows.py)
     "seal_tools/dev": {"dependent_call": 28, "args_violate_schema": 4},
     "seal_tools/test_in_domain": {"dependent_call": 30, "args_violate_schema": 6},
     "seal_tools/finetune_dev": {"dependent_call": 28, "unknown_tool": 3, "args_violate_schema": 4},

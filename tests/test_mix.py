@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.config.schema import DataConfig
 from gemma_tool_use.data import mix as mix_mod
-from gemma_tool_use.data.schema import make_row
+from gemma_tool_use.data.rows import make_row
 from gemma_tool_use.data.conversations import LoadReport
 
 

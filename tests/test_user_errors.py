@@ -131,7 +131,7 @@ import json, sys
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from gemma_tool_use.config.checks import check_config
-from gemma_tool_use.stages.preflight import preflight
+from gemma_tool_use.orchestration.preflight import preflight
 from gemma_tool_use.config.schema import register_configs
 from gemma_tool_use.utils.errors import UserError
 from gemma_tool_use.utils.paths import conf_dir

@@ -22,7 +22,7 @@ import re
 import string
 from typing import Any
 
-from gemma_tool_use.data.schema import REFUSAL, classify, validate_args  # noqa: F401 (re-exported)
+from gemma_tool_use.data.rows import REFUSAL, classify, validate_args  # noqa: F401 (re-exported)
 
 JOINERS = (" Also, ", " And ", " Then, ", "\n", " Additionally, ")
 

@@ -5,10 +5,10 @@ Shapes are bucketed so XLA compiles a handful of programs, not one per batch:
   * loss slots: the batch's target tokens are dealt into B x K slots in order, whatever row
     they come from (`target_rows` names each slot's row), K the smallest of 1, 2, 3, 4, 6, 8,
     12, ... (2^i and 3 * 2^i) that holds them. The loss gathers hidden states at those slots only,
-    so the vocabulary projection (the priciest op of a LoRA step) runs on ~1.2x the real target
-    count instead of B x the longest row's count: on the cpu recipe's packed sft_small epoch,
-    per-row slots filled 38% (45,071 targets in 119,040 slots), dealt slots fill 81%, in 4
-    T x K shapes instead of 3 (`scripts/loss_slot_fill.py`).
+    so the vocabulary projection (the priciest op of a LoRA step) runs on little more than the
+    real target count instead of B x the longest row's count, at the price of slightly more T x K
+    shapes per epoch (slot fill per-row vs dealt, `scripts/loss_slot_fill.py`; measured:
+    experiments/train_step_bench/README.md).
 With `data.pack_length`, a row holds several conversations end to end (`packed_batches`): nearly
 every position is a real token, attention stays within each conversation (`input_segments`) and
 the positions restart at each one, so the loss of a packed row is that of its conversations apart.

@@ -13,11 +13,12 @@ from pathlib import Path
 from gemma_tool_use.format.render import FormatError, validate_conversation
 from gemma_tool_use.utils.files import iter_jsonl
 from gemma_tool_use.utils.paths import RESOURCES_DIR
+from gemma_tool_use.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file or row is unusable (strict mode), or no usable rows remain."""
 
 

@@ -1,16 +1,11 @@
-"""Every plot and table the project writes: a run's training curve, a BFCL run's results table and
-accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
+"""BFCL tables and plots: one evaluation's results.md and accuracy.png (beside the published
+anchors), and several runs side by side (`python -m gemma_tool_use.report compare`:
+bfcl_compare.{md,json,png}, one bar group per category).
 
-    python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
-    python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
-        sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
-
-    python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
-    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement
-
-The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
-its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
-small artifacts of a run (never checkpoints or weights) into experiments/.
+Beside accuracy, the comparison shows how the outputs end (stopped on `<end_of_turn>` or at
+max_new_tokens, with a decoded call, with parse errors) and splits irrelevance passes into clean
+abstentions and decode failures, which BFCL counts alike. `entry_agreement` compares two runs
+entry by entry (`report agree`), e.g. the same model before and after a speed change.
 """
 
 from __future__ import annotations
@@ -23,7 +18,8 @@ from gemma_tool_use.utils.files import read_jsonl
 from gemma_tool_use.utils.markdown import markdown_table
 
 
-def _pct(v, digits: int = 2) -> str:
+def format_pct(v, digits: int = 2) -> str:
+    """A fraction as a percentage for a table cell ('-' for None)."""
     return "-" if v is None else f"{100 * v:.{digits}f}"
 
 
@@ -83,7 +79,7 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
         rows.append([c, *cells])
     agg_keys = list(dict.fromkeys(k for s in loaded.values() for k, v in s.get("aggregates", {}).items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)))
-    rows += [[f"**{k}**", *(_pct(s.get("aggregates", {}).get(k)) for s in loaded.values())] for k in agg_keys]
+    rows += [[f"**{k}**", *(format_pct(s.get("aggregates", {}).get(k)) for s in loaded.values())] for k in agg_keys]
     splits = {name: irrelevance_split(dirs[name] / "bfcl") for name in loaded}
     if any(splits.values()):  # BFCL passes undecodable calls too: the clean share is what abstains
         for key, label in (("clean_abstentions", "irrelevance: clean abstentions (no call block)"),
@@ -96,8 +92,8 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
         lines += ["", "How the outputs end (single-turn entries, from `bfcl/*.jsonl`):", "",
                   markdown_table(["run", "entries", "stopped at <end_of_turn>/<eos>", "hit max_new_tokens",
                                   ">= 1 decoded call", "parse errors", "median new tokens"],
-                                 [[name, b["entries"], f"{_pct(b['stopped'], 1)}%", f"{_pct(b['length'], 1)}%",
-                                   f"{_pct(b['with_call'], 1)}%", f"{_pct(b['parse_error'], 1)}%",
+                                 [[name, b["entries"], f"{format_pct(b['stopped'], 1)}%", f"{format_pct(b['length'], 1)}%",
+                                   f"{format_pct(b['with_call'], 1)}%", f"{format_pct(b['parse_error'], 1)}%",
                                    b["median_new_tokens"]] for name, b in behaviour.items() if b])]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,11 +103,12 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
                            "outputs": behaviour[n], "irrelevance_split": splits[n]}
                        for n, s in loaded.items()}}
     (out_dir / "bfcl_compare.json").write_text(json.dumps(result, indent=2))
-    _plot_compare(loaded, cats, out_dir / "bfcl_compare.png")
+    plot_bfcl_compare(loaded, cats, out_dir / "bfcl_compare.png")
     return result
 
 
-def _plot_compare(loaded: dict, cats: list[str], out_png: Path, title: str | None = None) -> None:
+def plot_bfcl_compare(loaded: dict, cats: list[str], out_png: Path, title: str | None = None) -> None:
+    """Per-category accuracy of several BFCL summaries as grouped bars (one group per category)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,10 +164,10 @@ def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     beside the published anchors) of one BFCL evaluation summary."""
     per = summary["categories"]
     lines = [markdown_table(["category", "accuracy", "correct / total"],
-                            [[c, _pct(v["accuracy"]), f"{v['correct']} / {v['total_count']}"] for c, v in per.items()])]
+                            [[c, format_pct(v["accuracy"]), f"{v['correct']} / {v['total_count']}"] for c, v in per.items()])]
     agg = summary["aggregates"]
     keys = [k for k in ("non_live", "simple", "live", "irrelevance", "multi_turn", "overall_agentic_not_run") if k in agg]
-    lines += ["", markdown_table(["aggregate (BFCL v4)", "value"], [[k, "n/a" if agg[k] is None else _pct(agg[k])] for k in keys])]
+    lines += ["", markdown_table(["aggregate (BFCL v4)", "value"], [[k, "n/a" if agg[k] is None else format_pct(agg[k])] for k in keys])]
     if summary.get("not_run"):
         lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in summary["not_run"].items())]
     if summary.get("subset"):

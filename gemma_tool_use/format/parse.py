@@ -1,39 +1,11 @@
-"""Stage 1: the tool-calling chat format. Rendering to token ids + loss mask, and parsing.
+"""The tool-calling chat format, parsing side: model output text back into tool calls.
 
-A conversation is a plain dict (JSON- and `datasets`-friendly):
-
-    {"tools": [{"name": ..., "description": ..., "parameters": {JSON Schema}}, ...],
-     "messages": [
-        {"role": "system", "content": "..."},                       # optional, first only
-        {"role": "user", "content": "..."},
-        {"role": "assistant", "content": "...", "tool_calls": [{"name": ..., "args": {...}}]},
-        {"role": "tool", "name": "...", "content": <any JSON value>},   # one per call result
-        {"role": "assistant", "content": "final answer"}]}
-
-Rendered (Gemma 3 turns; the system prompt and tool list are merged into the first user turn
-exactly like the official Gemma template merges a system message):
-
-    <bos><start_of_turn>user
-    {system prompt}
-
-    <tools>
-    [{"name": "get_weather", "description": "...", "parameters": {...}}]
-    </tools>
-
-    What's the weather in Paris?<end_of_turn>
-    <start_of_turn>model
-    <tool_call>
-    {"name": "get_weather", "args": {"city": "Paris"}}
-    </tool_call><end_of_turn>
-    <start_of_turn>user
-    <tool_response>
-    {"name": "get_weather", "result": {"temp_c": 18}}
-    </tool_response><end_of_turn>
-    <start_of_turn>model
-    It is 18 °C in Paris.<end_of_turn>
-
-Parallel calls are several <tool_call> blocks in one model turn; no call means plain text.
-The loss mask covers model-turn content and its closing <end_of_turn> only.
+A model turn is optional free text and one `<tool_call>` block per call, each holding
+`{"name": ..., "args": {...}}` (the format itself: format/render.py). `parse_model_output` never
+raises: every problem (bad JSON, a block never closed, a stray or nested tag, an unknown tool,
+numbers or nesting past the limits, lone surrogates) becomes a ParseError of one of
+ERROR_KINDS, which evaluation and rewards count. Whatever the input, the result is strict JSON
+with valid Unicode, and its calls render back into a turn that parses to the same calls.
 """
 
 from __future__ import annotations
@@ -49,54 +21,24 @@ from gemma_tool_use.format.render import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 # Error kinds, counted by evaluation and rewards.
 BAD_JSON = "bad_json"
-
-
 NOT_AN_OBJECT = "not_an_object"
-
-
 MISSING_NAME = "missing_name"
-
-
 ARGS_NOT_OBJECT = "args_not_object"
-
-
 UNKNOWN_TOOL = "unknown_tool"
-
-
 UNTERMINATED_BLOCK = "unterminated_block"
-
-
 STRAY_CLOSE_TAG = "stray_close_tag"
-
-
 NESTED_OPEN_TAG = "nested_open_tag"  # '<tool_call>' again inside an open block; the inner block is parsed
-
-
 NUMBER_TOO_LARGE = "number_too_large"  # int over MAX_INT_DIGITS digits, or a float that overflows to inf
-
-
 TOO_DEEP = "too_deep"  # JSON nested deeper than MAX_NESTING
-
-
 INVALID_UNICODE = "invalid_unicode"  # lone surrogates (e.g. the escape "\ud800"), replaced by U+FFFD
-
-
 BAD_TOOLS = "bad_tools"  # the caller's tool list is malformed (the caller's bug, not the model's)
-
-
 PARSER_ERROR = "parser_error"  # a bug in this parser, reported rather than raised (tests expect none)
-
-
 ERROR_KINDS = (BAD_JSON, NOT_AN_OBJECT, MISSING_NAME, ARGS_NOT_OBJECT, UNKNOWN_TOOL,
                UNTERMINATED_BLOCK, STRAY_CLOSE_TAG, NESTED_OPEN_TAG, NUMBER_TOO_LARGE, TOO_DEEP,
                INVALID_UNICODE, BAD_TOOLS, PARSER_ERROR)
 
-
 MAX_INT_DIGITS = 4300  # CPython's default int<->str limit: anything longer cannot be written back
-
-
 MAX_NESTING = 64  # containers, the call object included; real arguments nest a few levels
-
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

@@ -1,4 +1,4 @@
-"""Stage 1: the tool-calling chat format. Rendering to token ids + loss mask, and parsing.
+"""The tool-calling chat format, rendering side: a conversation to token ids + loss mask, or text.
 
 A conversation is a plain dict (JSON- and `datasets`-friendly):
 
@@ -33,7 +33,8 @@ exactly like the official Gemma template merges a system message):
     It is 18 °C in Paris.<end_of_turn>
 
 Parallel calls are several <tool_call> blocks in one model turn; no call means plain text.
-The loss mask covers model-turn content and its closing <end_of_turn> only.
+The loss mask covers model-turn content and its closing <end_of_turn> only. Reading model
+output back into calls is format/parse.py.
 """
 
 from __future__ import annotations
@@ -50,15 +51,11 @@ from gemma_tool_use.model.tokenizer import (
     START_OF_TURN_ID,
     GemmaTokenizer,
 )
+from gemma_tool_use.utils.errors import UserError
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
-
-
 TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
-
-
 TOOLS_OPEN, TOOLS_CLOSE = "<tools>", "</tools>"
-
 
 DEFAULT_TOOL_SYSTEM_PROMPT = (
     "You are a helpful assistant that can call functions. The available tools are listed "
@@ -68,11 +65,10 @@ DEFAULT_TOOL_SYSTEM_PROMPT = (
     "without calling any tool."
 )
 
-
 ROLES = ("system", "user", "assistant", "tool")
 
 
-class FormatError(ValueError):
+class FormatError(UserError, ValueError):
     """A conversation does not follow the canonical schema."""
 
 

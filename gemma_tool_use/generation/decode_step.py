@@ -1,22 +1,23 @@
 """One decode step of Gemma 3 (one new token per row) for the generator's while loop.
 
-tunix's module path is exact but slow inside a `lax.while_loop` on XLA:CPU. Measured on the real
-270M at batch 8, 200 prompt + 64 new tokens (2-core EPYC, 2026-12-05, experiments/decode_step/):
-72-76 ms a step, of which only ~37 ms are the matmuls' weight reads. From the profile:
-  * 9 ms: XLA re-lays the attention weights ([N, D, H] -> [D, N*H] and the like) inside the
+tunix's module path is exact but slow inside a `lax.while_loop` on XLA:CPU: a profile of the
+real 270M at batch 8 (measured: experiments/decode_step/README.md, section 1) showed a step
+spending much more than its matmuls' weight reads, on:
+  * XLA re-laying the attention weights ([N, D, H] -> [D, N*H] and the like) inside the
     loop body, every step, for every layer (loop-invariant copies it does not hoist);
-  * 8.5 ms: the KV cache is copied 3 times per layer and step, because the updated cache feeds
+  * copies of the KV cache, 3 per layer and step, because the updated cache feeds
     both the attention (as [B, S, H]) and the loop output (as [B, S, 1, H]), and an in-place
     dynamic-update-slice can serve only one of them;
-  * 4.7 ms: argmax over the 262k logits as a variadic (value, index) reduce;
-  * at 8 rows a matmul costs its weight reads plus a fixed overhead: gate and up as two
-    matmuls took 16.8 ms, as one 8.7.
+  * argmax over the 262k logits as a variadic (value, index) reduce;
+  * narrow matmuls: at 8 rows a matmul costs its weight reads plus a fixed overhead, so gate
+    and up as two matmuls cost far more than as one.
 This module computes the same function from weights prepared once per generate call, outside
 the loop (projections and their LoRA adapters in the layout the dots want, q/k/v and gate/up
 fused), attends to the cached columns and the new token's own key/value separately so that the
 cache write is the last use of the cache (XLA updates it in place), reads only the last
 `sliding_window_size - 1` cached columns in the local layers, and picks the greedy token with
-two plain reductions: 49 ms a step on the same run.
+two plain reductions; no copies are left in the loop, and a step is much faster than the
+module path's (measured: experiments/decode_step/README.md, section 2).
 
 The prefill stays tunix's own forward (ToolGemma3.__call__), and so does training. The decode
 step is checked against it: tests/test_decode_step.py (tiny model with LoRA and trained rows,
@@ -66,7 +67,7 @@ def prepare_weights(model) -> list[dict]:
 
     The adapters stay apart from the base weights, as qwix applies them in training: merged
     into bf16 weights, a LoRA delta ~1% of a weight would keep only a few of its bits (bf16
-    has 8). Apart they cost nothing measurable on BFCL (experiments/decode_step)."""
+    has 8). Apart they cost nothing measurable on BFCL (measured: experiments/decode_step/README.md)."""
     scale = lora_scale(model)
     layers = []
     for layer in model.layers:
@@ -78,7 +79,7 @@ def prepare_weights(model) -> list[dict]:
         n, d, h = q.shape
         # q, k and v in one [D, (N + 2K) * H] matmul, gate and up in one [D, 2F]: at 8 rows a
         # matmul costs its weight reads plus a fixed overhead, and one wide op beats two narrow
-        # ones (gate and up apart took 16.8 ms a step, fused 8.7; q and kv 5.5 ms, fused 3.1)
+        # ones (measured: experiments/decode_step/README.md, section 2)
         w = {
             "qkv": jnp.concatenate([jnp.transpose(q, (1, 0, 2)).reshape(d, n * h),
                                     jnp.transpose(kv, (2, 0, 1, 3)).reshape(d, -1)], axis=1),

@@ -6,16 +6,20 @@
   never [B, T, 262144] logits over the whole prompt, and attends over the prompt's columns
   only; the cache is widened for the new tokens afterwards.
 * Decoding runs decode_step.py inside the loop (weights laid out once per call for the matmuls,
-  LoRA adapters applied unmerged, the cache updated in place): 76 -> 49 ms a step at batch 8 on
-  this CPU (experiments/decode_step).
-* Decoding can refill finished rows (continuous batching, `refill=True`; off by default: on a
-  200-entry BFCL slice it measured 0.96x of static batches, experiments/eval_refill_ab): each length
-  bucket is one stream of `batch_size` slots over a KV cache of bucket + 2 x max_new_tokens
-  columns; a jitted `jax.lax.while_loop` decodes until a quarter of the slots have stopped (a
-  stop id, default <eos>/<end_of_turn>, or max_new_tokens), their results are handed out at
-  once (`on_result`), and the waiting prompts are prefilled into the free slots. One runaway row
-  no longer holds a whole batch for max_new_tokens steps (BFCL: median 37 new tokens, 9% of rows
-  run to 256). `refill=False` (default) is the plain static batch: every row waits for the slowest.
+  LoRA adapters applied unmerged, the cache updated in place), which removes the per-step
+  weight re-layouts and cache copies of tunix's module path (measured:
+  experiments/decode_step/README.md).
+* Decoding can refill finished rows (continuous batching, `refill=True`; off by default: on
+  BFCL's short rows its refill compiles and wider cache cost more than the decode steps it
+  saves; measured: experiments/eval_refill_ab/README.md, experiments/decode_step/README.md):
+  each length bucket is one stream of `batch_size` slots over a KV cache of bucket + 2 x
+  max_new_tokens columns; a jitted `jax.lax.while_loop` decodes until a quarter of the slots
+  have stopped (a stop id, default <eos>/<end_of_turn>, or max_new_tokens), their results are
+  handed out at once (`on_result`), and the waiting prompts are prefilled into the free slots.
+  One runaway row no longer holds a whole batch for max_new_tokens steps (on BFCL most rows
+  stop far short of max_new_tokens and a few run to it; measured:
+  experiments/eval_refill_ab/README.md). `refill=False` (default) is the plain static batch:
+  every row waits for the slowest.
 * Too-long prompts follow an explicit policy: error (default, naming the prompt), skip
   (reported in the result), or truncate_left (keep <bos> and the most recent tokens).
 """
@@ -42,13 +46,14 @@ from gemma_tool_use.generation.decode_step import (
 )
 from gemma_tool_use.model.gemma import graphdef_without_remat
 from gemma_tool_use.model.tokenizer import BOS_ID, END_OF_TURN_ID, EOS_ID, PAD_ID
+from gemma_tool_use.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT_BUCKETS = tuple(GenerationConfig().prompt_buckets)  # the config's default, one list
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError, ValueError):
     """A prompt cannot be generated from under the configured policy."""
 
 

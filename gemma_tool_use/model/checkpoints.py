@@ -1,9 +1,12 @@
-"""Supervised training pieces shared by the SFT stages: loss, optimizer, trainer, metrics.
+"""Training checkpoints on disk: their integrity, restoring trained parameters from them, and the
+model section of the run that wrote them.
 
-The loop itself is tunix's PeftTrainer (checkpointing, resume, gradient accumulation, eval);
-we give it a completion-only loss that never builds full-vocabulary logits for positions that
-carry no loss, and a metrics logger that feeds our Tracker instead of jax.monitoring's
-process-global listeners (which leak between the jobs of a multirun).
+A checkpoint that does not read back (truncated array file, empty _METADATA, missing item) is
+found by reading its arrays; before a resume it is set aside into `<checkpoints>_corrupt/`, never
+deleted, and the newest intact one is used. `run_model_config` and `check_same_architecture`
+read a run's .hydra/config.yaml (or a portable adapter's config) as plain YAML/JSON, so a handoff
+to another architecture is refused before JAX loads: JAX, orbax and tunix are imported only by
+the functions that read arrays.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ def checkpoint_problem(step_dir) -> str | None:
     reads back: a truncated array file, an empty _METADATA or a missing item is found here, by
     reading the arrays as stored (no model needed: a few MB for LoRA adapters)."""
     import warnings
-    from pathlib import Path
 
     import jax
     import orbax.checkpoint as ocp
@@ -60,8 +62,6 @@ def checkpoint_problem(step_dir) -> str | None:
 def newest_intact_checkpoint(ckpt_root, log=None) -> tuple[int | None, list[tuple[int, str]]]:
     """(the newest step whose checkpoint reads back, or None; the newer corrupt ones as (step,
     problem)), newest first. With `log`, each corrupt one is warned about as it is found."""
-    from pathlib import Path
-
     root = Path(ckpt_root)
     bad = []
     for step in sorted((int(p.name) for p in root.glob("*") if p.name.isdigit() and p.is_dir()), reverse=True):
@@ -80,7 +80,6 @@ def set_aside_corrupt_checkpoints(ckpt_root, log) -> int | None:
     one, with a warning naming each. Returns that step (None: no checkpoints). Raises
     CheckpointError, moving nothing, when none is intact."""
     import shutil
-    from pathlib import Path
 
     root = Path(ckpt_root)
     step, bad = newest_intact_checkpoint(root)
@@ -107,7 +106,6 @@ def resolve_lora_checkpoint(path: str) -> tuple[Path, int | None, dict | None]:
         p = p / "checkpoints"
     if not any(c.name.isdigit() for c in p.iterdir()):
         raise WeightsError(f"model.lora_checkpoint={path!r}: no checkpoints/<step> directories found")
-
     return p, step, run_model_config(p)
 
 
@@ -116,7 +114,6 @@ def load_lora_checkpoint(model, root: Path, step: int | None, lora_only: bool = 
     fine-tuning) from an SFT checkpoint directory; the optimizer state is not touched. Without an
     explicit step, a latest checkpoint that does not read back gives way to the newest intact one."""
     from tunix.sft.checkpoint_manager import CheckpointManager
-
 
     if step is None:
         step, _ = newest_intact_checkpoint(root, log)

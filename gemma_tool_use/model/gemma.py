@@ -1,11 +1,15 @@
 """Gemma 3 through tunix, with logits computed only where they are needed.
 
 `ToolGemma3` is tunix's Gemma3 with one extra keyword, `logits_at` [B, K]: hidden states are
-gathered at those positions before the final norm and the vocabulary projection, which is
-~60% of the 270M model's FLOPs and, over a full sequence, a [B, T, 262144] tensor. Training
-uses it for the loss positions, generation for the last prompt position at prefill.
-It stays tunix's `__call__` (same signature), so qwix LoRA interception and tunix's sampler
-and trainers work unchanged.
+gathered at those positions before the final norm and the vocabulary projection, which holds most
+of the model's FLOPs per position (the 262,144-row tied table is most of the 270M model's
+parameters) and, over a full sequence, is a [B, T, 262144] tensor. Training uses it for the loss
+positions, generation for the last prompt position at prefill. It stays tunix's `__call__` (same
+signature), so qwix LoRA interception and tunix's sampler and trainers work unchanged.
+
+Also here, what acts on the built model: trainable embedding rows (`TrainableRowsEmbedder`),
+LoRA adapters (`apply_lora`), sharding on a mesh, and the remat-free graph the generator traces.
+Building it from weights is model/loading.py.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ class TrainableRowsEmbedder(tunix_gemma3.Embedder):
         return e * jnp.sqrt(e.shape[-1]).astype(e.dtype)
 
     def decode(self, x):
-        logits = jnp.einsum("...d,vd->...v", x, self.input_embedding.value)  # no transposed copy (training.py)
+        logits = jnp.einsum("...d,vd->...v", x, self.input_embedding.value)  # no transposed copy (training/loss.py)
         return logits.at[..., self.row_ids.value].add(jnp.einsum("...d,kd->...k", x, self.row_delta.value))
 
     def merged_table(self):
@@ -111,12 +115,12 @@ def tunix_config(model_cfg) -> tunix_gemma3.ModelConfig:
         hidden_dim=a.hidden_dim, num_heads=a.num_heads, head_dim=a.head_dim,
         num_kv_heads=a.num_kv_heads, sliding_window_size=a.sliding_window_size,
         local_base_frequency=a.local_base_frequency, global_base_frequency=a.global_base_frequency,
-        param_dtype=_dtype(model_cfg),
+        param_dtype=param_dtype(model_cfg),
         remat_config=tunix_gemma3.RematConfig[str(model_cfg.get("remat", "none")).upper()],
     )
 
 
-def _test_friendly_init(model: nnx.Module, seed: int) -> None:
+def apply_test_friendly_init(model: nnx.Module, seed: int) -> None:
     """Replace all-zero Params (tunix's MLP kernels and norm scales) by small random values and
     rescale the embedding to std 2/sqrt(d) (logits with a spread LoRA can reshape)."""
     state = nnx.state(model, nnx.Param)
@@ -197,5 +201,6 @@ def count_params(model: nnx.Module, kind=nnx.Param) -> int:
     return int(sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, kind))))
 
 
-def _dtype(model_cfg):
+def param_dtype(model_cfg):
+    """The parameters' dtype: bfloat16 when model.dtype says so, else float32."""
     return jnp.bfloat16 if str(model_cfg.dtype) == "bfloat16" else jnp.float32

@@ -1,11 +1,9 @@
-"""Gemma 3 through tunix, with logits computed only where they are needed.
+"""Building the model the config asks for: the base weights from their source (random init, a
+Hugging Face safetensors dir, a Kaggle/Orbax checkpoint, or a GGUF file converted once), its
+tokenizer, then LoRA and trainable rows with a trained start loaded on top (a portable adapter
+or an SFT checkpoint, in the shape it was trained with), sharded on the mesh.
 
-`ToolGemma3` is tunix's Gemma3 with one extra keyword, `logits_at` [B, K]: hidden states are
-gathered at those positions before the final norm and the vocabulary projection, which is
-~60% of the 270M model's FLOPs and, over a full sequence, a [B, T, 262144] tensor. Training
-uses it for the loss positions, generation for the last prompt position at prefill.
-It stays tunix's `__call__` (same signature), so qwix LoRA interception and tunix's sampler
-and trainers work unchanged.
+A checkpoint of another architecture is refused before any weight is loaded.
 """
 
 from __future__ import annotations
@@ -32,8 +30,8 @@ from gemma_tool_use.model.checkpoints import (
 )
 from gemma_tool_use.model.gemma import (
     ToolGemma3,
-    _dtype,
-    _test_friendly_init,
+    param_dtype,
+    apply_test_friendly_init,
     add_trainable_rows,
     apply_lora,
     count_params,
@@ -49,9 +47,8 @@ log = logging.getLogger(__name__)
 def build_random_model(model_cfg, seed: int) -> ToolGemma3:
     model = ToolGemma3(tunix_config(model_cfg), rngs=nnx.Rngs(params=seed))
     if model_cfg.test_friendly_init:
-        _test_friendly_init(model, seed + 1)
+        apply_test_friendly_init(model, seed + 1)
     return model
-
 
 
 def _check_arch(model_cfg, hf_dir: Path) -> None:
@@ -83,7 +80,7 @@ def load_hf_dir(model_cfg, hf_dir: Path, mesh=None) -> ToolGemma3:
     return safetensors_loader.load_and_create_model(
         file_dir=str(hf_dir), model_class=ToolGemma3, config=cfg,
         key_mapping=tunix_st._get_key_and_transform_mapping, mesh=mesh,
-        preprocess_fn=tunix_st._make_preprocess_fn(cfg), dtype=_dtype(model_cfg),
+        preprocess_fn=tunix_st._make_preprocess_fn(cfg), dtype=param_dtype(model_cfg),
     )
 
 
@@ -98,7 +95,7 @@ def load_orbax_dir(model_cfg, ckpt_dir: Path, mesh=None) -> ToolGemma3:
     """Kaggle/Orbax layout (upstream 'transformer/...' tree) through tunix's loader."""
     from tunix.models.gemma3 import params as tunix_params
 
-    model = tunix_params.create_model_from_checkpoint(str(ckpt_dir), tunix_config(model_cfg), mesh, _dtype(model_cfg))
+    model = tunix_params.create_model_from_checkpoint(str(ckpt_dir), tunix_config(model_cfg), mesh, param_dtype(model_cfg))
     return as_tool_model(model, model_cfg)
 
 
@@ -144,7 +141,6 @@ def load_tokenizer_for(model_cfg):
 
 def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
     if model_cfg.lora_checkpoint:  # refuse another architecture's adapters before loading anything
-
         check_same_architecture(model_cfg.lora_checkpoint, model_cfg, "model.lora_checkpoint")
     model = build_base_model(model_cfg, seed, mesh)
     lora_cfg, rows, ckpt = model_cfg.lora, list(model_cfg.train_token_ids), None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
+from gemma_tool_use.utils.errors import UserError
 
 PAD_ID = 0
 EOS_ID = 1
@@ -40,7 +41,7 @@ SPECIAL_TOKENS = {
 _SPECIAL_RE = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer source is missing or unusable."""
 
 

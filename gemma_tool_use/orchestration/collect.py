@@ -1,16 +1,9 @@
-"""Every plot and table the project writes: a run's training curve, a BFCL run's results table and
-accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
+"""`python -m gemma_tool_use.report collect`: the small artifacts of a run or a pipeline dir copied
+into experiments/<name>/ (summaries, curves, BFCL entries, data card, config and the portable
+adapter; never base weights, checkpoints or optimizer state).
 
-    python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
-    python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
-        sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
-
-    python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
-    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement
-
-The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
-its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
-small artifacts of a run (never checkpoints or weights) into experiments/.
+A collected pipeline dir keeps the pipeline's layout: copied back under outputs/, the same
+command continues the chain after the recorded stages.
 """
 
 from __future__ import annotations

@@ -10,17 +10,17 @@ process (no JAX or W&B state shared) and in a fixed directory, `<pipeline dir>/<
 (i: the stage's place in the recipe, 0 the baseline eval), with W&B group `pipeline-<name>`.
 
 Handoff is explicit: the first stage starts from `pipeline.resume_from` (or the base model), each
-later one from the previous stage's exported adapter (`<dir>/adapter/`, adapters.py), passed as
-`train.init_from`. BFCL runs after every training stage (and on the start, `0_baseline`) on
+later one from the previous stage's exported adapter (`<dir>/adapter/`, model/adapters.py), passed
+as `train.init_from`. BFCL runs after every training stage (and on the start, `0_baseline`) on
 `pipeline.eval_categories`, on the full categories or on a fixed stratified subset
 (`pipeline.eval_subset_per_category`; labelled as such everywhere).
 
-State lives in `<pipeline dir>/pipeline_state.json`: a stage is recorded there when its process
-exits 0. Paths inside the pipeline dir are recorded relative to it, so a finished dir can be
-moved or committed (experiments/<name>/) and a later session continues it in place. Re-running the same command skips recorded stages and re-runs the interrupted one in
-its own directory, where training and BFCL resume from their checkpoints / finished entries. A
-recorded stage whose start differs from the one this command would give it is refused (use
-another pipeline dir: `hydra.run.dir=...`). After each stage: pipeline_summary.{json,md,png}.
+A stage is recorded in the pipeline's state file (pipeline_state.py) when its process exits 0.
+Re-running the same command skips recorded stages and re-runs the interrupted one in its own
+directory, where training and BFCL resume from their checkpoints / finished entries. A recorded
+stage whose start differs from the one this command would give it is refused (use another
+pipeline dir: `hydra.run.dir=...`). After each stage: pipeline_summary.{json,md,png}
+(pipeline_summary.py).
 """
 
 from __future__ import annotations
@@ -137,30 +137,117 @@ def _run_child(args: list[str], position: str) -> tuple[int, float, float, str |
     return proc.returncode, time.time() - t0, usage.ru_maxrss / 2**20, stopped  # ru_maxrss: KiB (Linux)
 
 
-def run_pipeline(cfg: DictConfig) -> float | None:
+def _pipeline_root(cfg: DictConfig) -> Path:
+    """The pipeline dir, created: Hydra's run dir, or outside a Hydra app `run_dir` (default
+    outputs/pipeline/<name>), as an absolute path."""
     from hydra.core.hydra_config import HydraConfig
 
-
-    pl = cfg.pipeline
     try:
         root = Path(HydraConfig.get().runtime.output_dir)
     except ValueError:
-        root = Path(cfg.get("run_dir") or f"outputs/pipeline/{pl.name}")
+        root = Path(cfg.get("run_dir") or f"outputs/pipeline/{cfg.pipeline.name}")
     root = root.absolute()
     root.mkdir(parents=True, exist_ok=True)
-    start = pl.resume_from
-    if start:
-        p = Path(start).expanduser()
-        if not p.exists():
-            raise PipelineError(f"pipeline.resume_from={start!r}: no such file or directory")
-        if (p / "adapter" / "adapter_config.json").is_file():  # a stage dir: its exported adapter
-            p = p / "adapter"
-        check_same_architecture(str(p.absolute()), cfg.model, "pipeline.resume_from")
-        start = portable(root, str(p.absolute()))
-    steps = plan(cfg)
+    return root
+
+
+def _resolve_start(cfg: DictConfig, root: Path) -> str | None:
+    """The first stage's start from `pipeline.resume_from` (a stage dir stands for its exported
+    adapter), checked against the configured architecture and recorded relative to the pipeline
+    dir when it lies inside it; as given when unset (the base model)."""
+    start = cfg.pipeline.resume_from
+    if not start:
+        return start
+    p = Path(start).expanduser()
+    if not p.exists():
+        raise PipelineError(f"pipeline.resume_from={start!r}: no such file or directory")
+    if (p / "adapter" / "adapter_config.json").is_file():  # a stage dir: its exported adapter
+        p = p / "adapter"
+    check_same_architecture(str(p.absolute()), cfg.model, "pipeline.resume_from")
+    return portable(root, str(p.absolute()))
+
+
+def _check_grpo_has_start(steps: list[dict], start: str | None) -> None:
     first_training = next((s for s in steps if s["stage"] != "eval"), None)
     if first_training and first_training["stage"] == "grpo" and not start:
         raise PipelineError("pipeline: GRPO starts from an SFT result; give pipeline.resume_from=<stage dir or adapter>")
+
+
+def _finished_earlier(rec: dict | None, stage_dir: Path, start_here: str | None) -> bool:
+    """Whether the stage's record says it finished from this same start (skip it). A record from
+    another start, finished or interrupted, is refused: a stage dir holds one chain only."""
+    if rec and rec.get("status") == "done":
+        if rec.get("start") != start_here:
+            raise PipelineError(f"{stage_dir}: finished from start {rec.get('start')!r}, but this command starts it "
+                                f"from {start_here!r}; use another pipeline dir (hydra.run.dir=...)")
+        return True
+    if rec and rec.get("start") != start_here:  # an interrupted stage resumes only from its own start
+        raise PipelineError(f"{stage_dir}: an interrupted run from start {rec.get('start')!r}; this command starts "
+                            f"it from {start_here!r}; use another pipeline dir (hydra.run.dir=...)")
+    return False
+
+
+def _stage_command(cfg: DictConfig, step: dict, stage_dir: Path, root: Path, start_here: str | None,
+                   user: list[str], group: str) -> list[str]:
+    """The stage's command line: common, recipe and user overrides, its dir and W&B group, the
+    BFCL categories, and its start (the adapter an eval loads, or a training stage continues)."""
+    pl, stage = cfg.pipeline, step["stage"]
+    args = [sys.executable, "-m", "gemma_tool_use", f"stage={stage}", *pl.common, *step["overrides"], *user,
+            f"hydra.run.dir={stage_dir}", f"tracking.group={group}", *_eval_overrides(pl, step.get("full", False))]
+    if stage == "eval":
+        args.append(f"model.lora_checkpoint={absolute(root, start_here)}" if start_here else "model.lora_checkpoint=null")
+    else:
+        args += [f"train.init_from={absolute(root, start_here)}" if start_here else "train.init_from=null",
+                 "eval.run_after_training=true"]
+    return args
+
+
+def _run_stage(pl, root: Path, state: dict, step: dict, start_here: str | None, args: list[str],
+               position: str) -> str | None:
+    """Run one stage's process and record it in the state file: running, then done, interrupted
+    (raises Stopped) or failed (raises PipelineError). Returns the adapter the next stage starts
+    from, None after an eval stage."""
+    name, stage = step["name"], step["stage"]
+    stage_dir = (root / name).absolute()
+    prev = state["stages"].get(name) or {}  # an interrupted earlier attempt: its time and memory count too
+    state["stages"][name] = {"status": "running", "stage": stage, "start": start_here, "dir": name,
+                             "command": args[1:], "seconds": prev.get("seconds"), "peak_rss_gib": prev.get("peak_rss_gib")}
+    write_state(root, state)
+    code, seconds, rss, stopped = _run_child(args, position)
+    # a resumed stage ran in several processes: its wall time adds up, its peak memory is the max
+    state["stages"][name].update({"seconds": round(seconds + float(prev.get("seconds") or 0), 1),
+                                  "peak_rss_gib": round(max(rss, float(prev.get("peak_rss_gib") or 0)), 2)})
+    if stopped:
+        state["stages"][name]["status"] = "interrupted"
+        write_state(root, state)
+        print(f"[pipeline {pl.name}] stopped ({stopped}) in stage {name}; re-run the same command to resume it",
+              file=sys.stderr, flush=True)
+        raise Stopped(stopped)
+    if code != 0:
+        state["stages"][name]["status"] = f"failed (exit {code})"
+        write_state(root, state)
+        raise PipelineError(f"stage {name} failed (exit {code}); its log: {stage_dir}/gemma_tool_use.log. "
+                            "Fix it and re-run the same command: finished stages are skipped")
+    adapter = stage_dir / "adapter"
+    state["stages"][name].update({"status": "done", "adapter": f"{name}/adapter" if stage != "eval" else None})
+    if stage != "eval" and not (adapter / "adapter_config.json").is_file():
+        raise PipelineError(f"stage {name} exited 0 but wrote no adapter at {adapter}")
+    write_state(root, state)
+    return f"{name}/adapter" if stage != "eval" else None
+
+
+def _summarise(root: Path, state: dict, steps: list[dict]) -> None:
+    """pipeline_summary.{json,md,png} from the finished stages' BFCL summaries."""
+    write_pipeline_summary(root, state, {s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"])
+                                         for s in steps if state["stages"].get(s["name"], {}).get("status") == "done"})
+
+
+def run_pipeline(cfg: DictConfig) -> float | None:
+    pl = cfg.pipeline
+    root = _pipeline_root(cfg)
+    start = _resolve_start(cfg, root)
+    steps = plan(cfg)
+    _check_grpo_has_start(steps, start)
 
     state = read_state(root)
     state.update({"name": pl.name, "commit": git_commit(), "resume_from": start})
@@ -168,60 +255,18 @@ def run_pipeline(cfg: DictConfig) -> float | None:
     group = cfg.tracking.group or f"pipeline-{pl.name}"
     current = start  # the model the next stage starts from (None: the base)
     n = len(steps)
-    def summarise():
-        write_pipeline_summary(root, state, {s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"])
-                                             for s in steps if state["stages"].get(s["name"], {}).get("status") == "done"})
-
     for k, step in enumerate(steps, 1):
-        name, stage = step["name"], step["stage"]
+        name = step["name"]
         stage_dir = (root / name).absolute()
-        start_here = current
         rec = state["stages"].get(name)
-        if rec and rec.get("status") == "done":
-            if rec.get("start") != start_here:
-                raise PipelineError(f"{stage_dir}: finished from start {rec.get('start')!r}, but this command starts it "
-                                    f"from {start_here!r}; use another pipeline dir (hydra.run.dir=...)")
+        if _finished_earlier(rec, stage_dir, current):
             print(f"[pipeline {pl.name}] stage {k}/{n}: {name} finished earlier, skipped", flush=True)
             current = rec.get("adapter") or current
             continue
-        if rec and rec.get("start") != start_here:  # an interrupted stage resumes only from its own start
-            raise PipelineError(f"{stage_dir}: an interrupted run from start {rec.get('start')!r}; this command starts "
-                                f"it from {start_here!r}; use another pipeline dir (hydra.run.dir=...)")
-        args = [sys.executable, "-m", "gemma_tool_use", f"stage={stage}", *pl.common, *step["overrides"], *user,
-                f"hydra.run.dir={stage_dir}", f"tracking.group={group}", *_eval_overrides(pl, step.get("full", False))]
-        if stage == "eval":
-            args.append(f"model.lora_checkpoint={absolute(root, start_here)}" if start_here else "model.lora_checkpoint=null")
-        else:
-            args += [f"train.init_from={absolute(root, start_here)}" if start_here else "train.init_from=null",
-                     "eval.run_after_training=true"]
+        args = _stage_command(cfg, step, stage_dir, root, current, user, group)
         print(f"[pipeline {pl.name}] stage {k}/{n}: {name} -> {stage_dir}", flush=True)
-        prev = rec or {}  # an interrupted earlier attempt: its time and memory count too
-        state["stages"][name] = {"status": "running", "stage": stage, "start": start_here, "dir": name,
-                                 "command": args[1:], "seconds": prev.get("seconds"), "peak_rss_gib": prev.get("peak_rss_gib")}
-        write_state(root, state)
-        code, seconds, rss, stopped = _run_child(args, f"pipeline {pl.name}, stage {k}/{n}: {name}")
-        state["stages"][name].update({"seconds": round(seconds + float(prev.get("seconds") or 0), 1),
-                                      "peak_rss_gib": round(max(rss, float(prev.get("peak_rss_gib") or 0)), 2)})
-        if stopped:
-            state["stages"][name]["status"] = "interrupted"
-            write_state(root, state)
-            print(f"[pipeline {pl.name}] stopped ({stopped}) in stage {name}; re-run the same command to resume it",
-                  file=sys.stderr, flush=True)
-            raise Stopped(stopped)
-        if code != 0:
-            state["stages"][name]["status"] = f"failed (exit {code})"
-            write_state(root, state)
-            raise PipelineError(f"stage {name} failed (exit {code}); its log: {stage_dir}/gemma_tool_use.log. "
-                                "Fix it and re-run the same command: finished stages are skipped")
-        adapter = stage_dir / "adapter"
-        # a resumed stage ran in several processes: its wall time adds up, its peak memory is the max
-        state["stages"][name].update({"status": "done", "adapter": f"{name}/adapter" if stage != "eval" else None})
-        if stage != "eval":
-            if not (adapter / "adapter_config.json").is_file():
-                raise PipelineError(f"stage {name} exited 0 but wrote no adapter at {adapter}")
-            current = f"{name}/adapter"
-        write_state(root, state)
-        summarise()
-    summarise()  # also when every stage was recorded earlier: the table from the files alone
+        current = _run_stage(pl, root, state, step, current, args, f"pipeline {pl.name}, stage {k}/{n}: {name}") or current
+        _summarise(root, state, steps)
+    _summarise(root, state, steps)  # also when every stage was recorded earlier: the table from the files alone
     print(f"[pipeline {pl.name}] done: {root / 'pipeline_summary.md'}", flush=True)
     return None

@@ -1,16 +1,7 @@
-"""Every plot and table the project writes: a run's training curve, a BFCL run's results table and
-accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
-
-    python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
-    python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
-        sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
-
-    python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
-    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement
-
-The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
-its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
-small artifacts of a run (never checkpoints or weights) into experiments/.
+"""The pipeline's summary, pipeline_summary.{json,md,png} in the pipeline dir, rewritten after each
+stage: BFCL per category and aggregate for the start and each stage with deltas to the previous
+one, and each stage's wall time and peak memory. Subset scores and full-category scores are never
+put in one table.
 """
 
 from __future__ import annotations
@@ -18,8 +9,47 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gemma_tool_use.evaluation.bfcl_tables import _plot_compare, irrelevance_split
+from gemma_tool_use.evaluation.bfcl_tables import plot_bfcl_compare, irrelevance_split
 from gemma_tool_use.utils.markdown import markdown_table
+
+
+def _score_kind(s: dict) -> str:
+    sub = s.get("subset")
+    return f"subset ({sub['per_category']} per category, seed {sub['seed']})" if sub else (
+        "partial" if s.get("partial") else "full categories")
+
+
+def _delta_row(label: str, values: list) -> list[str]:
+    """A table row: each value in %, and after the first, its change from the one before."""
+    cells, prev = [label], None
+    for i, v in enumerate(values):
+        cells.append("-" if v is None else f"{100 * v:.2f}")
+        if i:
+            cells.append("-" if v is None or prev is None else f"{100 * (v - prev):+.2f}")
+        prev = v
+    return cells
+
+
+def _bfcl_section(root: Path, stages: dict, scored: dict, label: str, names: list[str]) -> tuple[list[str], dict]:
+    """(Markdown lines, JSON entries per stage) of one group of comparable BFCL scores."""
+    cats = list(dict.fromkeys(c for n in names for c in scored[n]["categories"]))
+    aggs = [k for k in ("non_live", "simple", "irrelevance", "live", "multi_turn")
+            if any(isinstance(scored[n].get("aggregates", {}).get(k), (int, float)) for n in names)]
+    headers = ["category"]
+    for i, n in enumerate(names):
+        headers += [n] if i == 0 else [n, "Δ"]
+    rows = [_delta_row(c, [scored[n]["categories"].get(c, {}).get("accuracy") for n in names]) for c in cats]
+    rows += [_delta_row(f"**{k}**", [scored[n].get("aggregates", {}).get(k) for n in names]) for k in aggs]
+    splits = {n: irrelevance_split(root / stages[n]["dir"] / ("bfcl" if stages[n]["stage"] == "eval" else "bfcl_eval/bfcl"))
+              for n in names if n in stages}
+    if any(splits.values()):
+        rows.append(_delta_row("irrelevance: clean abstentions", [(splits.get(n) or {}).get("clean_accuracy") for n in names]))
+    lines = [f"## BFCL, {label}", "", markdown_table(headers, rows), ""]
+    out = {n: {"kind": label, "categories": {c: v["accuracy"] for c, v in scored[n]["categories"].items()},
+               "aggregates": {k: scored[n].get("aggregates", {}).get(k) for k in aggs},
+               "irrelevance_split": splits.get(n)}
+           for n in names}
+    return lines, out
 
 
 def write_pipeline_summary(root: str | Path, state: dict, bfcl: dict[str, dict | None]) -> dict:
@@ -29,47 +59,17 @@ def write_pipeline_summary(root: str | Path, state: dict, bfcl: dict[str, dict |
     root = Path(root)
     stages = state.get("stages", {})
     scored = {n: s for n, s in bfcl.items() if s}
-
-    def kind(s):
-        sub = s.get("subset")
-        return f"subset ({sub['per_category']} per category, seed {sub['seed']})" if sub else (
-            "partial" if s.get("partial") else "full categories")
-
     groups: dict[str, list[str]] = {}
     for n, s in scored.items():
-        groups.setdefault(kind(s), []).append(n)
+        groups.setdefault(_score_kind(s), []).append(n)
     lines = [f"# Pipeline `{state.get('name')}`", "", f"Commit {state.get('commit')}; start: "
              f"{state.get('resume_from') or 'the base model'}.", ""]
     out = {"name": state.get("name"), "commit": state.get("commit"), "resume_from": state.get("resume_from"),
            "stages": {}, "bfcl": {}}
     for label, names in groups.items():
-        cats = list(dict.fromkeys(c for n in names for c in scored[n]["categories"]))
-        aggs = [k for k in ("non_live", "simple", "irrelevance", "live", "multi_turn")
-                if any(isinstance(scored[n].get("aggregates", {}).get(k), (int, float)) for n in names)]
-        headers = ["category"]
-        for i, n in enumerate(names):
-            headers += [n] if i == 0 else [n, "Δ"]
-
-        def row(label_, values):
-            cells, prev = [label_], None
-            for i, v in enumerate(values):
-                cells.append("-" if v is None else f"{100 * v:.2f}")
-                if i:
-                    cells.append("-" if v is None or prev is None else f"{100 * (v - prev):+.2f}")
-                prev = v
-            return cells
-
-        rows = [row(c, [scored[n]["categories"].get(c, {}).get("accuracy") for n in names]) for c in cats]
-        rows += [row(f"**{k}**", [scored[n].get("aggregates", {}).get(k) for n in names]) for k in aggs]
-        splits = {n: irrelevance_split(root / stages[n]["dir"] / ("bfcl" if stages[n]["stage"] == "eval" else "bfcl_eval/bfcl"))
-                  for n in names if n in stages}
-        if any(splits.values()):
-            rows.append(row("irrelevance: clean abstentions", [(splits.get(n) or {}).get("clean_accuracy") for n in names]))
-        lines += [f"## BFCL, {label}", "", markdown_table(headers, rows), ""]
-        for n in names:
-            out["bfcl"][n] = {"kind": label, "categories": {c: v["accuracy"] for c, v in scored[n]["categories"].items()},
-                              "aggregates": {k: scored[n].get("aggregates", {}).get(k) for k in aggs},
-                              "irrelevance_split": splits.get(n)}
+        section, entries = _bfcl_section(root, stages, scored, label, names)
+        lines += section
+        out["bfcl"].update(entries)
     rows = []
     for n, st in stages.items():
         rows.append([n, st.get("stage"), st.get("status"), "-" if st.get("seconds") is None else f"{st['seconds'] / 60:.1f}",
@@ -80,6 +80,6 @@ def write_pipeline_summary(root: str | Path, state: dict, bfcl: dict[str, dict |
     (root / "pipeline_summary.json").write_text(json.dumps(out, indent=2))
     if scored:
         label, names = next(iter(groups.items()))
-        _plot_compare({n: scored[n] for n in names}, list(dict.fromkeys(c for n in names for c in scored[n]["categories"])),
-                      root / "pipeline_summary.png", f"pipeline {state.get('name')}: BFCL, {label}")
+        plot_bfcl_compare({n: scored[n] for n in names}, list(dict.fromkeys(c for n in names for c in scored[n]["categories"])),
+                          root / "pipeline_summary.png", f"pipeline {state.get('name')}: BFCL, {label}")
     return out

@@ -1,16 +1,6 @@
-"""Every plot and table the project writes: a run's training curve, a BFCL run's results table and
-accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
-
-    python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
-    python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
-        sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
-
-    python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
-    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement
-
-The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
-its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
-small artifacts of a run (never checkpoints or weights) into experiments/.
+"""A multirun sweep's summary: one row per job (its swept overrides, validation loss, BFCL
+accuracy, throughput, status) as sweep_summary.{json,md}, and BFCL accuracy (or validation loss)
+against the swept values as sweep_summary.png.
 """
 
 from __future__ import annotations
@@ -20,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from gemma_tool_use.evaluation.bfcl_tables import _pct
+from gemma_tool_use.evaluation.bfcl_tables import format_pct
 from gemma_tool_use.utils.markdown import markdown_table
 
 
@@ -56,7 +46,7 @@ def write_sweep_summary(sweep_dir: str | Path) -> dict:
     fmt = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
     table = markdown_table(["job", *keys, "val loss", "BFCL mean", "tokens/s", "status"],
                            [[r["job"], *(r["overrides"].get(k, "") for k in keys), fmt(r.get("final_val_loss")),
-                             _pct(r.get("bfcl_mean"), 1), fmt(r.get("tokens_per_s"), 0), r["status"]] for r in rows])
+                             format_pct(r.get("bfcl_mean"), 1), fmt(r.get("tokens_per_s"), 0), r["status"]] for r in rows])
     summary = {"sweep_dir": str(sweep_dir), "swept": keys, "jobs": rows}
     (sweep_dir / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
     (sweep_dir / "sweep_summary.md").write_text(table + "\n")

@@ -152,7 +152,7 @@ def _messages(raw: Any) -> list[dict]:
                 try:
                     args = json.loads(args) if isinstance(args, str) else args
                 except json.JSONDecodeError as e:
-                    raise RequestError(f"{cw}.function.arguments is not valid JSON: {e}", f"{cw}.function.arguments")
+                    raise RequestError(f"{cw}.function.arguments is not valid JSON: {e}", f"{cw}.function.arguments") from None
                 if not isinstance(args, dict):
                     raise RequestError(f"{cw}.function.arguments must encode a JSON object", f"{cw}.function.arguments")
                 if isinstance(c.get("id"), str):

@@ -13,10 +13,14 @@ from __future__ import annotations
 import importlib
 
 from omegaconf import DictConfig
+from gemma_tool_use.utils.errors import UserError
+from gemma_tool_use.utils.interrupt import install_stop_handlers
 
 
-class StageNotBuilt(RuntimeError):
+class StageNotBuilt(UserError, RuntimeError):
     """The selected stage has no runner yet."""
+
+    exit_code = 3
 
 
 # stage name -> "module:function"; None = planned, not built yet.
@@ -37,8 +41,6 @@ def run_stage(cfg: DictConfig):
     if target is None:
         built = ", ".join(k for k, v in STAGES.items() if v)
         raise StageNotBuilt(f"stage '{name}' is not built yet (built stages: {built})")
-    from gemma_tool_use.utils.interrupt import install_stop_handlers
-
     install_stop_handlers()  # SIGTERM stops a run like Ctrl-C: checkpoint, finish the tracker, exit
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)(cfg)

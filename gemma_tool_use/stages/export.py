@@ -17,30 +17,23 @@ import time
 
 from omegaconf import DictConfig
 
-from gemma_tool_use.orchestration.runs import run_dir_of, served_model_name
-from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
+from gemma_tool_use.orchestration.runs import served_model_name
+from gemma_tool_use.orchestration.stage_context import open_stage
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float:
-    from gemma_tool_use.export.gguf_file import GGUF_TYPES, ExportError
+    kinds = [str(k) for k in cfg.export.types]  # checked by preflight, before JAX started
+    with open_stage(cfg, tokenizer=False, tracker=False) as ctx:
+        from gemma_tool_use.export.gguf_file import modelfile, roundtrip_errors, write_gguf
+        from gemma_tool_use.export.hf_checkpoint import lora_merge_scale, merged_hf_tensors
+        from gemma_tool_use.model.loading import build_model
+        from gemma_tool_use.model.tokenizer import default_gguf_path
 
-    kinds = [str(k) for k in cfg.export.types]
-    bad = [k for k in kinds if k not in GGUF_TYPES]
-    if bad or not kinds:
-        raise ExportError(f"export.types: {bad or kinds} - choose from {', '.join(GGUF_TYPES)}")
-    prepare_runtime(cfg.tpu)
-    from gemma_tool_use.export.gguf_file import modelfile, roundtrip_errors, write_gguf
-    from gemma_tool_use.export.hf_checkpoint import lora_merge_scale, merged_hf_tensors
-    from gemma_tool_use.model.loading import build_model
-    from gemma_tool_use.model.tokenizer import default_gguf_path
-
-    run_dir = run_dir_of(cfg)
+        model = build_model(cfg.model, ctx.mesh, cfg.seed)
+    run_dir = ctx.run_dir
     name = str(cfg.export.name or served_model_name(cfg)).replace("/", "_")
-    mesh = build_mesh(cfg.tpu)
-    with mesh:
-        model = build_model(cfg.model, mesh, cfg.seed)
     tensors = merged_hf_tensors(model, lora_merge_scale(model, cfg.model))
     summary = {"name": name, "source": {"model": str(cfg.model.name), "lora_checkpoint": cfg.model.lora_checkpoint},
                "files": {}}

@@ -27,8 +27,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gemma_tool_use.format.parse import parse_model_output
+from gemma_tool_use.format.render import FormatError, render_conversation, validate_conversation
 from gemma_tool_use.orchestration.runs import run_dir_of
+from gemma_tool_use.orchestration.stage_context import open_stage
 from gemma_tool_use.utils.errors import UserError
+from gemma_tool_use.utils.files import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +72,6 @@ def invalid_unicode_at(value: Any, where: str = "row") -> str | None:
 def read_prompts(path: Path) -> tuple[list[tuple[int, dict]], list[dict]]:
     """(rows to predict as (file line, row), rejects as {"line", "reason"}). Never raises on content:
     one bad line (bytes, JSON, Unicode, schema) costs that line only. Pure Python, no JAX."""
-    from gemma_tool_use.format.render import FormatError, validate_conversation
-    from gemma_tool_use.utils.files import iter_jsonl
-
     rows, rejects = [], []
     for lineno, row, error in iter_jsonl(path):
         if error is None:
@@ -99,38 +100,28 @@ def _write_rejects(path: Path, rejects: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def run(cfg: DictConfig) -> float:
+def _input_file(cfg: DictConfig) -> Path:
     if not cfg.predict.input_file:
         raise PredictInputError("predict.input_file is required (a JSONL of {\"tools\", \"messages\"} rows)")
     src = Path(cfg.predict.input_file).expanduser()
     if not src.is_file():
         raise PredictInputError(f"predict.input_file not found: {src}")
-    run_dir = run_dir_of(cfg)
-    rejects_path = run_dir / REJECTS_FILE
+    return src
 
-    # The input is read and checked before JAX starts: a file with nothing to predict fails in
-    # a fraction of a second, not after the model has loaded.
-    rows, rejects = read_prompts(src)
-    if not rows:
-        _write_rejects(rejects_path, rejects)
-        if not rejects:
-            raise PredictInputError(f"predict.input_file={src}: no rows (the file is empty or blank); nothing to predict")
-        raise PredictInputError(f"predict.input_file={src}: no valid row ({len(rejects)} rejected, first "
-                                f"{src.name}:{rejects[0]['line']}: {rejects[0]['reason']}); reasons per line in {rejects_path}")
 
-    from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
+def _refuse_no_rows(src: Path, rejects: list[dict], rejects_path: Path) -> None:
+    """An input with no row to predict: its rejects file, then PredictInputError."""
+    _write_rejects(rejects_path, rejects)
+    if not rejects:
+        raise PredictInputError(f"predict.input_file={src}: no rows (the file is empty or blank); nothing to predict")
+    raise PredictInputError(f"predict.input_file={src}: no valid row ({len(rejects)} rejected, first "
+                            f"{src.name}:{rejects[0]['line']}: {rejects[0]['reason']}); reasons per line in {rejects_path}")
 
-    prepare_runtime(cfg.tpu)
-    from tqdm import tqdm
 
-    from gemma_tool_use.format.parse import parse_model_output
-    from gemma_tool_use.format.render import FormatError, render_conversation
-    from gemma_tool_use.generation.generator import Generator, SamplingParams
-    from gemma_tool_use.model.loading import build_model, load_tokenizer_for
-
-    out_path = Path(cfg.predict.output_file).expanduser() if cfg.predict.output_file else run_dir / "predictions.jsonl"
-    mesh = build_mesh(cfg.tpu)
-    tokenizer = load_tokenizer_for(cfg.model)
+def _render_prompts(cfg: DictConfig, rows: list[tuple[int, dict]], tokenizer,
+                    rejects: list[dict]) -> tuple[list[tuple[int, dict]], list]:
+    """(rows kept, their prompt ids); a row that cannot be rendered, or is too long under
+    generation.overlength=error, is appended to `rejects` instead."""
     system_prompt = cfg.data.system_prompt
     kwargs = {} if system_prompt is None else {"system_prompt": system_prompt}
     g = cfg.generation
@@ -147,24 +138,38 @@ def run(cfg: DictConfig) -> float:
             continue
         kept.append((lineno, row))
         prompts.append(ids)
+    return kept, prompts
+
+
+def _report_rejects(src: Path, rejects: list[dict], rejects_path: Path) -> None:
     _write_rejects(rejects_path, rejects)
     if rejects:
         first = min(rejects, key=lambda r: r["line"])
         log.warning("%d input row(s) rejected, not predicted (first %s:%d: %s); one line each in %s",
                     len(rejects), src.name, first["line"], first["reason"], rejects_path)
-    if not kept:
-        raise PredictInputError(f"predict.input_file={src}: no valid row ({len(rejects)} rejected); "
-                                f"reasons per line in {rejects_path}")
 
-    with mesh:
-        model = build_model(cfg.model, mesh, cfg.seed)
-        generator = Generator.from_config(model, tokenizer, g)
-        params = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                                top_p=g.top_p, seed=cfg.seed, stop_ids=tuple(g.stop_ids))
-        t0 = time.time()
-        with tqdm(total=len(prompts), desc="predict", unit="row") as bar:
-            results = generator.generate_ids(prompts, params, progress=lambda n: bar.update(n - bar.n))
-        seconds = time.time() - t0
+
+def _generate(cfg: DictConfig, mesh, tokenizer, prompts: list) -> tuple[list, float]:
+    """(generation results, seconds) for the prompts, with the configured model and sampling
+    (inside open_stage: the runtime is prepared, the mesh entered)."""
+    from tqdm import tqdm
+
+    from gemma_tool_use.generation.generator import Generator, SamplingParams
+    from gemma_tool_use.model.loading import build_model
+
+    g = cfg.generation
+    model = build_model(cfg.model, mesh, cfg.seed)
+    generator = Generator.from_config(model, tokenizer, g)
+    params = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
+                            top_p=g.top_p, seed=cfg.seed, stop_ids=tuple(g.stop_ids))
+    t0 = time.time()
+    with tqdm(total=len(prompts), desc="predict", unit="row") as bar:
+        results = generator.generate_ids(prompts, params, progress=lambda n: bar.update(n - bar.n))
+    return results, time.time() - t0
+
+
+def _write_predictions(out_path: Path, kept: list[tuple[int, dict]], results: list) -> tuple[int, int]:
+    """predictions.jsonl, one row per kept input row; returns (tool calls, parse errors)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     n_calls, n_errors = 0, 0
     with out_path.open("w", encoding="utf-8") as f:
@@ -176,6 +181,29 @@ def run(cfg: DictConfig) -> float:
                                 "parse_errors": parsed.to_dict()["errors"], "prompt_tokens": res.prompt_tokens,
                                 "new_tokens": len(res.token_ids), "stop_reason": res.stop_reason},
                                ensure_ascii=False) + "\n")
+    return n_calls, n_errors
+
+
+def run(cfg: DictConfig) -> float:
+    src = _input_file(cfg)
+    run_dir = run_dir_of(cfg)
+    rejects_path = run_dir / REJECTS_FILE
+
+    # The input is read and checked before JAX starts: a file with nothing to predict fails in
+    # a fraction of a second, not after the model has loaded.
+    rows, rejects = read_prompts(src)
+    if not rows:
+        _refuse_no_rows(src, rejects, rejects_path)
+
+    out_path = Path(cfg.predict.output_file).expanduser() if cfg.predict.output_file else run_dir / "predictions.jsonl"
+    with open_stage(cfg, tracker=False) as ctx:
+        kept, prompts = _render_prompts(cfg, rows, ctx.tokenizer, rejects)
+        _report_rejects(src, rejects, rejects_path)
+        if not kept:
+            raise PredictInputError(f"predict.input_file={src}: no valid row ({len(rejects)} rejected); "
+                                    f"reasons per line in {rejects_path}")
+        results, seconds = _generate(cfg, ctx.mesh, ctx.tokenizer, prompts)
+    n_calls, n_errors = _write_predictions(out_path, kept, results)
     new_tokens = sum(len(r.token_ids) for r in results)
     summary = {"rows": len(kept), "rejected_rows": len(rejects), "tool_calls": n_calls, "parse_errors": n_errors,
                "seconds": round(seconds, 2), "new_tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,

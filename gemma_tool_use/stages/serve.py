@@ -16,35 +16,31 @@ import os
 
 from omegaconf import DictConfig
 
-from gemma_tool_use.orchestration.runs import run_dir_of, served_model_name
-from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
+from gemma_tool_use.orchestration.runs import served_model_name
+from gemma_tool_use.orchestration.stage_context import open_stage
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> float:
-    prepare_runtime(cfg.tpu)
-    from gemma_tool_use.generation.generator import Generator
-    from gemma_tool_use.model.loading import build_model, load_tokenizer_for
-    from gemma_tool_use.serving.server import Batcher, ChatServer, make_http_server
+    with open_stage(cfg, tracker=False) as ctx:
+        from gemma_tool_use.generation.generator import Generator
+        from gemma_tool_use.model.loading import build_model
+        from gemma_tool_use.serving.server import Batcher, ChatServer, make_http_server
 
-    run_dir = run_dir_of(cfg)
-    g, s = cfg.generation, cfg.serve
-    mesh = build_mesh(cfg.tpu)
-    tokenizer = load_tokenizer_for(cfg.model)
-    with mesh:
-        model = build_model(cfg.model, mesh, cfg.seed)
-        generator = Generator.from_config(model, tokenizer, g, batch_size=int(s.max_batch), overlength="error")
+        g, s = cfg.generation, cfg.serve
+        model = build_model(cfg.model, ctx.mesh, cfg.seed)
+        generator = Generator.from_config(model, ctx.tokenizer, g, batch_size=int(s.max_batch), overlength="error")
         batcher = Batcher(lambda ids, params, on_result: generator.generate_ids(ids, params, on_result=on_result),
                           max_batch=int(s.max_batch), window_s=float(s.batch_window_ms) / 1000)
-        app = ChatServer(tokenizer, batcher, model_name=served_model_name(cfg), system_prompt=cfg.data.system_prompt,
+        app = ChatServer(ctx.tokenizer, batcher, model_name=served_model_name(cfg), system_prompt=cfg.data.system_prompt,
                          max_prompt_len=int(g.max_prompt_len), default_max_tokens=int(g.max_new_tokens),
                          max_tokens_limit=int(s.max_tokens_limit), stop_ids=tuple(g.stop_ids),
                          request_timeout_s=float(s.request_timeout_s), max_request_bytes=int(s.max_request_bytes))
         server = make_http_server(app, str(s.host), int(s.port))
         host, port = server.server_address[:2]
         url = f"http://{host}:{port}/v1"
-        (run_dir / "server.json").write_text(json.dumps({"url": url, "model": app.model_name, "pid": os.getpid()}))
+        (ctx.run_dir / "server.json").write_text(json.dumps({"url": url, "model": app.model_name, "pid": os.getpid()}))
         log.info("serving %s at %s (POST /chat/completions, GET /models); Ctrl-C stops", app.model_name, url)
         try:
             server.serve_forever(poll_interval=0.2)

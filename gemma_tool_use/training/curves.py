@@ -1,16 +1,8 @@
-"""Every plot and table the project writes: a run's training curve, a BFCL run's results table and
-accuracy plot, BFCL before/after tables across runs, and a sweep's summary.
+"""Training curves as PNG from a run's metrics.jsonl: SFT loss (raw, smoothed, validation) with the
+learning rate, and GRPO rewards (total and per term) with the probe set's scores.
 
-    python -m gemma_tool_use.report curves outputs/sft_small/<run>            # -> <run>/loss_curve.png
-    python -m gemma_tool_use.report compare base=experiments/bfcl_baseline_base/summary.json \\
-        sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
-
-    python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
-    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement
-
-The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
-its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
-small artifacts of a run (never checkpoints or weights) into experiments/.
+The SFT and GRPO stages draw their curve when training ends; `python -m gemma_tool_use.report
+curves <run dir>` draws an SFT run's loss curve again (e.g. for an interrupted run).
 """
 
 from __future__ import annotations

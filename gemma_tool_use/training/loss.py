@@ -1,9 +1,12 @@
-"""Supervised training pieces shared by the SFT stages: loss, optimizer, trainer, metrics.
+"""The SFT loss: mean next-token NLL over model-turn targets only (completion-only), and the
+chunked tied-head NLL it shares with GRPO's log-probabilities (training/grpo/objective.py).
 
-The loop itself is tunix's PeftTrainer (checkpointing, resume, gradient accumulation, eval);
-we give it a completion-only loss that never builds full-vocabulary logits for positions that
-carry no loss, and a metrics logger that feeds our Tracker instead of jax.monitoring's
-process-global listeners (which leak between the jobs of a multirun).
+It never builds full-vocabulary logits for positions that carry no loss: the model returns final
+hidden states at the target positions only (`logits_at`, model/gemma.py), and the tied
+vocabulary projection runs over them in chunks of LOSS_CHUNK positions whose logits are
+recomputed in the backward pass, so memory stays flat however many targets a batch holds.
+Packed rows (data/batching.py) get per-segment positions and a mask that keeps each
+conversation to itself.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from tunix.sft import utils as sft_utils
 
-# Loss positions per chunk of the vocabulary projection. A [positions, 262k] f32 logits block
-# (plus its gradient) is ~2 GiB per 1,000 positions; above this size the loss runs a scan over
-# chunks and recomputes each chunk's logits in the backward pass, so memory stays flat.
+# Loss positions per chunk of the vocabulary projection. A [positions, 262,144] f32 logits block
+# takes 1 MiB per position, as much again for its gradient; above this size the loss runs a scan
+# over chunks and recomputes each chunk's logits in the backward pass, so memory stays flat.
 LOSS_CHUNK = 512
 
 
@@ -53,7 +56,7 @@ def packed_positions_and_mask(segments):
 def _head_nll(table, row_ids, row_delta, h, targets):
     """-log p(target) for hidden states h [N, D] under the tied head (plus trained row deltas)."""
     # einsum, not jnp.dot(h, table.T): for 2-D h, XLA:CPU copies the transposed 262k x 640 table on
-    # every call and picks a slower bf16 kernel (measured: 512 positions 1.32 s vs 0.70 s, forward).
+    # every call and picks a slower bf16 kernel (timings: experiments/peer_bench/README.md, section 3).
     logits = jnp.einsum("...d,vd->...v", h, table)
     if row_delta is not None:
         logits = logits.at[..., row_ids].add(jnp.einsum("...d,kd->...k", h, row_delta))

@@ -1,15 +1,16 @@
-"""Supervised training pieces shared by the SFT stages: loss, optimizer, trainer, metrics.
+"""Training metrics: per-step records for our Tracker, throughput and memory, and a run's figures
+read back from metrics.jsonl across the processes that trained it.
 
-The loop itself is tunix's PeftTrainer (checkpointing, resume, gradient accumulation, eval);
-we give it a completion-only loss that never builds full-vocabulary logits for positions that
-carry no loss, and a metrics logger that feeds our Tracker instead of jax.monitoring's
-process-global listeners (which leak between the jobs of a multirun).
+`TrackerMetricsLogger` feeds tunix's per-step metrics to our Tracker instead of jax.monitoring's
+process-global listeners (which leak between the jobs of a multirun). `Throughput` measures
+tokens/s and step time between logged steps; `training_history` sums a resumed run's processes.
 """
 
 from __future__ import annotations
 
 import resource
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -43,9 +44,6 @@ def training_history(metrics_path) -> dict:
     Training seconds add up each process's span, from its PROCESS_START marker (or, in runs
     written before the marker, its first record) to its last train or eval record; the time of
     steps that a kill threw away (dropped on resume) is not counted."""
-    from pathlib import Path
-
-
     path = Path(metrics_path)
     recs = [r for r in read_jsonl(path) if isinstance(r, dict)] if path.is_file() else []
     recs = [r for r in recs if not any(k.startswith("bfcl/") for k in r)]

@@ -1,9 +1,6 @@
-"""Supervised training pieces shared by the SFT stages: loss, optimizer, trainer, metrics.
-
-The loop itself is tunix's PeftTrainer (checkpointing, resume, gradient accumulation, eval);
-we give it a completion-only loss that never builds full-vocabulary logits for positions that
-carry no loss, and a metrics logger that feeds our Tracker instead of jax.monitoring's
-process-global listeners (which leak between the jobs of a multirun).
+"""The optimizer of the training stages (SFT and GRPO): AdamW with optional global-norm gradient
+clipping, and a linear warmup into a cosine decay (or a constant rate). The current learning rate
+rides in the optimizer state, so it is logged with each step.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Supervised training pieces shared by the SFT stages: loss, optimizer, trainer, metrics.
+"""The SFT trainer: tunix's PeftTrainer (checkpointing, resume, gradient accumulation, eval) with
+what our runs need on top.
 
-The loop itself is tunix's PeftTrainer (checkpointing, resume, gradient accumulation, eval);
-we give it a completion-only loss that never builds full-vocabulary logits for positions that
-carry no loss, and a metrics logger that feeds our Tracker instead of jax.monitoring's
-process-global listeners (which leak between the jobs of a multirun).
+It carries the trained-token totals across restarts in each checkpoint's metadata, writes each
+step's metrics as soon as the step is done (a kill loses no logged step), shows our progress line
+instead of tunix's bar, stops only at safe points between steps (Ctrl-C / SIGTERM save the steps
+done so far) and evaluates the final weights when the last step was not an eval step.
 """
 
 from __future__ import annotations

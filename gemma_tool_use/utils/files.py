@@ -13,9 +13,10 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
+from gemma_tool_use.utils.errors import UserError
 
 
-class JsonlError(ValueError):
+class JsonlError(UserError, ValueError):
     """A JSONL file that cannot be read as a whole; the message names file:line."""
 
 

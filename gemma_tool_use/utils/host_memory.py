@@ -5,14 +5,14 @@ glibc serves a request above its mmap threshold (128 KiB at start) with its own 
 each time such a block is freed it raises the threshold to that block's size (up to 32 MiB).
 XLA:CPU's buffers are megabytes, so after the first step most of them come from the heap, and a
 freed heap block is returned to the system only when nothing above it is still in use. Every new
-shape (a length bucket, a loss-position count) then leaves a high-water mark behind: three shapes
-of the 8 x 768 LoRA step ended at 14.5 GiB with the default and 10.3 GiB with a fixed 1 MiB
-threshold, same losses (experiments/allocator_memory/). A fixed threshold is what
+shape (a length bucket, a loss-position count) then leaves a high-water mark behind that
+the process keeps; over the cpu recipe's LoRA step shapes a fixed 1 MiB threshold avoids it, with
+the same losses (measured: experiments/allocator_memory/README.md). A fixed threshold is what
 `MALLOC_MMAP_THRESHOLD_=1048576` sets; `mallopt` sets it from inside the process.
 
 The price: a mapped block comes back as fresh pages, which the kernel zeroes on first touch, in
-every step. Same session, alternating processes: LoRA step 4 x 256 3.61 -> 4.09 s (+13%), greedy
-generation at batch 8 6.1 -> 7.3 s (+20%). So it is applied where memory is the risk, the
+every step: a training step gets slower and greedy generation slower still (measured:
+experiments/allocator_memory/README.md). So it is applied where memory is the risk, the
 training stages (GTU_MALLOC_TUNING=auto, the default), not to evaluation, prediction or serving,
 whose peak is a few GiB; GTU_MALLOC_TUNING=1 applies it to every stage, 0 to none.
 

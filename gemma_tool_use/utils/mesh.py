@@ -50,6 +50,15 @@ def check_platform(tpu_cfg) -> None:
             + ", or run on the matching hardware")
 
 
+COMPILE_CACHE_MIN_SECS_ENV = "GTU_COMPILE_CACHE_MIN_SECS"
+
+
+def compile_cache_min_seconds() -> float:
+    """Programs that compiled faster than this are not written to the persistent cache (2 s;
+    GTU_COMPILE_CACHE_MIN_SECS overrides it)."""
+    return float(os.environ.get(COMPILE_CACHE_MIN_SECS_ENV, "2.0"))
+
+
 def prepare_runtime(tpu_cfg) -> None:
     """Set XLA flags / multi-host init. Idempotent; errors clearly if JAX already started
     with a different device count than requested."""
@@ -67,9 +76,9 @@ def prepare_runtime(tpu_cfg) -> None:
         cache_dir = os.path.expanduser(str(cache_dir))
         os.makedirs(cache_dir, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", cache_dir)
-        # Only programs that took a while to compile: the cache stays small and tiny
-        # test programs do not churn it.
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+        # Only programs that took a while to compile: the cache stays small. The test suite sets
+        # GTU_COMPILE_CACHE_MIN_SECS=0 so its many CLI processes share even the tiny programs.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", compile_cache_min_seconds())
     if tpu_cfg.distributed and not _distributed_initialized():
         kwargs = {}
         if tpu_cfg.coordinator_address:

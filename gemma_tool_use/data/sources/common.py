@@ -1,4 +1,4 @@
-"""The one data-source framework: upstream rows -> canonical rows (data/schema.py).
+"""The one data-source framework: upstream rows -> canonical rows (data/rows.py).
 
 A family module writes `convert(row) -> (tools, messages)` per upstream layout, with `Dialogue`
 and `tool_from`; `convert_rows` runs it over the rows, checks each result (`finish`), builds the
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
-from gemma_tool_use.data.schema import coerce, make_row
+from gemma_tool_use.data.rows import coerce, make_row
 from gemma_tool_use.utils.files import iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def call(obj: Any, *, name_key: str = "name", args_keys: tuple[str, ...] = ("arg
         try:
             args = parse_literal(args) if args.strip() else {}
         except ValueError:
-            raise RowError("args_not_object", f"arguments of {name!r} are text that does not parse: {args!r:.80}")
+            raise RowError("args_not_object", f"arguments of {name!r} are text that does not parse: {args!r:.80}") from None
     if not isinstance(args, dict | None):
         raise RowError("args_not_object", f"arguments of {name!r} are a {type(args).__name__}")
     return {"name": name, "args": args or {}}

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from gemma_tool_use.data.conversations import LoadReport
-from gemma_tool_use.data.schema import REFUSAL
+from gemma_tool_use.data.rows import REFUSAL
 from gemma_tool_use.data.sources.common import (
     Dialogue,
     RowError,

@@ -11,7 +11,7 @@ parameters an example value as "default"). A no-call answer becomes the plain te
 
 from __future__ import annotations
 
-from gemma_tool_use.data.schema import REFUSAL
+from gemma_tool_use.data.rows import REFUSAL
 from gemma_tool_use.data.sources.common import (
     Dialogue,
     RowError,

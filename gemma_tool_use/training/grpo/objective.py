@@ -55,8 +55,10 @@ def completion_logps(model, input_tokens, input_mask, target_positions, target_i
     states at the K target positions and `training_loss.chunked_nll` projects them in chunks. The
     hidden states are cast to float32 first, so the tied-head logits (and the log-probs) are
     float32 even for a bfloat16 model (a bf16 logit of 20 is only good to ~0.06, i.e. a 6%
-    error on a policy ratio; XLA on CPU keeps the f32 product anyway, same speed). `temperature` scales the logits as sampling did (logits / T is
-    (h / T) @ W^T: exact); 1.0 leaves them alone. Padding slots hold finite garbage: mask them."""
+    error on a policy ratio; XLA on CPU keeps the f32 product anyway, so the cast adds no work
+    there; measured: experiments/grpo_from_sft_short_r3/README.md). `temperature` scales the
+    logits as sampling did (logits / T is (h / T) @ W^T: exact); 1.0 leaves them alone. Padding
+    slots hold finite garbage: mask them."""
     positions = sft_utils.build_positions_from_mask(input_mask)
     attention_mask = sft_utils.make_causal_attn_mask(input_mask)
     hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions, return_hidden=True,
@@ -234,9 +236,9 @@ class AccumulatingStep:
     """One GRPO update over micro-batches: the gradient of each (a jitted grad step), weighted by
     its share of the loss normaliser (`micro_batch_weight`), summed, then one optimizer update.
     Equal, up to float summation order, to `grpo_train_step` on the whole batch, so the rollout
-    batch size is not bounded by what one forward/backward fits in memory (16 rows of 512 + 96
-    tokens do not fit 24 GiB at once). Ratio/KL/clip statistics are weighted means; ratio_min/_max
-    the extremes."""
+    batch size is not bounded by what one forward/backward fits in memory (a full rollout batch
+    does not fit the 24 GiB dev machine at once: experiments/grpo_from_sft_short/README.md).
+    Ratio/KL/clip statistics are weighted means; ratio_min/_max the extremes."""
 
     def __init__(self, *, epsilon: float = 0.2, epsilon_high: float | None = None, beta: float = 0.0,
                  loss_agg_mode: str = "sequence-mean-token-mean", temperature: float = 1.0,

@@ -31,11 +31,11 @@ Choices (documented here, pinned by tests/test_rewards.py):
 * **No credit for the form of a wrong kind of answer**: on a no-call row a call (however tidy)
   gets format 0.0, and on a row that needs a call so does a plain-text answer. Crediting the
   call made the format term the only spread within a no-call group where every sample calls, so
-  GRPO's advantage pushed towards tidier calls where no tool fits (experiments/grpo_from_sft_short:
-  probe abstention 0.38 -> -0.50 in 10 steps); crediting the text made "answer in text" (format
-  1, correctness -1: total 0) beat a malformed call (-1), so the policy stopped calling where it
-  should (experiments/grpo_from_sft_short_r2: call rate where a call is needed 0.48 in steps
-  1-6 -> 0.08 in steps 19-24, abstain rate where none fits 0.58 -> 0.98).
+  GRPO's advantage pushed towards tidier calls where no tool fits (the probe's abstention
+  turned negative within a few steps; measured: experiments/grpo_from_sft_short/README.md);
+  crediting the text made "answer in text" (format 1, correctness -1: total 0) beat a malformed
+  call (-1), so the policy stopped calling where it should (run r2: the call rate where a call
+  is needed collapsed while abstention rose; measured: experiments/grpo_from_sft_short_r3/README.md).
 * **Parse errors**: every error kind of `chat_format.parse_model_output` zeroes the format term,
   unknown_tool included (calling a tool that was not offered is malformed output), except
   bad_tools, which is the caller's malformed tool list, not the model's fault.
@@ -46,7 +46,8 @@ Choices (documented here, pinned by tests/test_rewards.py):
 * **Matching** of gold calls to predictions is one-to-one and order-free, and only between
   calls of the same name (names are what the name term scores); within each name the assignment
   maximising S is found by brute force over the injective assignments (exact), falling back to
-  greedy-by-score only past 5,040 assignments (7!, ~10 ms; e.g. many duplicate calls).
+  greedy-by-score only past 5,040 assignments (7!; e.g. many duplicate calls), which bounds the
+  time one completion's reward can take (measured: experiments/grpo_from_sft_short_r3/README.md).
 * **Value equality** follows BFCL's AST checker: strings through BFCL's `standardize_string`
   (drop ' ' and the characters ,./-_*^, lowercase, ' -> "; re-implemented with its exact regex,
   because importing bfcl_eval's checker costs seconds; a test pins the regex against the

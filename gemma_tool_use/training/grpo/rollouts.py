@@ -18,7 +18,7 @@ import numpy as np
 from gemma_tool_use.data.batching import collate
 from gemma_tool_use.data.conversations import load_jsonl_conversations
 from gemma_tool_use.data.mix import build_mix
-from gemma_tool_use.data.schema import classify
+from gemma_tool_use.data.rows import classify
 from gemma_tool_use.format.render import RenderedConversation, render_conversation
 
 

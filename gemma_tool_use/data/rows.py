@@ -1,6 +1,6 @@
 """The canonical training row every source loader produces, and its task category.
 
-A row is a canonical conversation (see chat_format) plus provenance:
+A row is a canonical conversation (see format/render.py) plus provenance:
 
     {"tools": [...], "messages": [...],
      "meta": {"source": "seal_tools/dev", "row": "17", "category": "multiple"}}
