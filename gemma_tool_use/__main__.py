@@ -29,8 +29,8 @@ from omegaconf import DictConfig
 from gemma_tool_use.config.checks import check_config
 from gemma_tool_use.config.schema import TRAINING_STAGES, register_configs
 from gemma_tool_use.orchestration.pipeline import run_pipeline
-from gemma_tool_use.stages import run_stage
 from gemma_tool_use.orchestration.preflight import preflight
+from gemma_tool_use.stages import run_stage
 from gemma_tool_use.utils.errors import UserError, one_line
 from gemma_tool_use.utils.host_memory import tune_malloc, wants_tuning
 from gemma_tool_use.utils.paths import conf_dir
@@ -78,16 +78,22 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         report_user_error(e, getattr(e, "exit_code", 4))
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (interrupt.Stopped): the stage saved its work
         signal_name = getattr(e, "signal_name", "SIGINT")
-        print(f"stopped ({signal_name}); re-run the same command (same hydra.run.dir) to resume",
-              file=sys.stderr, flush=True)
+        print(
+            f"stopped ({signal_name}); re-run the same command (same hydra.run.dir) to resume",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(getattr(e, "exit_code", 130))
 
 
 def _write_job_result(value) -> None:
     """The stage's return value beside its outputs (read by the subprocess launcher)."""
     out = Path(HydraConfig.get().runtime.output_dir) / "job_result.json"
-    out.write_text(json.dumps({"value": value if isinstance(value, (int, float)) or value is None else str(value),
-                               "pid": os.getpid()}))
+    out.write_text(
+        json.dumps(
+            {"value": value if isinstance(value, (int, float)) or value is None else str(value), "pid": os.getpid()}
+        )
+    )
 
 
 def main() -> None:

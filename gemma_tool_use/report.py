@@ -48,10 +48,14 @@ def main(argv=None) -> int:
         if args.out:
             Path(args.out).write_text(text + "\n")
         for cat, c in result["categories"].items():
-            print(f"{cat:20s} {c['verdicts_equal']:4d}/{c['compared']:<4d} verdicts equal, {c['texts_equal']:4d} texts equal;"
-                  f" flipped {c['flipped']}")
-        print(f"{'all':20s} {result['verdicts_equal']:4d}/{result['compared']:<4d} verdicts equal, "
-              f"{result['texts_equal']:4d} texts equal")
+            print(
+                f"{cat:20s} {c['verdicts_equal']:4d}/{c['compared']:<4d} verdicts equal, {c['texts_equal']:4d} texts equal;"
+                f" flipped {c['flipped']}"
+            )
+        print(
+            f"{'all':20s} {result['verdicts_equal']:4d}/{result['compared']:<4d} verdicts equal, "
+            f"{result['texts_equal']:4d} texts equal"
+        )
         return 0
     if args.cmd == "collect":
         collect = collect_pipeline if (Path(args.run_dir) / "pipeline_state.json").is_file() else collect_run

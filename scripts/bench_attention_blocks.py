@@ -29,8 +29,9 @@ def main():
     import jax
     import jax.numpy as jnp
 
-    from bench_common import run_facts
     from gemma_tool_use.model.attention import _softmax_attention, attend
+
+    from bench_common import run_facts
 
     def dense(q, k, v, mask, window):
         T = q.shape[1]
@@ -48,17 +49,24 @@ def main():
         for window in (None, 512):
             variants = [("dense", lambda q, k, v, w: dense(q, k, v, mask, w))] + [
                 (f"blocks {b}", lambda q, k, v, w, b=b: attend(q, k, v, mask, window=w, block=b))
-                for b in map(int, args.blocks.split(","))]
+                for b in map(int, args.blocks.split(","))
+            ]
             for name, f in variants:
-                g = jax.jit(jax.value_and_grad(lambda q, k, v, f=f, w=window: jnp.sum(f(q, k, v, w).astype(jnp.float32) ** 2),
-                                               argnums=(0, 1, 2)))
+                g = jax.jit(
+                    jax.value_and_grad(
+                        lambda q, k, v, f=f, w=window: jnp.sum(f(q, k, v, w).astype(jnp.float32) ** 2),
+                        argnums=(0, 1, 2),
+                    )
+                )
                 jax.block_until_ready(g(q, k, v))
                 times = []
                 for _ in range(5):
                     t0 = time.perf_counter()
                     jax.block_until_ready(g(q, k, v))
                     times.append(time.perf_counter() - t0)
-                rows.append({"seq": T, "window": window, "variant": name, "median_ms": round(statistics.median(times) * 1e3, 1)})
+                rows.append(
+                    {"seq": T, "window": window, "variant": name, "median_ms": round(statistics.median(times) * 1e3, 1)}
+                )
                 print(rows[-1], flush=True)
     Path(args.out).write_text(json.dumps({"batch": args.batch, **run_facts(), "rows": rows}, indent=1) + "\n")
 

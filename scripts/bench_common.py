@@ -46,14 +46,19 @@ def lora_train_step(cfg, model, loss_fn=None, max_steps: int = 10**6):
     from tunix.sft import peft_trainer
     from tunix.sft.metrics_logger import MetricsLogger
 
-    from gemma_tool_use.training.sft_trainer import SftTrainer
-    from gemma_tool_use.training.metrics import Throughput
     from gemma_tool_use.training.loss import completion_loss
+    from gemma_tool_use.training.metrics import Throughput
     from gemma_tool_use.training.optimizer import make_optimizer
+    from gemma_tool_use.training.sft_trainer import SftTrainer
 
     opt, _ = make_optimizer(cfg.optim, 100)
-    trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=10**6, max_steps=max_steps),
-                         metrics_logger=MetricsLogger(), throughput=Throughput())
+    trainer = SftTrainer(
+        model,
+        opt,
+        peft_trainer.TrainingConfig(eval_every_n_steps=10**6, max_steps=max_steps),
+        metrics_logger=MetricsLogger(),
+        throughput=Throughput(),
+    )
     trainer.with_loss_fn(loss_fn or completion_loss)
     return trainer.jit_train_and_eval_step()[0]
 
@@ -62,9 +67,13 @@ def run_facts() -> dict:
     """Machine, JAX version and commit, written beside every figure."""
     import jax
 
-    return {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=ROOT).stdout.strip()}
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "jax": jax.__version__,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip(),
+    }
 
 
 def hlo_dump_flags(dump_dir: str, module_re: str) -> str:
@@ -87,13 +96,16 @@ def op_table(trace_dir: str, dump_dir: str, keep=lambda count: True, module: int
 
     names = {}
     files = sorted(glob.glob(f"{dump_dir}/module_*after_optimizations.txt"))
-    for f in files if module is None else files[module:module + 1]:
+    for f in files if module is None else files[module : module + 1]:
         module_name = re.sub(r"^module_\d+\.", "", os.path.basename(f)).replace(".cpu_after_optimizations.txt", "")
         for line in open(f):
             m = re.match(r"\s+(?:ROOT )?%(\S+) = (\S+) (.*)", line)
             if m:
                 name = re.search(r'op_name="([^"]*)"', m.group(3))
-                names[(module_name, m.group(1))] = (re.sub(r"jit\([^)]*\)/", "", name.group(1)) if name else "?", m.group(2))
+                names[(module_name, m.group(1))] = (
+                    re.sub(r"jit\([^)]*\)/", "", name.group(1)) if name else "?",
+                    m.group(2),
+                )
     trace = sorted(glob.glob(f"{trace_dir}/plugins/profile/*/*.trace.json.gz"))[-1]
     total, count = collections.Counter(), collections.Counter()
     for e in json.load(gzip.open(trace))["traceEvents"]:
@@ -109,5 +121,7 @@ def op_table(trace_dir: str, dump_dir: str, keep=lambda count: True, module: int
             ms[group] += us / 1000
             ops[group] += 1
             calls[group] = count[key]
-    return [{"kind": k[0], "op": k[1], "shape": k[2], "ops": ops[k], "runs_each": calls[k], "ms": round(v, 2)}
-            for k, v in ms.most_common()]
+    return [
+        {"kind": k[0], "op": k[1], "shape": k[2], "ops": ops[k], "runs_each": calls[k], "ms": round(v, 2)}
+        for k, v in ms.most_common()
+    ]

@@ -71,6 +71,7 @@ def run_torch(T: int) -> dict:
         B = (torch.randn(LAYERS, RANK, d_out, dtype=torch.bfloat16) * 0.02).requires_grad_()
         P = torch.randn(LAYERS, d_out, d_in, dtype=torch.bfloat16) * 0.02
         for lora in (False, True):
+
             def call():
                 x = x0.clone().requires_grad_()
                 h = x
@@ -81,6 +82,7 @@ def run_torch(T: int) -> dict:
                     h = y @ P[i]
                 h.float().square().sum().backward()
                 A.grad = B.grad = None
+
             call()
             times = []
             for _ in range(5):
@@ -119,14 +121,20 @@ def main():
             row = {"rows": int(t), "projection": shape}
             for side in results:
                 frozen, lora = results[side][t][f"{shape} frozen"], results[side][t][f"{shape} lora"]
-                row[side] = {"frozen_ms": round(frozen, 1), "lora_ms": round(lora, 1), "adapter_share": round(lora / frozen - 1, 3)}
+                row[side] = {
+                    "frozen_ms": round(frozen, 1),
+                    "lora_ms": round(lora, 1),
+                    "adapter_share": round(lora / frozen - 1, 3),
+                }
             table.append(row)
             print(row, flush=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_common import run_facts
 
     if args.out:
-        Path(args.out).write_text(json.dumps({**run_facts(), "layers": LAYERS, "rank": RANK, "rows": table}, indent=1) + "\n")
+        Path(args.out).write_text(
+            json.dumps({**run_facts(), "layers": LAYERS, "rank": RANK, "rows": table}, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,21 @@ SCALE = jnp.asarray(2.0, BF)
 
 key = jax.random.split(jax.random.key(0), 10)
 x0 = jax.random.normal(key[0], (T, D), BF)
-frozen = {n: jax.random.normal(k, (LAYERS, *s), BF) * 0.03 for n, k, s in
-          (("g", key[1], (D, F)), ("u", key[2], (D, F)), ("d", key[3], (F, D)))}
-adapters = {n: jax.random.normal(k, (LAYERS, *s), BF) * 0.03 for n, k, s in
-            (("Ag", key[4], (D, R)), ("Au", key[5], (D, R)), ("Ad", key[6], (F, R)),
-             ("Bg", key[7], (R, F)), ("Bu", key[8], (R, F)), ("Bd", key[9], (R, D)))}
+frozen = {
+    n: jax.random.normal(k, (LAYERS, *s), BF) * 0.03
+    for n, k, s in (("g", key[1], (D, F)), ("u", key[2], (D, F)), ("d", key[3], (F, D)))
+}
+adapters = {
+    n: jax.random.normal(k, (LAYERS, *s), BF) * 0.03
+    for n, k, s in (
+        ("Ag", key[4], (D, R)),
+        ("Au", key[5], (D, R)),
+        ("Ad", key[6], (F, R)),
+        ("Bg", key[7], (R, F)),
+        ("Bu", key[8], (R, F)),
+        ("Bd", key[9], (R, D)),
+    )
+}
 
 
 @jax.custom_vjp
@@ -59,8 +69,10 @@ def lin(x, W, A, B):
     if MODE == "custom_vjp":
         return lora_custom(x, W, A, B)
     if MODE == "f32_accumulate":
-        return (jnp.dot(x, W, preferred_element_type=jnp.float32)
-                + jnp.dot(x @ A, B * SCALE, preferred_element_type=jnp.float32)).astype(BF)
+        return (
+            jnp.dot(x, W, preferred_element_type=jnp.float32)
+            + jnp.dot(x @ A, B * SCALE, preferred_element_type=jnp.float32)
+        ).astype(BF)
     if MODE == "broadcast_reduce":
         return x @ W + jnp.sum((x @ A)[:, :, None] * (B * SCALE)[None], axis=1)
     raise SystemExit(f"unknown variant {MODE}")

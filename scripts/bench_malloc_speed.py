@@ -3,10 +3,16 @@ alternating processes with GTU_MALLOC_TUNING=1 and 0 (bench_peer.py workers, sam
 
     .venv/bin/python scripts/bench_malloc_speed.py   # ~5 min; writes /tmp/malloc_ab.json
 """
-import json, os, subprocess, sys
+
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
 sys.path.insert(0, "scripts")
 from bench_peer import write_inputs
+
 inputs = Path("/tmp/malloc_ab_inputs.npz")
 write_inputs(inputs, [(4, 256)], [], [8], "tiny/train.jsonl")
 res = {}
@@ -14,9 +20,36 @@ for order in [("1", "0"), ("0", "1")]:
     for task, b, t in (("train", 4, 256), ("generate", 8, 200)):
         for tun in order:
             env = {**os.environ, "GTU_MALLOC_TUNING": tun}
-            p = subprocess.run([sys.executable, "scripts/bench_peer.py", "--worker", "ours", "--task", task, "--b", str(b), "--t", str(t),
-                                "--inputs", str(inputs), "--steps", "3" if task == "train" else "2"], capture_output=True, text=True, env=env)
+            p = subprocess.run(
+                [
+                    sys.executable,
+                    "scripts/bench_peer.py",
+                    "--worker",
+                    "ours",
+                    "--task",
+                    task,
+                    "--b",
+                    str(b),
+                    "--t",
+                    str(t),
+                    "--inputs",
+                    str(inputs),
+                    "--steps",
+                    "3" if task == "train" else "2",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             r = json.loads(p.stdout.strip().splitlines()[-1])
             res.setdefault(f"{task} tuning={tun}", []).append(r["seconds"])
-            print(task, "tuning", tun, [round(x, 3) for x in r["seconds"]], "peak", round(r["peak_rss_gib"], 2), flush=True)
+            print(
+                task,
+                "tuning",
+                tun,
+                [round(x, 3) for x in r["seconds"]],
+                "peak",
+                round(r["peak_rss_gib"], 2),
+                flush=True,
+            )
 json.dump(res, open("/tmp/malloc_ab.json", "w"), indent=1)

@@ -68,8 +68,9 @@ def rss_gib() -> float:
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def write_inputs(path: Path, train_shapes, prefill_shapes, gen_batches, rows_file: str,
-                 epoch_data: list[str] | None = None) -> dict:
+def write_inputs(
+    path: Path, train_shapes, prefill_shapes, gen_batches, rows_file: str, epoch_data: list[str] | None = None
+) -> dict:
     """Token ids both sides use: training batches (our collate: right padding, gathered loss
     targets), prefill batches, generation prompts and the rows of a real training mix (epoch).
     Returns what each batch holds."""
@@ -93,12 +94,15 @@ def write_inputs(path: Path, train_shapes, prefill_shapes, gen_batches, rows_fil
         batch = collate([ex[i % len(ex)] for i in range(b)], [t])
         for k, v in batch.items():
             arrays[f"train_{b}x{t}_{k}"] = v
-        info[f"train {b}x{t}"] = {"real_tokens": int(batch["input_mask"].sum()), "positions": b * t,
-                                  "loss_positions": int(batch["target_weights"].sum())}
+        info[f"train {b}x{t}"] = {
+            "real_tokens": int(batch["input_mask"].sum()),
+            "positions": b * t,
+            "loss_positions": int(batch["target_weights"].sum()),
+        }
     text = "Tool-calling models read a list of functions and decide which one to call. " * 200
     ids = np.asarray(tok.encode(text, add_bos=True), np.int32)
     for b, t in prefill_shapes:
-        arrays[f"prefill_{b}x{t}"] = np.stack([np.roll(ids[1:t + 1], i) for i in range(b)]).astype(np.int32)
+        arrays[f"prefill_{b}x{t}"] = np.stack([np.roll(ids[1 : t + 1], i) for i in range(b)]).astype(np.int32)
         arrays[f"prefill_{b}x{t}"][:, 0] = ids[0]
         info[f"prefill {b}x{t}"] = {"real_tokens": b * t, "positions": b * t}
     for b in gen_batches:
@@ -120,8 +124,12 @@ def write_inputs(path: Path, train_shapes, prefill_shapes, gen_batches, rows_fil
         arrays["epoch_loss_mask"] = np.concatenate([e.loss_mask for e in ex])
         arrays["epoch_offsets"] = np.cumsum([0] + [len(e) for e in ex])
         arrays["epoch_buckets"] = np.asarray(list(dcfg.data.length_buckets), np.int32)
-        info["epoch"] = {"overrides": epoch_data, "rows": len(ex), "tokens": int(arrays["epoch_offsets"][-1]),
-                         "target_tokens": int(sum(int(e.loss_mask[1:].sum()) for e in ex))}
+        info["epoch"] = {
+            "overrides": epoch_data,
+            "rows": len(ex),
+            "tokens": int(arrays["epoch_offsets"][-1]),
+            "target_tokens": int(sum(int(e.loss_mask[1:].sum()) for e in ex)),
+        }
     np.savez(path, **arrays)
     return info
 
@@ -130,7 +138,9 @@ def epoch_rows(data) -> list:
     from gemma_tool_use.format.render import RenderedConversation
 
     off = data["epoch_offsets"]
-    return [RenderedConversation(data["epoch_ids"][a:b], data["epoch_loss_mask"][a:b]) for a, b in zip(off[:-1], off[1:])]
+    return [
+        RenderedConversation(data["epoch_ids"][a:b], data["epoch_loss_mask"][a:b]) for a, b in zip(off[:-1], off[1:])
+    ]
 
 
 # ------------------------------------------------------------------------------------ our worker
@@ -164,12 +174,14 @@ def ours_epoch(cfg, model, data, b: int, t: int, steps: int) -> dict:
     buckets with t=0): per step its seconds, tokens, whether it compiled a new shape, its shape."""
     import jax
 
-    from bench_common import lora_train_step
     from gemma_tool_use.data.batching import TokenizedSet, train_batches
 
+    from bench_common import lora_train_step
+
     step = lora_train_step(cfg, model)
-    batches = train_batches(TokenizedSet(epoch_rows(data)), b, list(map(int, data["epoch_buckets"])), seed=0,
-                            pack_length=t or None)
+    batches = train_batches(
+        TokenizedSet(epoch_rows(data)), b, list(map(int, data["epoch_buckets"])), seed=0, pack_length=t or None
+    )
     seen, rec = set(), {"seconds": [], "tokens": [], "compiled": [], "shapes": []}
     for _ in range(steps):
         batch = next(batches)
@@ -193,8 +205,10 @@ def ours_call(task: str, cfg, model, data, b: int, t: int):
     if task == "train":
         from bench_common import lora_train_step
 
-        batch = {k: data[f"train_{b}x{t}_{k}"] for k in
-                 ("input_tokens", "input_mask", "target_rows", "target_positions", "target_ids", "target_weights")}
+        batch = {
+            k: data[f"train_{b}x{t}_{k}"]
+            for k in ("input_tokens", "input_mask", "target_rows", "target_positions", "target_ids", "target_weights")
+        }
         step = lora_train_step(cfg, model)
         return lambda: jax.block_until_ready(step(batch)[0])
     if task == "prefill":
@@ -206,8 +220,13 @@ def ours_call(task: str, cfg, model, data, b: int, t: int):
 
         @nnx.jit
         def forward(model, tokens, mask, last):
-            return model(tokens, sft_utils.build_positions_from_mask(mask), None,
-                         sft_utils.make_causal_attn_mask(mask), logits_at=last)[0]
+            return model(
+                tokens,
+                sft_utils.build_positions_from_mask(mask),
+                None,
+                sft_utils.make_causal_attn_mask(mask),
+                logits_at=last,
+            )[0]
 
         return lambda: jax.block_until_ready(forward(model, tokens, mask, last))
     from gemma_tool_use.generation.generator import Generator, SamplingParams
@@ -239,8 +258,13 @@ def ours(task: str, b: int, t: int, inputs: Path, steps: int) -> dict:
         times = time_calls(ours_call(task, cfg, model, data, b, t), steps)
     from gemma_tool_use.model.gemma import count_params
 
-    return {"load_s": load_s, "first_call_s": times[0], "seconds": times[1:], "jax": jax.__version__,
-            **({"our_trainable_params": count_params(model, nnx.LoRAParam)} if task == "train" else {})}
+    return {
+        "load_s": load_s,
+        "first_call_s": times[0],
+        "seconds": times[1:],
+        "jax": jax.__version__,
+        **({"our_trainable_params": count_params(model, nnx.LoRAParam)} if task == "train" else {}),
+    }
 
 
 # ----------------------------------------------------------------------------------- peer worker
@@ -262,11 +286,20 @@ def peer_lora(model):
     import peft
     import torch
 
-    model = peft.get_peft_model(model, peft.LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = peft.get_peft_model(
+        model,
+        peft.LoraConfig(
+            r=16,
+            lora_alpha=32,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ),
+    )
     model.train()
-    facts = {"peft": peft.__version__, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    facts = {
+        "peft": peft.__version__,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
     base = model.get_base_model()
@@ -297,13 +330,13 @@ def peer_epoch(step, data, b: int, steps: int) -> dict:
     order = np.random.default_rng(0).permutation(len(off) - 1)
     rec = {"seconds": [], "tokens": []}
     for s in range(steps):
-        rows = order[s * b:(s + 1) * b]
+        rows = order[s * b : (s + 1) * b]
         T = max(int(off[i + 1] - off[i]) for i in rows)
-        targets = [np.nonzero(lm_all[off[i]:off[i + 1]][1:])[0] for i in rows]
+        targets = [np.nonzero(lm_all[off[i] : off[i + 1]][1:])[0] for i in rows]
         ids, mask = np.zeros((b, T), np.int64), np.zeros((b, T), np.int64)
         for r, i in enumerate(rows):
-            seq = ids_all[off[i]:off[i + 1]]
-            ids[r, :len(seq)], mask[r, :len(seq)] = seq, 1
+            seq = ids_all[off[i] : off[i + 1]]
+            ids[r, : len(seq)], mask[r, : len(seq)] = seq, 1
         flat_rows = np.repeat(np.arange(b), [len(x) for x in targets])
         flat_pos = np.concatenate(targets)
         flat_tgt = ids[flat_rows, flat_pos + 1]
@@ -320,8 +353,10 @@ def peer_train_call(step, data, b: int, t: int):
 
     w = data[f"train_{b}x{t}_target_weights"] > 0
     rows = data[f"train_{b}x{t}_target_rows"][w]
-    ids, mask, pos, tgt = (torch.from_numpy(data[f"train_{b}x{t}_{k}"]).long() for k in
-                           ("input_tokens", "input_mask", "target_positions", "target_ids"))
+    ids, mask, pos, tgt = (
+        torch.from_numpy(data[f"train_{b}x{t}_{k}"]).long()
+        for k in ("input_tokens", "input_mask", "target_positions", "target_ids")
+    )
     flat = [torch.from_numpy(rows).long(), pos[torch.from_numpy(w)], tgt[torch.from_numpy(w)]]
     return lambda: step(ids, mask, *flat)
 
@@ -342,8 +377,14 @@ def peer_infer_call(task: str, model, data, b: int, t: int):
 
         def call():
             with torch.inference_mode():
-                return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
-                                      min_new_tokens=64, do_sample=False)
+                return model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=64,
+                    min_new_tokens=64,
+                    do_sample=False,
+                )
+
     return call
 
 
@@ -381,8 +422,24 @@ def parse_shape(s: str) -> tuple[int, int]:
 
 
 def spawn(python: str, side: str, task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> dict:
-    cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--task", task, "--b", str(b), "--t", str(t),
-           "--inputs", str(inputs), "--steps", str(steps), "--hf-dir", hf_dir]
+    cmd = [
+        python,
+        str(Path(__file__).resolve()),
+        "--worker",
+        side,
+        "--task",
+        task,
+        "--b",
+        str(b),
+        "--t",
+        str(t),
+        "--inputs",
+        str(inputs),
+        "--steps",
+        str(steps),
+        "--hf-dir",
+        hf_dir,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{side} {task} {b}x{t} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -431,8 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--epoch", default="", help="epoch-slice batch sizes ('' for none), e.g. 8")
     ap.add_argument("--epoch-pack", default="768,0", help="our data.pack_length per epoch run (0: padded buckets)")
     ap.add_argument("--epoch-steps", type=int, default=12)
-    ap.add_argument("--epoch-data", default="data=sft_small,data.max_length=768,data.length_buckets=[256,512,768],"
-                    "data.augment.near_miss=0.35", help="config overrides naming the mix (the cpu pipeline's sft_small)")
+    ap.add_argument(
+        "--epoch-data",
+        default="data=sft_small,data.max_length=768,data.length_buckets=[256,512,768],data.augment.near_miss=0.35",
+        help="config overrides naming the mix (the cpu pipeline's sft_small)",
+    )
     ap.add_argument("--out")
     return ap
 
@@ -448,8 +508,11 @@ def run_worker(args) -> None:
 
 def key_of(task, b, t):
     """The results key of a task: 'matmul', 'train 4x256', 'generate 8', 'epoch 8 pack 768'."""
-    return {"matmul": "matmul", "generate": f"generate {b}",
-            "epoch": f"epoch {b} {'pack ' + str(t) if t else 'padded buckets'}"}.get(task, f"{task} {b}x{t}")
+    return {
+        "matmul": "matmul",
+        "generate": f"generate {b}",
+        "epoch": f"epoch {b} {'pack ' + str(t) if t else 'padded buckets'}",
+    }.get(task, f"{task} {b}x{t}")
 
 
 def run_tasks(args, tasks, inputs: Path, hf_dir: str, t_start: float) -> dict:
@@ -473,19 +536,25 @@ def run_tasks(args, tasks, inputs: Path, hf_dir: str, t_start: float) -> dict:
                 if task == "epoch":
                     r["useful_tokens_per_s"] = epoch_rate(r)
                 shown = r.get("gflops") or r.get("useful_tokens_per_s") or statistics.median(r["seconds"])
-                print(f"[rep {rep + 1}/{args.reps}, {time.time() - t_start:6.0f} s] {key:14s} {side}: "
-                      f"{shown:.3f} {'GFLOP/s' if task == 'matmul' else 'useful tok/s' if task == 'epoch' else 's'}, peak {r['peak_rss_gib']:.2f} GiB", flush=True)
+                print(
+                    f"[rep {rep + 1}/{args.reps}, {time.time() - t_start:6.0f} s] {key:14s} {side}: "
+                    f"{shown:.3f} {'GFLOP/s' if task == 'matmul' else 'useful tok/s' if task == 'epoch' else 's'}, peak {r['peak_rss_gib']:.2f} GiB",
+                    flush=True,
+                )
     return runs
 
 
 def epoch_row(sides: dict) -> dict:
     """An epoch slice's row: useful tokens/s, peak RSS, our compiles, tokens per step, ours/peer ratio."""
     rate = {s: [r["useful_tokens_per_s"] for r in sides[s]] for s in ("ours", "peer")}
-    row = {s: {"useful_tokens_per_s": spread(rate[s]),
-               "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)} for s in ("ours", "peer")}
+    row = {
+        s: {"useful_tokens_per_s": spread(rate[s]), "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)}
+        for s in ("ours", "peer")
+    }
     row["ours"]["compiles"] = [sum(r["compiled"]) for r in sides["ours"]]
-    row["ours"]["compile_step_seconds"] = [round(sum(x for x, c in zip(r["seconds"], r["compiled"]) if c), 1)
-                                          for r in sides["ours"]]
+    row["ours"]["compile_step_seconds"] = [
+        round(sum(x for x, c in zip(r["seconds"], r["compiled"]) if c), 1) for r in sides["ours"]
+    ]
     row["ours"]["tokens_per_step"] = round(statistics.mean(x for r in sides["ours"] for x in r["tokens"]), 1)
     row["peer"]["tokens_per_step"] = round(statistics.mean(x for r in sides["peer"] for x in r["tokens"]), 1)
     row["ratio_ours_over_peer"] = spread([o / p for o, p in zip(rate["ours"], rate["peer"])])
@@ -497,8 +566,10 @@ def timed_row(key: str, sides: dict, info: dict, peak: float) -> dict:
     against the matmul peak for train and prefill)."""
     task = key.split()[0]
     med = {s: [statistics.median(r["seconds"]) for r in sides[s]] for s in ("ours", "peer")}
-    row = {s: {"seconds": spread(med[s]), "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)}
-           for s in ("ours", "peer")}
+    row = {
+        s: {"seconds": spread(med[s]), "peak_rss_gib": round(max(r["peak_rss_gib"] for r in sides[s]), 2)}
+        for s in ("ours", "peer")
+    }
     row["ratio_peer_over_ours"] = spread([p / o for p, o in zip(med["peer"], med["ours"])])
     if task in ("train", "prefill"):
         b, t = parse_shape(key.split()[1])
@@ -546,21 +617,37 @@ def main():
     epoch = [int(s) for s in args.epoch.split(",") if s]
     epoch_data = [s for s in split_overrides(args.epoch_data)] if epoch else None
     info = write_inputs(inputs, train, prefill, gen, args.rows, epoch_data)
-    tasks = ([("matmul", 0, 0)] + [("train", b, t) for b, t in train] + [("prefill", b, t) for b, t in prefill]
-             + [("generate", b, 200) for b in gen]
-             + [("epoch", b, int(p)) for b in epoch for p in args.epoch_pack.split(",")])
+    tasks = (
+        [("matmul", 0, 0)]
+        + [("train", b, t) for b, t in train]
+        + [("prefill", b, t) for b, t in prefill]
+        + [("generate", b, 200) for b in gen]
+        + [("epoch", b, int(p)) for b in epoch for p in args.epoch_pack.split(",")]
+    )
 
     t_start = time.time()
     runs = run_tasks(args, tasks, inputs, hf_dir, t_start)
     table, peak = results_table(runs, info)
-    versions = {k: v for s in ("ours", "peer") for r in runs[next(k for k in runs if k != "matmul")][s][:1]
-                for k, v in r.items() if k in ("jax", "torch", "transformers", "peft", "trainable_params", "our_trainable_params")}
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "inputs": info, "results": table,
-              "matmul_peak_gflops": round(peak, 1), "versions": versions, "raw": runs,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=ROOT).stdout.strip(),
-              "wall_s": round(time.time() - t_start, 1)}
+    versions = {
+        k: v
+        for s in ("ours", "peer")
+        for r in runs[next(k for k in runs if k != "matmul")][s][:1]
+        for k, v in r.items()
+        if k in ("jax", "torch", "transformers", "peft", "trainable_params", "our_trainable_params")
+    }
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "inputs": info,
+        "results": table,
+        "matmul_peak_gflops": round(peak, 1),
+        "versions": versions,
+        "raw": runs,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip(),
+        "wall_s": round(time.time() - t_start, 1),
+    }
     out_path.write_text(json.dumps(report, indent=2))
     inputs.unlink()  # derived token ids (MBs): the command rebuilds them
     print(json.dumps({k: report[k] for k in ("results", "matmul_peak_gflops", "versions")}, indent=2))

@@ -36,8 +36,11 @@ def main():
     # (T/8, T/4, T/2), in the order a length-grouped epoch meets them, then the first shapes again.
     # (Since 2026-12-05 collate deals a batch's targets over its rows, so training batches have fewer
     # slots than these per-row counts; the shapes stay as recorded for comparison with old runs.)
-    ap.add_argument("--shapes", default="256x64,512x64,512x128,768x96,768x192,768x384,256x32,512x64,768x192",
-                    help="TxK list: sequence length x loss positions per row")
+    ap.add_argument(
+        "--shapes",
+        default="256x64,512x64,512x128,768x96,768x192,768x384,256x32,512x64,768x192",
+        help="TxK list: sequence length x loss positions per row",
+    )
     ap.add_argument("--remat", choices=["none", "block", "decoder"], default="none")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -45,10 +48,11 @@ def main():
     import jax
     import numpy as np
 
-    from bench_common import lora_train_step, real_model, run_facts
     from gemma_tool_use.data.batching import tokenize_conversations
     from gemma_tool_use.data.conversations import load_jsonl_conversations
     from gemma_tool_use.model.loading import load_tokenizer_for
+
+    from bench_common import lora_train_step, real_model, run_facts
 
     cfg, mesh, model = real_model(f"model.remat={args.remat}")
     tok = load_tokenizer_for(cfg.model)
@@ -65,8 +69,13 @@ def main():
         mask = np.ones((B, T), bool)
         pos = np.sort(np.stack([rng.choice(T - 1, K, replace=False) for _ in range(B)]), axis=1).astype(np.int32)
         tgt = np.take_along_axis(tokens, pos + 1, axis=1)
-        return {"input_tokens": tokens, "input_mask": mask, "target_positions": pos, "target_ids": tgt,
-                "target_weights": np.ones((B, K), np.float32)}
+        return {
+            "input_tokens": tokens,
+            "input_mask": mask,
+            "target_positions": pos,
+            "target_ids": tgt,
+            "target_weights": np.ones((B, K), np.float32),
+        }
 
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     records = []
@@ -77,15 +86,24 @@ def main():
             t0 = time.perf_counter()
             loss, _, _ = step(batch_of(T, K))
             jax.block_until_ready(loss)
-            rec = {"shape": f"{args.batch}x{T}, K={K}", "seconds": round(time.perf_counter() - t0, 1),
-                   "loss": round(float(loss), 4), "rss_gib": round(proc_status_gib("VmRSS"), 2),
-                   "hwm_gib": round(proc_status_gib("VmHWM"), 2)}
+            rec = {
+                "shape": f"{args.batch}x{T}, K={K}",
+                "seconds": round(time.perf_counter() - t0, 1),
+                "loss": round(float(loss), 4),
+                "rss_gib": round(proc_status_gib("VmRSS"), 2),
+                "hwm_gib": round(proc_status_gib("VmHWM"), 2),
+            }
             records.append(rec)
             print(json.dumps(rec), flush=True)
-    out = {"allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
-           "remat": args.remat, "after_model_load": {k: round(v, 2) for k, v in base.items()}, "steps": records,
-           "peak_rss_gib": max(r["hwm_gib"] for r in records), "final_rss_gib": records[-1]["rss_gib"],
-           **run_facts()}
+    out = {
+        "allocator_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
+        "remat": args.remat,
+        "after_model_load": {k: round(v, 2) for k, v in base.items()},
+        "steps": records,
+        "peak_rss_gib": max(r["hwm_gib"] for r in records),
+        "final_rss_gib": records[-1]["rss_gib"],
+        **run_facts(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(json.dumps({k: out[k] for k in ("allocator_env", "peak_rss_gib", "final_rss_gib")}))

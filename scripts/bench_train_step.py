@@ -37,7 +37,9 @@ def prepare_profile() -> str:
     work = tempfile.mkdtemp(prefix="bench_train_step_")
     from bench_common import hlo_dump_flags
 
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + hlo_dump_flags(f"{work}/hlo", ".*train.*")).strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " " + hlo_dump_flags(f"{work}/hlo", ".*train.*")
+    ).strip()
     return work
 
 
@@ -53,8 +55,11 @@ def make_batch(cfg, args) -> dict:
     rows = load_jsonl_conversations("tiny/train.jsonl")
     data = tokenize_conversations(rows, tok, max_length=args.seq)
     # tunix's loss below reads targets per row, so it gets per-row slots; ours gets collate's dealt slots
-    batch = collate([data.examples[i % len(data.examples)] for i in range(args.batch)], [args.seq],
-                    per_row_slots=args.loss == "tunix")
+    batch = collate(
+        [data.examples[i % len(data.examples)] for i in range(args.batch)],
+        [args.seq],
+        per_row_slots=args.loss == "tunix",
+    )
     batch["input_tokens"] = np.where(batch["input_mask"], batch["input_tokens"], 0)
     return batch
 
@@ -69,8 +74,11 @@ def tunix_loss(model, input_tokens, input_mask, target_positions, target_ids, ta
     attn = sft_utils.make_causal_attn_mask(input_mask)
     logits, _ = model(input_tokens, positions, None, attn)
     logits = logits[:, :-1, :]
-    loss_mask = jnp.zeros(input_tokens.shape, jnp.float32).at[
-        jnp.arange(input_tokens.shape[0])[:, None], target_positions + 1].max(target_weights)[:, 1:]
+    loss_mask = (
+        jnp.zeros(input_tokens.shape, jnp.float32)
+        .at[jnp.arange(input_tokens.shape[0])[:, None], target_positions + 1]
+        .max(target_weights)[:, 1:]
+    )
     one_hot = jax.nn.one_hot(input_tokens[:, 1:], logits.shape[-1]) * loss_mask[..., None]
     return -jnp.sum(jax.nn.log_softmax(logits) * one_hot) / (jnp.sum(loss_mask) + 1e-8)
 
@@ -80,8 +88,9 @@ def time_steps(cfg, mesh, model, batch, args, work):
     Returns (times, last loss)."""
     import jax
 
-    from bench_common import lora_train_step
     from gemma_tool_use.training.loss import completion_loss
+
+    from bench_common import lora_train_step
 
     times = []
     with mesh:
@@ -123,11 +132,20 @@ def main():
     times, loss = time_steps(cfg, mesh, model, batch, args, work)
     warm = times[1:]
     tokens = int(batch["input_mask"].sum())
-    out = {"loss_fn": args.loss, "remat": args.remat, "batch": args.batch, "seq_len": args.seq, "tokens_per_step": tokens,
-           "target_tokens_per_step": int(batch["target_weights"].sum()), "first_step_s_incl_compile": round(times[0], 2),
-           "median_step_s": round(float(np.median(warm)), 3), "tokens_per_s": round(tokens / float(np.median(warm)), 1),
-           "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2),
-           "loss": float(loss), **run_facts()}
+    out = {
+        "loss_fn": args.loss,
+        "remat": args.remat,
+        "batch": args.batch,
+        "seq_len": args.seq,
+        "tokens_per_step": tokens,
+        "target_tokens_per_step": int(batch["target_weights"].sum()),
+        "first_step_s_incl_compile": round(times[0], 2),
+        "median_step_s": round(float(np.median(warm)), 3),
+        "tokens_per_s": round(tokens / float(np.median(warm)), 1),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2),
+        "loss": float(loss),
+        **run_facts(),
+    }
     if args.profile:
         add_profile(out, work)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

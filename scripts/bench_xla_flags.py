@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, run_facts  # noqa: E402
 from bench_peer import parse_shape, spread, write_inputs  # noqa: E402
+
+from bench_common import ROOT, run_facts  # noqa: E402
 
 FLAG_SETS = {
     "default": "",
@@ -41,33 +42,69 @@ def main():
     out_path.parent.mkdir(parents=True, exist_ok=True)
     inputs = out_path.with_suffix(".inputs.npz")
     tasks = [(t.split()[0], *parse_shape(t.split()[1])) for t in args.tasks.split(",")]
-    write_inputs(inputs, [(b, t) for k, b, t in tasks if k == "train"], [(b, t) for k, b, t in tasks if k == "prefill"],
-                 [], "tiny/train.jsonl")
+    write_inputs(
+        inputs,
+        [(b, t) for k, b, t in tasks if k == "train"],
+        [(b, t) for k, b, t in tasks if k == "prefill"],
+        [],
+        "tiny/train.jsonl",
+    )
     sets = args.sets.split(",")
     runs = {f"{k} {b}x{t}": {s: [] for s in sets} for k, b, t in tasks}
     t0 = time.time()
     for rep in range(args.reps):
         for task, b, t in tasks:
-            for name in (sets if rep % 2 == 0 else sets[::-1]):
+            for name in sets if rep % 2 == 0 else sets[::-1]:
                 env = {**os.environ, "XLA_FLAGS": FLAG_SETS[name]}
-                cmd = [sys.executable, str(ROOT / "scripts" / "bench_peer.py"), "--worker", "ours", "--task", task,
-                       "--b", str(b), "--t", str(t), "--inputs", str(inputs), "--steps", str(args.steps)]
+                cmd = [
+                    sys.executable,
+                    str(ROOT / "scripts" / "bench_peer.py"),
+                    "--worker",
+                    "ours",
+                    "--task",
+                    task,
+                    "--b",
+                    str(b),
+                    "--t",
+                    str(t),
+                    "--inputs",
+                    str(inputs),
+                    "--steps",
+                    str(args.steps),
+                ]
                 p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
                 if p.returncode != 0:
-                    r = {"error": p.stderr.strip().splitlines()[-1][:300] if p.stderr.strip() else f"exit {p.returncode}"}
+                    r = {
+                        "error": p.stderr.strip().splitlines()[-1][:300] if p.stderr.strip() else f"exit {p.returncode}"
+                    }
                 else:
                     r = json.loads(p.stdout.strip().splitlines()[-1])
                 runs[f"{task} {b}x{t}"][name].append(r)
-                shown = r.get("error") or f"{statistics.median(r['seconds']):.3f} s, compile+first {r['first_call_s']:.1f} s"
+                shown = (
+                    r.get("error")
+                    or f"{statistics.median(r['seconds']):.3f} s, compile+first {r['first_call_s']:.1f} s"
+                )
                 print(f"[{time.time() - t0:6.0f} s] {task} {b}x{t} {name}: {shown}", flush=True)
     table = {}
     for key, by_set in runs.items():
         ok = {s: [statistics.median(r["seconds"]) for r in rs if "seconds" in r] for s, rs in by_set.items()}
         base = statistics.median(ok["default"]) if ok.get("default") else None
-        table[key] = {s: ({"seconds": spread(v), "speedup_vs_default": round(base / statistics.median(v), 3) if base else None}
-                          if v else {"error": by_set[s][0].get("error")}) for s, v in ok.items()}
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "flag_sets": {s: FLAG_SETS[s] for s in sets},
-              "results": table, "raw": runs, "wall_s": round(time.time() - t0, 1), **run_facts()}
+        table[key] = {
+            s: (
+                {"seconds": spread(v), "speedup_vs_default": round(base / statistics.median(v), 3) if base else None}
+                if v
+                else {"error": by_set[s][0].get("error")}
+            )
+            for s, v in ok.items()
+        }
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "flag_sets": {s: FLAG_SETS[s] for s in sets},
+        "results": table,
+        "raw": runs,
+        "wall_s": round(time.time() - t0, 1),
+        **run_facts(),
+    }
     out_path.write_text(json.dumps(report, indent=2))
     inputs.unlink()
     print(json.dumps(table, indent=2))

@@ -30,8 +30,14 @@ DATA = Path(os.environ.get("GEMMA_TOOL_USE_DATA", REPO.parent / "shared" / "data
 def cli(*args, env_extra=None, timeout=900) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "gemma_tool_use", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gemma_tool_use", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -40,8 +46,12 @@ def error_lines(stderr: str) -> list[str]:
 
 def one_line_error(r, *must_contain) -> tuple[bool, str]:
     lines = error_lines(r.stderr)
-    ok = (r.returncode != 0 and "Traceback" not in r.stderr and len(lines) == 1
-          and all(s in lines[0] for s in must_contain))
+    ok = (
+        r.returncode != 0
+        and "Traceback" not in r.stderr
+        and len(lines) == 1
+        and all(s in lines[0] for s in must_contain)
+    )
     return ok, (lines[0] if lines else (r.stderr.strip().splitlines() or ["<no output>"])[-1])[:300]
 
 
@@ -60,8 +70,14 @@ def checkpoints(run: Path) -> list[int]:
 def start_and_signal(args, run: Path, sig, after_steps: int):
     """Start a run, send `sig` once `after_steps` train steps are in metrics.jsonl; (rc, stderr, seconds to exit)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "gemma_tool_use", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gemma_tool_use", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 600
     while proc.poll() is None and time.time() < deadline:
         m = run / "metrics.jsonl"
@@ -95,9 +111,12 @@ def drill_parser(tmp: Path) -> dict:
             json.dumps(res.to_dict(), ensure_ascii=False).encode("utf-8")
         except (UnicodeEncodeError, ValueError):
             unserialisable += 1
-    return {"tried": f"parse_model_output on {n} fuzzed outputs (huge numbers, lone surrogates, deep nesting, stray tags)",
-            "survived": raised == 0 and unserialisable == 0, "lost": False,
-            "detail": f"{raised} raised, {unserialisable} not UTF-8 JSON"}
+    return {
+        "tried": f"parse_model_output on {n} fuzzed outputs (huge numbers, lone surrogates, deep nesting, stray tags)",
+        "survived": raised == 0 and unserialisable == 0,
+        "lost": False,
+        "detail": f"{raised} raised, {unserialisable} not UTF-8 JSON",
+    }
 
 
 CONFIG_CASES = [  # (override(s), text the one error line must name)
@@ -130,31 +149,57 @@ def drill_final_eval(tmp: Path) -> dict:
     summary = json.loads((run / "train_summary.json").read_text()) if r.returncode == 0 else {}
     evals = {m["step"]: m["eval/loss"] for m in metrics(run) if "eval/loss" in m} if run.is_dir() else {}
     ok = r.returncode == 0 and 3 in evals and summary.get("final_val_loss") == evals[3]
-    return {"tried": "train.max_steps=3 with eval_every_steps=6: final_val_loss / job_result must describe step 3",
-            "survived": ok, "lost": False, "detail": f"eval steps {sorted(evals)}, final_val_loss {summary.get('final_val_loss')}"}
+    return {
+        "tried": "train.max_steps=3 with eval_every_steps=6: final_val_loss / job_result must describe step 3",
+        "survived": ok,
+        "lost": False,
+        "detail": f"eval steps {sorted(evals)}, final_val_loss {summary.get('final_val_loss')}",
+    }
 
 
 def drill_predict(tmp: Path) -> dict:
-    good = {"tools": [{"name": "get_weather", "description": "Weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}],
-        "messages": [{"role": "user", "content": "Weather in Paris?"}]}
-    lines = [json.dumps(good).encode(), b'{"tools": [], "messages": [{"role": "user", "content": "caf\xe9"}]}',
-             json.dumps(good).encode().replace(b"Paris", b"Par\\ud800is"), json.dumps(good).encode(),
-             json.dumps({**good, "messages": [{"role": "user", "content": "word " * 3000}]}).encode(),
-             json.dumps(good).encode()]
+    good = {
+        "tools": [
+            {
+                "name": "get_weather",
+                "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            }
+        ],
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    }
+    lines = [
+        json.dumps(good).encode(),
+        b'{"tools": [], "messages": [{"role": "user", "content": "caf\xe9"}]}',
+        json.dumps(good).encode().replace(b"Paris", b"Par\\ud800is"),
+        json.dumps(good).encode(),
+        json.dumps({**good, "messages": [{"role": "user", "content": "word " * 3000}]}).encode(),
+        json.dumps(good).encode(),
+    ]
     src = tmp / "in.jsonl"
     src.write_bytes(b"\n".join(lines) + b"\n")
     run = tmp / "run"
-    r = cli(*TINY, "stage=predict", f"predict.input_file={src}", "generation.max_new_tokens=4",
-            "generation.max_prompt_len=512", "generation.overlength=error", f"hydra.run.dir={run}")
+    r = cli(
+        *TINY,
+        "stage=predict",
+        f"predict.input_file={src}",
+        "generation.max_new_tokens=4",
+        "generation.max_prompt_len=512",
+        "generation.overlength=error",
+        f"hydra.run.dir={run}",
+    )
     out = run / "predictions.jsonl"
     predicted = sorted(json.loads(x)["line"] for x in out.read_text().splitlines()) if out.is_file() else []
     rejects = run / "predict_rejects.jsonl"
     rejected = sorted(json.loads(x)["line"] for x in rejects.read_text().splitlines()) if rejects.is_file() else []
     ok = r.returncode == 0 and predicted == [1, 4, 6] and rejected == [2, 3, 5] and "Traceback" not in r.stderr
-    return {"tried": "predict on 6 rows: a non-UTF-8 byte (line 2), a lone surrogate (3), an overlength row under "
-                     "overlength=error (5)", "survived": ok, "lost": predicted != [1, 4, 6],
-            "detail": f"exit {r.returncode}, predicted lines {predicted}, rejected lines {rejected}"}
+    return {
+        "tried": "predict on 6 rows: a non-UTF-8 byte (line 2), a lone surrogate (3), an overlength row under "
+        "overlength=error (5)",
+        "survived": ok,
+        "lost": predicted != [1, 4, 6],
+        "detail": f"exit {r.returncode}, predicted lines {predicted}, rejected lines {rejected}",
+    }
 
 
 def drill_predict_empty(tmp: Path) -> dict:
@@ -171,8 +216,16 @@ def _mix_cache_drill(tmp: Path, damage, what: str) -> dict:
     from gemma_tool_use.model.tokenizer import cache_root
 
     name = f"drill_{os.getpid()}_{int(time.time())}"  # a cache folder of its own, removed afterwards
-    args = [*TINY, "data=sft_small", f"data.name={name}", f"data.root={DATA}", "train.max_steps=1",
-            "train.eval_batches=1", "data.max_length=256", "data.length_buckets=[256]"]
+    args = [
+        *TINY,
+        "data=sft_small",
+        f"data.name={name}",
+        f"data.root={DATA}",
+        "train.max_steps=1",
+        "train.eval_batches=1",
+        "data.max_length=256",
+        "data.length_buckets=[256]",
+    ]
     env = {}
     first = cli(*args, f"hydra.run.dir={tmp / 'a'}", env_extra=env)
     if first.returncode != 0:
@@ -182,8 +235,12 @@ def _mix_cache_drill(tmp: Path, damage, what: str) -> dict:
     r = cli(*args, f"hydra.run.dir={tmp / 'b'}", env_extra=env)
     warned = any("is corrupt" in line and "rebuilding" in line for line in (r.stdout + r.stderr).splitlines())
     shutil.rmtree(cache, ignore_errors=True)
-    return {"tried": what, "survived": r.returncode == 0 and warned and "Traceback" not in r.stderr, "lost": False,
-            "detail": f"damaged {damaged}; exit {r.returncode}; warning: {warned}"}
+    return {
+        "tried": what,
+        "survived": r.returncode == 0 and warned and "Traceback" not in r.stderr,
+        "lost": False,
+        "detail": f"damaged {damaged}; exit {r.returncode}; warning: {warned}",
+    }
 
 
 def drill_mix_cache_npz(tmp: Path) -> dict:
@@ -191,6 +248,7 @@ def drill_mix_cache_npz(tmp: Path) -> dict:
         f = next(cache.rglob("train.npz"))
         f.write_bytes(f.read_bytes()[:100])
         return f.relative_to(cache)
+
     return _mix_cache_drill(tmp, damage, "mix cache: truncated train.npz")
 
 
@@ -199,13 +257,19 @@ def drill_mix_cache_card(tmp: Path) -> dict:
         f = next(cache.rglob("data_card.json"))
         f.write_text("{garbage")
         return f.relative_to(cache)
+
     return _mix_cache_drill(tmp, damage, "mix cache: garbage data_card.json")
 
 
 def _trained_run(tmp: Path) -> Path:
     run = tmp / "run"
-    r = cli(*TINY, "train.max_steps=6", "train.checkpoint_every_steps=3", "train.max_checkpoints_to_keep=3",
-            f"hydra.run.dir={run}")
+    r = cli(
+        *TINY,
+        "train.max_steps=6",
+        "train.checkpoint_every_steps=3",
+        "train.max_checkpoints_to_keep=3",
+        f"hydra.run.dir={run}",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return run
 
@@ -213,24 +277,42 @@ def _trained_run(tmp: Path) -> Path:
 def _checkpoint_drill(tmp: Path, damage, what: str) -> dict:
     run = _trained_run(tmp)
     damage(run / "checkpoints" / "6")
-    r = cli(*TINY, "train.max_steps=9", "train.checkpoint_every_steps=3", "train.max_checkpoints_to_keep=3",
-            f"hydra.run.dir={run}")
+    r = cli(
+        *TINY,
+        "train.max_steps=9",
+        "train.checkpoint_every_steps=3",
+        "train.max_checkpoints_to_keep=3",
+        f"hydra.run.dir={run}",
+    )
     summary = json.loads((run / "train_summary.json").read_text())
-    ok = (r.returncode == 0 and "Traceback" not in r.stderr and summary["resumed_from_step"] == 3
-          and summary["steps"] == 9 and "is corrupt" in r.stdout + r.stderr)
+    ok = (
+        r.returncode == 0
+        and "Traceback" not in r.stderr
+        and summary["resumed_from_step"] == 3
+        and summary["steps"] == 9
+        and "is corrupt" in r.stdout + r.stderr
+    )
     kept = (run / "checkpoints_corrupt").is_dir()
-    return {"tried": what, "survived": ok, "lost": not kept,
-            "detail": f"resumed from {summary['resumed_from_step']}, ended at {summary['steps']}; corrupt step kept aside: {kept}"}
+    return {
+        "tried": what,
+        "survived": ok,
+        "lost": not kept,
+        "detail": f"resumed from {summary['resumed_from_step']}, ended at {summary['steps']}; corrupt step kept aside: {kept}",
+    }
 
 
 def drill_ckpt_truncated(tmp):
-    return _checkpoint_drill(tmp, lambda d: next((d / "model_params" / "d").iterdir()).write_bytes(b"x"),
-                             "latest checkpoint: truncated param file")
+    return _checkpoint_drill(
+        tmp,
+        lambda d: next((d / "model_params" / "d").iterdir()).write_bytes(b"x"),
+        "latest checkpoint: truncated param file",
+    )
 
 
 def drill_ckpt_metadata(tmp):
-    return _checkpoint_drill(tmp, lambda d: (d / "model_params" / "_METADATA").write_bytes(b""),
-                             "latest checkpoint: empty _METADATA")
+    return _checkpoint_drill(
+        tmp, lambda d: (d / "model_params" / "_METADATA").write_bytes(b""), "latest checkpoint: empty _METADATA"
+    )
 
 
 def drill_ckpt_missing(tmp):
@@ -255,11 +337,14 @@ def _signal_drill(tmp: Path, sig, what: str) -> dict:
     r = cli(*args)
     summary = json.loads((run / "train_summary.json").read_text()) if r.returncode == 0 else {}
     one_per_step = train_steps(run) == list(range(1, 13))
-    return {"tried": what, "survived": bool(stopped_ok) and r.returncode == 0 and one_per_step,
-            "lost": not ckpts or max(ckpts) < max(done),
-            "detail": f"exit {rc} {seconds:.1f}s after the signal; checkpoint {max(ckpts) if ckpts else None} of "
-                      f"{max(done)} steps done; resumed from {summary.get('resumed_from_step')}; one metrics line per "
-                      f"step: {one_per_step}"}
+    return {
+        "tried": what,
+        "survived": bool(stopped_ok) and r.returncode == 0 and one_per_step,
+        "lost": not ckpts or max(ckpts) < max(done),
+        "detail": f"exit {rc} {seconds:.1f}s after the signal; checkpoint {max(ckpts) if ckpts else None} of "
+        f"{max(done)} steps done; resumed from {summary.get('resumed_from_step')}; one metrics line per "
+        f"step: {one_per_step}",
+    }
 
 
 def drill_sigterm(tmp):
@@ -279,21 +364,32 @@ def drill_kill_resume(tmp: Path) -> dict:
     r = cli(*args, f"hydra.run.dir={run}")
     a = json.loads((straight / "train_summary.json").read_text())
     b = json.loads((run / "train_summary.json").read_text()) if r.returncode == 0 else {}
-    ok = (r.returncode == 0 and train_steps(run) == list(range(1, 13))
-          and b.get("tokens_trained") == a["tokens_trained"])
-    return {"tried": "kill -9 after step 6 (checkpoint at 4), resume", "survived": ok, "lost": False,
-            "detail": f"resumed from {b.get('resumed_from_step')}; train lines {len(train_steps(run))} for 12 steps; "
-                      f"tokens {b.get('tokens_trained')} vs {a['tokens_trained']} straight"}
+    ok = r.returncode == 0 and train_steps(run) == list(range(1, 13)) and b.get("tokens_trained") == a["tokens_trained"]
+    return {
+        "tried": "kill -9 after step 6 (checkpoint at 4), resume",
+        "survived": ok,
+        "lost": False,
+        "detail": f"resumed from {b.get('resumed_from_step')}; train lines {len(train_steps(run))} for 12 steps; "
+        f"tokens {b.get('tokens_trained')} vs {a['tokens_trained']} straight",
+    }
 
 
-DRILLS = {"parser_fuzz": drill_parser,
-          **{f"config:{o[-1]}": (lambda tmp, o=o, n=n: drill_config(tmp, o, n)) for o, n in CONFIG_CASES},
-          "final_eval_at_last_step": drill_final_eval, "predict_bad_rows": drill_predict,
-          "predict_empty_file": drill_predict_empty, "mix_cache_truncated_npz": drill_mix_cache_npz,
-          "mix_cache_garbage_card": drill_mix_cache_card, "checkpoint_truncated_file": drill_ckpt_truncated,
-          "checkpoint_empty_metadata": drill_ckpt_metadata, "checkpoint_missing_item": drill_ckpt_missing,
-          "checkpoint_none_intact": drill_ckpt_none_intact, "sigterm": drill_sigterm, "sigint": drill_sigint,
-          "kill9_resume_bookkeeping": drill_kill_resume}
+DRILLS = {
+    "parser_fuzz": drill_parser,
+    **{f"config:{o[-1]}": (lambda tmp, o=o, n=n: drill_config(tmp, o, n)) for o, n in CONFIG_CASES},
+    "final_eval_at_last_step": drill_final_eval,
+    "predict_bad_rows": drill_predict,
+    "predict_empty_file": drill_predict_empty,
+    "mix_cache_truncated_npz": drill_mix_cache_npz,
+    "mix_cache_garbage_card": drill_mix_cache_card,
+    "checkpoint_truncated_file": drill_ckpt_truncated,
+    "checkpoint_empty_metadata": drill_ckpt_metadata,
+    "checkpoint_missing_item": drill_ckpt_missing,
+    "checkpoint_none_intact": drill_ckpt_none_intact,
+    "sigterm": drill_sigterm,
+    "sigint": drill_sigint,
+    "kill9_resume_bookkeeping": drill_kill_resume,
+}
 
 
 def main(argv=None) -> int:
@@ -310,21 +406,33 @@ def main(argv=None) -> int:
             try:
                 rec = fn(Path(tmp))
             except Exception as e:  # noqa: BLE001 - a drill that breaks is a failed drill, recorded
-                rec = {"tried": name, "survived": False, "lost": None, "detail": f"drill error: {type(e).__name__}: {e}"}
+                rec = {
+                    "tried": name,
+                    "survived": False,
+                    "lost": None,
+                    "detail": f"drill error: {type(e).__name__}: {e}",
+                }
         rec = {"case": name, **rec, "seconds": round(time.time() - t0, 1)}
         results.append(rec)
-        print(f"{'OK  ' if rec['survived'] else ('SKIP' if rec['survived'] is None else 'FAIL')} {name}: {rec['detail']}",
-              flush=True)
+        print(
+            f"{'OK  ' if rec['survived'] else ('SKIP' if rec['survived'] is None else 'FAIL')} {name}: {rec['detail']}",
+            flush=True,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     crashed = sum(r["survived"] is False for r in results)
     lost = sum(bool(r["lost"]) for r in results)
     (out / "drills.json").write_text(json.dumps({"cases": results, "crashed": crashed, "lost": lost}, indent=2))
-    rows = "\n".join(f"| {r['case']} | {r['tried']} | {'-' if r['survived'] is None else ('yes' if r['survived'] else 'NO')} "
-                     f"| {'yes' if r['lost'] else 'no'} | {r['detail']} |" for r in results)
-    (out / "drills.md").write_text(f"# Hardening drills\n\n`{' '.join(['scripts/drills.py', *(argv or sys.argv[1:])])}`"
-                                   f"\n\n{len(results)} cases, {crashed} crashed, {lost} lost work.\n\n"
-                                   "| case | tried | survived | lost work | detail |\n|---|---|---|---|---|\n" + rows + "\n")
+    rows = "\n".join(
+        f"| {r['case']} | {r['tried']} | {'-' if r['survived'] is None else ('yes' if r['survived'] else 'NO')} "
+        f"| {'yes' if r['lost'] else 'no'} | {r['detail']} |"
+        for r in results
+    )
+    (out / "drills.md").write_text(
+        f"# Hardening drills\n\n`{' '.join(['scripts/drills.py', *(argv or sys.argv[1:])])}`"
+        f"\n\n{len(results)} cases, {crashed} crashed, {lost} lost work.\n\n"
+        "| case | tried | survived | lost work | detail |\n|---|---|---|---|---|\n" + rows + "\n"
+    )
     print(f"{len(results)} cases, {crashed} crashed, {lost} lost work -> {out}")
     return 1 if crashed or lost else 0
 

@@ -32,18 +32,32 @@ from gemma_tool_use.format.render import render_text  # noqa: E402
 
 
 def tool(name, desc, props, required):
-    return {"name": name, "description": desc,
-            "parameters": {"type": "object", "properties": props, "required": required}}
+    return {
+        "name": name,
+        "description": desc,
+        "parameters": {"type": "object", "properties": props, "required": required},
+    }
 
 
 WEATHER = tool("get_weather", "Current weather of a city", {"city": {"type": "string"}}, ["city"])
-CONVERT = tool("convert_currency", "Convert an amount between currencies",
-               {"amount": {"type": "number"}, "from_currency": {"type": "string"}, "to_currency": {"type": "string"}},
-               ["amount", "from_currency", "to_currency"])
-AREA = tool("calculate_triangle_area", "Area of a triangle from its base and height",
-            {"base": {"type": "number"}, "height": {"type": "number"}}, ["base", "height"])
-BMI = tool("determine_body_mass_index", "Body mass index from weight (kg) and height (m)",
-           {"weight": {"type": "number"}, "height": {"type": "number"}}, ["weight", "height"])
+CONVERT = tool(
+    "convert_currency",
+    "Convert an amount between currencies",
+    {"amount": {"type": "number"}, "from_currency": {"type": "string"}, "to_currency": {"type": "string"}},
+    ["amount", "from_currency", "to_currency"],
+)
+AREA = tool(
+    "calculate_triangle_area",
+    "Area of a triangle from its base and height",
+    {"base": {"type": "number"}, "height": {"type": "number"}},
+    ["base", "height"],
+)
+BMI = tool(
+    "determine_body_mass_index",
+    "Body mass index from weight (kg) and height (m)",
+    {"weight": {"type": "number"}, "height": {"type": "number"}},
+    ["weight", "height"],
+)
 STOCK = tool("get_stock_price", "Latest price of a stock ticker", {"ticker": {"type": "string"}}, ["ticker"])
 
 
@@ -58,10 +72,14 @@ CONVERSATIONS = [
     conv([BMI], "What is the area of a triangle with base 10 m and height 5 m?"),  # no tool fits
     conv([WEATHER, STOCK], "Get me the weather in Tokyo and in Berlin."),
     conv([STOCK, CONVERT], "What's Apple's stock price? Ticker AAPL."),
-    {"tools": [WEATHER], "messages": [
-        {"role": "user", "content": "Is it raining in London?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"name": "get_weather", "args": {"city": "London"}}]},
-        {"role": "tool", "name": "get_weather", "content": {"city": "London", "sky": "rain", "temp_c": 11}}]},
+    {
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "user", "content": "Is it raining in London?"},
+            {"role": "assistant", "content": "", "tool_calls": [{"name": "get_weather", "args": {"city": "London"}}]},
+            {"role": "tool", "name": "get_weather", "content": {"city": "London", "sky": "rain", "temp_c": 11}},
+        ],
+    },
 ]
 
 
@@ -83,9 +101,22 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="llama_cpp_check_"))
     (work / "prompts.jsonl").write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS))
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "gemma_tool_use", "stage=predict", f"predict.input_file={work / 'prompts.jsonl'}",
-                    f"predict.output_file={work / 'ours.jsonl'}", f"generation.max_new_tokens={args.max_new_tokens}",
-                    "tracking=disabled", f"hydra.run.dir={work / 'predict'}", *args.overrides], check=True, cwd=REPO)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gemma_tool_use",
+            "stage=predict",
+            f"predict.input_file={work / 'prompts.jsonl'}",
+            f"predict.output_file={work / 'ours.jsonl'}",
+            f"generation.max_new_tokens={args.max_new_tokens}",
+            "tracking=disabled",
+            f"hydra.run.dir={work / 'predict'}",
+            *args.overrides,
+        ],
+        check=True,
+        cwd=REPO,
+    )
     ours = [json.loads(line) for line in (work / "ours.jsonl").read_text().splitlines()]
     ours_seconds = time.time() - t0
     # llama.cpp adds the BOS itself (see the .mjs); the rest is the text our tokenizer reads
@@ -95,23 +126,48 @@ def main() -> int:
     shutil.copy(REPO / "scripts" / "llama_cpp_generate.mjs", script)
     files = {}
     for g in args.gguf:
-        r = subprocess.run(["node", str(script), str(Path(g).absolute()), str(work / "prompts.json"), str(args.max_new_tokens)],
-                           capture_output=True, text=True, check=True, env={**os.environ, "NODE_NO_WARNINGS": "1"})
+        r = subprocess.run(
+            ["node", str(script), str(Path(g).absolute()), str(work / "prompts.json"), str(args.max_new_tokens)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        )
         got = json.loads(r.stdout.strip().splitlines()[-1])
         rows = []
         for c, mine, theirs in zip(CONVERSATIONS, ours, got["results"]):
             a, b = mine["raw_text"], theirs["text"]
-            rows.append({"ours": a, "llama_cpp": b, "text_equal": a.strip() == b.strip(),
-                         "calls_equal": calls_of(a, c["tools"]) == calls_of(b, c["tools"]),
-                         "calls": calls_of(b, c["tools"])})
-        files[Path(g).name] = {"llama_cpp": got["llama_cpp"], "seconds": got["seconds"], "rows": rows,
-                               "text_equal": sum(r["text_equal"] for r in rows),
-                               "calls_equal": sum(r["calls_equal"] for r in rows)}
-        print(f"{Path(g).name}: texts equal {files[Path(g).name]['text_equal']}/{len(rows)}, "
-              f"calls equal {files[Path(g).name]['calls_equal']}/{len(rows)} ({got['seconds']:.1f} s)", flush=True)
-    summary = {"conversations": len(CONVERSATIONS), "max_new_tokens": args.max_new_tokens, "overrides": args.overrides,
-               "node_llama_cpp": json.loads((Path(args.node_dir) / "node_modules/node-llama-cpp/package.json").read_text())["version"],
-               "ours_seconds_incl_load": round(ours_seconds, 1), "files": files}
+            rows.append(
+                {
+                    "ours": a,
+                    "llama_cpp": b,
+                    "text_equal": a.strip() == b.strip(),
+                    "calls_equal": calls_of(a, c["tools"]) == calls_of(b, c["tools"]),
+                    "calls": calls_of(b, c["tools"]),
+                }
+            )
+        files[Path(g).name] = {
+            "llama_cpp": got["llama_cpp"],
+            "seconds": got["seconds"],
+            "rows": rows,
+            "text_equal": sum(r["text_equal"] for r in rows),
+            "calls_equal": sum(r["calls_equal"] for r in rows),
+        }
+        print(
+            f"{Path(g).name}: texts equal {files[Path(g).name]['text_equal']}/{len(rows)}, "
+            f"calls equal {files[Path(g).name]['calls_equal']}/{len(rows)} ({got['seconds']:.1f} s)",
+            flush=True,
+        )
+    summary = {
+        "conversations": len(CONVERSATIONS),
+        "max_new_tokens": args.max_new_tokens,
+        "overrides": args.overrides,
+        "node_llama_cpp": json.loads((Path(args.node_dir) / "node_modules/node-llama-cpp/package.json").read_text())[
+            "version"
+        ],
+        "ours_seconds_incl_load": round(ours_seconds, 1),
+        "files": files,
+    }
     (out / "llama_cpp_check.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if all(f["calls_equal"] == len(CONVERSATIONS) for f in files.values()) else 1

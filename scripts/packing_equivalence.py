@@ -6,6 +6,7 @@ padded batch with its rows reversed (mathematically the same mean loss).
     .venv/bin/python scripts/packing_equivalence.py --out experiments/packing/equivalence.json
     .venv/bin/python scripts/packing_equivalence.py --dtype float32 --out experiments/packing/equivalence_f32.json
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -15,17 +16,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bench_common import real_model, run_facts
-from gemma_tool_use.training import loss as training_loss
 from gemma_tool_use.data.batching import collate, collate_packed, pack_rows, tokenize_conversations
 from gemma_tool_use.data.conversations import load_jsonl_conversations
 from gemma_tool_use.model.loading import load_tokenizer_for
+from gemma_tool_use.training import loss as training_loss
+
+from bench_common import real_model, run_facts
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=12)
 ap.add_argument("--pack-length", type=int, default=768)
-ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                help="float32: the same comparison without bf16's rounding (should agree to ~1e-5)")
+ap.add_argument(
+    "--dtype",
+    default="bfloat16",
+    choices=["bfloat16", "float32"],
+    help="float32: the same comparison without bf16's rounding (should agree to ~1e-5)",
+)
 ap.add_argument("--out", required=True)
 args = ap.parse_args()
 
@@ -38,9 +44,14 @@ ex = tokenize_conversations(load_jsonl_conversations("tiny/train.jsonl"), tok, m
 ex = [ex[i % len(ex)] for i in range(args.rows)]
 buckets = [256, 512, args.pack_length]
 bins = pack_rows([len(e) for e in ex], args.pack_length, seed=0, epoch=0)
-batches = {"padded": collate(ex, buckets), "padded, rows reversed": collate(ex[::-1], buckets),
-           "packed": collate_packed([[ex[i] for i in b] for b in bins], buckets)}
-f = nnx.jit(lambda m, b: nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(m, **b))
+batches = {
+    "padded": collate(ex, buckets),
+    "padded, rows reversed": collate(ex[::-1], buckets),
+    "packed": collate_packed([[ex[i] for i in b] for b in bins], buckets),
+}
+f = nnx.jit(
+    lambda m, b: nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(m, **b)
+)
 res = {}
 with mesh:
     for name, batch in batches.items():
@@ -50,14 +61,23 @@ with mesh:
 
 def compare(a, b):
     rel = [np.linalg.norm(x - y) / (np.linalg.norm(x) + 1e-12) for x, y in zip(res[a][1], res[b][1])]
-    return {"loss": [res[a][0], res[b][0]], "loss_rel_diff": abs(res[a][0] - res[b][0]) / res[a][0],
-            "lora_grad_rel_diff_median": float(np.median(rel)), "lora_grad_rel_diff_max": float(max(rel))}
+    return {
+        "loss": [res[a][0], res[b][0]],
+        "loss_rel_diff": abs(res[a][0] - res[b][0]) / res[a][0],
+        "lora_grad_rel_diff_median": float(np.median(rel)),
+        "lora_grad_rel_diff_max": float(max(rel)),
+    }
 
 
-out = {"rows": args.rows, "dtype": args.dtype, "shapes": {k: list(v["input_tokens"].shape) for k, v in batches.items()},
-       "real_tokens": int(batches["padded"]["input_mask"].sum()),
-       "packed vs padded": compare("padded", "packed"),
-       "bf16 noise floor: padded rows reversed vs not": compare("padded", "padded, rows reversed"), **run_facts()}
+out = {
+    "rows": args.rows,
+    "dtype": args.dtype,
+    "shapes": {k: list(v["input_tokens"].shape) for k, v in batches.items()},
+    "real_tokens": int(batches["padded"]["input_mask"].sum()),
+    "packed vs padded": compare("padded", "packed"),
+    "bf16 noise floor: padded rows reversed vs not": compare("padded", "padded, rows reversed"),
+    **run_facts(),
+}
 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
 Path(args.out).write_text(json.dumps(out, indent=2))
 print(json.dumps(out, indent=2))

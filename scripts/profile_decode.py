@@ -39,9 +39,10 @@ def main():
     import jax
     import numpy as np
 
-    from bench_common import op_table, real_model, run_facts
     from gemma_tool_use.generation.generator import Generator, SamplingParams
     from gemma_tool_use.model.loading import load_tokenizer_for
+
+    from bench_common import op_table, real_model, run_facts
 
     cfg, mesh, model = real_model(f"model.lora.enabled={str(args.lora).lower()}", training=False)
     rng = np.random.default_rng(0)
@@ -66,6 +67,7 @@ def main():
             jax.profiler.start_trace(str(WORK / name))
             gen.generate_ids(prompts, params)
             jax.profiler.stop_trace()
+
     def per_call(rows: list[dict]) -> list[dict]:
         return [{**r, "ms": round(r["ms"] / r["runs_each"], 3)} for r in rows]
 
@@ -73,12 +75,24 @@ def main():
     # prefill (+ one sample). The two programs compile in that order, both named jit_run.
     loop = per_call(op_table(f"{WORK}/decode", f"{WORK}/hlo", lambda c: c in (args.new - 1, args.new), module=0))
     prefill = op_table(f"{WORK}/prefill", f"{WORK}/hlo", lambda c: c == 1, module=1)
-    result = {"batch": args.batch, "prompt_tokens": args.prompt, "new_tokens": args.new, "lora": args.lora,
-              "generate_s": t_full, "prefill_plus_one_s": t_one, "decode_step_ms": round(step_ms, 2),
-              "profiled_ms_per_step": round(sum(r["ms"] for r in loop), 2), "decode_ops": loop,
-              "profiled_prefill_ms": round(sum(r["ms"] for r in prefill), 1), "prefill_ops": prefill, **run_facts()}
-    print(f"decode step {step_ms:.1f} ms (generate {min(t_full):.2f} s, prefill+1 {min(t_one):.2f} s); "
-          f"profiled loop ops {result['profiled_ms_per_step']:.1f} ms/step:")
+    result = {
+        "batch": args.batch,
+        "prompt_tokens": args.prompt,
+        "new_tokens": args.new,
+        "lora": args.lora,
+        "generate_s": t_full,
+        "prefill_plus_one_s": t_one,
+        "decode_step_ms": round(step_ms, 2),
+        "profiled_ms_per_step": round(sum(r["ms"] for r in loop), 2),
+        "decode_ops": loop,
+        "profiled_prefill_ms": round(sum(r["ms"] for r in prefill), 1),
+        "prefill_ops": prefill,
+        **run_facts(),
+    }
+    print(
+        f"decode step {step_ms:.1f} ms (generate {min(t_full):.2f} s, prefill+1 {min(t_one):.2f} s); "
+        f"profiled loop ops {result['profiled_ms_per_step']:.1f} ms/step:"
+    )
     for r in loop[:20]:
         print(f"  {r['ms']:7.2f} ms  {r['ops']:4d} x  {r['op'][:70]:70s} {r['shape']}")
     print(f"prefill call: profiled {result['profiled_prefill_ms']:.0f} ms:")

@@ -31,14 +31,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def fn(name, desc, props, required):
-    return {"type": "function", "function": {"name": name, "description": desc, "parameters": {
-        "type": "object", "properties": props, "required": required}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": desc,
+            "parameters": {"type": "object", "properties": props, "required": required},
+        },
+    }
 
 
 WEATHER = fn("get_weather", "Current weather of a city", {"city": {"type": "string"}}, ["city"])
-CONVERT = fn("convert_currency", "Convert an amount between currencies",
-             {"amount": {"type": "number"}, "from_currency": {"type": "string"}, "to_currency": {"type": "string"}},
-             ["amount", "from_currency", "to_currency"])
+CONVERT = fn(
+    "convert_currency",
+    "Convert an amount between currencies",
+    {"amount": {"type": "number"}, "from_currency": {"type": "string"}, "to_currency": {"type": "string"}},
+    ["amount", "from_currency", "to_currency"],
+)
 TIMEZONE = fn("get_local_time", "Current local time in a city", {"city": {"type": "string"}}, ["city"])
 STOCK = fn("get_stock_price", "Latest price of a stock ticker", {"ticker": {"type": "string"}}, ["ticker"])
 
@@ -59,9 +68,24 @@ CASES = [
 
 def start_server(overrides: list[str], run_dir: Path) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "gemma_tool_use", "stage=serve", "tracking=disabled",
-                             "serve.port=0", "serve.model_name=served", f"hydra.run.dir={run_dir}", *overrides],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gemma_tool_use",
+            "stage=serve",
+            "tracking=disabled",
+            "serve.port=0",
+            "serve.model_name=served",
+            f"hydra.run.dir={run_dir}",
+            *overrides,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 900
     while not (run_dir / "server.json").is_file():
         if proc.poll() is not None or time.time() > deadline:
@@ -93,8 +117,12 @@ def main() -> None:
     load_s = time.time() - t_start
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900)
     # warm-up: compile the programs before timing (one request per prompt bucket is enough here)
-    client.chat.completions.create(model="served", tools=CASES[0][1], max_tokens=args.max_tokens,
-                                   messages=[{"role": "user", "content": CASES[0][0]}])
+    client.chat.completions.create(
+        model="served",
+        tools=CASES[0][1],
+        max_tokens=args.max_tokens,
+        messages=[{"role": "user", "content": CASES[0][0]}],
+    )
     before = health(url)
     records, lock, counter = [], threading.Lock(), iter(range(args.requests))
 
@@ -108,11 +136,19 @@ def main() -> None:
             t0 = time.perf_counter()
             rec = {"i": i, "expected": expected}
             try:
-                r = client.chat.completions.create(model="served", tools=tools, max_tokens=args.max_tokens,
-                                                   messages=[{"role": "user", "content": question}])
+                r = client.chat.completions.create(
+                    model="served",
+                    tools=tools,
+                    max_tokens=args.max_tokens,
+                    messages=[{"role": "user", "content": question}],
+                )
                 calls = r.choices[0].message.tool_calls or []
-                rec |= {"ok": True, "finish": r.choices[0].finish_reason, "tools_called": [c.function.name for c in calls],
-                        "completion_tokens": r.usage.completion_tokens}
+                rec |= {
+                    "ok": True,
+                    "finish": r.choices[0].finish_reason,
+                    "tools_called": [c.function.name for c in calls],
+                    "completion_tokens": r.usage.completion_tokens,
+                }
             except Exception as e:  # noqa: BLE001 - counted, never dropped silently
                 rec |= {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
             rec["latency_s"] = time.perf_counter() - t0
@@ -137,17 +173,30 @@ def main() -> None:
 
     right = sum(1 for r in ok if (r["tools_called"][:1] == [r["expected"]] if r["expected"] else not r["tools_called"]))
     summary = {
-        "command": " ".join([sys.executable, *sys.argv]), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores", "server_start_s": round(load_s, 1),
-        "clients": args.clients, "requests": args.requests, "answered": len(ok), "errors": len(records) - len(ok),
-        "dropped": args.requests - len(records), "wall_s": round(wall, 2),
-        "requests_per_s": round(len(ok) / wall, 3), "completion_tokens_per_s": round(
-            sum(r["completion_tokens"] for r in ok) / wall, 1),
-        "latency_s": {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": round(lat[-1], 3) if lat else None,
-                      "mean": round(statistics.mean(lat), 3) if lat else None},
+        "command": " ".join([sys.executable, *sys.argv]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "server_start_s": round(load_s, 1),
+        "clients": args.clients,
+        "requests": args.requests,
+        "answered": len(ok),
+        "errors": len(records) - len(ok),
+        "dropped": args.requests - len(records),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(ok) / wall, 3),
+        "completion_tokens_per_s": round(sum(r["completion_tokens"] for r in ok) / wall, 1),
+        "latency_s": {
+            "p50": pct(50),
+            "p90": pct(90),
+            "p99": pct(99),
+            "max": round(lat[-1], 3) if lat else None,
+            "mean": round(statistics.mean(lat), 3) if lat else None,
+        },
         "expected_behaviour": {"right": right, "of": len(ok)},
-        "server": {"batches": after["batches"] - before["batches"], "requests": after["requests"] - before["requests"],
-                   "largest_batch": after["largest_batch"]},
+        "server": {
+            "batches": after["batches"] - before["batches"],
+            "requests": after["requests"] - before["requests"],
+            "largest_batch": after["largest_batch"],
+        },
         "overrides": args.overrides,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -50,5 +50,11 @@ def run_cli(*args, cwd=None, env_extra=None, timeout=600, python=None):
     """Run `python -m gemma_tool_use ARGS` in a fresh process (fresh JAX, W&B and Hydra state)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
     env.update(env_extra or {})
-    return subprocess.run([python or sys.executable, "-m", "gemma_tool_use", *args], cwd=cwd or REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [python or sys.executable, "-m", "gemma_tool_use", *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -20,11 +20,22 @@ def rope(x, positions, base):
 
 
 def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
-def forward(w, ids, *, num_layers, num_heads, num_kv_heads, head_dim, sliding_window,
-            local_base=10_000.0, global_base=1_000_000.0, logits_at=None):
+def forward(
+    w,
+    ids,
+    *,
+    num_layers,
+    num_heads,
+    num_kv_heads,
+    head_dim,
+    sliding_window,
+    local_base=10_000.0,
+    global_base=1_000_000.0,
+    logits_at=None,
+):
     """Logits [len(logits_at), vocab] for one unpadded sequence `ids`."""
     ids = np.asarray(ids)
     T = len(ids)
@@ -44,7 +55,7 @@ def forward(w, ids, *, num_layers, num_heads, num_kv_heads, head_dim, sliding_wi
         q = rms_norm(q, w[p + "self_attn.q_norm.weight"])
         k = rms_norm(k, w[p + "self_attn.k_norm.weight"])
         base = global_base if is_global else local_base
-        q = rope(q, pos, base) * np.float32(head_dim ** -0.5)
+        q = rope(q, pos, base) * np.float32(head_dim**-0.5)
         k = rope(k, pos, base)
         mask = causal if is_global else causal & (i - j < sliding_window)
         group = num_heads // num_kv_heads

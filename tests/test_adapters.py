@@ -35,23 +35,28 @@ def exported(tmp_path_factory):
     from flax import nnx
 
     from gemma_tool_use.model.adapters import export_adapter
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
     cfg = _cfg(["model.lora.rank=4", "model.train_token_ids=[105,106]"])
     model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
     leaves, treedef = jax.tree_util.tree_flatten(nnx.state(model, nnx.LoRAParam))
     key = jax.random.key(3)
-    nnx.update(model, jax.tree_util.tree_unflatten(
-        treedef, [0.05 * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype) for i, x in enumerate(leaves)]))
+    nnx.update(
+        model,
+        jax.tree_util.tree_unflatten(
+            treedef,
+            [0.05 * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype) for i, x in enumerate(leaves)],
+        ),
+    )
     out = export_adapter(model, tmp_path_factory.mktemp("a") / "adapter", cfg.model, step=7, source="test")
     return out, _logits(model)
 
 
 def test_exported_adapter_loads_with_its_own_shape_and_same_logits(exported):
     from gemma_tool_use.model.adapters import CONFIG, read_adapter_config
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
     path, logits = exported
     info = read_adapter_config(path)
@@ -81,8 +86,8 @@ def test_damaged_adapters_are_refused_with_the_file_named(exported, tmp_path):
     import shutil
 
     from gemma_tool_use.model.adapters import AdapterError, load_adapter
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
     path, _ = exported
     cfg = _cfg(["model.lora.rank=4", "model.train_token_ids=[105,106]"])
@@ -100,7 +105,8 @@ def test_damaged_adapters_are_refused_with_the_file_named(exported, tmp_path):
     with pytest.raises(AdapterError, match="not a gemma_tool_use.adapter/1"):
         load_adapter(model, other)
 
-    wrong_rank = build_model(_cfg(["model.lora.rank=8", "model.train_token_ids=[105,106]"]).model,
-                             build_mesh(cfg.tpu), 0)
+    wrong_rank = build_model(
+        _cfg(["model.lora.rank=8", "model.train_token_ids=[105,106]"]).model, build_mesh(cfg.tpu), 0
+    )
     with pytest.raises(AdapterError, match="has shape"):
         load_adapter(wrong_rank, path)

@@ -58,8 +58,11 @@ TREES = {name: ast.parse(path.read_text()) for name, path in MODULES.items()}
 def _targets(name: str, node: ast.ImportFrom | ast.Import) -> list[str]:
     """The package modules an import statement reads (the module a name comes from, or the
     submodule it names)."""
-    raw = ([f"{node.module}.{a.name}" for a in node.names] + [node.module] if isinstance(node, ast.ImportFrom)
-           else [a.name for a in node.names])
+    raw = (
+        [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        if isinstance(node, ast.ImportFrom)
+        else [a.name for a in node.names]
+    )
     out = []
     for target in raw:
         while target and target not in MODULES:
@@ -93,7 +96,7 @@ def test_the_import_graph_has_no_cycle():
         state[node] = "open"
         for nxt in sorted(edges[node]):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
@@ -105,8 +108,13 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_no_import_runs_up_a_floor():
-    up = [f"{a} -> {b}" for a, bs in _edges().items() if a != "gemma_tool_use"
-          for b in bs if b != "gemma_tool_use" and _floor(b) > _floor(a)]
+    up = [
+        f"{a} -> {b}"
+        for a, bs in _edges().items()
+        if a != "gemma_tool_use"
+        for b in bs
+        if b != "gemma_tool_use" and _floor(b) > _floor(a)
+    ]
     assert not up, "imports that run up a floor:\n" + "\n".join(sorted(up))
 
 
@@ -150,14 +158,21 @@ def test_internal_imports_sit_at_module_top():
             continue
         top = {id(n) for n in tree.body}
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and id(node) not in top and (node.module or "").startswith("gemma_tool_use"):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and id(node) not in top
+                and (node.module or "").startswith("gemma_tool_use")
+            ):
                 inner.append(f"{rel}:{node.lineno} from {node.module}")
     assert not inner, "internal imports inside functions (move them to the module top):\n" + "\n".join(inner)
 
 
 def _bases(tree) -> dict[str, list[str]]:
-    return {n.name: [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in n.bases]
-            for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    return {
+        n.name: [b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in n.bases]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ClassDef)
+    }
 
 
 def test_every_user_facing_error_is_a_user_error():
@@ -170,20 +185,24 @@ def test_every_user_facing_error_is_a_user_error():
 
     def is_exception(cls, seen=()):
         return cls in ("Exception", "ValueError", "RuntimeError", "KeyboardInterrupt") or any(
-            is_exception(b, seen + (cls,)) for b in bases.get(cls, []) if b not in seen)
+            is_exception(b, seen + (cls,)) for b in bases.get(cls, []) if b not in seen
+        )
 
-    loose = sorted(c for c in bases if is_exception(c) and not is_user_error(c)
-                   and c not in NOT_USER_ERRORS and c != "Stopped")
+    loose = sorted(
+        c for c in bases if is_exception(c) and not is_user_error(c) and c not in NOT_USER_ERRORS and c != "Stopped"
+    )
     assert not loose, f"exception types that are not UserErrors (one-line CLI errors): {loose}"
 
 
 def test_entry_point_and_stage_runners_import_without_jax():
     """`--help`, config errors and preflight answer before JAX loads: importing the CLI and every
     stage runner must not import JAX (a runner imports its heavy modules after prepare_runtime)."""
-    code = ("import sys, gemma_tool_use.__main__, gemma_tool_use.stages.sft, gemma_tool_use.stages.grpo, "
-            "gemma_tool_use.stages.eval, gemma_tool_use.stages.predict, gemma_tool_use.stages.serve, "
-            "gemma_tool_use.stages.export, gemma_tool_use.report; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'tunix', 'orbax'}))")
+    code = (
+        "import sys, gemma_tool_use.__main__, gemma_tool_use.stages.sft, gemma_tool_use.stages.grpo, "
+        "gemma_tool_use.stages.eval, gemma_tool_use.stages.predict, gemma_tool_use.stages.serve, "
+        "gemma_tool_use.stages.export, gemma_tool_use.report; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'tunix', 'orbax'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout

@@ -5,25 +5,45 @@ import random
 
 import pytest
 
-from gemma_tool_use.format.render import validate_conversation
 from gemma_tool_use.data import augment as A
 from gemma_tool_use.data.rows import classify
+from gemma_tool_use.format.render import validate_conversation
 
-W = {"name": "get_weather", "description": "Current weather for a city.",
-     "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
-                    "required": ["city"]}}
-S = {"name": "get_stock", "description": "Latest price of a stock ticker.",
-     "parameters": {"type": "object", "properties": {"ticker": {"type": "string"}}, "required": ["ticker"]}}
-B = {"name": "book_table", "description": "Book a restaurant table.",
-     "parameters": {"type": "object", "properties": {"people": {"type": "integer", "minimum": 1, "maximum": 12},
-                                                    "time": {"type": "string"}, "vip": {"type": "boolean"}},
-                    "required": ["people", "time"]}}
+W = {
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+        "required": ["city"],
+    },
+}
+S = {
+    "name": "get_stock",
+    "description": "Latest price of a stock ticker.",
+    "parameters": {"type": "object", "properties": {"ticker": {"type": "string"}}, "required": ["ticker"]},
+}
+B = {
+    "name": "book_table",
+    "description": "Book a restaurant table.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "people": {"type": "integer", "minimum": 1, "maximum": 12},
+            "time": {"type": "string"},
+            "vip": {"type": "boolean"},
+        },
+        "required": ["people", "time"],
+    },
+}
 
 
 def row(tools, q, calls):
-    return {"tools": tools, "messages": [{"role": "user", "content": q},
-                                         {"role": "assistant", "content": "", "tool_calls": calls}],
-            "meta": {"source": "t", "row": q}}
+    return {
+        "tools": tools,
+        "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "", "tool_calls": calls}],
+        "meta": {"source": "t", "row": q},
+    }
 
 
 R1 = row([W, S], "Weather in Oslo?", [{"name": "get_weather", "args": {"city": "Oslo"}}])
@@ -56,7 +76,9 @@ def test_mask_names_is_a_consistent_bijection():
     tool = out["tools"][0]
     call = out["messages"][1]["tool_calls"][0]
     assert tool["name"] != "book_table" and call["name"] == tool["name"]
-    assert set(call["args"]) <= set(tool["parameters"]["properties"]) and set(tool["parameters"]["required"]) == set(call["args"])
+    assert set(call["args"]) <= set(tool["parameters"]["properties"]) and set(tool["parameters"]["required"]) == set(
+        call["args"]
+    )
     assert list(call["args"].values()) == [2, "20:00"] and tool["description"] == B["description"]
 
 
@@ -79,12 +101,16 @@ def test_procedural_rows_satisfy_their_schema(seed):
 
 def test_validate_args_reports_problems():
     assert A.validate_args({"people": "two"}, B["parameters"]) == [
-        "args: 'time' is a required property", "people: 'two' is not of type 'integer'"]
+        "args: 'time' is a required property",
+        "people: 'two' is not of type 'integer'",
+    ]
     assert A.validate_args({"city": "x", "unit": "k"}, W["parameters"]) == ["unit: 'k' is not one of ['c', 'f']"]
     assert A.validate_args({"city": "x", "extra": 1}, W["parameters"]) == [
-        "args: Additional properties are not allowed ('extra' was unexpected)"]
+        "args: Additional properties are not allowed ('extra' was unexpected)"
+    ]
     assert A.validate_args({"people": 2.0, "time": "8pm"}, B["parameters"]) == [  # 2.0 is no integer to BFCL
-        "people: 2.0 is not of type 'integer'"]
+        "people: 2.0 is not of type 'integer'"
+    ]
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -109,15 +135,15 @@ def _tool(name, description):
 
 
 NEAR_POOL = [
-    _tool("fetch_conditions", "Current weather for a city."),                   # a near-copy of get_weather
-    _tool("get_weather_report", "Weather report for a city."),                  # shares the name word "weather"
-    _tool("getWeatherAlerts", "Severe storm alerts issued for a region."),      # so does this one
-    _tool("get_air_quality", "Current air quality index for a city."),          # same domain, another function
+    _tool("fetch_conditions", "Current weather for a city."),  # a near-copy of get_weather
+    _tool("get_weather_report", "Weather report for a city."),  # shares the name word "weather"
+    _tool("getWeatherAlerts", "Severe storm alerts issued for a region."),  # so does this one
+    _tool("get_air_quality", "Current air quality index for a city."),  # same domain, another function
     _tool("get_sunrise_time", "Sunrise time for a city on a date."),
     _tool("get_city_population", "Population of a city."),
     _tool("count_city_parks", "Number of parks in a city."),
-    _tool("translate_text", "Translate a text into another language."),       # nothing in common
-    _tool("get_stock", "Latest price of a stock ticker."),                      # already offered by R1
+    _tool("translate_text", "Translate a text into another language."),  # nothing in common
+    _tool("get_stock", "Latest price of a stock ticker."),  # already offered by R1
 ]
 
 
@@ -136,7 +162,7 @@ def test_near_miss_offers_same_domain_tools_that_cannot_answer():
     # closest that remain (air quality, population) are skipped as the likeliest false refusals
     assert seen == {"get_sunrise_time", "count_city_parks"}
     assert A.make_near_miss(R1, A.NearMissIndex([NEAR_POOL[6]]), random.Random(0)) is None  # nothing near
-    assert A.make_near_miss(row([W], "hi", []), index, random.Random(0)) is None            # not a call row
+    assert A.make_near_miss(row([W], "hi", []), index, random.Random(0)) is None  # not a call row
     assert A._name_words("getWeatherAlerts") == {"weather", "alerts"}
 
 
@@ -146,7 +172,7 @@ def test_augment_rows_is_deterministic_and_counts():
     before, _ = A.augment_rows(rows, cfg, seed=7, tool_pool=NEAR_POOL + [W, S, B])
     cfg.update(near_miss=0.2, procedural_parallel=0.2)  # drawn last: the others stay as they were
     a, ca = A.augment_rows(rows, cfg, seed=7, tool_pool=NEAR_POOL + [W, S, B])
-    assert json.dumps(a[:len(before)]) == json.dumps(before) and ca["near_miss"] > 0
+    assert json.dumps(a[: len(before)]) == json.dumps(before) and ca["near_miss"] > 0
     assert ca["procedural_parallel"] > 0
     b, cb = A.augment_rows(rows, cfg, seed=7, tool_pool=NEAR_POOL + [W, S, B])
     c, _ = A.augment_rows(rows, cfg, seed=8, tool_pool=NEAR_POOL + [W, S, B])
@@ -162,14 +188,21 @@ def test_make_row_repairs_stringified_types_and_drops_schema_violations():
     from gemma_tool_use.data.rows import make_row
 
     report = LoadReport()
-    msgs = [{"role": "user", "content": "table"},
-            {"role": "assistant", "content": "", "tool_calls": [{"name": "book_table", "args": {"people": "4", "time": "8pm",
-                                                                                                "vip": "true"}}]}]
+    msgs = [
+        {"role": "user", "content": "table"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"name": "book_table", "args": {"people": "4", "time": "8pm", "vip": "true"}}],
+        },
+    ]
     row = make_row([B], msgs, source="t", row_id=1, report=report)
     assert row["messages"][1]["tool_calls"][0]["args"] == {"people": 4, "time": "8pm", "vip": True}
     assert report.repaired == 2
-    bad = [{"role": "user", "content": "table"},
-           {"role": "assistant", "content": "", "tool_calls": [{"name": "book_table", "args": {"people": "four"}}]}]
+    bad = [
+        {"role": "user", "content": "table"},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "book_table", "args": {"people": "four"}}]},
+    ]
     assert make_row([B], bad, source="t", row_id=2, report=report) is None
     assert report.dropped == {"args_violate_schema": 1}
     with pytest.raises(DataError, match="t:2: args violate the schema"):

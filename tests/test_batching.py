@@ -67,8 +67,8 @@ def test_packing_fills_rows_keeps_every_conversation_once_and_is_deterministic()
 
 
 def test_packed_collate_marks_segments_and_keeps_targets_inside_each():
-    from gemma_tool_use.format.render import RenderedConversation
     from gemma_tool_use.data.batching import collate_packed
+    from gemma_tool_use.format.render import RenderedConversation
 
     a = RenderedConversation(np.array([2, 10, 11, 12], np.int32), np.array([0, 0, 1, 1], bool))
     b = RenderedConversation(np.array([2, 20, 21], np.int32), np.array([0, 1, 1], bool))
@@ -84,11 +84,23 @@ def test_packed_collate_marks_segments_and_keeps_targets_inside_each():
 
 
 def test_loss_slots_are_dealt_over_the_batch_in_few_shapes():
-    from gemma_tool_use.format.render import RenderedConversation
     from gemma_tool_use.data.batching import collate, loss_slots_per_row
+    from gemma_tool_use.format.render import RenderedConversation
 
-    assert [loss_slots_per_row(n, 4) for n in (0, 1, 4, 5, 9, 12, 13, 17, 25, 147, 4 * 48, 4 * 48 + 1)] == \
-        [1, 1, 1, 2, 3, 3, 4, 6, 8, 48, 48, 64]
+    assert [loss_slots_per_row(n, 4) for n in (0, 1, 4, 5, 9, 12, 13, 17, 25, 147, 4 * 48, 4 * 48 + 1)] == [
+        1,
+        1,
+        1,
+        2,
+        3,
+        3,
+        4,
+        6,
+        8,
+        48,
+        48,
+        64,
+    ]
     # every K is 2^i or 3 * 2^i, and at most a third of the slots are padding
     for n in range(1, 5000, 7):
         k = loss_slots_per_row(n, 8)
@@ -96,15 +108,17 @@ def test_loss_slots_are_dealt_over_the_batch_in_few_shapes():
         assert 8 * k >= n and (k == 1 or n > 8 * k * 2 / 3 - 8), (n, k)
     # one long row and three short ones: per-row slots would be 4 x 40; dealt slots are 4 x 12
     rows = [RenderedConversation(np.arange(2, 43, dtype=np.int32), np.array([0] + [1] * 40, bool))] + [
-        RenderedConversation(np.arange(2, 6, dtype=np.int32), np.array([0, 0, 1, 1], bool))] * 3
+        RenderedConversation(np.arange(2, 6, dtype=np.int32), np.array([0, 0, 1, 1], bool))
+    ] * 3
     batch = collate(rows, [64])
     assert batch["target_weights"].shape == (4, 12) and batch["target_weights"].sum() == 40 + 3 * 2
     w = batch["target_weights"] > 0
     tokens = batch["input_tokens"]
     got = tokens[batch["target_rows"][w], batch["target_positions"][w] + 1]
     assert (got == batch["target_ids"][w]).all()  # every slot names its row's next token
-    assert sorted(zip(batch["target_rows"][w].tolist(), batch["target_positions"][w].tolist())) == \
-        [(0, p) for p in range(40)] + [(r, p) for r in (1, 2, 3) for p in (1, 2)]
+    assert sorted(zip(batch["target_rows"][w].tolist(), batch["target_positions"][w].tolist())) == [
+        (0, p) for p in range(40)
+    ] + [(r, p) for r in (1, 2, 3) for p in (1, 2)]
 
 
 def test_pack_length_shorter_than_a_row_is_a_clear_error():
@@ -118,8 +132,8 @@ def test_pack_length_shorter_than_a_row_is_a_clear_error():
 
 
 def test_per_row_slots_keep_each_rows_targets_in_its_own_row():
-    from gemma_tool_use.format.render import RenderedConversation
     from gemma_tool_use.data.batching import collate
+    from gemma_tool_use.format.render import RenderedConversation
 
     long = RenderedConversation(np.arange(2, 43, dtype=np.int32), np.array([0] + [1] * 40, bool))
     short = RenderedConversation(np.arange(2, 6, dtype=np.int32), np.array([0, 0, 1, 1], bool))

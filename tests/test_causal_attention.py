@@ -58,11 +58,11 @@ def test_the_model_gives_the_same_loss_and_gradients_with_and_without_blocks():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.model import attention as causal_attention
-    from gemma_tool_use.training import loss as training_loss
     from gemma_tool_use.config.schema import register_configs
-    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.model import attention as causal_attention
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.training import loss as training_loss
+    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
@@ -81,18 +81,34 @@ def test_the_model_gives_the_same_loss_and_gradients_with_and_without_blocks():
     segments = np.zeros((B, T), np.int32)
     segments[0, :150], segments[0, 150:310] = 1, 2
     segments[1, :270] = 1
-    slots = [(b, p) for b in range(B) for p in range(0, T - 1, 7) if segments[b, p] and segments[b, p] == segments[b, p + 1]]
+    slots = [
+        (b, p) for b in range(B) for p in range(0, T - 1, 7) if segments[b, p] and segments[b, p] == segments[b, p + 1]
+    ]
     rows, pos = np.array(slots, np.int32).T
-    batch = {"input_tokens": tokens, "input_mask": segments > 0, "input_segments": segments,
-             "target_rows": rows[None], "target_positions": pos[None], "target_ids": tokens[rows, pos + 1][None],
-             "target_weights": np.ones((1, len(slots)), np.float32)}
+    batch = {
+        "input_tokens": tokens,
+        "input_mask": segments > 0,
+        "input_segments": segments,
+        "target_rows": rows[None],
+        "target_positions": pos[None],
+        "target_ids": tokens[rows, pos + 1][None],
+        "target_weights": np.ones((1, len(slots)), np.float32),
+    }
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
 
     positions, mask = training_loss.packed_positions_and_mask(batch["input_segments"])
 
     def loss(model, causal_mask):
-        hidden, _ = model(batch["input_tokens"], positions, None, mask, logits_at=batch["target_positions"],
-                          logits_rows=batch["target_rows"], return_hidden=True, causal_mask=causal_mask)
+        hidden, _ = model(
+            batch["input_tokens"],
+            positions,
+            None,
+            mask,
+            logits_at=batch["target_positions"],
+            logits_rows=batch["target_rows"],
+            return_hidden=True,
+            causal_mask=causal_mask,
+        )
         return jnp.mean(training_loss.chunked_nll(model.embedder, hidden, batch["target_ids"]))
 
     def loss_and_grads(causal_mask: bool):

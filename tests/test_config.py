@@ -11,12 +11,13 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from conftest import REPO, run_cli
-from gemma_tool_use.evaluation.bfcl_tables import irrelevance_split
 from gemma_tool_use.config.checks import ConfigValueError, check_config
 from gemma_tool_use.config.schema import register_configs
+from gemma_tool_use.evaluation.bfcl_tables import irrelevance_split
 from gemma_tool_use.utils.files import read_jsonl
 from gemma_tool_use.utils.paths import conf_dir, experiments_dir
+
+from conftest import REPO, run_cli
 
 register_configs()
 GROUPS = ("model", "data", "stage", "tpu", "tracking")
@@ -158,10 +159,23 @@ def claims_sft_small_gemma3_270m():
     base, s = recorded("bfcl_baseline_base/summary.json"), recorded("sft_small_gemma3_270m/bfcl_eval/summary.json")
     t = recorded("sft_small_gemma3_270m/train_summary.json")
     return [
-        fig("BFCL non-live {} -> {} (simple_python {}, java {}, javascript {}, multiple {}, parallel {}, "
-            "parallel_multiple {})", 100 * base["aggregates"]["non_live"], 100 * s["aggregates"]["non_live"],
-            *(pct(s, c) for c in ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel",
-                                  "parallel_multiple"))),
+        fig(
+            "BFCL non-live {} -> {} (simple_python {}, java {}, javascript {}, multiple {}, parallel {}, "
+            "parallel_multiple {})",
+            100 * base["aggregates"]["non_live"],
+            100 * s["aggregates"]["non_live"],
+            *(
+                pct(s, c)
+                for c in (
+                    "simple_python",
+                    "simple_java",
+                    "simple_javascript",
+                    "multiple",
+                    "parallel",
+                    "parallel_multiple",
+                )
+            ),
+        ),
         fig("irrelevance {} -> {}", pct(base, "irrelevance"), pct(s, "irrelevance")),
         fig("Val loss {} -> {}", first_val_loss(recorded("sft_small_gemma3_270m/metrics.jsonl")), t["final_val_loss"]),
         context("2-core CPU"),
@@ -179,10 +193,16 @@ def claims_sweep_sft_small():
     bfcl_minutes = [recorded(f"sweep_sft_small/{j['job']}/bfcl_eval/summary.json")["total_seconds"] / 60 for j in jobs]
     return [
         fig("lr decides at {} steps", [t["steps"] for t in train]),
-        fig("3e-4 -> simple_python {}/{}% (rank 8/16), val loss {};", *(100 * j["bfcl"]["simple_python"] for j in hi),
-            [j["final_val_loss"] for j in hi]),
-        fig("1e-4 -> {}% (format not learned yet), val loss {};",
-            [100 * j["bfcl"][c] for j in lo for c in ("simple_python", "multiple")], [j["final_val_loss"] for j in lo]),
+        fig(
+            "3e-4 -> simple_python {}/{}% (rank 8/16), val loss {};",
+            *(100 * j["bfcl"]["simple_python"] for j in hi),
+            [j["final_val_loss"] for j in hi],
+        ),
+        fig(
+            "1e-4 -> {}% (format not learned yet), val loss {};",
+            [100 * j["bfcl"][c] for j in lo for c in ("simple_python", "multiple")],
+            [j["final_val_loss"] for j in lo],
+        ),
         context("rank 8 vs 16 no measurable difference"),
         fig("~{} min training", sum(t["train_seconds"] for t in train) / len(train) / 60),
         fig("{}-{} min BFCL per job", min(bfcl_minutes), max(bfcl_minutes)),
@@ -199,10 +219,16 @@ def claims_ft_compare_lora_rows():
     s, t = ft_compare_run("lora_rows")
     return [
         fig("val loss {};", t["final_val_loss"]),
-        fig("simple_python {}/{}, multiple {}/{}, irrelevance {}/{} (decode failures)",
-            *right(s, "simple_python"), *right(s, "multiple"), *right(s, "irrelevance")),
-        fig("{}% of outputs stop at <end_of_turn>",
-            100 * recorded("ft_compare/bfcl_compare.json")["runs"]["lora_rows"]["outputs"]["stopped"]),
+        fig(
+            "simple_python {}/{}, multiple {}/{}, irrelevance {}/{} (decode failures)",
+            *right(s, "simple_python"),
+            *right(s, "multiple"),
+            *right(s, "irrelevance"),
+        ),
+        fig(
+            "{}% of outputs stop at <end_of_turn>",
+            100 * recorded("ft_compare/bfcl_compare.json")["runs"]["lora_rows"]["outputs"]["stopped"],
+        ),
         fig("{} s training, {} GiB, 2-core AMD EPYC", t["train_seconds"], t["peak_rss_gib"]),
     ]
 
@@ -222,10 +248,17 @@ def claims_ft_compare_full():
     (slow_s, _), (fast_s, fast_t) = ft_compare_run("full_f32_lr2e-5"), ft_compare_run("full_f32_lr1.5e-4")
     return [
         fig("val loss {};", t["final_val_loss"]),
-        fig("simple_python {}/{}, multiple {}/{}, irrelevance {}/{};",
-            *right(s, "simple_python"), *right(s, "multiple"), *right(s, "irrelevance")),
-        fig("{}x slower a step, {} GiB", (t["train_seconds"] / t["steps"]) / (rows["train_seconds"] / rows["steps"]),
-            t["peak_rss_gib"]),
+        fig(
+            "simple_python {}/{}, multiple {}/{}, irrelevance {}/{};",
+            *right(s, "simple_python"),
+            *right(s, "multiple"),
+            *right(s, "irrelevance"),
+        ),
+        fig(
+            "{}x slower a step, {} GiB",
+            (t["train_seconds"] / t["steps"]) / (rows["train_seconds"] / rows["steps"]),
+            t["peak_rss_gib"],
+        ),
         fig("lr 2e-5: never ends its turn ({}/{})", *right(slow_s, "simple_python", "multiple")),
         fig("lr 1.5e-4: val {}, {}/{}", fast_t["final_val_loss"], *right(fast_s, "simple_python")),
     ]
@@ -242,8 +275,13 @@ def claims_sft_full_short():
     return [
         context("vs its start on the same 30-entry slices"),
         fig("simple_python {} -> {}/{}, multiple {} -> {}/{},", *change("simple_python"), *change("multiple")),
-        fig("parallel_multiple {} -> {} ({}/{} outputs now make 2 calls)", right(start, "parallel_multiple")[0],
-            right(end, "parallel_multiple")[0], sum(len(r["decoded"]) >= 2 for r in pm), len(pm)),
+        fig(
+            "parallel_multiple {} -> {} ({}/{} outputs now make 2 calls)",
+            right(start, "parallel_multiple")[0],
+            right(end, "parallel_multiple")[0],
+            sum(len(r["decoded"]) >= 2 for r in pm),
+            len(pm),
+        ),
         fig("irrelevance {} -> {}/{};", *change("irrelevance")),
         fig("val loss {} -> {}.", first_val_loss(recorded("sft_full_short/metrics.jsonl")), t["final_val_loss"]),
         fig("{} s training, {} GiB, 2-core AMD EPYC", t["train_seconds"], t["peak_rss_gib"]),
@@ -253,8 +291,12 @@ def claims_sft_full_short():
 def claims_tiny_smoke():
     t = recorded("tiny_smoke/train_summary.json")
     return [
-        fig("val loss {} -> {} in {} steps", first_val_loss(recorded("tiny_smoke/metrics.jsonl")), t["final_val_loss"],
-            t["steps"]),
+        fig(
+            "val loss {} -> {} in {} steps",
+            first_val_loss(recorded("tiny_smoke/metrics.jsonl")),
+            t["final_val_loss"],
+            t["steps"],
+        ),
         context("40 s wall", why="the command's wall time, taken outside the process (total_seconds starts later)"),
         fig("({} s training, {} tok/s, {} GiB RSS)", t["train_seconds"], t["tokens_per_s"], t["peak_rss_gib"]),
         context("2-core Xeon CPU"),
@@ -266,12 +308,19 @@ def claims_grpo_from_sft_short():
     g = recorded("grpo_from_sft_short/grpo_summary.json")
     probe = recorded("grpo_from_sft_short/probe.jsonl")
     return [
-        fig("irrelevance {}, simple_python {}, multiple {}, parallel {};", *(pct(start, c) for c in (
-            "irrelevance", "simple_python", "multiple", "parallel"))),
+        fig(
+            "irrelevance {}, simple_python {}, multiple {}, parallel {};",
+            *(pct(start, c) for c in ("irrelevance", "simple_python", "multiple", "parallel")),
+        ),
         fig("{} GRPO steps, {} s/step, {} GiB", g["steps"], g["seconds_per_step"], g["peak_rss_gib"]),
         context("2-core AMD EPYC"),
-        fig("probe mean reward {} -> {}, exact match {} -> {}", probe[0]["probe/reward_mean"],
-            probe[-1]["probe/reward_mean"], probe[0]["probe/exact_match"], probe[-1]["probe/exact_match"]),
+        fig(
+            "probe mean reward {} -> {}, exact match {} -> {}",
+            probe[0]["probe/reward_mean"],
+            probe[-1]["probe/reward_mean"],
+            probe[0]["probe/exact_match"],
+            probe[-1]["probe/exact_match"],
+        ),
     ]
 
 
@@ -280,18 +329,38 @@ def claims_grpo_from_sft_short_r3():
     end = recorded("grpo_from_sft_short_r3/bfcl_eval/summary.json")
     g = recorded("grpo_from_sft_short_r3/grpo_summary.json")
     probe = recorded("grpo_from_sft_short_r3/probe.jsonl")
-    clean = [irrelevance_split(experiments_dir() / d)["clean_abstentions"]
-             for d in ("grpo_from_sft_short/start_bfcl/bfcl", "grpo_from_sft_short_r3/bfcl_eval/bfcl")]
+    clean = [
+        irrelevance_split(experiments_dir() / d)["clean_abstentions"]
+        for d in ("grpo_from_sft_short/start_bfcl/bfcl", "grpo_from_sft_short_r3/bfcl_eval/bfcl")
+    ]
     return [
-        fig("{} GRPO steps, {} s/step (mean; rollout {}, update {}), {} GiB peak", g["steps"], g["step_seconds"]["mean"],
-            g["rollout_seconds_mean"], g["update_seconds_mean"], g["peak_rss_gib_max"]),
+        fig(
+            "{} GRPO steps, {} s/step (mean; rollout {}, update {}), {} GiB peak",
+            g["steps"],
+            g["step_seconds"]["mean"],
+            g["rollout_seconds_mean"],
+            g["update_seconds_mean"],
+            g["peak_rss_gib_max"],
+        ),
         context("2-core AMD EPYC"),
-        fig("Probe mean reward {} -> {}, exact match {} -> {}.", probe[0]["probe/reward_mean"],
-            probe[-1]["probe/reward_mean"], probe[0]["probe/exact_match"], probe[-1]["probe/exact_match"]),
-        fig("irrelevance {} -> {} (clean abstentions {} -> {} of {}),", pct(start, "irrelevance"), pct(end, "irrelevance"),
-            *clean, start["categories"]["irrelevance"]["total_count"]),
-        fig("simple_python {} -> {}, multiple {} -> {}, parallel {} -> {}:", *(v for c in ("simple_python", "multiple", "parallel")
-                                                                              for v in (pct(start, c), pct(end, c)))),
+        fig(
+            "Probe mean reward {} -> {}, exact match {} -> {}.",
+            probe[0]["probe/reward_mean"],
+            probe[-1]["probe/reward_mean"],
+            probe[0]["probe/exact_match"],
+            probe[-1]["probe/exact_match"],
+        ),
+        fig(
+            "irrelevance {} -> {} (clean abstentions {} -> {} of {}),",
+            pct(start, "irrelevance"),
+            pct(end, "irrelevance"),
+            *clean,
+            start["categories"]["irrelevance"]["total_count"],
+        ),
+        fig(
+            "simple_python {} -> {}, multiple {} -> {}, parallel {} -> {}:",
+            *(v for c in ("simple_python", "multiple", "parallel") for v in (pct(start, c), pct(end, c))),
+        ),
     ]
 
 
@@ -323,7 +392,7 @@ def check_result_comment(text: str, claims: list[Claim]) -> list[str]:
             for value in values if isinstance(values, list) else [values]:
                 if abs(float(stated) - float(value)) > tol:
                     problems.append(f"{claim.template!r}: states {stated}, recorded {value:.6g}")
-        covered = covered[:m.start()] + " " * (m.end() - m.start()) + covered[m.end():]
+        covered = covered[: m.start()] + " " * (m.end() - m.start()) + covered[m.end() :]
     loose = re.findall(r"\S*\d\S*", re.sub(r"experiments/\S*", "", covered))
     if loose:
         problems.append(f"figures no claim checks: {loose}")
@@ -351,11 +420,24 @@ def test_a_wrong_or_unchecked_figure_fails():
 
 
 def test_public_override_paths():
-    cfg = _compose(["model.lora.rank=8", "model.lora.alpha=16", "optim.lr=3e-4", "train.max_steps=7",
-                    "eval.categories=[simple_python,irrelevance]", "eval.limit=5", "seed=3"])
+    cfg = _compose(
+        [
+            "model.lora.rank=8",
+            "model.lora.alpha=16",
+            "optim.lr=3e-4",
+            "train.max_steps=7",
+            "eval.categories=[simple_python,irrelevance]",
+            "eval.limit=5",
+            "seed=3",
+        ]
+    )
     assert (cfg.model.lora.rank, cfg.model.lora.alpha, cfg.optim.lr) == (8, 16.0, 3e-4)
     assert (cfg.train.max_steps, list(cfg.eval.categories), cfg.eval.limit, cfg.seed) == (
-        7, ["simple_python", "irrelevance"], 5, 3)
+        7,
+        ["simple_python", "irrelevance"],
+        5,
+        3,
+    )
 
 
 def test_appended_unknown_key_is_rejected():
@@ -364,22 +446,28 @@ def test_appended_unknown_key_is_rejected():
         check_config(cfg)
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.lora.rnk=3", "rnk"),
-    ("optim.learning_rate=1", "learning_rate"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.lora.rnk=3", "rnk"),
+        ("optim.learning_rate=1", "learning_rate"),
+    ],
+)
 def test_unknown_key_names_the_key(override, key):
     with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as e:
         _compose([override])
     assert key in str(e.value) + str(e.value.__cause__)
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.lora.rank=abc", "model.lora.rank"),
-    ("train.max_steps=1.5", "train.max_steps"),
-    ("model.source=foo", "model.source"),
-    ("tracking.mode=sometimes", "tracking.mode"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.lora.rank=abc", "model.lora.rank"),
+        ("train.max_steps=1.5", "train.max_steps"),
+        ("model.source=foo", "model.source"),
+        ("tracking.mode=sometimes", "tracking.mode"),
+    ],
+)
 def test_wrong_type_names_the_key(override, key):
     with pytest.raises((ConfigCompositionException, ValidationError)) as e:
         _compose([override])
@@ -392,14 +480,17 @@ def test_unknown_group_option_lists_choices():
     assert "gemma3_270m" in str(e.value) and "tiny" in str(e.value)
 
 
-@pytest.mark.parametrize("override,key", [
-    ("train.max_steps=0", "train.max_steps"),
-    ("model.lora.rank=0", "model.lora.rank"),
-    ("optim.lr=-1", "optim.lr"),
-    ("tpu.axis_sizes=[2]", "tpu.axis_sizes"),
-    ("data.length_buckets=[64]", "data.length_buckets"),
-    ("eval.limit=0", "eval.limit"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("train.max_steps=0", "train.max_steps"),
+        ("model.lora.rank=0", "model.lora.rank"),
+        ("optim.lr=-1", "optim.lr"),
+        ("tpu.axis_sizes=[2]", "tpu.axis_sizes"),
+        ("data.length_buckets=[64]", "data.length_buckets"),
+        ("eval.limit=0", "eval.limit"),
+    ],
+)
 def test_semantic_errors_name_the_key(override, key):
     cfg = _compose([override])
     with pytest.raises(ConfigValueError, match=key.replace(".", r"\.")):
@@ -449,7 +540,11 @@ def test_cli_errors_are_short_and_fast(tmp_path):
 def test_help_and_cfg_job_answer_in_seconds():
     """--help and --cfg job never import JAX (what made them slow), checked by tracing imports."""
     r, heavy = run_cli_tracing_imports("--help")
-    assert r.returncode == 0 and "model: gemma3_270m, gemma3_270m_random, tiny" in r.stdout and "gemma_tool_use is powered by Hydra" in r.stdout
+    assert (
+        r.returncode == 0
+        and "model: gemma3_270m, gemma3_270m_random, tiny" in r.stdout
+        and "gemma_tool_use is powered by Hydra" in r.stdout
+    )
     assert not heavy, heavy[:5]
     r, heavy = run_cli_tracing_imports("--cfg", "job", "experiments=tiny_smoke")
     assert r.returncode == 0 and "max_steps: 12" in r.stdout

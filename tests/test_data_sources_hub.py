@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from gemma_tool_use.format.render import render_conversation, render_text, validate_conversation
 from gemma_tool_use.data import sources as hub
 from gemma_tool_use.data.conversations import DataError, LoadReport
 from gemma_tool_use.data.rows import REFUSAL
@@ -17,6 +16,7 @@ from gemma_tool_use.data.sources.common import RowError, convert_rows, type_sche
 from gemma_tool_use.data.sources.hermes import hermes_row_to_conversation, hermes_system_to_tools
 from gemma_tool_use.data.sources.toolace import parse_python_calls, toolace_row_to_conversation
 from gemma_tool_use.data.sources.xlam import xlam_row_to_conversation
+from gemma_tool_use.format.render import render_conversation, render_text, validate_conversation
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 
@@ -27,8 +27,9 @@ def raw(name: str) -> list[dict]:
 
 def load(hub_id: str, name: str, **kw):
     report = LoadReport()
-    rows = hub.load_hub_dataset(hub_id, revision=hub.HUB_SOURCES[hub_id].revision, report=report,
-                                data_files=FIXTURES / name, **kw)
+    rows = hub.load_hub_dataset(
+        hub_id, revision=hub.HUB_SOURCES[hub_id].revision, report=report, data_files=FIXTURES / name, **kw
+    )
     return rows, report
 
 
@@ -74,8 +75,12 @@ def test_xlam_rows_are_canonical_with_categories_and_typed_arguments():
     assert [r["meta"]["row"] for r in rows] == ["0", "1", "2", "3", "4"]
     assert rows[0]["messages"] == [
         {"role": "user", "content": "What is the exchange rate from EUR to GBP?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"name": "get_exchange_rate", "args": {"base": "EUR", "target": "GBP"}}]}]
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"name": "get_exchange_rate", "args": {"base": "EUR", "target": "GBP"}}],
+        },
+    ]
     assert calls(rows[1]) == [{"name": "is_prime", "args": {"n": 1031}}]
     assert calls(rows[3])[0]["args"]["numbers"] == [2.5, 3, 4.5]
     assert calls(rows[3])[1]["args"]["nums"] == [-2, 1, -3, 4, -1, 2, 1]
@@ -101,17 +106,30 @@ def test_xlam_parameters_become_json_schema():
     assert giveaways["required"] == [] and giveaways["properties"]["type"]["default"] == "game"
 
 
-@pytest.mark.parametrize("name, schema", [
-    ("str", {"type": "string"}), ("int", {"type": "integer"}), ("float", {"type": "number"}),
-    ("bool", {"type": "boolean"}), ("str, optional", {"type": "string"}), ("int, optional", {"type": "integer"}),
-    ("List[str]", {"type": "array", "items": {"type": "string"}}), ("List", {"type": "array"}),
-    ("List[List[int]]", {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}),
-    ("Tuple[int, int]", {"type": "array", "items": {"type": "integer"}}), ("Dict", {"type": "object"}),
-    ("Dict[str, Any]", {"type": "object"}), ("dict, optional", {"type": "object"}),
-    ("Union[int, float]", {"type": "number"}), ("Optional[str]", {"type": "string"}),
-    ("int | None", {"type": "integer"}), ("Union[str, int]", {"type": ["string", "integer"]}),
-    ("Callable", {}), ("Any", {}),
-])
+@pytest.mark.parametrize(
+    "name, schema",
+    [
+        ("str", {"type": "string"}),
+        ("int", {"type": "integer"}),
+        ("float", {"type": "number"}),
+        ("bool", {"type": "boolean"}),
+        ("str, optional", {"type": "string"}),
+        ("int, optional", {"type": "integer"}),
+        ("List[str]", {"type": "array", "items": {"type": "string"}}),
+        ("List", {"type": "array"}),
+        ("List[List[int]]", {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}),
+        ("Tuple[int, int]", {"type": "array", "items": {"type": "integer"}}),
+        ("Dict", {"type": "object"}),
+        ("Dict[str, Any]", {"type": "object"}),
+        ("dict, optional", {"type": "object"}),
+        ("Union[int, float]", {"type": "number"}),
+        ("Optional[str]", {"type": "string"}),
+        ("int | None", {"type": "integer"}),
+        ("Union[str, int]", {"type": ["string", "integer"]}),
+        ("Callable", {}),
+        ("Any", {}),
+    ],
+)
 def test_python_type_names_map_to_json_schema(name, schema):
     assert type_schema(name)[0] == schema
 
@@ -124,8 +142,11 @@ def test_xlam_irrelevance_rows_answer_in_plain_text():
     assert [r["meta"]["row"] for r in rows] == ["0", "1", "2"]  # rows carry no id: their index
     for r in rows:
         assert r["messages"][-1] == {"role": "assistant", "content": REFUSAL}
-    custom = convert_rows(raw("xlam_irrelevance.json")[:1], functools.partial(
-        xlam_row_to_conversation, no_call_reply="No tool fits."), source=hub.XLAM_IRRELEVANCE_ID)
+    custom = convert_rows(
+        raw("xlam_irrelevance.json")[:1],
+        functools.partial(xlam_row_to_conversation, no_call_reply="No tool fits."),
+        source=hub.XLAM_IRRELEVANCE_ID,
+    )
     assert custom[0]["messages"][-1]["content"] == "No tool fits."
 
 
@@ -139,21 +160,40 @@ def test_toolace_rows_parse_python_calls_and_tool_results():
     assert [r["meta"]["category"] for r in rows] == ["multi_turn", "parallel", "irrelevance", "simple"]
     multi = rows[0]
     assert [m["role"] for m in multi["messages"]] == ["user", "assistant", "tool", "assistant"] * 2
-    assert calls(multi) == [{"name": "GetLeagues", "args": {"country": "PE"}},
-                            {"name": "Get Team Logo", "args": {"team": "Alianza Lima", "size": 128}}]
-    assert multi["messages"][6] == {"role": "tool", "name": "Get Team Logo",
-                                    "content": {"url": "https://img.example/alianza-128.png"}}
+    assert calls(multi) == [
+        {"name": "GetLeagues", "args": {"country": "PE"}},
+        {"name": "Get Team Logo", "args": {"team": "Alianza Lima", "size": 128}},
+    ]
+    assert multi["messages"][6] == {
+        "role": "tool",
+        "name": "Get Team Logo",
+        "content": {"url": "https://img.example/alianza-128.png"},
+    }
     logo = tool(multi, "Get Team Logo")["parameters"]
-    assert logo == {"type": "object", "required": ["team"], "properties": {
-        "team": {"description": "Team name.", "type": "string"},
-        "size": {"description": "Edge length in pixels.", "type": "integer"}}}  # "dict"/"int" mapped
-    assert calls(rows[1]) == [{"name": "convertCurrency", "args": {"amount": 100.0, "from": "USD", "to": "EUR"}},
-                              {"name": "convertCurrency", "args": {"amount": 100.0, "from": "USD", "to": "JPY"}}]
+    assert logo == {
+        "type": "object",
+        "required": ["team"],
+        "properties": {
+            "team": {"description": "Team name.", "type": "string"},
+            "size": {"description": "Edge length in pixels.", "type": "integer"},
+        },
+    }  # "dict"/"int" mapped
+    assert calls(rows[1]) == [
+        {"name": "convertCurrency", "args": {"amount": 100.0, "from": "USD", "to": "EUR"}},
+        {"name": "convertCurrency", "args": {"amount": 100.0, "from": "USD", "to": "JPY"}},
+    ]
     assert tool(rows[1], "convertCurrency")["parameters"]["properties"]["amount"]["type"] == "number"
-    assert rows[2]["messages"][-1] == {"role": "assistant",
-                                       "content": "Sure. From which airport are you leaving, and on what date?"}
-    assert calls(rows[3])[0]["args"] == {"origin": "LHR", "destination": "LIS", "date": "2024-05-20",
-                                         "passengers": 2, "flexible": True}
+    assert rows[2]["messages"][-1] == {
+        "role": "assistant",
+        "content": "Sure. From which airport are you leaving, and on what date?",
+    }
+    assert calls(rows[3])[0]["args"] == {
+        "origin": "LHR",
+        "destination": "LIS",
+        "date": "2024-05-20",
+        "passengers": 2,
+        "flexible": True,
+    }
 
 
 def test_toolace_system_prompt_boilerplate_is_dropped_and_other_text_kept():
@@ -164,12 +204,24 @@ def test_toolace_system_prompt_boilerplate_is_dropped_and_other_text_kept():
 
 def test_python_calls_are_parsed_without_evaluation():
     assert parse_python_calls('[f(a=-1, b=[1, 2.5], c={"k": None}, d=true, e="x, (y)")]') == [
-        {"name": "f", "args": {"a": -1, "b": [1, 2.5], "c": {"k": None}, "d": True, "e": "x, (y)"}}]
+        {"name": "f", "args": {"a": -1, "b": [1, 2.5], "c": {"k": None}, "d": True, "e": "x, (y)"}}
+    ]
     assert parse_python_calls("[Get Team Logo(), g(x='a'), h(from=\"x\")]") == [
-        {"name": "Get Team Logo", "args": {}}, {"name": "g", "args": {"x": "a"}},
-        {"name": "h", "args": {"from": "x"}}]  # a Python keyword as an argument name
-    for text in ('[f(a=__import__("os").getcwd())]', "[f(a=(lambda: 1)())]", "[f(a=1 + 2)]", "[f(1)]",
-                 "[f(a=1, a=2)]", "[f(a=1) g(b=2)]", "[f(a=1]", "[f(**{'a': 1})]", "[f(a=x)]"):
+        {"name": "Get Team Logo", "args": {}},
+        {"name": "g", "args": {"x": "a"}},
+        {"name": "h", "args": {"from": "x"}},
+    ]  # a Python keyword as an argument name
+    for text in (
+        '[f(a=__import__("os").getcwd())]',
+        "[f(a=(lambda: 1)())]",
+        "[f(a=1 + 2)]",
+        "[f(1)]",
+        "[f(a=1, a=2)]",
+        "[f(a=1) g(b=2)]",
+        "[f(a=1]",
+        "[f(**{'a': 1})]",
+        "[f(a=x)]",
+    ):
         with pytest.raises(RowError) as e:
             parse_python_calls(text)
         assert e.value.reason == "malformed_json" and isinstance(e.value, ValueError)
@@ -186,9 +238,12 @@ def test_hermes_single_turn_calls_in_json_and_python_literal_form():
     assert [r["meta"]["row"] for r in rows] == ["8a1f0c22-1", "8a1f0c22-2"]
     assert calls(rows[0]) == [  # written upstream as Python dict literals
         {"name": "getInventoryLevels", "args": {"api_endpoint": "https://api.shop.example/inventory"}},
-        {"name": "getOrderStatuses",
-         "args": {"api_endpoint": "https://api.shop.example/orders", "include_closed": True}},
-        {"name": "trackShipment", "args": {"shipment_id": "SH-4411", "carrier": "dhl"}}]
+        {
+            "name": "getOrderStatuses",
+            "args": {"api_endpoint": "https://api.shop.example/orders", "include_closed": True},
+        },
+        {"name": "trackShipment", "args": {"shipment_id": "SH-4411", "carrier": "dhl"}},
+    ]
     assert calls(rows[1]) == [{"name": "get_stock_price", "args": {"symbol": "NVDA"}}]
     assert tool(rows[0], "trackShipment")["parameters"]["properties"]["carrier"]["enum"] == ["ups", "dhl"]
     assert all(m["role"] != "system" for r in rows for m in r["messages"])  # only the Hermes tool prompt
@@ -199,8 +254,11 @@ def test_hermes_multi_turn_with_tool_responses():
     assert report.kept == 2 and not report.dropped
     check_rows(rows, hub.HERMES_ID)
     assert [r["meta"]["category"] for r in rows] == ["multi_turn", "parallel"]
-    assert rows[0]["messages"][2] == {"role": "tool", "name": "get_stock_price",
-                                      "content": {"symbol": "TSLA", "price": 191.97, "currency": "USD"}}
+    assert rows[0]["messages"][2] == {
+        "role": "tool",
+        "name": "get_stock_price",
+        "content": {"symbol": "TSLA", "price": 191.97, "currency": "USD"},
+    }
     assert calls(rows[0])[1] == {"name": "get_company_news", "args": {"symbol": "TSLA", "limit": 3}}
     parallel = rows[1]["messages"]
     assert parallel[1]["content"] == "Let me look both up." and len(parallel[1]["tool_calls"]) == 2
@@ -214,8 +272,10 @@ def test_hermes_glaive_rows_and_rows_without_tools():
     assert [r["meta"]["category"] for r in rows] == ["multi_turn", "chat"]
     assert rows[0]["messages"][0]["role"] == "user"
     assert rows[1]["tools"] == []
-    assert rows[1]["messages"][0] == {"role": "system",
-                                      "content": "You are a helpful assistant, with no access to external functions."}
+    assert rows[1]["messages"][0] == {
+        "role": "system",
+        "content": "You are a helpful assistant, with no access to external functions.",
+    }
 
 
 def test_hermes_tool_prompt_is_cut_out_of_the_system_text():
@@ -235,16 +295,38 @@ def test_hermes_tool_prompt_is_cut_out_of_the_system_text():
 # ------------------------------------------------------------------------------------ bad rows
 
 
-@pytest.mark.parametrize("hub_id, name, kept, dropped, first", [
-    (hub.XLAM_ID, "xlam_bad.json", 1,
-     {"malformed_json": 1, "unknown_tool": 1, "empty": 1, "bad_tool_schema": 1}, "xlam_bad.json:100: malformed_json"),
-    (hub.TOOLACE_ID, "toolace_bad.json", 0,
-     {"malformed_prompt": 1, "malformed_json": 1, "unknown_tool": 1, "orphan_tool_response": 1},
-     "toolace_bad.json:0: malformed_prompt"),
-    (hub.HERMES_ID, "hermes_bad.json", 0,
-     {"malformed_prompt": 1, "orphan_tool_response": 1, "malformed_json": 1, "missing_field": 1,
-      "bad_tool_schema": 1}, "hermes_bad.json:bad-1: malformed_prompt"),
-])
+@pytest.mark.parametrize(
+    "hub_id, name, kept, dropped, first",
+    [
+        (
+            hub.XLAM_ID,
+            "xlam_bad.json",
+            1,
+            {"malformed_json": 1, "unknown_tool": 1, "empty": 1, "bad_tool_schema": 1},
+            "xlam_bad.json:100: malformed_json",
+        ),
+        (
+            hub.TOOLACE_ID,
+            "toolace_bad.json",
+            0,
+            {"malformed_prompt": 1, "malformed_json": 1, "unknown_tool": 1, "orphan_tool_response": 1},
+            "toolace_bad.json:0: malformed_prompt",
+        ),
+        (
+            hub.HERMES_ID,
+            "hermes_bad.json",
+            0,
+            {
+                "malformed_prompt": 1,
+                "orphan_tool_response": 1,
+                "malformed_json": 1,
+                "missing_field": 1,
+                "bad_tool_schema": 1,
+            },
+            "hermes_bad.json:bad-1: malformed_prompt",
+        ),
+    ],
+)
 def test_bad_rows_are_counted_and_skipped(hub_id, name, kept, dropped, first):
     rows, report = load(hub_id, name)
     assert len(rows) == report.kept == kept
@@ -252,11 +334,14 @@ def test_bad_rows_are_counted_and_skipped(hub_id, name, kept, dropped, first):
     assert first in report.examples[0]
 
 
-@pytest.mark.parametrize("hub_id, name, where", [
-    (hub.XLAM_ID, "xlam_bad.json", "xlam_bad.json:100: malformed_json"),
-    (hub.TOOLACE_ID, "toolace_bad.json", "toolace_bad.json:0: malformed_prompt"),
-    (hub.HERMES_ID, "hermes_bad.json", "hermes_bad.json:bad-1: malformed_prompt"),
-])
+@pytest.mark.parametrize(
+    "hub_id, name, where",
+    [
+        (hub.XLAM_ID, "xlam_bad.json", "xlam_bad.json:100: malformed_json"),
+        (hub.TOOLACE_ID, "toolace_bad.json", "toolace_bad.json:0: malformed_prompt"),
+        (hub.HERMES_ID, "hermes_bad.json", "hermes_bad.json:bad-1: malformed_prompt"),
+    ],
+)
 def test_strict_mode_raises_naming_the_row(hub_id, name, where):
     with pytest.raises(DataError, match=where.replace(".", r"\.")):
         load(hub_id, name, strict=True)
@@ -269,9 +354,11 @@ def test_row_converters_are_pure_and_raise_value_errors():
     before = copy.deepcopy(row)
     first = xlam_row_to_conversation(row)
     assert xlam_row_to_conversation(row) == first and row == before
-    for convert, bad in [(xlam_row_to_conversation, raw("xlam_bad.json")[0]),
-                         (toolace_row_to_conversation, raw("toolace_bad.json")[1]),
-                         (hermes_row_to_conversation, raw("hermes_bad.json")[0])]:
+    for convert, bad in [
+        (xlam_row_to_conversation, raw("xlam_bad.json")[0]),
+        (toolace_row_to_conversation, raw("toolace_bad.json")[1]),
+        (hermes_row_to_conversation, raw("hermes_bad.json")[0]),
+    ]:
         with pytest.raises(ValueError) as e:
             convert(bad)
         assert isinstance(e.value, RowError) and e.value.reason
@@ -281,6 +368,7 @@ def test_converters_work_with_dataset_map():
     from datasets import Dataset
 
     ds = Dataset.from_list(raw("xlam_function_calling_60k.json"))
+
     def to_json(r):
         tools, messages = xlam_row_to_conversation(r)
         return {"conversation": json.dumps({"tools": tools, "messages": messages})}
@@ -314,8 +402,12 @@ def test_load_hub_dataset_reads_jsonl_parquet_and_several_files_offline(tmp_path
         got = hub.load_hub_dataset(hub.XLAM_ID, revision="main", report=report, data_files=path)
         assert got == expected and dict(report.dropped) == dropped
     report = LoadReport()
-    both = hub.load_hub_dataset(hub.HERMES_ID, revision="main", report=report,
-                                data_files=[FIXTURES / "hermes_func_calling.json", FIXTURES / "hermes_bad.json"])
+    both = hub.load_hub_dataset(
+        hub.HERMES_ID,
+        revision="main",
+        report=report,
+        data_files=[FIXTURES / "hermes_func_calling.json", FIXTURES / "hermes_bad.json"],
+    )
     assert len(both) == report.kept == 2 and sum(report.dropped.values()) == 5
 
 
@@ -329,8 +421,9 @@ def test_load_hub_dataset_without_network_names_the_dataset_and_suggests_local_f
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     for hub_id in (hub.TOOLACE_ID, hub.XLAM_ID):
         with pytest.raises(hub.HubLoadError) as e:
-            hub.load_hub_dataset(hub_id, revision=hub.HUB_SOURCES[hub_id].revision, report=LoadReport(),
-                                 cache_dir=tmp_path / "cache")
+            hub.load_hub_dataset(
+                hub_id, revision=hub.HUB_SOURCES[hub_id].revision, report=LoadReport(), cache_dir=tmp_path / "cache"
+            )
         message = str(e.value)
         assert hub_id in message and "data_files=" in message and "unreachable" in message
         assert hub.HUB_SOURCES[hub_id].files[None] in message
@@ -353,14 +446,25 @@ def test_registry_and_argument_checks():
 # ------------------------------------------------------------------------------------ rendering
 
 
-@pytest.mark.parametrize("hub_id, name, index, expect", [
-    (hub.XLAM_ID, "xlam_function_calling_60k.json", 2,
-     '{"name": "video_comments", "args": {"video_id": 456789123, "count": 15}}'),
-    (hub.XLAM_IRRELEVANCE_ID, "xlam_irrelevance.json", 0, REFUSAL),
-    (hub.TOOLACE_ID, "toolace.json", 0, '{"name": "Get Team Logo", "args": {"team": "Alianza Lima", "size": 128}}'),
-    (hub.HERMES_ID, "hermes_func_calling.json", 0,
-     '{"name": "get_company_news", "args": {"symbol": "TSLA", "limit": 3}}'),
-])
+@pytest.mark.parametrize(
+    "hub_id, name, index, expect",
+    [
+        (
+            hub.XLAM_ID,
+            "xlam_function_calling_60k.json",
+            2,
+            '{"name": "video_comments", "args": {"video_id": 456789123, "count": 15}}',
+        ),
+        (hub.XLAM_IRRELEVANCE_ID, "xlam_irrelevance.json", 0, REFUSAL),
+        (hub.TOOLACE_ID, "toolace.json", 0, '{"name": "Get Team Logo", "args": {"team": "Alianza Lima", "size": 128}}'),
+        (
+            hub.HERMES_ID,
+            "hermes_func_calling.json",
+            0,
+            '{"name": "get_company_news", "args": {"symbol": "TSLA", "limit": 3}}',
+        ),
+    ],
+)
 def test_converted_rows_render(tok, hub_id, name, index, expect):
     row = load(hub_id, name)[0][index]
     rendered = render_conversation(row, tok)

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from gemma_tool_use.format.render import render_conversation, validate_conversation
 from gemma_tool_use.data.conversations import DataError, LoadReport
 from gemma_tool_use.data.rows import CATEGORIES, REFUSAL
 from gemma_tool_use.data.sources import LOCAL_SOURCES, fetch, load_source
 from gemma_tool_use.data.sources.common import params_schema
+from gemma_tool_use.format.render import render_conversation, validate_conversation
 from gemma_tool_use.utils.files import sha256_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "local"
-SHARED = Path(os.environ.get("GEMMA_TOOL_USE_TEST_DATASETS")
-              or Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
+SHARED = Path(
+    os.environ.get("GEMMA_TOOL_USE_TEST_DATASETS") or Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+)
 ROOTS = {"fixtures": FIXTURES, "shared": SHARED}
 
 NAMES = sorted(LOCAL_SOURCES)
@@ -70,11 +71,15 @@ def test_every_source_file_is_pinned_upstream():
         assert source.name == name and source.files and set(source.files) <= set(fetch.PINNED)
     for local, sha in fetch.PINNED.items():
         repo, commit, _ = fetch.REPOS[local.split("/")[0]]
-        assert len(sha) == 64 and len(commit) == 40 and fetch.raw_url(local).startswith(
-            f"https://raw.githubusercontent.com/{repo}/{commit}/")
+        assert (
+            len(sha) == 64
+            and len(commit) == 40
+            and fetch.raw_url(local).startswith(f"https://raw.githubusercontent.com/{repo}/{commit}/")
+        )
     assert fetch.raw_url("seal_tools/dev.jsonl") == (
         "https://raw.githubusercontent.com/fairyshine/Seal-Tools/ce753ecd60ed08dd376984035de531ab8421f1c6/"
-        "Seal-Tools_Dataset/dev.jsonl")
+        "Seal-Tools_Dataset/dev.jsonl"
+    )
     assert fetch.raw_url("toolrl/rlla_4k_test.parquet").endswith("/dataset/rlla_4k/test.parquet")
 
 
@@ -165,8 +170,10 @@ CATEGORY_MIX = {
     "seal_tools/dev": ({"simple", "parallel_multiple"}, {"irrelevance", "multi_turn", "chat", "multiple"}),
     "seal_tools/test_in_domain": ({"simple", "parallel_multiple"}, {"irrelevance", "multi_turn", "chat", "multiple"}),
     "seal_tools/finetune_dev": ({"multiple", "parallel_multiple"}, {"irrelevance", "multi_turn", "chat", "simple"}),
-    "seal_tools/finetune_test_in_domain": ({"multiple", "parallel_multiple"},
-                                           {"irrelevance", "multi_turn", "chat", "simple"}),
+    "seal_tools/finetune_test_in_domain": (
+        {"multiple", "parallel_multiple"},
+        {"irrelevance", "multi_turn", "chat", "simple"},
+    ),
     "toolrl/rlla_sft": ({"simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "multi_turn"}, {"chat"}),
     "toolrl/rlla_4k_test": ({"multiple", "parallel", "multi_turn"}, {"chat"}),
     "hammer/apibank_l1": ({"multi_turn", "simple"}, {"irrelevance", "chat"}),
@@ -193,11 +200,17 @@ def test_drops_and_category_mix_are_as_documented(name, data):
 
 def test_multi_turn_sources_carry_tool_responses(data):
     loaded = data[2]
-    for name in ("llamafactory/glaive_en", "llamafactory/glaive_zh", "toolrl/rlla_sft", "hammer/apibank_l2",
-                 "llamafactory/reason_tool_use"):
+    for name in (
+        "llamafactory/glaive_en",
+        "llamafactory/glaive_zh",
+        "toolrl/rlla_sft",
+        "hammer/apibank_l2",
+        "llamafactory/reason_tool_use",
+    ):
         rows = loaded[name][0]
-        with_results = [r for r in rows if r["meta"]["category"] == "multi_turn"
-                        and any(m["role"] == "tool" for m in r["messages"])]
+        with_results = [
+            r for r in rows if r["meta"]["category"] == "multi_turn" and any(m["role"] == "tool" for m in r["messages"])
+        ]
         assert with_results, name
         for r in with_results:  # every result answers a call made earlier in the conversation
             called = set()
@@ -226,22 +239,43 @@ def test_schema_conversion_keeps_descriptions_enums_and_required(data):
     assert tool["parameters"]["required"] == ["location"]
     assert tool["parameters"]["properties"]["location"]["type"] == "string"
     assert tool["parameters"]["properties"]["location"]["description"].startswith("The location")
-    schema = params_schema({"movement_type": {"type": "str", "description": "d", "choices": ["walk", "run"]},
-                                "v": {"type": "float", "description": "speed", "unit": "m/s"}}, ["movement_type"])
-    assert schema == {"type": "object", "properties": {
-        "movement_type": {"type": "string", "description": "d", "enum": ["walk", "run"]},
-        "v": {"type": "number", "description": "speed (unit: m/s)"}}, "required": ["movement_type"]}
+    schema = params_schema(
+        {
+            "movement_type": {"type": "str", "description": "d", "choices": ["walk", "run"]},
+            "v": {"type": "float", "description": "speed", "unit": "m/s"},
+        },
+        ["movement_type"],
+    )
+    assert schema == {
+        "type": "object",
+        "properties": {
+            "movement_type": {"type": "string", "description": "d", "enum": ["walk", "run"]},
+            "v": {"type": "number", "description": "speed (unit: m/s)"},
+        },
+        "required": ["movement_type"],
+    }
     # xLAM layout: "type, optional" markers beside required parameters; List[int]; placeholder default.
-    schema = params_schema({"a": {"type": "List[int]", "description": "x", "default": ""},
-                                "b": {"type": "str, optional", "description": "y", "default": "US"}})
-    assert schema == {"type": "object", "properties": {
-        "a": {"type": "array", "items": {"type": "integer"}, "description": "x"},
-        "b": {"type": "string", "description": "y", "default": "US"}}, "required": ["a"]}
+    schema = params_schema(
+        {
+            "a": {"type": "List[int]", "description": "x", "default": ""},
+            "b": {"type": "str, optional", "description": "y", "default": "US"},
+        }
+    )
+    assert schema == {
+        "type": "object",
+        "properties": {
+            "a": {"type": "array", "items": {"type": "integer"}, "description": "x"},
+            "b": {"type": "string", "description": "y", "default": "US"},
+        },
+        "required": ["a"],
+    }
     # JSON Schema passes through (nested items kept); ToolAlpaca's per-parameter flags.
     js = {"type": "object", "properties": {"xs": {"type": "array", "items": {"type": "string"}}}, "required": ["xs"]}
     assert params_schema(js) == js
-    assert params_schema({"q": {"type": "string", "description": "", "required": True},
-                              "n": {"type": "integer", "description": ""}}, flags=True)["required"] == ["q"]
+    assert params_schema(
+        {"q": {"type": "string", "description": "", "required": True}, "n": {"type": "integer", "description": ""}},
+        flags=True,
+    )["required"] == ["q"]
     # Unknown to the source: no required list is invented.
     assert "required" not in params_schema({"q": {"type": "str", "description": "z"}})
 
@@ -291,52 +325,100 @@ def _check_bad_rows(loader, root: Path, path: Path, kept: int, dropped: dict, fi
     return rows
 
 
-SEAL_TOOL = {"api_name": "getWeather", "api_description": "Weather of a city", "field": "x",
-             "parameters": {"city": {"type": "str", "description": "City"}}, "required": ["city"], "responses": {}}
+SEAL_TOOL = {
+    "api_name": "getWeather",
+    "api_description": "Weather of a city",
+    "field": "x",
+    "parameters": {"city": {"type": "str", "description": "City"}},
+    "required": ["city"],
+    "responses": {},
+}
 
 
 def test_seal_tools_bad_rows(tmp_path):
     _write(tmp_path, "seal_tools/tool.jsonl", json.dumps(SEAL_TOOL) + "\n")
-    good = {"id": "dev-easy-0", "query": "Weather in Paris?",
-            "calling": [{"api": "getWeather", "parameters": {"city": "Paris"}, "responses": ["API_call_0"]}]}
+    good = {
+        "id": "dev-easy-0",
+        "query": "Weather in Paris?",
+        "calling": [{"api": "getWeather", "parameters": {"city": "Paris"}, "responses": ["API_call_0"]}],
+    }
     lines = [
         json.dumps(good),
         '{"id": "dev-easy-1", "query": "broken',  # malformed JSON
         json.dumps({"id": "dev-easy-2", "query": "q", "calling": [{"api": "nope", "parameters": {}}]}),
         json.dumps({"id": "dev-easy-3", "query": "q", "calling": [{"api": "getWeather", "parameters": ["Paris"]}]}),
-        json.dumps({"id": "dev-difficult-4", "query": "q", "calling": [
-            good["calling"][0], {"api": "getWeather", "parameters": {"city": "API_call_0"}}]}),
+        json.dumps(
+            {
+                "id": "dev-difficult-4",
+                "query": "q",
+                "calling": [good["calling"][0], {"api": "getWeather", "parameters": {"city": "API_call_0"}}],
+            }
+        ),
         json.dumps({"id": "dev-easy-5", "calling": []}),
         json.dumps({"id": "dev-easy-6", "query": "q", "calling": []}),
     ]
     path = _write(tmp_path, "seal_tools/dev.jsonl", "\n".join(lines) + "\n\n")
-    rows = _check_bad_rows(LOCAL_SOURCES["seal_tools/dev"], tmp_path, path, 1, {
-        "malformed_json": 1, "unknown_tool": 1, "args_not_object": 1, "dependent_call": 1, "missing_field": 1,
-        "empty": 1}, "line2")
+    rows = _check_bad_rows(
+        LOCAL_SOURCES["seal_tools/dev"],
+        tmp_path,
+        path,
+        1,
+        {
+            "malformed_json": 1,
+            "unknown_tool": 1,
+            "args_not_object": 1,
+            "dependent_call": 1,
+            "missing_field": 1,
+            "empty": 1,
+        },
+        "line2",
+    )
     assert rows[0]["meta"] == {"source": "seal_tools/dev", "row": "dev-easy-0", "category": "simple"}
     assert rows[0]["tools"][0]["parameters"]["required"] == ["city"]
 
 
 def test_seal_tools_finetune_bad_rows(tmp_path):
     def prompt(tools, task):
-        return (f"Please chooose the needed apis...\nInput:\napi_list = {tools!r}\n"
-                f"task_instruction = \"{task}\"\nOutput:\n")
+        return (
+            f'Please chooose the needed apis...\nInput:\napi_list = {tools!r}\ntask_instruction = "{task}"\nOutput:\n'
+        )
 
     data = [
-        {"id": "dev-easy-0", "conversations": [
-            {"from": "human", "value": prompt([SEAL_TOOL], "Weather in Paris?")},
-            {"from": "gpt", "value": repr([{"api": "getWeather", "parameters": {"city": "Paris"}}])}]},
-        {"id": "dev-easy-1", "conversations": [
-            {"from": "human", "value": "no tool list here"}, {"from": "gpt", "value": "[]"}]},
-        {"id": "dev-easy-2", "conversations": [
-            {"from": "human", "value": prompt([SEAL_TOOL], "q")},
-            {"from": "gpt", "value": repr([{"api": "getTime", "parameters": {}}])}]},
-        {"id": "dev-easy-3", "conversations": [
-            {"from": "human", "value": prompt([SEAL_TOOL], "q")}, {"from": "gpt", "value": "[{'api': "}]},
+        {
+            "id": "dev-easy-0",
+            "conversations": [
+                {"from": "human", "value": prompt([SEAL_TOOL], "Weather in Paris?")},
+                {"from": "gpt", "value": repr([{"api": "getWeather", "parameters": {"city": "Paris"}}])},
+            ],
+        },
+        {
+            "id": "dev-easy-1",
+            "conversations": [{"from": "human", "value": "no tool list here"}, {"from": "gpt", "value": "[]"}],
+        },
+        {
+            "id": "dev-easy-2",
+            "conversations": [
+                {"from": "human", "value": prompt([SEAL_TOOL], "q")},
+                {"from": "gpt", "value": repr([{"api": "getTime", "parameters": {}}])},
+            ],
+        },
+        {
+            "id": "dev-easy-3",
+            "conversations": [
+                {"from": "human", "value": prompt([SEAL_TOOL], "q")},
+                {"from": "gpt", "value": "[{'api': "},
+            ],
+        },
     ]
     path = _write(tmp_path, "seal_tools/dataset_for_finetune/dev.json", data)
-    rows = _check_bad_rows(LOCAL_SOURCES["seal_tools/finetune_dev"], tmp_path, path, 1,
-                           {"malformed_prompt": 1, "unknown_tool": 1, "malformed_json": 1}, "dev-easy-1")
+    rows = _check_bad_rows(
+        LOCAL_SOURCES["seal_tools/finetune_dev"],
+        tmp_path,
+        path,
+        1,
+        {"malformed_prompt": 1, "unknown_tool": 1, "malformed_json": 1},
+        "dev-easy-1",
+    )
     assert rows[0]["messages"][0]["content"] == "Weather in Paris?"
 
 
@@ -345,7 +427,8 @@ TOOLRL_INSTRUCTION = (
     "In your response, you can use the following tools:\n"
     "1. Name: Get Weather\nDescription: Weather of a city.\n"
     'Parameters: {"city": {"description": "City", "type": "string", "default": ""}}\n\n'
-    "**Steps for Each Turn**\n1. **Think:** ...")
+    "**Steps for Each Turn**\n1. **Think:** ..."
+)
 
 
 def _toolrl_output(call_json: str) -> str:
@@ -354,28 +437,53 @@ def _toolrl_output(call_json: str) -> str:
 
 def test_toolrl_bad_rows(tmp_path):
     hist = "**Dialogue Records History**\n<user> Weather in Paris? </user>"
-    multi = (hist + '\n\n<think> x </think>\n<tool_call>\n{"name": "Get Weather", "parameters": {"city": "Paris"}}\n'
-             '</tool_call>\n<obs> [{"name": "Get Weather", "results": {"temp": 18}}] </obs>\n\n<think> y </think>\n'
-             "<response> 18 degrees. </response>\n\n<user> And in Rome? </user>")
+    multi = (
+        hist + '\n\n<think> x </think>\n<tool_call>\n{"name": "Get Weather", "parameters": {"city": "Paris"}}\n'
+        '</tool_call>\n<obs> [{"name": "Get Weather", "results": {"temp": 18}}] </obs>\n\n<think> y </think>\n'
+        "<response> 18 degrees. </response>\n\n<user> And in Rome? </user>"
+    )
     data = [
-        {"instruction": TOOLRL_INSTRUCTION, "input": hist,
-         "output": _toolrl_output('{"name": "Get Weather", "parameters": {"city": "Paris"}}')},
-        {"instruction": TOOLRL_INSTRUCTION, "input": hist,
-         "output": _toolrl_output('{"name": "Get Time", "parameters": {}}')},
-        {"instruction": TOOLRL_INSTRUCTION, "input": hist,
-         "output": _toolrl_output('{"name": "Get Weather", "parameters": ["Paris"]}')},
-        {"instruction": TOOLRL_INSTRUCTION, "input": hist,
-         "output": _toolrl_output('{"name": "Get Weather", "parameters": {"city": ')},
+        {
+            "instruction": TOOLRL_INSTRUCTION,
+            "input": hist,
+            "output": _toolrl_output('{"name": "Get Weather", "parameters": {"city": "Paris"}}'),
+        },
+        {
+            "instruction": TOOLRL_INSTRUCTION,
+            "input": hist,
+            "output": _toolrl_output('{"name": "Get Time", "parameters": {}}'),
+        },
+        {
+            "instruction": TOOLRL_INSTRUCTION,
+            "input": hist,
+            "output": _toolrl_output('{"name": "Get Weather", "parameters": ["Paris"]}'),
+        },
+        {
+            "instruction": TOOLRL_INSTRUCTION,
+            "input": hist,
+            "output": _toolrl_output('{"name": "Get Weather", "parameters": {"city": '),
+        },
         {"instruction": TOOLRL_INSTRUCTION, "input": hist},
-        {"instruction": TOOLRL_INSTRUCTION, "input": multi,
-         "output": _toolrl_output('{"name": "Get Weather", "parameters": {"city": "Rome"}}')},
+        {
+            "instruction": TOOLRL_INSTRUCTION,
+            "input": multi,
+            "output": _toolrl_output('{"name": "Get Weather", "parameters": {"city": "Rome"}}'),
+        },
         {"instruction": TOOLRL_INSTRUCTION, "input": hist, "output": "<think> nothing to do </think>"},
     ]
     path = _write(tmp_path, "toolrl/rlla_sft.json", data)
-    rows = _check_bad_rows(LOCAL_SOURCES["toolrl/rlla_sft"], tmp_path, path, 2, {
-        "unknown_tool": 1, "args_not_object": 1, "malformed_json": 1, "missing_field": 1, "empty": 1}, "1")
-    assert rows[0]["messages"] == [{"role": "user", "content": "Weather in Paris?"}, {
-        "role": "assistant", "content": "", "tool_calls": [{"name": "Get Weather", "args": {"city": "Paris"}}]}]
+    rows = _check_bad_rows(
+        LOCAL_SOURCES["toolrl/rlla_sft"],
+        tmp_path,
+        path,
+        2,
+        {"unknown_tool": 1, "args_not_object": 1, "malformed_json": 1, "missing_field": 1, "empty": 1},
+        "1",
+    )
+    assert rows[0]["messages"] == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "Get Weather", "args": {"city": "Paris"}}]},
+    ]
     assert [m["role"] for m in rows[1]["messages"]] == ["user", "assistant", "tool", "assistant", "user", "assistant"]
     assert rows[1]["messages"][2] == {"role": "tool", "name": "Get Weather", "content": {"temp": 18}}
     assert rows[1]["meta"]["category"] == "multi_turn"
@@ -388,12 +496,19 @@ def test_toolrl_parquet_bad_rows(tmp_path):
     hist = "**Dialogue Records History**\n<user> Weather in Paris? </user>"
 
     def row(output):
-        return {"data_source": "rlla", "ability": "math",
-                "prompt": [{"content": TOOLRL_INSTRUCTION, "role": "system"}, {"content": hist, "role": "user"}],
-                "reward_model": {"ground_truth": output, "style": "rule"}}
+        return {
+            "data_source": "rlla",
+            "ability": "math",
+            "prompt": [{"content": TOOLRL_INSTRUCTION, "role": "system"}, {"content": hist, "role": "user"}],
+            "reward_model": {"ground_truth": output, "style": "rule"},
+        }
 
-    table = pa.Table.from_pylist([row(_toolrl_output('{"name": "Get Weather", "parameters": {"city": "Paris"}}')),
-                                  row(_toolrl_output('{"name": "Nope", "parameters": {}}'))])
+    table = pa.Table.from_pylist(
+        [
+            row(_toolrl_output('{"name": "Get Weather", "parameters": {"city": "Paris"}}')),
+            row(_toolrl_output('{"name": "Nope", "parameters": {}}')),
+        ]
+    )
     path = tmp_path / "toolrl" / "rlla_4k_test.parquet"
     path.parent.mkdir(parents=True)
     pq.write_table(table, path)
@@ -401,10 +516,18 @@ def test_toolrl_parquet_bad_rows(tmp_path):
 
 
 APIBANK_TOOLS = [
-    {"name": "ToolSearcher", "description": "Search tools.", "parameters": {"keywords": {"type": "str", "description": "k"}},
-     "return": {}},
-    {"name": "QueryStock", "description": "Stock price.", "parameters": {"code": {"type": "str", "description": "c"}},
-     "return": {}},
+    {
+        "name": "ToolSearcher",
+        "description": "Search tools.",
+        "parameters": {"keywords": {"type": "str", "description": "k"}},
+        "return": {},
+    },
+    {
+        "name": "QueryStock",
+        "description": "Stock price.",
+        "parameters": {"code": {"type": "str", "description": "c"}},
+        "return": {},
+    },
 ]
 
 
@@ -417,67 +540,123 @@ def test_hammer_apibank_bad_rows_and_history_tool_repair(tmp_path):
         {"role": "tool", "content": "{'name': 'QueryStock'}\nGenerate API Request:"},
     ]
     data = [
-        {"query": [{"role": "user", "content": "Microsoft stock price?"},
-                   {"role": "agent", "content": "Let me search.\nGenerate API Request:"}],
-         "tools": [searcher], "answers": [{"name": "ToolSearcher", "arguments": {"keywords": "stock"}}]},
+        {
+            "query": [
+                {"role": "user", "content": "Microsoft stock price?"},
+                {"role": "agent", "content": "Let me search.\nGenerate API Request:"},
+            ],
+            "tools": [searcher],
+            "answers": [{"name": "ToolSearcher", "arguments": {"keywords": "stock"}}],
+        },
         # ToolSearcher is missing from this row's list but used in its history: taken from row 0.
         {"query": history, "tools": [stock], "answers": [{"name": "QueryStock", "arguments": {"code": "MSFT"}}]},
         {"query": history, "tools": [stock], "answers": [{"name": "DeleteStock", "arguments": {}}]},
         {"query": history, "tools": [stock], "answers": [{"name": "QueryStock", "arguments": "MSFT"}]},
-        {"query": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "{}"}], "tools": [stock],
-         "answers": [{"name": "QueryStock", "arguments": {}}]},
+        {
+            "query": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "{}"}],
+            "tools": [stock],
+            "answers": [{"name": "QueryStock", "arguments": {}}],
+        },
         {"query": "hi", "tools": [stock]},
     ]
     path = _write(tmp_path, "hammer/apibank_l2.json", data)
-    rows = _check_bad_rows(LOCAL_SOURCES["hammer/apibank_l2"], tmp_path, path, 2, {
-        "unknown_tool": 1, "args_not_object": 1, "orphan_tool_response": 1, "missing_field": 1}, "2")
-    assert rows[0]["messages"][-1] == {"role": "assistant", "content": "Let me search.",
-                                       "tool_calls": [{"name": "ToolSearcher", "args": {"keywords": "stock"}}]}
+    rows = _check_bad_rows(
+        LOCAL_SOURCES["hammer/apibank_l2"],
+        tmp_path,
+        path,
+        2,
+        {"unknown_tool": 1, "args_not_object": 1, "orphan_tool_response": 1, "missing_field": 1},
+        "2",
+    )
+    assert rows[0]["messages"][-1] == {
+        "role": "assistant",
+        "content": "Let me search.",
+        "tool_calls": [{"name": "ToolSearcher", "args": {"keywords": "stock"}}],
+    }
     assert [t["name"] for t in rows[1]["tools"]] == ["QueryStock", "ToolSearcher"]
     assert rows[1]["messages"][2] == {"role": "tool", "name": "ToolSearcher", "content": {"name": "QueryStock"}}
     assert rows[1]["meta"]["category"] == "multi_turn"
 
 
 def test_hammer_toolalpaca_and_masking_bad_rows(tmp_path):
-    tools = [{"name": "getHoliday", "description": "Is today a holiday",
-              "parameters": {"countryCode": {"type": "string", "description": "cc", "required": True},
-                             "offset": {"type": "integer", "description": "utc offset"}}},
-             {"name": "components", "description": "The detailed output format...", "parameters": {}}]
-    data = [{"query": "Holiday in China today?", "tools": tools,
-             "answers": [{"name": "getHoliday", "arguments": {"countryCode": "CN"}}]},
-            {"query": "Holiday in China today?", "tools": tools, "answers": [{"name": "components", "arguments": {}}]},
-            {"query": "Holiday?", "tools": tools, "answers": [{"name": "getHoliday", "arguments": [1]}]}]
+    tools = [
+        {
+            "name": "getHoliday",
+            "description": "Is today a holiday",
+            "parameters": {
+                "countryCode": {"type": "string", "description": "cc", "required": True},
+                "offset": {"type": "integer", "description": "utc offset"},
+            },
+        },
+        {"name": "components", "description": "The detailed output format...", "parameters": {}},
+    ]
+    data = [
+        {
+            "query": "Holiday in China today?",
+            "tools": tools,
+            "answers": [{"name": "getHoliday", "arguments": {"countryCode": "CN"}}],
+        },
+        {"query": "Holiday in China today?", "tools": tools, "answers": [{"name": "components", "arguments": {}}]},
+        {"query": "Holiday?", "tools": tools, "answers": [{"name": "getHoliday", "arguments": [1]}]},
+    ]
     path = _write(tmp_path, "hammer/toolalpaca.json", data)
-    rows = _check_bad_rows(LOCAL_SOURCES["hammer/toolalpaca"], tmp_path, path, 1,
-                           {"unknown_tool": 1, "args_not_object": 1}, "1")
+    rows = _check_bad_rows(
+        LOCAL_SOURCES["hammer/toolalpaca"], tmp_path, path, 1, {"unknown_tool": 1, "args_not_object": 1}, "1"
+    )
     assert [t["name"] for t in rows[0]["tools"]] == ["getHoliday"]  # the 'components' pseudo tool is gone
     assert rows[0]["tools"][0]["parameters"]["required"] == ["countryCode"]
 
     def instruction(tools_json, query):
-        return (f"[BEGIN OF TASK INSTRUCTION]\n...\n[END OF TASK INSTRUCTION]\n\n[BEGIN OF AVAILABLE TOOLS]\n"
-                f"{tools_json}\n[END OF AVAILABLE TOOLS]\n\n[BEGIN OF QUERY]\n{query}\n[END OF QUERY]\n\n")
+        return (
+            f"[BEGIN OF TASK INSTRUCTION]\n...\n[END OF TASK INSTRUCTION]\n\n[BEGIN OF AVAILABLE TOOLS]\n"
+            f"{tools_json}\n[END OF AVAILABLE TOOLS]\n\n[BEGIN OF QUERY]\n{query}\n[END OF QUERY]\n\n"
+        )
 
-    mtools = json.dumps([{"name": "x1", "description": "d", "parameters": {
-        "a": {"description": "a", "type": "str", "default": "z"}, "b": {"description": "b", "type": "int, optional"}}}])
+    mtools = json.dumps(
+        [
+            {
+                "name": "x1",
+                "description": "d",
+                "parameters": {
+                    "a": {"description": "a", "type": "str", "default": "z"},
+                    "b": {"description": "b", "type": "int, optional"},
+                },
+            }
+        ]
+    )
     masking = [
-        {"instruction": instruction(mtools, "Use x1 on z"), "input": "",
-         "output": '```\n[{"name": "x1", "arguments": {"a": "z"}}]\n```'},
+        {
+            "instruction": instruction(mtools, "Use x1 on z"),
+            "input": "",
+            "output": '```\n[{"name": "x1", "arguments": {"a": "z"}}]\n```',
+        },
         {"instruction": instruction(mtools, "Unrelated"), "input": "", "output": "```\n[]\n```"},
-        {"instruction": instruction(mtools, "q"), "input": "", "output": "```\n[{\"name\": \n```"},
+        {"instruction": instruction(mtools, "q"), "input": "", "output": '```\n[{"name": \n```'},
         {"instruction": instruction("[{broken", "q"), "input": "", "output": "```\n[]\n```"},
         {"instruction": instruction(mtools, "q"), "input": "", "output": '```\n[{"name": "x2", "arguments": {}}]\n```'},
     ]
     path = _write(tmp_path, "hammer/masking_sft_data_example.json", masking)
-    rows = _check_bad_rows(LOCAL_SOURCES["hammer/masking_example"], tmp_path, path, 2,
-                           {"malformed_json": 2, "unknown_tool": 1}, "2")
+    rows = _check_bad_rows(
+        LOCAL_SOURCES["hammer/masking_example"], tmp_path, path, 2, {"malformed_json": 2, "unknown_tool": 1}, "2"
+    )
     assert rows[0]["tools"][0]["parameters"]["required"] == ["a"]
     assert rows[1]["messages"][-1] == {"role": "assistant", "content": REFUSAL}
     assert rows[1]["meta"]["category"] == "irrelevance"
 
 
-GLAIVE_TOOLS = json.dumps([{"name": "get_news", "description": "News", "parameters": {
-    "type": "object", "properties": {"topic": {"type": "string", "description": "t", "enum": ["tech", "sport"]}},
-    "required": ["topic"]}}])
+GLAIVE_TOOLS = json.dumps(
+    [
+        {
+            "name": "get_news",
+            "description": "News",
+            "parameters": {
+                "type": "object",
+                "properties": {"topic": {"type": "string", "description": "t", "enum": ["tech", "sport"]}},
+                "required": ["topic"],
+            },
+        }
+    ]
+)
 
 
 def test_glaive_bad_rows(tmp_path):
@@ -486,56 +665,123 @@ def test_glaive_bad_rows(tmp_path):
 
     call = json.dumps({"name": "get_news", "arguments": {"topic": "tech"}})
     data = [
-        {"conversations": [turn("human", "Tech news?"), turn("function_call", call),
-                           turn("observation", '{"items": ["a"]}'), turn("gpt", "Here: a.")], "tools": GLAIVE_TOOLS},
+        {
+            "conversations": [
+                turn("human", "Tech news?"),
+                turn("function_call", call),
+                turn("observation", '{"items": ["a"]}'),
+                turn("gpt", "Here: a."),
+            ],
+            "tools": GLAIVE_TOOLS,
+        },
         {"conversations": [turn("human", "Hi"), turn("gpt", "Hello!")], "tools": "[{broken"},
-        {"conversations": [turn("human", "Tech news?"), turn("gpt", "AI get_news: {...}"),
-                           turn("observation", "{}"), turn("gpt", "ok")], "tools": GLAIVE_TOOLS},
-        {"conversations": [turn("human", "Tech news?"),
-                           turn("function_call", json.dumps({"name": "get_news", "arguments": "[1, 2]"}))],
-         "tools": GLAIVE_TOOLS},
-        {"conversations": [turn("human", "Weather?"),
-                           turn("function_call", json.dumps({"name": "get_weather", "arguments": {}}))],
-         "tools": GLAIVE_TOOLS},
+        {
+            "conversations": [
+                turn("human", "Tech news?"),
+                turn("gpt", "AI get_news: {...}"),
+                turn("observation", "{}"),
+                turn("gpt", "ok"),
+            ],
+            "tools": GLAIVE_TOOLS,
+        },
+        {
+            "conversations": [
+                turn("human", "Tech news?"),
+                turn("function_call", json.dumps({"name": "get_news", "arguments": "[1, 2]"})),
+            ],
+            "tools": GLAIVE_TOOLS,
+        },
+        {
+            "conversations": [
+                turn("human", "Weather?"),
+                turn("function_call", json.dumps({"name": "get_weather", "arguments": {}})),
+            ],
+            "tools": GLAIVE_TOOLS,
+        },
         {"conversations": [], "tools": GLAIVE_TOOLS},
         {"conversations": [turn("human", "Tell me a joke"), turn("gpt", "A joke.")], "tools": ""},
     ]
     path = _write(tmp_path, "llamafactory/glaive_toolcall_en_demo.json", data)
-    rows = _check_bad_rows(LOCAL_SOURCES["llamafactory/glaive_en"], tmp_path, path, 2, {
-        "malformed_json": 1, "orphan_tool_response": 1, "args_not_object": 1, "unknown_tool": 1, "empty": 1}, "1")
+    rows = _check_bad_rows(
+        LOCAL_SOURCES["llamafactory/glaive_en"],
+        tmp_path,
+        path,
+        2,
+        {"malformed_json": 1, "orphan_tool_response": 1, "args_not_object": 1, "unknown_tool": 1, "empty": 1},
+        "1",
+    )
     assert rows[0]["messages"][1:3] == [
         {"role": "assistant", "content": "", "tool_calls": [{"name": "get_news", "args": {"topic": "tech"}}]},
-        {"role": "tool", "name": "get_news", "content": {"items": ["a"]}}]
+        {"role": "tool", "name": "get_news", "content": {"items": ["a"]}},
+    ]
     assert rows[0]["tools"][0]["parameters"]["properties"]["topic"]["enum"] == ["tech", "sport"]
     assert rows[1]["meta"]["category"] == "chat" and rows[1]["tools"] == []
 
 
 def test_reason_tool_use_bad_rows(tmp_path):
-    tools = json.dumps([{"type": "function", "function": {
-        "name": "circle_area", "description": "Area", "parameters": {
-            "type": "dict", "properties": {"radius": {"type": "float", "description": "r"}}}, "required": ["radius"]}}])
+    tools = json.dumps(
+        [
+            {
+                "type": "function",
+                "function": {
+                    "name": "circle_area",
+                    "description": "Area",
+                    "parameters": {"type": "dict", "properties": {"radius": {"type": "float", "description": "r"}}},
+                    "required": ["radius"],
+                },
+            }
+        ]
+    )
 
     def msg(role, *parts):
         return {"role": role, "content": [{"type": t, "value": v} for t, v in parts]}
 
     calls = [("tool_call", json.dumps({"name": "circle_area", "arguments": {"radius": r}})) for r in (1, 2)]
-    results = json.dumps([{"tool_call_id": "a", "name": "circle_area", "content": "{'area': 3.14}"},
-                          {"tool_call_id": "b", "name": "circle_area", "content": "{'area': 12.57}"}])
-    good = {"messages": [msg("system", ("text", "You must reason.")), msg("user", ("text", "Areas of r=1, r=2?")),
-                         msg("assistant", ("reasoning", "two calls"), *calls), msg("tool", ("text", results)),
-                         msg("assistant", ("reasoning", "done"), ("text", "3.14 and 12.57."))], "tools": tools}
-    unknown = {"messages": [msg("user", ("text", "q")), msg("assistant", ("tool_call", json.dumps(
-        {"name": "square_area", "arguments": {}})))], "tools": tools}
-    path = _write(tmp_path, "llamafactory/reason_tool_use_demo_50.jsonl",
-                  "\n".join([json.dumps(good), "{not json", json.dumps(unknown)]) + "\n")
-    rows = _check_bad_rows(LOCAL_SOURCES["llamafactory/reason_tool_use"], tmp_path, path, 1,
-                           {"malformed_json": 1, "unknown_tool": 1}, "line2")
+    results = json.dumps(
+        [
+            {"tool_call_id": "a", "name": "circle_area", "content": "{'area': 3.14}"},
+            {"tool_call_id": "b", "name": "circle_area", "content": "{'area': 12.57}"},
+        ]
+    )
+    good = {
+        "messages": [
+            msg("system", ("text", "You must reason.")),
+            msg("user", ("text", "Areas of r=1, r=2?")),
+            msg("assistant", ("reasoning", "two calls"), *calls),
+            msg("tool", ("text", results)),
+            msg("assistant", ("reasoning", "done"), ("text", "3.14 and 12.57.")),
+        ],
+        "tools": tools,
+    }
+    unknown = {
+        "messages": [
+            msg("user", ("text", "q")),
+            msg("assistant", ("tool_call", json.dumps({"name": "square_area", "arguments": {}}))),
+        ],
+        "tools": tools,
+    }
+    path = _write(
+        tmp_path,
+        "llamafactory/reason_tool_use_demo_50.jsonl",
+        "\n".join([json.dumps(good), "{not json", json.dumps(unknown)]) + "\n",
+    )
+    rows = _check_bad_rows(
+        LOCAL_SOURCES["llamafactory/reason_tool_use"],
+        tmp_path,
+        path,
+        1,
+        {"malformed_json": 1, "unknown_tool": 1},
+        "line2",
+    )
     r = rows[0]
     assert [m["role"] for m in r["messages"]] == ["user", "assistant", "tool", "tool", "assistant"]
     assert r["messages"][2]["content"] == {"area": 3.14}
     assert r["messages"][-1] == {"role": "assistant", "content": "3.14 and 12.57."}  # reasoning dropped
-    assert r["tools"][0]["parameters"] == {"type": "object", "properties": {
-        "radius": {"type": "number", "description": "r"}}, "required": ["radius"]}
+    assert r["tools"][0]["parameters"] == {
+        "type": "object",
+        "properties": {"radius": {"type": "number", "description": "r"}},
+        "required": ["radius"],
+    }
     assert r["meta"]["category"] == "parallel"  # results then a text answer: no dependent calls
 
 

@@ -19,14 +19,16 @@ register_configs()
 
 
 def _build(*overrides):
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         # 6 layers: five local (window 8) and one global, as Gemma 3 alternates them
-        cfg = compose("config", overrides=["model=tiny", "model.arch.num_layers=6", "model.arch.sliding_window_size=8",
-                                           *overrides])
+        cfg = compose(
+            "config",
+            overrides=["model=tiny", "model.arch.num_layers=6", "model.arch.sliding_window_size=8", *overrides],
+        )
     return build_model(cfg.model, build_mesh(cfg.tpu), 0)
 
 
@@ -59,8 +61,8 @@ def _reference_and_fast(model, prompts, steps):
     tokens = np.zeros((B, Tp), np.int32)
     valid = np.zeros((B, Tp), bool)
     for r, p in enumerate(prompts):
-        tokens[r, Tp - len(p):] = p
-        valid[r, Tp - len(p):] = True
+        tokens[r, Tp - len(p) :] = p
+        valid[r, Tp - len(p) :] = True
 
     @jax.jit
     def run(state, tokens, valid):
@@ -68,8 +70,9 @@ def _reference_and_fast(model, prompts, steps):
         positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
         key_valid = jnp.zeros((B, S), bool).at[:, :Tp].set(valid)
         mask = (jnp.arange(Tp)[:, None] >= jnp.arange(S)[None, :])[None] & key_valid[:, None, :]
-        logits, cache = m(tokens, positions, _init_cache(cfg, B, S, jnp.float32), mask,
-                          logits_at=jnp.full((B, 1), Tp - 1, jnp.int32))
+        logits, cache = m(
+            tokens, positions, _init_cache(cfg, B, S, jnp.float32), mask, logits_at=jnp.full((B, 1), Tp - 1, jnp.int32)
+        )
         token, pos = greedy(logits[:, -1]), positions[:, -1] + 1
         ref_cache, fast_cache, ref_kv, fast_kv = cache, cache, key_valid, key_valid
         weights = prepare_weights(m)
@@ -77,7 +80,9 @@ def _reference_and_fast(model, prompts, steps):
         for step in range(steps):  # both paths fed the reference's tokens
             w = Tp + step
             ref_kv = ref_kv.at[:, w].set(True)
-            lr, ref_cache = m(token[:, None], pos[:, None], ref_cache, ref_kv[:, None, :], logits_at=jnp.zeros((B, 1), jnp.int32))
+            lr, ref_cache = m(
+                token[:, None], pos[:, None], ref_cache, ref_kv[:, None, :], logits_at=jnp.zeros((B, 1), jnp.int32)
+            )
             hidden, fast_cache = decode_step(m, weights, token, pos, fast_cache, fast_kv, w)
             fast_kv = fast_kv.at[:, w].set(True)
             ref_logits.append(lr[:, -1])
@@ -97,8 +102,9 @@ def test_decode_step_equals_tunix_forward_with_lora_rows_and_windows(lora_model)
     assert float(jnp.std(ref)) > 0.1  # the logits are not degenerate
     for name in ref_cache:
         for part in ("k", "v"):
-            np.testing.assert_allclose(np.asarray(fast_cache[name][part]), np.asarray(ref_cache[name][part]),
-                                       rtol=2e-4, atol=2e-4)
+            np.testing.assert_allclose(
+                np.asarray(fast_cache[name][part]), np.asarray(ref_cache[name][part]), rtol=2e-4, atol=2e-4
+            )
         assert np.array_equal(fast_cache[name]["end_index"], ref_cache[name]["end_index"])
 
 

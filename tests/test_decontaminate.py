@@ -2,8 +2,8 @@
 
 import pytest
 
-from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.data.decontaminate import bfcl_index, contamination_reason, decontaminate
+from gemma_tool_use.evaluation import bfcl
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +18,19 @@ def planted(category, i=0):
     return conv
 
 
-CLEAN = {"tools": [{"name": "brew_coffee", "description": "Brew a cup of coffee with the given roast and size.",
-                    "parameters": {"type": "object", "properties": {"roast": {"type": "string"}}}}],
-         "messages": [{"role": "user", "content": "Make me a dark roast, large please."},
-                      {"role": "assistant", "content": "", "tool_calls": [{"name": "brew_coffee", "args": {"roast": "dark"}}]}]}
+CLEAN = {
+    "tools": [
+        {
+            "name": "brew_coffee",
+            "description": "Brew a cup of coffee with the given roast and size.",
+            "parameters": {"type": "object", "properties": {"roast": {"type": "string"}}},
+        }
+    ],
+    "messages": [
+        {"role": "user", "content": "Make me a dark roast, large please."},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": "brew_coffee", "args": {"roast": "dark"}}]},
+    ],
+}
 
 
 def test_index_covers_every_category(index):
@@ -41,8 +50,10 @@ def test_edited_copies_are_caught(index):
     # Same BFCL tool (hint stripped, description lightly edited), new question: caught by the tool.
     e = bfcl.load_entries("multiple", hints=False)[3]["function"][0]
     tool = {"name": e["name"], "description": e["description"] + " Extra words here.", "parameters": {"type": "object"}}
-    row = {"tools": [tool], "messages": [{"role": "user", "content": "totally new question"},
-                                          {"role": "assistant", "content": "x"}]}
+    row = {
+        "tools": [tool],
+        "messages": [{"role": "user", "content": "totally new question"}, {"role": "assistant", "content": "x"}],
+    }
     assert contamination_reason(row, index) in ("bfcl_tool_description_exact", "bfcl_tool_near")
 
 

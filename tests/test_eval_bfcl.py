@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from conftest import run_cli
 from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.format.render import render_call
+
+from conftest import run_cli
 
 
 def call_text(*calls):
@@ -38,7 +39,7 @@ def first_answer_args(answer, category="simple_python"):
     """One acceptable argument set per call from BFCL's possible answers."""
     out = []
     for call in answer:
-        (name, params), = call.items()
+        ((name, params),) = call.items()
         args = {k: v[0] for k, v in params.items() if v and v[0] != ""}
         if category in ("simple_java", "simple_javascript"):
             args = {k: _as_source_text(v) for k, v in args.items()}
@@ -50,8 +51,17 @@ def first_answer_args(answer, category="simple_python"):
 def test_correct_calls_pass_bfcls_checker(entries, category):
     es, answers = entries[category]
     if category in ("simple_java", "simple_javascript"):  # keep answers whose source text is obvious
-        es = [e for e in es if all(not isinstance(v[0], (dict, list)) for c in answers[e["id"]]
-                                   for p in c.values() for v in p.values() if v)]
+        es = [
+            e
+            for e in es
+            if all(
+                not isinstance(v[0], (dict, list))
+                for c in answers[e["id"]]
+                for p in c.values()
+                for v in p.values()
+                if v
+            )
+        ]
     assert len(es) >= 5
     for e in es[:5]:
         text = call_text(*first_answer_args(answers[e["id"]], category))
@@ -85,14 +95,24 @@ def test_irrelevance_rule(entries):
 
 
 def test_aggregates_match_hand_computed_values():
-    per = {"simple_python": {"accuracy": 0.9, "total_count": 400}, "simple_java": {"accuracy": 0.6, "total_count": 100},
-           "simple_javascript": {"accuracy": 0.3, "total_count": 50}, "multiple": {"accuracy": 0.8, "total_count": 200},
-           "parallel": {"accuracy": 0.5, "total_count": 200}, "parallel_multiple": {"accuracy": 0.4, "total_count": 200},
-           "irrelevance": {"accuracy": 0.7, "total_count": 240}, "live_irrelevance": {"accuracy": 0.5, "total_count": 884},
-           "live_simple": {"accuracy": 0.6, "total_count": 258}, "live_multiple": {"accuracy": 0.5, "total_count": 1053},
-           "live_parallel": {"accuracy": 0.25, "total_count": 16}, "live_parallel_multiple": {"accuracy": 0.5, "total_count": 24},
-           "multi_turn_base": {"accuracy": 0.1, "total_count": 200}, "multi_turn_miss_func": {"accuracy": 0.2, "total_count": 200},
-           "multi_turn_miss_param": {"accuracy": 0.3, "total_count": 200}, "multi_turn_long_context": {"accuracy": 0.0, "total_count": 200}}
+    per = {
+        "simple_python": {"accuracy": 0.9, "total_count": 400},
+        "simple_java": {"accuracy": 0.6, "total_count": 100},
+        "simple_javascript": {"accuracy": 0.3, "total_count": 50},
+        "multiple": {"accuracy": 0.8, "total_count": 200},
+        "parallel": {"accuracy": 0.5, "total_count": 200},
+        "parallel_multiple": {"accuracy": 0.4, "total_count": 200},
+        "irrelevance": {"accuracy": 0.7, "total_count": 240},
+        "live_irrelevance": {"accuracy": 0.5, "total_count": 884},
+        "live_simple": {"accuracy": 0.6, "total_count": 258},
+        "live_multiple": {"accuracy": 0.5, "total_count": 1053},
+        "live_parallel": {"accuracy": 0.25, "total_count": 16},
+        "live_parallel_multiple": {"accuracy": 0.5, "total_count": 24},
+        "multi_turn_base": {"accuracy": 0.1, "total_count": 200},
+        "multi_turn_miss_func": {"accuracy": 0.2, "total_count": 200},
+        "multi_turn_miss_param": {"accuracy": 0.3, "total_count": 200},
+        "multi_turn_long_context": {"accuracy": 0.0, "total_count": 200},
+    }
     agg = bfcl.aggregate(per)
     simple = (0.9 + 0.6 + 0.3) / 3  # 0.6
     assert agg["simple"] == pytest.approx(simple)
@@ -133,10 +153,20 @@ def test_tiny_end_to_end_eval_resume_and_independent_rescoring(tmp_path):
     from bfcl_eval.eval_checker.eval_runner import evaluate_task
 
     cats = "eval.categories=[simple_python,multiple,parallel,irrelevance,multi_turn_base]"
-    common = ["stage=eval", "model=tiny", cats, "eval.limit=3", "eval.ids=[simple_python_0,simple_python_1,simple_python_2,"
-              "multiple_0,multiple_1,multiple_2,parallel_0,parallel_1,parallel_2,irrelevance_0,irrelevance_1,"
-              "irrelevance_2,multi_turn_base_105]", "generation.max_new_tokens=8", "generation.batch_size=2",
-              "generation.max_prompt_len=4096", "tracking=disabled", f"hydra.run.dir={tmp_path}"]
+    common = [
+        "stage=eval",
+        "model=tiny",
+        cats,
+        "eval.limit=3",
+        "eval.ids=[simple_python_0,simple_python_1,simple_python_2,"
+        "multiple_0,multiple_1,multiple_2,parallel_0,parallel_1,parallel_2,irrelevance_0,irrelevance_1,"
+        "irrelevance_2,multi_turn_base_105]",
+        "generation.max_new_tokens=8",
+        "generation.batch_size=2",
+        "generation.max_prompt_len=4096",
+        "tracking=disabled",
+        f"hydra.run.dir={tmp_path}",
+    ]
     r = run_cli(*common)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -167,8 +197,16 @@ def test_tiny_end_to_end_eval_resume_and_independent_rescoring(tmp_path):
             except json.JSONDecodeError:
                 continue
             records[rec["id"]] = {"id": rec["id"], "result": rec["result"]}
-        table = evaluate_task(cat, None, tmp_path / "score", list(records.values()), bfcl.MODEL_NAME, bfcl.handler(), {},
-                              allow_missing=True)
+        table = evaluate_task(
+            cat,
+            None,
+            tmp_path / "score",
+            list(records.values()),
+            bfcl.MODEL_NAME,
+            bfcl.handler(),
+            {},
+            allow_missing=True,
+        )
         assert table[bfcl.MODEL_NAME][cat]["accuracy"] == pytest.approx(res["accuracy"])
         assert table[bfcl.MODEL_NAME][cat]["total_count"] == res["total_count"]
 
@@ -234,8 +272,8 @@ def test_multi_turn_loop_with_ground_truth_calls_passes_bfcls_checker(category, 
 
 
 def test_multi_turn_wrong_calls_fail(tokenizer):
-    from gemma_tool_use.generation.generator import SamplingParams
     from gemma_tool_use.evaluation.multi_turn import run_dialogues, score_dialogue
+    from gemma_tool_use.generation.generator import SamplingParams
 
     entry = bfcl.load_entries("multi_turn_base")[0]
     truth = bfcl.load_answers("multi_turn_base")[entry["id"]]

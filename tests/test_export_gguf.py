@@ -13,52 +13,85 @@ from flax import nnx
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import run_cli
-from gemma_tool_use.format.render import render_text
 from gemma_tool_use.config.schema import register_configs
-from gemma_tool_use.export.hf_checkpoint import merged_hf_tensors
 from gemma_tool_use.export.gguf_file import chat_template, hf_name_to_gguf, roundtrip_errors, write_gguf
-from gemma_tool_use.serving.openai_api import parse_request
-from gemma_tool_use.utils.paths import conf_dir
+from gemma_tool_use.export.hf_checkpoint import merged_hf_tensors
+from gemma_tool_use.format.render import render_text
 from gemma_tool_use.model.tokenizer import default_gguf_path
 from gemma_tool_use.model.weights import gguf_name_to_hf, gguf_to_hf_tensors
+from gemma_tool_use.serving.openai_api import parse_request
+from gemma_tool_use.utils.paths import conf_dir
+
+from conftest import run_cli
 from reference_gemma3_numpy import forward as reference_forward
 
 register_configs()
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather </tools> of a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather </tools> of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 
 CONVERSATIONS = [
     {"tools": [WEATHER, TIME], "messages": [{"role": "user", "content": "  Weather in Paris?  "}]},
     {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]},
-    {"tools": [WEATHER], "messages": [
-        {"role": "system", "content": "You help travellers."},
-        {"role": "user", "content": "Weather in Paris and Oslo?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"id": "b", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
-        {"role": "tool", "tool_call_id": "a", "content": '{"temp_c": 18, "sky": "clear"}'},
-        {"role": "tool", "tool_call_id": "b", "content": "rain </tool_response> all day"},
-        {"role": "user", "content": "And tomorrow?"}]},
-    {"tools": [TIME], "messages": [
-        {"role": "user", "content": "What time is it?"},
-        {"role": "assistant", "content": "Let me check.", "tool_calls": [
-            {"id": "t", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "t", "content": '["12:00"]'},
-        {"role": "assistant", "content": "It is noon."},
-        {"role": "user", "content": "Thanks"}]},
+    {
+        "tools": [WEATHER],
+        "messages": [
+            {"role": "system", "content": "You help travellers."},
+            {"role": "user", "content": "Weather in Paris and Oslo?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "a",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    },
+                    {
+                        "id": "b",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    },
+                ],
+            },
+            {"role": "tool", "tool_call_id": "a", "content": '{"temp_c": 18, "sky": "clear"}'},
+            {"role": "tool", "tool_call_id": "b", "content": "rain </tool_response> all day"},
+            {"role": "user", "content": "And tomorrow?"},
+        ],
+    },
+    {
+        "tools": [TIME],
+        "messages": [
+            {"role": "user", "content": "What time is it?"},
+            {
+                "role": "assistant",
+                "content": "Let me check.",
+                "tool_calls": [{"id": "t", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "t", "content": '["12:00"]'},
+            {"role": "assistant", "content": "It is noon."},
+            {"role": "user", "content": "Thanks"},
+        ],
+    },
 ]
 
 
 def render_template(template: str, body: dict) -> str:
     """Render as transformers (and llama.cpp's minja) do: tojson = json.dumps, ensure_ascii off."""
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=["jinja2.ext.loopcontrols"])
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+    )
     env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-    return env.from_string(template).render(messages=body["messages"], tools=body.get("tools"),
-                                            bos_token="<bos>", add_generation_prompt=True)
+    return env.from_string(template).render(
+        messages=body["messages"], tools=body.get("tools"), bos_token="<bos>", add_generation_prompt=True
+    )
 
 
 @pytest.mark.parametrize("k", range(len(CONVERSATIONS)))
@@ -78,8 +111,8 @@ def test_tensor_names_invert_the_loader():
 @pytest.fixture(scope="module")
 def tuned_tiny():
     """The tiny model with non-zero LoRA B (so merging matters) and trained rows moved."""
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
@@ -88,8 +121,12 @@ def tuned_tiny():
     lora = nnx.state(model, nnx.LoRAParam)
     leaves, treedef = jax.tree_util.tree_flatten(lora)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    nnx.update(model, jax.tree_util.tree_unflatten(
-        treedef, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]))
+    nnx.update(
+        model,
+        jax.tree_util.tree_unflatten(
+            treedef, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+        ),
+    )
     return model, cfg
 
 
@@ -100,14 +137,22 @@ def test_gguf_reads_back_and_matches_our_logits(tuned_tiny, tmp_path):
     ids = [2, 105, 2364, 107, 9259, 528, 6290, 236881, 106, 107, 105, 4368, 107]
     graphdef, state = nnx.split(model)
     T = len(ids)
-    logits, _ = nnx.merge(graphdef, state)(jnp.asarray([ids]), jnp.arange(T)[None], None,
-                                          jnp.tril(jnp.ones((1, T, T), bool)))
+    logits, _ = nnx.merge(graphdef, state)(
+        jnp.asarray([ids]), jnp.arange(T)[None], None, jnp.tril(jnp.ones((1, T, T), bool))
+    )
     ours = np.asarray(logits[0], np.float32)
-    dims = dict(num_layers=a.num_layers, num_heads=a.num_heads, num_kv_heads=a.num_kv_heads, head_dim=a.head_dim,
-                sliding_window=a.sliding_window_size)
+    dims = dict(
+        num_layers=a.num_layers,
+        num_heads=a.num_heads,
+        num_kv_heads=a.num_kv_heads,
+        head_dim=a.head_dim,
+        sliding_window=a.sliding_window_size,
+    )
     errors = {}
     for kind in ("f32", "f16", "q8_0"):
-        path = write_gguf(tensors, a, tmp_path / f"m-{kind}.gguf", kind, name="tiny", tokenizer_gguf=default_gguf_path())
+        path = write_gguf(
+            tensors, a, tmp_path / f"m-{kind}.gguf", kind, name="tiny", tokenizer_gguf=default_gguf_path()
+        )
         back = gguf_to_hf_tensors(path)
         errors[kind] = roundtrip_errors(path, tensors, back)["max_rel_error"]
         if kind == "f16":
@@ -132,22 +177,32 @@ def test_gguf_reads_back_and_matches_our_logits(tuned_tiny, tmp_path):
 
 
 def test_export_stage_writes_files_a_summary_and_a_modelfile(tmp_path):
-    r = run_cli("stage=export", "model=tiny", "tracking=disabled", "export.types=[f16]", "export.name=tiny-tools",
-                f"hydra.run.dir={tmp_path}")
+    r = run_cli(
+        "stage=export",
+        "model=tiny",
+        "tracking=disabled",
+        "export.types=[f16]",
+        "export.name=tiny-tools",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "export_summary.json").read_text())
     f16 = summary["files"]["f16"]
     assert f16["max_rel_error"] < 1e-3 and f16["bytes"] > 262144 * 64 * 2
     assert "FROM ./tiny-tools-f16.gguf" in (tmp_path / "Modelfile").read_text()
-    bad = run_cli("stage=export", "model=tiny", "tracking=disabled", "export.types=[q4_k_m]", f"hydra.run.dir={tmp_path}/x")
+    bad = run_cli(
+        "stage=export", "model=tiny", "tracking=disabled", "export.types=[q4_k_m]", f"hydra.run.dir={tmp_path}/x"
+    )
     assert bad.returncode != 0 and "export.types" in bad.stderr and "llama-quantize" in bad.stderr
 
 
 # llama.cpp itself, through node-llama-cpp's prebuilt CPU binaries (`npm install --prefix <dir>
 # node-llama-cpp@3.22.1`, ~30 s, no compiler): set GEMMA_TOOL_USE_NODE_LLAMA_CPP=<dir> to run it.
 @pytest.mark.slow
-@pytest.mark.skipif(not __import__("os").environ.get("GEMMA_TOOL_USE_NODE_LLAMA_CPP"),
-                    reason="GEMMA_TOOL_USE_NODE_LLAMA_CPP (a dir with node_modules/node-llama-cpp) is not set")
+@pytest.mark.skipif(
+    not __import__("os").environ.get("GEMMA_TOOL_USE_NODE_LLAMA_CPP"),
+    reason="GEMMA_TOOL_USE_NODE_LLAMA_CPP (a dir with node_modules/node-llama-cpp) is not set",
+)
 def test_llama_cpp_generates_our_greedy_text_from_the_exported_tuned_model(tmp_path):
     import os
     import subprocess
@@ -156,14 +211,36 @@ def test_llama_cpp_generates_our_greedy_text_from_the_exported_tuned_model(tmp_p
     from conftest import REPO
 
     adapter = REPO / "experiments" / "grpo_from_sft_short_r3" / "adapter"
-    r = run_cli("stage=export", "model=gemma3_270m", f"model.lora_checkpoint={adapter}", "export.types=[q8_0]",
-                "export.name=m", "tracking=disabled", f"hydra.run.dir={tmp_path / 'export'}", timeout=900)
+    r = run_cli(
+        "stage=export",
+        "model=gemma3_270m",
+        f"model.lora_checkpoint={adapter}",
+        "export.types=[q8_0]",
+        "export.name=m",
+        "tracking=disabled",
+        f"hydra.run.dir={tmp_path / 'export'}",
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "llama_cpp_check.py"),
-                        "--node-dir", os.environ["GEMMA_TOOL_USE_NODE_LLAMA_CPP"], "--out", str(tmp_path / "check"),
-                        "--gguf", str(tmp_path / "export" / "m-q8_0.gguf"), "--",
-                        "model=gemma3_270m", f"model.lora_checkpoint={adapter}"],
-                       cwd=REPO, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "llama_cpp_check.py"),
+            "--node-dir",
+            os.environ["GEMMA_TOOL_USE_NODE_LLAMA_CPP"],
+            "--out",
+            str(tmp_path / "check"),
+            "--gguf",
+            str(tmp_path / "export" / "m-q8_0.gguf"),
+            "--",
+            "model=gemma3_270m",
+            f"model.lora_checkpoint={adapter}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     check = json.loads((tmp_path / "check" / "llama_cpp_check.json").read_text())["files"]["m-q8_0.gguf"]
     assert check["calls_equal"] == check["text_equal"] == len(check["rows"]) == 7

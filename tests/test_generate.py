@@ -17,13 +17,15 @@ register_configs()
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         # sliding window 16 so that prompts + generation cross it
-        cfg = compose("config", overrides=["model=tiny", "model.arch.sliding_window_size=16", "model.lora.enabled=false"])
+        cfg = compose(
+            "config", overrides=["model=tiny", "model.arch.sliding_window_size=16", "model.lora.enabled=false"]
+        )
     return build_model(cfg.model, build_mesh(cfg.tpu), 0)
 
 
@@ -52,8 +54,13 @@ def naive_greedy(model, ids, n, width=96):
         @jax.jit
         def next_token(state, tokens, last):
             m = nnx.merge(graphdef, state)
-            logits, _ = m(tokens, jnp.arange(width)[None], None, jnp.tril(jnp.ones((1, width, width), bool)),
-                          logits_at=last[None, None])
+            logits, _ = m(
+                tokens,
+                jnp.arange(width)[None],
+                None,
+                jnp.tril(jnp.ones((1, width, width), bool)),
+                logits_at=last[None, None],
+            )
             return jnp.argmax(logits[0, -1])
 
         _NAIVE[id(model)] = (next_token, state)
@@ -84,8 +91,10 @@ def test_batched_greedy_equals_naive_decoding(lively_model, tokenizer, refill):
     if not refill:  # 4 prompts in 2 length buckets, batches of <= 3: two programs, not four
         assert gen.compiled_shapes == {(3, 8, 12), (3, 32, 12)}
     else:  # one stream per bucket (2 slots each: as many as its prompts), one decode program each
-        assert {s for s in gen.compiled_shapes if s[0] == "decode"} == {("decode", 2, 8 + 24, 12),
-                                                                        ("decode", 2, 32 + 24, 12)}
+        assert {s for s in gen.compiled_shapes if s[0] == "decode"} == {
+            ("decode", 2, 8 + 24, 12),
+            ("decode", 2, 32 + 24, 12),
+        }
 
 
 def test_refilled_rows_equal_static_batches(lively_model, tokenizer):
@@ -95,13 +104,15 @@ def test_refilled_rows_equal_static_batches(lively_model, tokenizer):
     rng = np.random.default_rng(0)
     prompts = [[2] + rng.integers(10, 400, size=int(n)).tolist() for n in rng.integers(3, 30, size=11)]
     model = lively_model
-    free = Generator(model, tokenizer, batch_size=8, prompt_buckets=(32,), max_prompt_len=32,
-                     refill=False).generate_ids(prompts, SamplingParams(max_new_tokens=10, stop_ids=(-1,)))
+    free = Generator(
+        model, tokenizer, batch_size=8, prompt_buckets=(32,), max_prompt_len=32, refill=False
+    ).generate_ids(prompts, SamplingParams(max_new_tokens=10, stop_ids=(-1,)))
     # stop on tokens that rows emit at different steps (or never): uneven lengths
     stops = tuple({free[i].token_ids[2 + i % 7] for i in range(0, len(prompts), 3)})
     params = SamplingParams(max_new_tokens=10, stop_ids=stops)
-    static = Generator(model, tokenizer, batch_size=3, prompt_buckets=(32,), max_prompt_len=32,
-                       refill=False).generate_ids(prompts, params)
+    static = Generator(
+        model, tokenizer, batch_size=3, prompt_buckets=(32,), max_prompt_len=32, refill=False
+    ).generate_ids(prompts, params)
     order = []
     gen = Generator(model, tokenizer, batch_size=3, prompt_buckets=(32,), max_prompt_len=32, refill=True)
     streamed = gen.generate_ids(prompts, params, on_result=lambda g: order.append(g.index))
@@ -140,7 +151,8 @@ def test_overlength_policies(tiny_model, tokenizer):
     long = [2] + list(range(10, 80))  # 71 tokens > 64
     with pytest.raises(GenerationError, match="prompt 1 has 71 tokens > max_prompt_len=64"):
         Generator(tiny_model, tokenizer, max_prompt_len=64, prompt_buckets=(32,)).generate_ids(
-            [PROMPTS[0], long], SamplingParams(max_new_tokens=2))
+            [PROMPTS[0], long], SamplingParams(max_new_tokens=2)
+        )
     skip = Generator(tiny_model, tokenizer, max_prompt_len=64, prompt_buckets=(32,), overlength="skip")
     r = skip.generate_ids([PROMPTS[0], long], SamplingParams(max_new_tokens=2))
     assert r[1].stop_reason == "skipped_overlength" and r[0].stop_reason != "skipped_overlength"
@@ -151,15 +163,16 @@ def test_overlength_policies(tiny_model, tokenizer):
 
 
 def test_works_with_lora_model(tokenizer):
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[]"])
     model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
     r = Generator(model, tokenizer, prompt_buckets=(8,), max_prompt_len=16).generate_ids(
-        [PROMPTS[0]], SamplingParams(max_new_tokens=4, stop_ids=(-1,)))[0]
+        [PROMPTS[0]], SamplingParams(max_new_tokens=4, stop_ids=(-1,))
+    )[0]
     assert r.token_ids == naive_greedy(model, PROMPTS[0], 4)
 
 
@@ -169,8 +182,8 @@ def test_a_model_trained_with_remat_generates_and_keeps_its_remat(tokenizer, rem
     once failed inside the decode loop with nnx's TraceContextError."""
     from tunix.models.gemma3.model import RematConfig
 
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
     outs = {}
     for setting in ("none", remat):
@@ -180,8 +193,9 @@ def test_a_model_trained_with_remat_generates_and_keeps_its_remat(tokenizer, rem
         model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
         for refill in (False, True):
             gen = Generator(model, tokenizer, batch_size=2, prompt_buckets=(8, 32), max_prompt_len=64, refill=refill)
-            outs[setting, refill] = [r.token_ids for r in gen.generate_ids(
-                PROMPTS[:3], SamplingParams(max_new_tokens=5, stop_ids=(-1,)))]
+            outs[setting, refill] = [
+                r.token_ids for r in gen.generate_ids(PROMPTS[:3], SamplingParams(max_new_tokens=5, stop_ids=(-1,)))
+            ]
         gen.sync(model)  # the trainer's graph (with remat) is the one sync accepts
         assert model.config.remat_config == RematConfig[remat.upper()] or setting == "none"
     assert outs[remat, False] == outs["none", False]
@@ -191,12 +205,26 @@ def test_a_model_trained_with_remat_generates_and_keeps_its_remat(tokenizer, rem
 def test_from_config_reads_the_generation_group_and_takes_overrides(tiny_model, tokenizer):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["model=tiny", "generation.batch_size=3", "generation.max_prompt_len=300",
-                                           "generation.prompt_buckets=[64,128]", "generation.refill=true",
-                                           "generation.max_batch_tokens=4096", "generation.overlength=truncate_left"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "model=tiny",
+                "generation.batch_size=3",
+                "generation.max_prompt_len=300",
+                "generation.prompt_buckets=[64,128]",
+                "generation.refill=true",
+                "generation.max_batch_tokens=4096",
+                "generation.overlength=truncate_left",
+            ],
+        )
     gen = Generator.from_config(tiny_model, tokenizer, cfg.generation)
-    assert (gen.batch_size, gen.max_prompt_len, gen.buckets, gen.max_batch_tokens, gen.overlength) == \
-        (3, 300, (64, 128, 300), 4096, "truncate_left")
+    assert (gen.batch_size, gen.max_prompt_len, gen.buckets, gen.max_batch_tokens, gen.overlength) == (
+        3,
+        300,
+        (64, 128, 300),
+        4096,
+        "truncate_left",
+    )
     assert gen.refill is True
     gen = Generator.from_config(tiny_model, tokenizer, cfg.generation, batch_size=5, overlength="skip", refill=False)
     assert (gen.batch_size, gen.overlength, gen.refill, gen.max_prompt_len) == (5, "skip", False, 300)

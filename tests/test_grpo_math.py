@@ -18,8 +18,8 @@ def _tiny_model(rows=(105, 106), seed=0):
     from hydra.core.global_hydra import GlobalHydra
 
     from gemma_tool_use.config.schema import register_configs
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
@@ -62,9 +62,14 @@ def batch():
     cmask[0, 5:] = 0
     cmask[2] = 0
     cmask[3, 4:] = 0
-    return dict(input_tokens=jnp.asarray(tokens), input_mask=jnp.asarray(input_mask),
-                target_positions=jnp.asarray(positions), target_ids=jnp.asarray(targets),
-                completion_mask=jnp.asarray(cmask), advantages=jnp.asarray([1.3, -0.7, 0.5, -1.1], jnp.float32))
+    return dict(
+        input_tokens=jnp.asarray(tokens),
+        input_mask=jnp.asarray(input_mask),
+        target_positions=jnp.asarray(positions),
+        target_ids=jnp.asarray(targets),
+        completion_mask=jnp.asarray(cmask),
+        advantages=jnp.asarray([1.3, -0.7, 0.5, -1.1], jnp.float32),
+    )
 
 
 def _inputs(batch):
@@ -89,6 +94,7 @@ def _assert_grads_close(a, b, rtol=1e-4):
 # advantages
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("estimator", ["grpo", "drgrpo", "rloo"])
 def test_advantages_equal_tunix_and_zero_variance_groups_are_found(estimator):
     import jax.numpy as jnp
@@ -96,8 +102,11 @@ def test_advantages_equal_tunix_and_zero_variance_groups_are_found(estimator):
 
     from gemma_tool_use.training.grpo import objective as grpo
 
-    tunix_fn = {"grpo": algo_core.compute_advantages, "drgrpo": algo_core.compute_drgrpo_advantages,
-                "rloo": algo_core.compute_rloo_advantages}[estimator]
+    tunix_fn = {
+        "grpo": algo_core.compute_advantages,
+        "drgrpo": algo_core.compute_drgrpo_advantages,
+        "rloo": algo_core.compute_rloo_advantages,
+    }[estimator]
     rng = np.random.default_rng(1)
     for G in (2, 4, 8):
         r = jnp.asarray(rng.normal(size=3 * G) * 2, jnp.float32)
@@ -120,6 +129,7 @@ def test_advantages_equal_tunix_and_zero_variance_groups_are_found(estimator):
 # log-probs
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("chunk,temperature", [(None, 1.0), (5, 0.7)])
 def test_completion_logps_equal_full_vocabulary_logps(model, batch, chunk, temperature):
     import jax
@@ -131,8 +141,9 @@ def test_completion_logps_equal_full_vocabulary_logps(model, batch, chunk, tempe
     got = grpo.completion_logps(model, **_inputs(batch), temperature=temperature, chunk=chunk)
     assert got.shape == batch["target_ids"].shape and got.dtype == jnp.float32
     mask = batch["input_mask"]
-    logits, _ = model(batch["input_tokens"], sft_utils.build_positions_from_mask(mask), None,
-                      sft_utils.make_causal_attn_mask(mask))
+    logits, _ = model(
+        batch["input_tokens"], sft_utils.build_positions_from_mask(mask), None, sft_utils.make_causal_attn_mask(mask)
+    )
     assert logits.shape[-1] == 262144 and logits.dtype == jnp.float32
     logp = jax.nn.log_softmax(logits / temperature, axis=-1)
     at = jnp.take_along_axis(logp, batch["target_positions"][..., None], axis=1)
@@ -144,6 +155,7 @@ def test_completion_logps_equal_full_vocabulary_logps(model, batch, chunk, tempe
 # the loss
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_one_iteration_gradient_is_minus_advantage_times_grad_logp(model, batch, mode):
     from tunix.rl import common as rl_common
@@ -153,8 +165,17 @@ def test_one_iteration_gradient_is_minus_advantage_times_grad_logp(model, batch,
     adv, cmask = batch["advantages"], batch["completion_mask"]
 
     def surrogate(m):
-        loss, aux = grpo.grpo_loss(m, **_inputs(batch), completion_mask=cmask, advantages=adv, old_logps=None,
-                                   ref_logps=None, epsilon=0.2, beta=0.0, loss_agg_mode=mode)
+        loss, aux = grpo.grpo_loss(
+            m,
+            **_inputs(batch),
+            completion_mask=cmask,
+            advantages=adv,
+            old_logps=None,
+            ref_logps=None,
+            epsilon=0.2,
+            beta=0.0,
+            loss_agg_mode=mode,
+        )
         return loss
 
     def direct(m):
@@ -177,18 +198,33 @@ def test_kl_to_an_identical_reference_is_zero_and_changes_no_gradient(model, bat
 
     def loss_with(beta, ref_logps):
         def f(m):
-            loss, _ = grpo.grpo_loss(m, **_inputs(batch), completion_mask=batch["completion_mask"],
-                                     advantages=batch["advantages"], old_logps=None, ref_logps=ref_logps, beta=beta)
+            loss, _ = grpo.grpo_loss(
+                m,
+                **_inputs(batch),
+                completion_mask=batch["completion_mask"],
+                advantages=batch["advantages"],
+                old_logps=None,
+                ref_logps=ref_logps,
+                beta=beta,
+            )
             return loss
+
         return f
 
-    _, aux = grpo.grpo_loss(model, **_inputs(batch), completion_mask=batch["completion_mask"],
-                            advantages=batch["advantages"], ref_logps=ref, beta=0.5)
+    _, aux = grpo.grpo_loss(
+        model,
+        **_inputs(batch),
+        completion_mask=batch["completion_mask"],
+        advantages=batch["advantages"],
+        ref_logps=ref,
+        beta=0.5,
+    )
     assert abs(float(aux["kl"])) < 1e-6 and abs(float(aux["kl_loss"])) < 1e-6
     _assert_grads_close(_lora_grads(loss_with(0.5, ref), model), _lora_grads(loss_with(0.0, None), model))
     with pytest.raises(ValueError, match="ref_logps"):
-        grpo.grpo_loss(model, **_inputs(batch), completion_mask=batch["completion_mask"],
-                       advantages=batch["advantages"], beta=0.1)
+        grpo.grpo_loss(
+            model, **_inputs(batch), completion_mask=batch["completion_mask"], advantages=batch["advantages"], beta=0.1
+        )
 
 
 def test_clipped_tokens_carry_no_gradient_and_epsilon_high_is_honoured():
@@ -198,16 +234,16 @@ def test_clipped_tokens_carry_no_gradient_and_epsilon_high_is_honoured():
     from gemma_tool_use.training.grpo import objective as grpo
 
     # ratios per token (row 0: A>0, row 1: A<0); eps 0.2, eps_high 0.28 -> [0.8, 1.28]
-    ratios = np.array([[1.5, 1.25, 0.5, 1.0, 1.35],
-                       [0.5, 0.85, 1.5, 0.7, 1.0]], np.float32)
+    ratios = np.array([[1.5, 1.25, 0.5, 1.0, 1.35], [0.5, 0.85, 1.5, 0.7, 1.0]], np.float32)
     adv = jnp.asarray([1.0, -2.0])
     mask = jnp.asarray([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], jnp.float32)  # row 1, col 4 is padding
     logps = jnp.asarray(np.log(np.random.default_rng(2).uniform(0.05, 0.9, ratios.shape)), jnp.float32)
     old = logps - jnp.log(ratios)
 
     def run(eps_high):
-        f = lambda lp: grpo.policy_loss(lp, old, adv, mask, epsilon=0.2, epsilon_high=eps_high,
-                                        loss_agg_mode="token-mean")
+        f = lambda lp: grpo.policy_loss(
+            lp, old, adv, mask, epsilon=0.2, epsilon_high=eps_high, loss_agg_mode="token-mean"
+        )
         (loss, aux), g = jax.value_and_grad(f, has_aux=True)(logps)
         return aux, np.asarray(g)
 
@@ -255,30 +291,61 @@ def test_policy_loss_equals_tunix_grpo_loss_fn(mode):
     fixed = FixedLogits(jnp.asarray(rng.normal(size=(B, P + C, V)), jnp.float32))
 
     def our_logps(logits):
-        lp = jax.nn.log_softmax(logits[:, P - 1:P + C - 1], axis=-1)
+        lp = jax.nn.log_softmax(logits[:, P - 1 : P + C - 1], axis=-1)
         return jnp.take_along_axis(lp, completion[..., None], axis=-1)[..., 0]
 
     lp0 = our_logps(fixed.logits.value)
     old = lp0 + jnp.asarray(rng.normal(scale=0.4, size=(B, C)), jnp.float32)  # ratios spread over the clip
     ref = lp0 + jnp.asarray(rng.normal(scale=0.3, size=(B, C)), jnp.float32)
-    cfg = types.SimpleNamespace(beta=0.07, epsilon=0.2, epsilon_high=0.28, loss_algo="grpo", loss_agg_mode=mode,
-                                temperature=1.0, kl_loss_mode="low_var_kl", kl_clamp_value=None)
-    example = rl_common.TrainExample(prompt_ids=prompt, prompt_mask=jnp.ones_like(prompt), completion_ids=completion,
-                                     completion_mask=cmask, advantages=adv, ref_per_token_logps=ref,
-                                     old_per_token_logps=old)
+    cfg = types.SimpleNamespace(
+        beta=0.07,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        loss_algo="grpo",
+        loss_agg_mode=mode,
+        temperature=1.0,
+        kl_loss_mode="low_var_kl",
+        kl_clamp_value=None,
+    )
+    example = rl_common.TrainExample(
+        prompt_ids=prompt,
+        prompt_mask=jnp.ones_like(prompt),
+        completion_ids=completion,
+        completion_mask=cmask,
+        advantages=adv,
+        ref_per_token_logps=ref,
+        old_per_token_logps=old,
+    )
     (t_loss, t_aux), t_grads = nnx.value_and_grad(algo_core.grpo_loss_fn, has_aux=True)(
-        fixed, example, cfg, pad_id=0, eos_id=-1)
+        fixed, example, cfg, pad_id=0, eos_id=-1
+    )
 
     def ours(logits):
-        return grpo.policy_loss(our_logps(logits), old, adv, cmask, epsilon=0.2, epsilon_high=0.28, beta=0.07,
-                                ref_logps=ref, loss_agg_mode=mode)
+        return grpo.policy_loss(
+            our_logps(logits),
+            old,
+            adv,
+            cmask,
+            epsilon=0.2,
+            epsilon_high=0.28,
+            beta=0.07,
+            ref_logps=ref,
+            loss_agg_mode=mode,
+        )
 
     (loss, aux), grads = jax.value_and_grad(ours, has_aux=True)(fixed.logits.value)
     assert float(aux["clip_fraction"]) > 0
     np.testing.assert_allclose(float(loss), float(t_loss), rtol=1e-5, atol=1e-6)
-    for mine, theirs in [("pg_loss", "pg_loss"), ("kl", "kl"), ("kl_loss", "kl_loss"), ("clip_fraction", "pg_clipfrac"),
-                         ("ratio_mean", "is_ratio/mean"), ("ratio_min", "is_ratio/min"),
-                         ("ratio_max", "is_ratio/max"), ("ppo_kl", "ppo_kl")]:
+    for mine, theirs in [
+        ("pg_loss", "pg_loss"),
+        ("kl", "kl"),
+        ("kl_loss", "kl_loss"),
+        ("clip_fraction", "pg_clipfrac"),
+        ("ratio_mean", "is_ratio/mean"),
+        ("ratio_min", "is_ratio/min"),
+        ("ratio_max", "is_ratio/max"),
+        ("ppo_kl", "ppo_kl"),
+    ]:
         np.testing.assert_allclose(float(aux[mine]), float(t_aux[theirs]), rtol=1e-5, atol=1e-6, err_msg=mine)
     np.testing.assert_allclose(np.asarray(grads), np.asarray(t_grads.logits.value), rtol=1e-4, atol=1e-7)
 
@@ -286,6 +353,7 @@ def test_policy_loss_equals_tunix_grpo_loss_fn(mode):
 # ---------------------------------------------------------------------------------------------
 # the train step
 # ---------------------------------------------------------------------------------------------
+
 
 def test_train_step_moves_only_the_trainable_parameters(batch):
     import jax
@@ -346,4 +414,6 @@ def test_micro_batched_update_equals_the_whole_batch(batch, mode):
     for a, b in zip(jax.tree.leaves(nnx.state(whole, nnx.LoRAParam)), jax.tree.leaves(nnx.state(micro, nnx.LoRAParam))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # f32 summation order
     with pytest.raises(ValueError, match="no micro-batch"):
-        grpo.AccumulatingStep(loss_agg_mode=mode)(micro, opt_m, [dict(second, completion_mask=0 * second["completion_mask"])])
+        grpo.AccumulatingStep(loss_agg_mode=mode)(
+            micro, opt_m, [dict(second, completion_mask=0 * second["completion_mask"])]
+        )

@@ -9,11 +9,20 @@ import json
 import numpy as np
 import pytest
 
-
-TINY_GRPO = ["model=tiny", "data=tiny", "model.train_token_ids=[105,106]", "grpo.num_generations=4",
-             "grpo.prompts_per_step=2", "grpo.max_new_tokens=8", "grpo.max_prompt_len=512", "grpo.probe_size=4",
-             "grpo.probe_every_steps=2", "grpo.no_call_share=0.5", "train.checkpoint_every_steps=1",
-             "tracking.mode=disabled"]
+TINY_GRPO = [
+    "model=tiny",
+    "data=tiny",
+    "model.train_token_ids=[105,106]",
+    "grpo.num_generations=4",
+    "grpo.prompts_per_step=2",
+    "grpo.max_new_tokens=8",
+    "grpo.max_prompt_len=512",
+    "grpo.probe_size=4",
+    "grpo.probe_every_steps=2",
+    "grpo.no_call_share=0.5",
+    "train.checkpoint_every_steps=1",
+    "tracking.mode=disabled",
+]
 
 
 def compose(overrides):
@@ -39,16 +48,18 @@ def tiny_prompts(tokenizer, cfg):
     from gemma_tool_use.training.grpo.rollouts import build_prompt_set, prompt_rows
 
     rows, _ = prompt_rows(cfg.data, 0)
-    return build_prompt_set(rows, tokenizer, system_prompt=None, max_prompt_len=512, categories=set(cfg.grpo.categories))
+    return build_prompt_set(
+        rows, tokenizer, system_prompt=None, max_prompt_len=512, categories=set(cfg.grpo.categories)
+    )
 
 
 def run_loop(tmp_path, tokenizer, overrides, reward_fns, *, spy=None):
     from flax import nnx
 
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
-    from gemma_tool_use.training.grpo.rollouts import probe_prompts
     from gemma_tool_use.training.grpo.grpo_loop import train
+    from gemma_tool_use.training.grpo.rollouts import probe_prompts
+    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.utils.tracking import Tracker
 
     cfg = compose(overrides)
@@ -73,8 +84,8 @@ def test_a_generator_holding_a_snapshot_is_caught_and_sync_fixes_it(tokenizer):
     from flax import nnx
 
     from gemma_tool_use.generation.generator import Generator
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
     cfg = compose([])
     model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
@@ -92,16 +103,23 @@ def holds_current_adapters(gen, model) -> bool:
     from flax import nnx
 
     held = jax.tree.leaves(nnx.state(nnx.merge(gen.graphdef, gen.state), nnx.LoRAParam))
-    return all(np.array_equal(np.asarray(a), np.asarray(b))
-               for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.LoRAParam)), held))
+    return all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.LoRAParam)), held)
+    )
 
 
 def test_resume_equals_a_straight_run(tmp_path, tokenizer):
     """2 steps, stop, 1 more (same run dir) == 3 straight steps: same prompts, same samples, same
     rewards and losses, same final adapters."""
     rewards = [("ascii", 1.0, ascii_share)]
-    common = ["optim.lr=1e-2", "grpo.max_new_tokens=4", "grpo.num_generations=2", "grpo.probe_size=2",
-              "grpo.micro_batch_size=3"]  # 4 rows: micro-batches of 3 + 1 (padded), across the kill too
+    common = [
+        "optim.lr=1e-2",
+        "grpo.max_new_tokens=4",
+        "grpo.num_generations=2",
+        "grpo.probe_size=2",
+        "grpo.micro_batch_size=3",
+    ]  # 4 rows: micro-batches of 3 + 1 (padded), across the kill too
     _, straight, straight_lora = run_loop(tmp_path / "a", tokenizer, ["train.max_steps=3", *common], rewards)
     run_loop(tmp_path / "b", tokenizer, ["train.max_steps=2", *common], rewards)
     summary, resumed, resumed_lora = run_loop(tmp_path / "b", tokenizer, ["train.max_steps=3", *common], rewards)
@@ -126,9 +144,19 @@ def test_mean_reward_rises_on_a_learnable_toy_reward_sampling_the_current_policy
         return original(self, prompts, params, progress)
 
     monkeypatch.setattr(Generator, "generate_ids", checked)
-    _, records, _ = run_loop(tmp_path, tokenizer, ["train.max_steps=16", "optim.lr=3e-2", "grpo.prompts_per_step=4",
-                                                   "grpo.no_call_share=0.0", "grpo.probe_every_steps=8"],
-                             [("ascii", 1.0, ascii_share)], spy=lambda m: holder.setdefault("model", m))
+    _, records, _ = run_loop(
+        tmp_path,
+        tokenizer,
+        [
+            "train.max_steps=16",
+            "optim.lr=3e-2",
+            "grpo.prompts_per_step=4",
+            "grpo.no_call_share=0.0",
+            "grpo.probe_every_steps=8",
+        ],
+        [("ascii", 1.0, ascii_share)],
+        spy=lambda m: holder.setdefault("model", m),
+    )
     assert len(seen) >= 16 and all(seen), seen
     rewards = [r["reward/total_mean"] for r in records]
     first, last = np.mean(rewards[:4]), np.mean(rewards[-4:])

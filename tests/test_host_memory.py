@@ -33,12 +33,15 @@ del blocks[:-1]
 print(json.dumps({"tuned": done, "freed_mib": before - rss_mib()}))
 """
 
-glibc_linux = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                 reason="glibc's mallopt")
+glibc_linux = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
+)
 
 
 def probe(**env_changes):
-    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD", "GTU_MALLOC_TUNING")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD", "GTU_MALLOC_TUNING")
+    }
     env.update(env_changes)
     r = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -65,7 +68,9 @@ def test_the_tuning_goes_to_training_stages_by_default(monkeypatch):
 
     monkeypatch.delenv("GTU_MALLOC_TUNING", raising=False)
     assert all(wants_tuning(s in TRAINING_STAGES) for s in ("sft_small", "sft_full", "grpo"))
-    assert not any(wants_tuning(s in TRAINING_STAGES) for s in ("eval", "predict", "serve", "export"))  # it slows generation
+    assert not any(
+        wants_tuning(s in TRAINING_STAGES) for s in ("eval", "predict", "serve", "export")
+    )  # it slows generation
     monkeypatch.setenv("GTU_MALLOC_TUNING", "1")
     assert wants_tuning(False)
     monkeypatch.setenv("GTU_MALLOC_TUNING", "0")

@@ -12,10 +12,10 @@ def test_chunked_loss_matches_the_unchunked_loss_and_gradients(rows):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.training import loss as training_loss
     from gemma_tool_use.config.schema import register_configs
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.training import loss as training_loss
+    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
@@ -27,15 +27,19 @@ def test_chunked_loss_matches_the_unchunked_loss_and_gradients(rows):
     B, T, K = 2, 16, 7
     tokens = jnp.asarray(rng.integers(3, 1000, (B, T)), jnp.int32)
     tokens = tokens.at[:, 3].set(105).at[:, 9].set(106)
-    batch = dict(input_tokens=tokens, input_mask=jnp.ones((B, T), bool),
-                 target_positions=jnp.asarray(rng.integers(0, T, (B, K)), jnp.int32),
-                 target_ids=jnp.asarray(rng.integers(0, 1000, (B, K)), jnp.int32).at[0, 0].set(106),
-                 target_weights=jnp.asarray(rng.random((B, K)) > 0.3, jnp.float32))
+    batch = dict(
+        input_tokens=tokens,
+        input_mask=jnp.ones((B, T), bool),
+        target_positions=jnp.asarray(rng.integers(0, T, (B, K)), jnp.int32),
+        target_ids=jnp.asarray(rng.integers(0, 1000, (B, K)), jnp.int32).at[0, 0].set(106),
+        target_weights=jnp.asarray(rng.random((B, K)) > 0.3, jnp.float32),
+    )
 
     def value_and_grads(chunk):
         training_loss.LOSS_CHUNK = chunk
         loss, grads = nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
-            model, **batch)
+            model, **batch
+        )
         return float(loss), jax.tree.leaves(grads)
 
     try:
@@ -59,29 +63,39 @@ def test_remat_changes_memory_not_the_loss_or_gradients(remat):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from gemma_tool_use.training import loss as training_loss
     from gemma_tool_use.config.schema import register_configs
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.training import loss as training_loss
+    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     rng = np.random.default_rng(1)
     B, T, K = 2, 16, 5
-    batch = dict(input_tokens=jnp.asarray(rng.integers(3, 1000, (B, T)), jnp.int32), input_mask=jnp.ones((B, T), bool),
-                 target_positions=jnp.asarray(rng.integers(0, T, (B, K)), jnp.int32),
-                 target_ids=jnp.asarray(rng.integers(0, 1000, (B, K)), jnp.int32),
-                 target_weights=jnp.ones((B, K), jnp.float32))
+    batch = dict(
+        input_tokens=jnp.asarray(rng.integers(3, 1000, (B, T)), jnp.int32),
+        input_mask=jnp.ones((B, T), bool),
+        target_positions=jnp.asarray(rng.integers(0, T, (B, K)), jnp.int32),
+        target_ids=jnp.asarray(rng.integers(0, 1000, (B, K)), jnp.int32),
+        target_weights=jnp.ones((B, K), jnp.float32),
+    )
     out = {}
     for setting in ("none", remat):
         GlobalHydra.instance().clear()
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
             cfg = compose("config", overrides=["model=tiny", f"model.remat={setting}"])
         model = build_model(cfg.model, build_mesh(cfg.tpu), 0)
-        loss, grads = nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(model, **batch)
+        loss, grads = nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
+            model, **batch
+        )
         graphdef, state = nnx.split(model)
-        jaxpr = str(jax.make_jaxpr(lambda st: nnx.value_and_grad(
-            training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(nnx.merge(graphdef, st), **batch)[0])(state))
+        jaxpr = str(
+            jax.make_jaxpr(
+                lambda st: nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
+                    nnx.merge(graphdef, st), **batch
+                )[0]
+            )(state)
+        )
         out[setting] = (float(loss), jax.tree.leaves(grads), jaxpr.count("remat") + jaxpr.count("checkpoint"))
     assert out["none"][2] == 0 and out[remat][2] > 0  # the setting reaches the model
     np.testing.assert_allclose(out[remat][0], out["none"][0], rtol=1e-6)
@@ -135,7 +149,7 @@ def test_slots_dealt_over_rows_give_the_loss_and_gradients_of_per_row_slots():
         per_row[key] = np.zeros((3, K), dealt[key].dtype)
         for b in range(3):
             mine = w & (dealt["target_rows"] == b)
-            per_row[key][b, :mine.sum()] = dealt[key][mine]
+            per_row[key][b, : mine.sum()] = dealt[key][mine]
     assert per_row["target_weights"].size > dealt["target_weights"].size  # 3 x 55 slots vs 3 x 24
 
     def value_and_grads(batch):
@@ -157,8 +171,8 @@ def _tiny_model_with_rows():
     from hydra.core.global_hydra import GlobalHydra
 
     from gemma_tool_use.config.schema import register_configs
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
@@ -189,5 +203,6 @@ def _loss_and_grads(model, batch):
     from gemma_tool_use.training import loss as training_loss
 
     loss, grads = nnx.value_and_grad(training_loss.completion_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(
-        model, **{k: jnp.asarray(v) for k, v in batch.items()})
+        model, **{k: jnp.asarray(v) for k, v in batch.items()}
+    )
     return float(loss), jax.tree.leaves(grads)

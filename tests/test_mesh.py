@@ -8,9 +8,10 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_cli
 from gemma_tool_use.utils.errors import UserError
 from gemma_tool_use.utils.mesh import MeshError, build_mesh, resolve_axis_sizes
+
+from conftest import REPO, run_cli
 
 
 def test_resolve_axis_sizes():
@@ -33,8 +34,9 @@ def test_tpu_layout_on_cpu_fails_with_a_clear_message():
         with pytest.raises(MeshError) as e:
             build_mesh(cfg)
         msg = str(e.value)
-        assert msg.startswith(f"tpu={name} needs platform '{platform}', but JAX runs on 'cpu' here "
-                              "(platforms JAX sees: cpu;"), msg
+        assert msg.startswith(
+            f"tpu={name} needs platform '{platform}', but JAX runs on 'cpu' here (platforms JAX sees: cpu;"
+        ), msg
         assert "choose tpu=cpu here" in msg and "\n" not in msg
     assert issubclass(MeshError, UserError)  # the CLI prints it as one line
 
@@ -81,8 +83,8 @@ def test_tpu_v5e8_recipe_stage_runs_on_a_simulated_8_device_mesh(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
     from gemma_tool_use.config.schema import register_configs
-    from gemma_tool_use.utils.paths import conf_dir
     from gemma_tool_use.orchestration.pipeline import plan
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -90,9 +92,23 @@ def test_tpu_v5e8_recipe_stage_runs_on_a_simulated_8_device_mesh(tmp_path):
         cfg = compose("config", overrides=["pipeline=tpu_v5e8"])
     step = next(s for s in plan(cfg) if s["stage"] == "sft_small")
     assert list(cfg.pipeline.common) == ["tpu=v5litepod_8"] and "train.batch_size=64" in step["overrides"]
-    r = run_cli("stage=sft_small", *cfg.pipeline.common, *step["overrides"], "tpu=cpu", "tpu.simulated_devices=8",
-                "tpu.axis_sizes=[8,1]", "model=tiny", "data=tiny", "train.batch_size=8", "train.max_steps=2", "train.eval_every_steps=2",
-                "train.eval_batches=1", "eval.run_after_training=false", "tracking=disabled", f"hydra.run.dir={tmp_path}")
+    r = run_cli(
+        "stage=sft_small",
+        *cfg.pipeline.common,
+        *step["overrides"],
+        "tpu=cpu",
+        "tpu.simulated_devices=8",
+        "tpu.axis_sizes=[8,1]",
+        "model=tiny",
+        "data=tiny",
+        "train.batch_size=8",
+        "train.max_steps=2",
+        "train.eval_every_steps=2",
+        "train.eval_batches=1",
+        "eval.run_after_training=false",
+        "tracking=disabled",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "mesh {'fsdp': 8, 'tp': 1} over 8 cpu devices" in r.stderr + r.stdout
     summary = json.loads((tmp_path / "train_summary.json").read_text())
@@ -146,7 +162,9 @@ print(float(f(jnp.ones((64, 64)))))
 
 def _losses(run_dir):
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train/loss"] for r in recs if "train/loss" in r}, {r["step"]: r["eval/loss"] for r in recs if "eval/loss" in r}
+    return {r["step"]: r["train/loss"] for r in recs if "train/loss" in r}, {
+        r["step"]: r["eval/loss"] for r in recs if "eval/loss" in r
+    }
 
 
 def test_two_processes_train_data_parallel_with_the_losses_of_one_process(tmp_path):
@@ -159,15 +177,38 @@ def test_two_processes_train_data_parallel_with_the_losses_of_one_process(tmp_pa
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    common = ["experiments=tiny_smoke", "tracking=disabled", "train.batch_size=4", "train.max_steps=3",
-              "train.checkpoint_every_steps=3", "train.eval_every_steps=3", "tpu.compilation_cache_dir=null"]
+    common = [
+        "experiments=tiny_smoke",
+        "tracking=disabled",
+        "train.batch_size=4",
+        "train.max_steps=3",
+        "train.checkpoint_every_steps=3",
+        "train.eval_every_steps=3",
+        "tpu.compilation_cache_dir=null",
+    ]
     multi = tmp_path / "multi"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    procs = [subprocess.Popen([sys.executable, "-m", "gemma_tool_use", *common, f"hydra.run.dir={multi}",
-                               "tpu.distributed=true", f"tpu.coordinator_address=127.0.0.1:{port}",
-                               "tpu.num_processes=2", f"tpu.process_id={i}"],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gemma_tool_use",
+                *common,
+                f"hydra.run.dir={multi}",
+                "tpu.distributed=true",
+                f"tpu.coordinator_address=127.0.0.1:{port}",
+                "tpu.num_processes=2",
+                f"tpu.process_id={i}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
     single = tmp_path / "single"

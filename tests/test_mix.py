@@ -6,44 +6,71 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.config.schema import DataConfig
 from gemma_tool_use.data import mix as mix_mod
-from gemma_tool_use.data.rows import make_row
 from gemma_tool_use.data.conversations import LoadReport
+from gemma_tool_use.data.rows import make_row
+from gemma_tool_use.evaluation import bfcl
 
 
 def synthetic_rows():
     report = LoadReport()
     rows = []
     for i in range(60):
-        tools = [{"name": f"tool_{i}", "description": f"Does thing number {i} for the user.",
-                  "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
-                 {"name": f"other_{i}", "description": f"Unrelated helper {i}.", "parameters": {"type": "object", "properties": {}}}]
+        tools = [
+            {
+                "name": f"tool_{i}",
+                "description": f"Does thing number {i} for the user.",
+                "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]},
+            },
+            {
+                "name": f"other_{i}",
+                "description": f"Unrelated helper {i}.",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        ]
         if i % 3 == 0:
             msgs = [{"role": "user", "content": f"Tell me a joke number {i}"}, {"role": "assistant", "content": "Ha."}]
         else:
-            msgs = [{"role": "user", "content": f"Please do thing {i} with x={i}"},
-                    {"role": "assistant", "content": "", "tool_calls": [{"name": f"tool_{i}", "args": {"x": i}}]}]
+            msgs = [
+                {"role": "user", "content": f"Please do thing {i} with x={i}"},
+                {"role": "assistant", "content": "", "tool_calls": [{"name": f"tool_{i}", "args": {"x": i}}]},
+            ]
         rows.append(make_row(tools, msgs, source="synthetic", row_id=i, report=report))
     # a planted BFCL row
     e = bfcl.load_entries("simple_python")[7]
     conv = bfcl.entry_conversation(e)
-    rows.append(make_row(conv["tools"], conv["messages"] + [{"role": "assistant", "content": "x"}],
-                         source="synthetic", row_id="bfcl", report=report))
+    rows.append(
+        make_row(
+            conv["tools"],
+            conv["messages"] + [{"role": "assistant", "content": "x"}],
+            source="synthetic",
+            row_id="bfcl",
+            report=report,
+        )
+    )
     return rows
 
 
 @pytest.fixture
 def patched(monkeypatch, tmp_path):
-    monkeypatch.setattr(mix_mod, "load_sources", lambda names, root, strict, hub_files=None: (synthetic_rows(), {"synthetic": {"bad": 2}}))
+    monkeypatch.setattr(
+        mix_mod,
+        "load_sources",
+        lambda names, root, strict, hub_files=None: (synthetic_rows(), {"synthetic": {"bad": 2}}),
+    )
     monkeypatch.setenv("GEMMA_TOOL_USE_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
 
 def data_cfg(**over):
-    base = {"name": "test_mix", "root": "/", "sources": ["synthetic"], "val_tool_fraction": 0.2,
-            "augment": {"irrelevance": 0.2, "distractors": 0.2}}
+    base = {
+        "name": "test_mix",
+        "root": "/",
+        "sources": ["synthetic"],
+        "val_tool_fraction": 0.2,
+        "augment": {"irrelevance": 0.2, "distractors": 0.2},
+    }
     base.update(over)
     return OmegaConf.merge(OmegaConf.structured(DataConfig), base)
 
@@ -65,8 +92,9 @@ def test_mix_steps_split_and_determinism(patched):
 
 
 def test_category_filter_and_cap(patched):
-    train, _, card = mix_mod.build_mix(data_cfg(categories=["multiple"], augment={}, val_tool_fraction=0.0,
-                                                max_rows_per_category=10), seed=0)
+    train, _, card = mix_mod.build_mix(
+        data_cfg(categories=["multiple"], augment={}, val_tool_fraction=0.0, max_rows_per_category=10), seed=0
+    )
     assert len(train) == 10 and {r["meta"]["category"] for r in train} == {"multiple"}
     assert card.dropped["categories"] == {"irrelevance": 20}
 
@@ -120,8 +148,9 @@ def test_card_counts_the_rows_that_fit_max_length(patched, tokenizer):
 
     full, _, _ = prepare_training_data(OmegaConf.create({"data": data_cfg(), "seed": 0}), tokenizer, patched / "a")
     cut = int(sorted(len(e) for e in full.examples)[len(full.examples) // 2])
-    train, _, card = prepare_training_data(OmegaConf.create({"data": data_cfg(max_length=cut), "seed": 0}),
-                                           tokenizer, patched / "b")
+    train, _, card = prepare_training_data(
+        OmegaConf.create({"data": data_cfg(max_length=cut), "seed": 0}), tokenizer, patched / "b"
+    )
     trained = card["steps"]["train_tokenized"]
     assert trained["rows"] == len(train.examples) < card["steps"]["train"]["rows"] == len(full.examples)
     assert sum(trained["by_category"].values()) == trained["rows"] and max(len(e) for e in train.examples) <= cut
@@ -132,9 +161,10 @@ def test_card_counts_the_rows_that_fit_max_length(patched, tokenizer):
 def test_missing_files_are_fetched_from_pinned_upstream_and_verified(tmp_path, monkeypatch):
     import shutil
 
-    from conftest import REPO
     from gemma_tool_use.data.sources import LOCAL_SOURCES, fetch
     from gemma_tool_use.utils.files import sha256_file
+
+    from conftest import REPO
 
     fixtures = REPO / "tests" / "fixtures" / "local"  # a few real rows: pin what they hold
     local = LOCAL_SOURCES["llamafactory/reason_tool_use"].files[0]
@@ -157,9 +187,10 @@ def test_missing_files_are_fetched_from_pinned_upstream_and_verified(tmp_path, m
 def test_tool_pools_are_verified_too(tmp_path, monkeypatch):
     import shutil
 
-    from conftest import REPO
     from gemma_tool_use.data.sources import fetch
     from gemma_tool_use.utils.files import sha256_file
+
+    from conftest import REPO
 
     fixtures = REPO / "tests" / "fixtures" / "local"
     names = ["seal_tools/tool.jsonl", "toolalpaca/public_apis.json"]
@@ -182,7 +213,14 @@ def test_hub_sources_join_a_mix_from_local_upstream_files(tmp_path, monkeypatch)
     if xlam is None:
         pytest.skip("no xLAM fixture")
     monkeypatch.setenv("GEMMA_TOOL_USE_CACHE", str(tmp_path / "cache"))
-    cfg = data_cfg(sources=["hub:Salesforce/xlam-function-calling-60k"], root=str(tmp_path),
-                   hub_files={"Salesforce/xlam-function-calling-60k": str(xlam)}, augment={}, val_tool_fraction=0.0)
+    cfg = data_cfg(
+        sources=["hub:Salesforce/xlam-function-calling-60k"],
+        root=str(tmp_path),
+        hub_files={"Salesforce/xlam-function-calling-60k": str(xlam)},
+        augment={},
+        val_tool_fraction=0.0,
+    )
     train, _, card = mix_mod.build_mix(cfg, seed=0)
-    assert train and card.steps["loaded"]["by_source"] == {"Salesforce/xlam-function-calling-60k": card.steps["loaded"]["rows"]}
+    assert train and card.steps["loaded"]["by_source"] == {
+        "Salesforce/xlam-function-calling-60k": card.steps["loaded"]["rows"]
+    }

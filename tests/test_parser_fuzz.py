@@ -12,8 +12,11 @@ import pytest
 
 from gemma_tool_use.format import parse, render
 
-WEATHER = {"name": "get_weather", "description": "Current weather for a city.",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 ADD = {"name": "calc.add", "description": "Add.", "parameters": {"type": "object", "properties": {}}}
 TOOLS = [WEATHER, ADD]
 
@@ -25,7 +28,8 @@ def call_text(name, args) -> str:
 SEEDS = [
     call_text("get_weather", {"city": "Paris"}),
     call_text("get_weather", {"city": "Paris"}) + "\n" + call_text("calc.add", {"a": 1, "b": -2.5e3}),
-    "Let me check.\n" + call_text("calc.add", {"a": 12, "b": 0.5, "opts": {"round": True, "tags": ["x", None]}})
+    "Let me check.\n"
+    + call_text("calc.add", {"a": 12, "b": 0.5, "opts": {"round": True, "tags": ["x", None]}})
     + "\nDone.",
     "I cannot help with that. 😀 élan",
     # What the renderer writes for awkward strings: '</' escaped, a real astral char, quotes, newlines.
@@ -36,18 +40,72 @@ SEEDS = [
 HUGE_INT = "1" * 4301
 DEEP = "[" * 10_000
 SNIPPETS = [
-    render.TOOL_CALL_OPEN, render.TOOL_CALL_CLOSE, render.TOOL_CALL_OPEN * 2, render.TOOL_CALL_CLOSE * 2,
-    "<tool_", "call>", "</tool_", "<\\/tool_call>", "<end_of_turn>", "<tool_response>",
-    '"\\ud800"', "\\ud800", "\\udfff", "\\ud83d", "\\ude00", '"\\udc00\\ud800"', "\ud800", "\udfff",
-    HUGE_INT, "-" + "9" * 5000, "1e400", "-1e999", "1" * 400 + ".5", "NaN", "Infinity", "-Infinity",
-    DEEP, DEEP + "]" * 10_000, '{"a": ' * 3000, "[" * 150 + "]" * 150,
-    '"name": "x"', '"args": {}', '"args": []', '{"name": 1}', "null", "true", '""', "{}", "[]",
-    "\x00", "\x1f", "\ufeff", "\u2028", "\\", '\\"', "\\u", "\\u12", "\n" * 3,
+    render.TOOL_CALL_OPEN,
+    render.TOOL_CALL_CLOSE,
+    render.TOOL_CALL_OPEN * 2,
+    render.TOOL_CALL_CLOSE * 2,
+    "<tool_",
+    "call>",
+    "</tool_",
+    "<\\/tool_call>",
+    "<end_of_turn>",
+    "<tool_response>",
+    '"\\ud800"',
+    "\\ud800",
+    "\\udfff",
+    "\\ud83d",
+    "\\ude00",
+    '"\\udc00\\ud800"',
+    "\ud800",
+    "\udfff",
+    HUGE_INT,
+    "-" + "9" * 5000,
+    "1e400",
+    "-1e999",
+    "1" * 400 + ".5",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    DEEP,
+    DEEP + "]" * 10_000,
+    '{"a": ' * 3000,
+    "[" * 150 + "]" * 150,
+    '"name": "x"',
+    '"args": {}',
+    '"args": []',
+    '{"name": 1}',
+    "null",
+    "true",
+    '""',
+    "{}",
+    "[]",
+    "\x00",
+    "\x1f",
+    "\ufeff",
+    "\u2028",
+    "\\",
+    '\\"',
+    "\\u",
+    "\\u12",
+    "\n" * 3,
 ]
 CHARS = list('{}[]",:\\ \n\t/<>_-.0123456789eEabnu') + ["😀", "é", "\u00a0", "\ud800", "\udbff", "\udc00", "\x00"]
-TOOL_VARIANTS = [None, [], TOOLS, (WEATHER,), "abc", 3, {"name": "f"}, [1, None], [{"description": "no name"}],
-                 [{"name": ["unhashable"]}], [{"name": ""}], [WEATHER, {"name": "f", "parameters": "x"}],
-                 [{"name": "\ud800"}], b"bytes"]
+TOOL_VARIANTS = [
+    None,
+    [],
+    TOOLS,
+    (WEATHER,),
+    "abc",
+    3,
+    {"name": "f"},
+    [1, None],
+    [{"description": "no name"}],
+    [{"name": ["unhashable"]}],
+    [{"name": ""}],
+    [WEATHER, {"name": "f", "parameters": "x"}],
+    [{"name": "\ud800"}],
+    b"bytes",
+]
 
 
 def random_unicode(rng: random.Random, n: int) -> str:
@@ -71,7 +129,7 @@ def mutate(rng: random.Random, text: str) -> str:
     if op == 0:  # insert a char
         return text[:i] + rng.choice(CHARS) + text[i:]
     if op == 1:  # delete a span
-        return text[:i] + text[i + rng.randrange(1, 6):]
+        return text[:i] + text[i + rng.randrange(1, 6) :]
     if op == 2:  # insert a snippet
         return text[:i] + rng.choice(SNIPPETS) + text[i:]
     if op == 3:  # duplicate a span (often a tag)
@@ -132,19 +190,22 @@ def arg_call(value_json: str, name: str = '"get_weather"') -> str:
     return f'<tool_call>\n{{"name": {name}, "args": {{"city": {value_json}}}}}\n</tool_call>'
 
 
-@pytest.mark.parametrize("text,kind", [
-    (arg_call(HUGE_INT), parse.NUMBER_TOO_LARGE),
-    (arg_call("-" + "9" * 5000), parse.NUMBER_TOO_LARGE),
-    (arg_call("1e400"), parse.NUMBER_TOO_LARGE),
-    (arg_call("-1e999"), parse.NUMBER_TOO_LARGE),
-    (arg_call("NaN"), parse.BAD_JSON),
-    (arg_call("Infinity"), parse.BAD_JSON),
-    (arg_call(DEEP), parse.TOO_DEEP),
-    (arg_call(DEEP + "]" * 10_000), parse.TOO_DEEP),
-    (arg_call("[" * 200 + "]" * 200), parse.TOO_DEEP),  # json can parse it; nothing downstream should have to
-    (arg_call('{"a": ' * 3000 + "1" + "}" * 3000), parse.TOO_DEEP),
-    ("<tool_call>\n" + DEEP + "\n</tool_call>", parse.TOO_DEEP),
-])
+@pytest.mark.parametrize(
+    "text,kind",
+    [
+        (arg_call(HUGE_INT), parse.NUMBER_TOO_LARGE),
+        (arg_call("-" + "9" * 5000), parse.NUMBER_TOO_LARGE),
+        (arg_call("1e400"), parse.NUMBER_TOO_LARGE),
+        (arg_call("-1e999"), parse.NUMBER_TOO_LARGE),
+        (arg_call("NaN"), parse.BAD_JSON),
+        (arg_call("Infinity"), parse.BAD_JSON),
+        (arg_call(DEEP), parse.TOO_DEEP),
+        (arg_call(DEEP + "]" * 10_000), parse.TOO_DEEP),
+        (arg_call("[" * 200 + "]" * 200), parse.TOO_DEEP),  # json can parse it; nothing downstream should have to
+        (arg_call('{"a": ' * 3000 + "1" + "}" * 3000), parse.TOO_DEEP),
+        ("<tool_call>\n" + DEEP + "\n</tool_call>", parse.TOO_DEEP),
+    ],
+)
 def test_unusable_values_drop_the_call_with_their_kind(text, kind):
     res = check(text, TOOLS)
     assert kind in res.error_kinds and res.calls == []
@@ -161,15 +222,18 @@ def test_nesting_up_to_the_limit_is_kept():
     assert res.ok, res.errors
 
 
-@pytest.mark.parametrize("text,where", [
-    (arg_call('"\\ud800"'), "args"),
-    (arg_call('"a\\udfffb"'), "args"),
-    (arg_call('"\\ude00\\ud83d"'), "args"),  # low before high: two lone halves
-    (arg_call('"\ud800"'), "args"),  # a raw surrogate inside the JSON string
-    (arg_call('"x"', name='"get_\\ud800weather"'), "name"),
-    ('<tool_call>\n{"name": "get_weather", "args": {"\\udc00": 1}}\n</tool_call>', "key"),
-    ("bad \ud800 text", "text"),
-])
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        (arg_call('"\\ud800"'), "args"),
+        (arg_call('"a\\udfffb"'), "args"),
+        (arg_call('"\\ude00\\ud83d"'), "args"),  # low before high: two lone halves
+        (arg_call('"\ud800"'), "args"),  # a raw surrogate inside the JSON string
+        (arg_call('"x"', name='"get_\\ud800weather"'), "name"),
+        ('<tool_call>\n{"name": "get_weather", "args": {"\\udc00": 1}}\n</tool_call>', "key"),
+        ("bad \ud800 text", "text"),
+    ],
+)
 def test_lone_surrogates_become_replacement_chars(text, where):
     res = check(text, TOOLS)
     assert parse.INVALID_UNICODE in res.error_kinds
@@ -186,9 +250,21 @@ def test_surrogate_pair_escapes_are_fine():
     assert res.ok and res.calls[0]["args"]["city"] == "😀"
 
 
-@pytest.mark.parametrize("tools", ["abc", 3, {"name": "get_weather"}, [1, None], [{"description": "no name"}],
-                                   [{"name": ["unhashable"]}], [{"name": ""}], b"bytes",
-                                   [WEATHER, {"name": "f", "parameters": "x"}], [WEATHER, "get_weather"]])
+@pytest.mark.parametrize(
+    "tools",
+    [
+        "abc",
+        3,
+        {"name": "get_weather"},
+        [1, None],
+        [{"description": "no name"}],
+        [{"name": ["unhashable"]}],
+        [{"name": ""}],
+        b"bytes",
+        [WEATHER, {"name": "f", "parameters": "x"}],
+        [WEATHER, "get_weather"],
+    ],
+)
 def test_bad_tools_are_reported_and_the_call_still_parses(tools):
     res = check(call_text("get_weather", {"city": "Paris"}), tools)
     assert res.error_kinds.count(parse.BAD_TOOLS) == 1
@@ -223,13 +299,19 @@ def test_raw_close_tag_inside_a_json_string_is_reported():
     assert parse.BAD_JSON in res.error_kinds and parse.STRAY_CLOSE_TAG in res.error_kinds and res.calls == []
 
 
-@pytest.mark.parametrize("text,kinds", [
-    ("<tool_call>", [parse.UNTERMINATED_BLOCK]),
-    ("</tool_call>", [parse.STRAY_CLOSE_TAG]),
-    (SEEDS[0] + "\n</tool_call>", [parse.STRAY_CLOSE_TAG]),
-    (SEEDS[0] + "\n<tool_call>\n{", [parse.UNTERMINATED_BLOCK]),
-    ("<tool_call><tool_call></tool_call></tool_call>", [parse.NESTED_OPEN_TAG, parse.BAD_JSON, parse.STRAY_CLOSE_TAG]),
-])
+@pytest.mark.parametrize(
+    "text,kinds",
+    [
+        ("<tool_call>", [parse.UNTERMINATED_BLOCK]),
+        ("</tool_call>", [parse.STRAY_CLOSE_TAG]),
+        (SEEDS[0] + "\n</tool_call>", [parse.STRAY_CLOSE_TAG]),
+        (SEEDS[0] + "\n<tool_call>\n{", [parse.UNTERMINATED_BLOCK]),
+        (
+            "<tool_call><tool_call></tool_call></tool_call>",
+            [parse.NESTED_OPEN_TAG, parse.BAD_JSON, parse.STRAY_CLOSE_TAG],
+        ),
+    ],
+)
 def test_unbalanced_tags(text, kinds):
     res = check(text, TOOLS)
     assert res.error_kinds == kinds

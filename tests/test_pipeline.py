@@ -16,11 +16,10 @@ from conftest import REPO, run_cli
 
 
 def compose(overrides, hydra=False):
-    from omegaconf import open_dict
-
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
 
     from gemma_tool_use.config.schema import register_configs
     from gemma_tool_use.utils.paths import conf_dir
@@ -48,7 +47,9 @@ def test_recipes_compose_check_and_plan(recipe):
     assert names[4:] == (["4_final_full_eval"] if recipe == "cpu" else [])
     # every stage's own command composes and passes the checks
     for step in plan(cfg)[1:4]:
-        check_config(compose([f"stage={step['stage']}", *cfg.pipeline.common, *step["overrides"], "train.init_from=null"]))
+        check_config(
+            compose([f"stage={step['stage']}", *cfg.pipeline.common, *step["overrides"], "train.init_from=null"])
+        )
     cfg = compose([f"pipeline={recipe}", "pipeline.stages=[sft_full,grpo]", "pipeline.baseline=false"])
     assert [s["name"] for s in plan(cfg)][:2] == ["2_sft_full", "3_grpo"]
     # [] with the baseline: BFCL of the start only (e.g. recorded before the stages' code is final)
@@ -57,15 +58,18 @@ def test_recipes_compose_check_and_plan(recipe):
     assert [s["name"] for s in plan(cfg)] == ["0_baseline"]
 
 
-@pytest.mark.parametrize("override, key", [
-    ("pipeline.stages=[grpo,sft_full]", "pipeline.stages"),
-    ("pipeline.stages=[sft_full,sft_full]", "pipeline.stages"),
-    ("pipeline.stages=[dpo]", "pipeline.stages"),
-    ("pipeline.stages=[] pipeline.baseline=false", "pipeline.stages"),  # nothing to run
-    ("+pipeline.recipe.eval=[]", "pipeline.recipe"),
-    ("pipeline.recipe.grpo=['train.init_from=x']", "pipeline.recipe.grpo"),
-    ("pipeline.eval_subset_per_category=0", "pipeline.eval_subset_per_category"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("pipeline.stages=[grpo,sft_full]", "pipeline.stages"),
+        ("pipeline.stages=[sft_full,sft_full]", "pipeline.stages"),
+        ("pipeline.stages=[dpo]", "pipeline.stages"),
+        ("pipeline.stages=[] pipeline.baseline=false", "pipeline.stages"),  # nothing to run
+        ("+pipeline.recipe.eval=[]", "pipeline.recipe"),
+        ("pipeline.recipe.grpo=['train.init_from=x']", "pipeline.recipe.grpo"),
+        ("pipeline.eval_subset_per_category=0", "pipeline.eval_subset_per_category"),
+    ],
+)
 def test_bad_pipeline_configs_name_the_key(override, key):
     from gemma_tool_use.config.checks import ConfigValueError, check_config
 
@@ -79,15 +83,42 @@ def _recipe(stage, *overrides):
     return f"pipeline.recipe.{stage}=[" + ",".join(f"'{o}'" for o in overrides) + "]"
 
 
-TINY = ["model=tiny", "data=tiny", "tracking=disabled", "generation.max_new_tokens=4",
-        "pipeline.final_full_eval=false", "pipeline.eval_subset_per_category=2",
-        "pipeline.eval_categories=[simple_python,irrelevance]",
-        _recipe("sft_small", "train.max_steps=2", "train.batch_size=2", "train.checkpoint_every_steps=1",
-                "train.eval_every_steps=2", "train.eval_batches=1", "model.train_token_ids=[105,106]"),
-        _recipe("sft_full", "train.max_steps=3", "train.batch_size=2", "train.checkpoint_every_steps=1",
-                "train.eval_every_steps=3", "train.eval_batches=1"),
-        _recipe("grpo", "train.max_steps=1", "grpo.num_generations=2", "grpo.prompts_per_step=2", "grpo.max_new_tokens=4",
-                "grpo.max_prompt_len=512", "grpo.probe_size=2", "grpo.no_call_share=0.5")]
+TINY = [
+    "model=tiny",
+    "data=tiny",
+    "tracking=disabled",
+    "generation.max_new_tokens=4",
+    "pipeline.final_full_eval=false",
+    "pipeline.eval_subset_per_category=2",
+    "pipeline.eval_categories=[simple_python,irrelevance]",
+    _recipe(
+        "sft_small",
+        "train.max_steps=2",
+        "train.batch_size=2",
+        "train.checkpoint_every_steps=1",
+        "train.eval_every_steps=2",
+        "train.eval_batches=1",
+        "model.train_token_ids=[105,106]",
+    ),
+    _recipe(
+        "sft_full",
+        "train.max_steps=3",
+        "train.batch_size=2",
+        "train.checkpoint_every_steps=1",
+        "train.eval_every_steps=3",
+        "train.eval_batches=1",
+    ),
+    _recipe(
+        "grpo",
+        "train.max_steps=1",
+        "grpo.num_generations=2",
+        "grpo.prompts_per_step=2",
+        "grpo.max_new_tokens=4",
+        "grpo.max_prompt_len=512",
+        "grpo.probe_size=2",
+        "grpo.no_call_share=0.5",
+    ),
+]
 
 
 def _pipeline(root, *extra):
@@ -101,8 +132,9 @@ def _env():
 def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wrong_architecture(tmp_path):
     root = tmp_path / "pipe"
     # run until stage 2 has written its first checkpoint, then SIGTERM the pipeline process
-    proc = subprocess.Popen(_pipeline(root), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        _pipeline(root), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 400
     while not (root / "2_sft_full" / "checkpoints" / "1").is_dir():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -130,10 +162,14 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     assert state["stages"]["2_sft_full"]["start"] == "1_sft_small/adapter"
     assert state["stages"]["3_grpo"]["start"] == "2_sft_full/adapter"
     assert f"train.init_from={root / '2_sft_full' / 'adapter'}" in state["stages"]["3_grpo"]["command"]
-    assert json.loads((root / "3_grpo" / "adapter" / "adapter_config.json").read_text())["model"]["train_token_ids"] == [105, 106]
+    assert json.loads((root / "3_grpo" / "adapter" / "adapter_config.json").read_text())["model"][
+        "train_token_ids"
+    ] == [105, 106]
     # each stage's BFCL names what it scored: the stage's own adapter, not its start
-    assert json.loads((root / "3_grpo" / "bfcl_eval" / "summary.json").read_text())["model"] == \
-        f"tiny + {root / '3_grpo' / 'adapter'} (step 1)"
+    assert (
+        json.loads((root / "3_grpo" / "bfcl_eval" / "summary.json").read_text())["model"]
+        == f"tiny + {root / '3_grpo' / 'adapter'} (step 1)"
+    )
     summary = json.loads((root / "pipeline_summary.json").read_text())
     assert list(summary["bfcl"]) == ["0_baseline", "1_sft_small", "2_sft_full", "3_grpo"]
     assert {b["kind"] for b in summary["bfcl"].values()} == {"subset (2 per category, seed 0)"}
@@ -148,7 +184,9 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     from gemma_tool_use.report import main as report_main
 
     assert report_main(["collect", str(root), str(tmp_path / "record")]) == 0
-    assert not list((tmp_path / "record").rglob("checkpoints")) and (tmp_path / "record" / "3_grpo" / "adapter").is_dir()
+    assert (
+        not list((tmp_path / "record").rglob("checkpoints")) and (tmp_path / "record" / "3_grpo" / "adapter").is_dir()
+    )
     moved = tmp_path / "later" / "pipe"
     shutil.copytree(tmp_path / "record", moved)
     (moved / "pipeline_summary.json").unlink()
@@ -159,26 +197,56 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     # the GRPO stage's run dir (Orbax checkpoints in the SFT layout) loads for prediction too
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"tools": [], "messages": [{"role": "user", "content": "Hi"}]}) + "\n")
-    r = run_cli("stage=predict", "model=tiny", f"model.lora_checkpoint={root / '3_grpo'}", f"predict.input_file={src}",
-                "generation.max_new_tokens=4", "tracking=disabled", f"hydra.run.dir={tmp_path / 'pred'}")
+    r = run_cli(
+        "stage=predict",
+        "model=tiny",
+        f"model.lora_checkpoint={root / '3_grpo'}",
+        f"predict.input_file={src}",
+        "generation.max_new_tokens=4",
+        "tracking=disabled",
+        f"hydra.run.dir={tmp_path / 'pred'}",
+    )
     assert r.returncode == 0 and "loaded LoRA adapters" in r.stderr + r.stdout, r.stderr[-3000:]
 
     # a slice: GRPO alone from stage 2's result, in a new pipeline dir, no baseline
     sliced = tmp_path / "slice"
-    r = subprocess.run(_pipeline(sliced, "pipeline.stages=[grpo]", "pipeline.baseline=false",
-                                 f"pipeline.resume_from={root / '2_sft_full'}"),
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        _pipeline(
+            sliced, "pipeline.stages=[grpo]", "pipeline.baseline=false", f"pipeline.resume_from={root / '2_sft_full'}"
+        ),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     state = json.loads((sliced / "pipeline_state.json").read_text())
-    assert list(state["stages"]) == ["3_grpo"] and state["stages"]["3_grpo"]["start"] == str(root / "2_sft_full" / "adapter")
+    assert list(state["stages"]) == ["3_grpo"] and state["stages"]["3_grpo"]["start"] == str(
+        root / "2_sft_full" / "adapter"
+    )
     # the same dir from another start is refused, not silently reused
-    r = subprocess.run(_pipeline(sliced, "pipeline.stages=[grpo]", "pipeline.baseline=false",
-                                 f"pipeline.resume_from={root / '1_sft_small'}"),
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        _pipeline(
+            sliced, "pipeline.stages=[grpo]", "pipeline.baseline=false", f"pipeline.resume_from={root / '1_sft_small'}"
+        ),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "use another pipeline dir" in r.stderr
 
     # handoff refuses an adapter of another architecture, before any stage starts
-    r = run_cli("pipeline=cpu", "model=gemma3_270m", "tracking=disabled", f"hydra.run.dir={tmp_path / 'real'}",
-                "pipeline.stages=[grpo]", f"pipeline.resume_from={root / '3_grpo'}", timeout=120)
+    r = run_cli(
+        "pipeline=cpu",
+        "model=gemma3_270m",
+        "tracking=disabled",
+        f"hydra.run.dir={tmp_path / 'real'}",
+        "pipeline.stages=[grpo]",
+        f"pipeline.resume_from={root / '3_grpo'}",
+        timeout=120,
+    )
     assert r.returncode != 0 and "not the configured 'gemma3_270m'" in r.stderr
     assert not (tmp_path / "real" / "3_grpo").exists()

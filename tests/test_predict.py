@@ -29,21 +29,42 @@ def read_rejects(path):
 
 def test_predict_with_sft_lora_checkpoint_and_bad_rows(tmp_path, tokenizer):
     sft_dir = tmp_path / "sft"
-    r = run_cli("experiments=tiny_smoke", "train.max_steps=2", "model.lora.rank=2", "tracking=disabled",
-                f"hydra.run.dir={sft_dir}")
+    r = run_cli(
+        "experiments=tiny_smoke",
+        "train.max_steps=2",
+        "model.lora.rank=2",
+        "tracking=disabled",
+        f"hydra.run.dir={sft_dir}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
-    rows = [{"tools": [{"name": "get_weather", "description": "d", "parameters": {"type": "object"}}],
-             "messages": [{"role": "user", "content": "Weather in Oslo?"}]},
-            {"messages": [{"role": "user", "content": "Hi"}]}]
+    rows = [
+        {
+            "tools": [{"name": "get_weather", "description": "d", "parameters": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        },
+        {"messages": [{"role": "user", "content": "Hi"}]},
+    ]
     src = tmp_path / "in.jsonl"
-    src.write_text(json.dumps(rows[0]) + "\n{not json\n"
-                   + json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
-                   + "\n" + json.dumps(rows[1]) + "\n")
+    src.write_text(
+        json.dumps(rows[0])
+        + "\n{not json\n"
+        + json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
+        + "\n"
+        + json.dumps(rows[1])
+        + "\n"
+    )
     out_dir = tmp_path / "pred"
     # model.lora.rank=4 (tiny default) differs from the run's rank 2: adopted from the run's config.
-    r = run_cli("stage=predict", "model=tiny", f"predict.input_file={src}", f"model.lora_checkpoint={sft_dir}",
-                "generation.max_new_tokens=8", "tracking=disabled", f"hydra.run.dir={out_dir}")
+    r = run_cli(
+        "stage=predict",
+        "model=tiny",
+        f"predict.input_file={src}",
+        f"model.lora_checkpoint={sft_dir}",
+        "generation.max_new_tokens=8",
+        "tracking=disabled",
+        f"hydra.run.dir={out_dir}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stderr + r.stdout
     assert "2 input row(s) rejected" in log and "in.jsonl:2" in log  # malformed rows named by line, skipped
@@ -62,13 +83,18 @@ def test_lora_checkpoint_restores_trained_adapters(tmp_path, caplog):
     from hydra.core.global_hydra import GlobalHydra
 
     from gemma_tool_use.config.schema import register_configs
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.utils.paths import conf_dir
 
     sft_dir = tmp_path / "sft"
-    r = run_cli("experiments=tiny_smoke", "train.max_steps=2", "train.checkpoint_every_steps=1", "tracking=disabled",
-                f"hydra.run.dir={sft_dir}")
+    r = run_cli(
+        "experiments=tiny_smoke",
+        "train.max_steps=2",
+        "train.checkpoint_every_steps=1",
+        "tracking=disabled",
+        f"hydra.run.dir={sft_dir}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     register_configs()
     GlobalHydra.instance().clear()
@@ -78,7 +104,10 @@ def test_lora_checkpoint_restores_trained_adapters(tmp_path, caplog):
     fresh = nnx.state(build_model(cfg.model, mesh, 0), nnx.LoRAParam)
     cfg.model.lora_checkpoint = str(sft_dir / "checkpoints" / "2")
     loaded = nnx.state(build_model(cfg.model, mesh, 0), nnx.LoRAParam)
-    diffs = [not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(loaded))]
+    diffs = [
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(loaded))
+    ]
     assert any(diffs), "restored adapters differ from a fresh LoRA init"
 
     # A latest checkpoint that does not read back gives way to the newest intact one, with a warning.
@@ -89,19 +118,39 @@ def test_lora_checkpoint_restores_trained_adapters(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         fallback = nnx.state(build_model(cfg.model, mesh, 0), nnx.LoRAParam)
     assert "checkpoints/2 is corrupt" in caplog.text and "trying an earlier one" in caplog.text
-    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(step1), jax.tree.leaves(fallback)))
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(step1), jax.tree.leaves(fallback))
+    )
 
 
 def test_sft_full_initialises_from_an_sft_small_run_by_experiment_name(tmp_path):
-    r = run_cli("experiments=tiny_smoke", "train.max_steps=2", "model.train_token_ids=[105,106]", "tracking=disabled",
-                cwd=tmp_path)
+    r = run_cli(
+        "experiments=tiny_smoke",
+        "train.max_steps=2",
+        "model.train_token_ids=[105,106]",
+        "tracking=disabled",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli("experiments=tiny_smoke", "stage=sft_full", "train.init_from=tiny_smoke", "train.max_steps=1",
-                "tracking=disabled", cwd=tmp_path)
+    r = run_cli(
+        "experiments=tiny_smoke",
+        "stage=sft_full",
+        "train.init_from=tiny_smoke",
+        "train.max_steps=1",
+        "tracking=disabled",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     log = r.stderr + r.stdout
     assert "initialising from outputs/sft_small/" in log and "loaded LoRA adapters (rank 4)" in log
-    r = run_cli("stage=sft_full", "model=tiny", "data=tiny", "train.init_from=no_such_experiment", "tracking=disabled", cwd=tmp_path)
+    r = run_cli(
+        "stage=sft_full",
+        "model=tiny",
+        "data=tiny",
+        "train.init_from=no_such_experiment",
+        "tracking=disabled",
+        cwd=tmp_path,
+    )
     assert r.returncode == 4 and "error: train.init_from='no_such_experiment': not a path" in r.stderr
 
 
@@ -111,21 +160,28 @@ def test_predict_reports_every_bad_row_by_file_line_and_predicts_the_good_ones(t
     predict_rejects.jsonl by FILE line; every good row is predicted and the run exits 0."""
     good = {"tools": TOOLS, "messages": [{"role": "user", "content": "Weather in Oslo?"}]}
     lines = [
-        json.dumps(good).encode(),                                                 # 1 good
-        b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',                  # 2 latin-1 byte
-        b'{"messages": [{"role": "user", "content": "x \\ud800 y"}]}',             # 3 lone surrogate
-        json.dumps({"messages": []}).encode(),                                      # 4 schema
-        b"{not json",                                                               # 5
-        b"",                                                                        # 6 blank: ignored
+        json.dumps(good).encode(),  # 1 good
+        b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',  # 2 latin-1 byte
+        b'{"messages": [{"role": "user", "content": "x \\ud800 y"}]}',  # 3 lone surrogate
+        json.dumps({"messages": []}).encode(),  # 4 schema
+        b"{not json",  # 5
+        b"",  # 6 blank: ignored
         json.dumps({"tools": TOOLS, "messages": [{"role": "user", "content": "word " * 400}]}).encode(),  # 7 overlong
-        json.dumps({"messages": [{"role": "user", "content": "Hi"}]}).encode(),     # 8 good
+        json.dumps({"messages": [{"role": "user", "content": "Hi"}]}).encode(),  # 8 good
     ]
     src = tmp_path / "in.jsonl"
     src.write_bytes(b"\n".join(lines) + b"\n")
     out_dir = tmp_path / "pred"
-    r = run_cli("stage=predict", "model=tiny", "model.train_token_ids=[]", f"predict.input_file={src}",
-                "generation.max_new_tokens=4", "generation.max_prompt_len=256", "tracking=disabled",
-                f"hydra.run.dir={out_dir}")
+    r = run_cli(
+        "stage=predict",
+        "model=tiny",
+        "model.train_token_ids=[]",
+        f"predict.input_file={src}",
+        "generation.max_new_tokens=4",
+        "generation.max_prompt_len=256",
+        "tracking=disabled",
+        f"hydra.run.dir={out_dir}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr + r.stdout
     preds = [json.loads(l) for l in (out_dir / "predictions.jsonl").read_text().splitlines()]
@@ -139,13 +195,20 @@ def test_predict_reports_every_bad_row_by_file_line_and_predicts_the_good_ones(t
     assert "5 input row(s) rejected" in r.stderr + r.stdout  # the user is told where to look
 
 
-@pytest.mark.parametrize("content,reason", [(b"", "no rows"), (b"\n  \n", "no rows"),
-                                            (b"{not json\n[1]\n", "no valid row")])
+@pytest.mark.parametrize(
+    "content,reason", [(b"", "no rows"), (b"\n  \n", "no rows"), (b"{not json\n[1]\n", "no valid row")]
+)
 def test_predict_refuses_an_input_without_a_valid_row_before_jax(tmp_path, content, reason):
     src = tmp_path / "in.jsonl"
     src.write_bytes(content)
-    r = run_cli("stage=predict", "model=tiny", f"predict.input_file={src}", "tracking=disabled",
-                f"hydra.run.dir={tmp_path / 'pred'}", env_extra={"PYTHONPROFILEIMPORTTIME": "1"})
+    r = run_cli(
+        "stage=predict",
+        "model=tiny",
+        f"predict.input_file={src}",
+        "tracking=disabled",
+        f"hydra.run.dir={tmp_path / 'pred'}",
+        env_extra={"PYTHONPROFILEIMPORTTIME": "1"},
+    )
     heavy = heavy_imports(r.stderr)
     assert r.returncode != 0
     errors = error_lines(r)

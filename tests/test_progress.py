@@ -11,9 +11,9 @@ def test_log_lines_carry_step_metrics_eta_and_the_pipeline_position(monkeypatch,
     monkeypatch.setattr("gemma_tool_use.utils.progress.time.perf_counter", clock)
     p = StepProgress(total=10, initial=2, desc="sft_full", interval_s=15.0, tty=False)
     with caplog.at_level(logging.INFO, logger="gemma_tool_use.progress"):
-        first = p.update(3, loss=0.5123, tok_s=410.0, rss_gib=15.25)   # 100 s (compiles)
-        p.update(4, loss=0.5)                                            # 10 s: within 15 s of the last line
-        third = p.update(5, loss=0.49)                                   # 10 s
+        first = p.update(3, loss=0.5123, tok_s=410.0, rss_gib=15.25)  # 100 s (compiles)
+        p.update(4, loss=0.5)  # 10 s: within 15 s of the last line
+        third = p.update(5, loss=0.49)  # 10 s
     assert first.startswith("[pipeline cpu, stage 2/4: 2_sft_full] sft_full step 3/10 | loss 0.5123 | tok_s 410")
     assert "rss_gib 15.25" in first and "ETA 11m40s" in first  # only one step timed: 100 s x 7 left
     assert third.endswith("ETA 0m50s")  # the compiling first step left out: 10 s x 5 left

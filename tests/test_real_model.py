@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 LONG = " ".join(f"Item {i}: the quick brown fox jumps over the lazy dog near river {i % 7}." for i in range(60))
 PROMPTS = [
     "The capital of France is",
-    '<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n',
+    "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n",
     'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n',
     LONG,  # > 512 tokens: crosses the sliding window of the local layers
 ]
@@ -24,11 +24,14 @@ def real():
 
     from gemma_tool_use.config.schema import ModelConfig
     from gemma_tool_use.model.loading import build_base_model, load_tokenizer_for
-    from gemma_tool_use.utils.paths import conf_dir
     from gemma_tool_use.model.weights import converted_gguf_dir
+    from gemma_tool_use.utils.paths import conf_dir
 
-    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(conf_dir() / "model" / "gemma3_270m.yaml"),
-                          {"dtype": "float32", "lora": {"enabled": False}})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig),
+        OmegaConf.load(conf_dir() / "model" / "gemma3_270m.yaml"),
+        {"dtype": "float32", "lora": {"enabled": False}},
+    )
     model = build_base_model(cfg, 0)
     tensors = load_file(str(converted_gguf_dir() / "model.safetensors"))
     return model, tensors, load_tokenizer_for(cfg)
@@ -45,8 +48,9 @@ def test_forward_matches_numpy_reference(real):
         mask = jnp.tril(jnp.ones((1, T, T), bool))
         ours, _ = model(x, jnp.arange(T)[None], None, mask, logits_at=jnp.asarray([at]))
         ours = np.asarray(ours[0], np.float32)
-        ref = reference_forward(tensors, ids, num_layers=18, num_heads=4, num_kv_heads=1, head_dim=256,
-                                sliding_window=512, logits_at=at)
+        ref = reference_forward(
+            tensors, ids, num_layers=18, num_heads=4, num_kv_heads=1, head_dim=256, sliding_window=512, logits_at=at
+        )
         diff = float(np.abs(ours - ref).max())
         top1 = float((ours.argmax(-1) == ref.argmax(-1)).mean())
         report.append((T, diff, top1))

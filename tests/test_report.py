@@ -50,15 +50,28 @@ def test_compare_reports_how_outputs_end(tmp_path):
     for name, stops in {"rows": ["stop", "stop", "stop", "length"], "lora_only": ["length"] * 3 + ["stop"]}.items():
         run = _summary(tmp_path / name, {"simple_python": 0.5}, {})
         (run / "bfcl").mkdir()
-        rows = [{"id": f"simple_python_{i}", "stop_reason": s, "new_tokens": 30 if s == "stop" else 128,
-                 "decoded": [{"name": "f", "args": {}}] if i else [], "parse_errors": [] if s == "stop" else ["bad_json"]}
-                for i, s in enumerate(stops)]
+        rows = [
+            {
+                "id": f"simple_python_{i}",
+                "stop_reason": s,
+                "new_tokens": 30 if s == "stop" else 128,
+                "decoded": [{"name": "f", "args": {}}] if i else [],
+                "parse_errors": [] if s == "stop" else ["bad_json"],
+            }
+            for i, s in enumerate(stops)
+        ]
         (run / "bfcl" / "simple_python.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + '\n{"id": "torn')
         runs[name] = run
     result = compare_bfcl(runs, tmp_path / "cmp")
     assert result["runs"]["rows"]["outputs"]["stopped"] == 0.75
-    assert result["runs"]["lora_only"]["outputs"] == {"entries": 4, "stopped": 0.25, "length": 0.75, "with_call": 0.75,
-                                                      "parse_error": 0.75, "median_new_tokens": 128}
+    assert result["runs"]["lora_only"]["outputs"] == {
+        "entries": 4,
+        "stopped": 0.25,
+        "length": 0.75,
+        "with_call": 0.75,
+        "parse_error": 0.75,
+        "median_new_tokens": 128,
+    }
     md = [" ".join(line.split()) for line in (tmp_path / "cmp" / "bfcl_compare.md").read_text().splitlines()]
     assert "| lora_only | 4 | 25.0% | 75.0% | 75.0% | 75.0% | 128 |" in md
     base = _summary(tmp_path / "no_files", {"simple_python": 0.0}, {})
@@ -78,7 +91,12 @@ def test_collect_copies_small_artifacts_only(tmp_path):
     dest = tmp_path / "exp"
     assert main(["collect", str(run), str(dest)]) == 0
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert files == ["bfcl_eval/bfcl/simple_python.jsonl", "config_resolved.yaml", "overrides.yaml", "train_summary.json"]
+    assert files == [
+        "bfcl_eval/bfcl/simple_python.jsonl",
+        "config_resolved.yaml",
+        "overrides.yaml",
+        "train_summary.json",
+    ]
     assert json.loads((dest / "train_summary.json").read_text()) == {"checkpoint_dir": "<run dir>/checkpoints"}
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         main(["collect", str(tmp_path / "exp"), str(tmp_path / "x")])
@@ -91,7 +109,9 @@ def test_agree_counts_equal_verdicts_and_texts_per_entry(tmp_path, capsys):
     b.mkdir()
 
     def rows(d, name, items):
-        (d / f"{name}.jsonl").write_text("".join(json.dumps({"id": i, "valid": v, "result": t}) + "\n" for i, v, t in items))
+        (d / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"id": i, "valid": v, "result": t}) + "\n" for i, v, t in items)
+        )
 
     rows(a, "simple_python", [("s1", True, "x"), ("s2", False, "y"), ("s3", True, "z"), ("s4", False, "only in a")])
     rows(b, "simple_python", [("s3", False, "z2"), ("s1", True, "x"), ("s2", True, "y2")])

@@ -11,17 +11,24 @@ from types import SimpleNamespace
 
 import pytest
 
-from gemma_tool_use.training.grpo import rewards as R
 from gemma_tool_use.format.render import render_call
+from gemma_tool_use.training.grpo import rewards as R
 
 
 def tool(name, *params):
-    return {"name": name, "description": f"{name} tool",
-            "parameters": {"type": "object", "properties": {p: {"type": "string"} for p in params}}}
+    return {
+        "name": name,
+        "description": f"{name} tool",
+        "parameters": {"type": "object", "properties": {p: {"type": "string"} for p in params}},
+    }
 
 
-TOOLS = [tool("get_weather", "city", "unit"), tool("get_time", "tz"), tool("set_thermostat", "degrees"),
-         tool("list_alarms")]
+TOOLS = [
+    tool("get_weather", "city", "unit"),
+    tool("get_time", "tz"),
+    tool("set_thermostat", "degrees"),
+    tool("list_alarms"),
+]
 
 
 def call(name, **args):
@@ -53,18 +60,55 @@ CASES = [
     # keys m({city},{city,unit}) = 1/2; S = 1 + 1/2 + 1 = 2.5, S_max = 3 -> 2*2.5/3 - 1 = 2/3
     ("extra_argument", out(PARIS_C), [PARIS], "stop", 1.0, 2 / 3, 0.0, 1.0, 0.0),
     # city wrong: S = 1 + 1 + 1 = 3, S_max = 4 -> 2*3/4 - 1 = 0.5
-    ("wrong_value", out(call("get_weather", city="London", unit="celsius")), [PARIS_C], "stop", 1.0, 0.5, 0.0, 1.0, 0.0),
+    (
+        "wrong_value",
+        out(call("get_weather", city="London", unit="celsius")),
+        [PARIS_C],
+        "stop",
+        1.0,
+        0.5,
+        0.0,
+        1.0,
+        0.0,
+    ),
     # BFCL drops ' ', ',', '-' and case: both are "sanfranciscoca" -> S = 1 + 1 + 1 = 3 = S_max -> 1
-    ("string_case_punct_space", out(call("get_weather", city=" san-francisco CA")),
-     [call("get_weather", city="San Francisco, CA")], "stop", 1.0, 1.0, 0.0, 1.0, 1.0),
+    (
+        "string_case_punct_space",
+        out(call("get_weather", city=" san-francisco CA")),
+        [call("get_weather", city="San Francisco, CA")],
+        "stop",
+        1.0,
+        1.0,
+        0.0,
+        1.0,
+        1.0,
+    ),
     # BFCL does not drop '!': value wrong; S = 1 + 1 + 0 = 2, S_max = 3 -> 2*2/3 - 1 = 1/3
     ("string_bang_not_normalised", out(call("get_weather", city="Paris!")), [PARIS], "stop", 1.0, 1 / 3, 0.0, 1.0, 0.0),
     # 20.0 == 20: S = 1 + 1 + 1 = 3 = S_max -> 1
-    ("int_for_float", out(call("set_thermostat", degrees=20)), [call("set_thermostat", degrees=20.0)], "stop",
-     1.0, 1.0, 0.0, 1.0, 1.0),
+    (
+        "int_for_float",
+        out(call("set_thermostat", degrees=20)),
+        [call("set_thermostat", degrees=20.0)],
+        "stop",
+        1.0,
+        1.0,
+        0.0,
+        1.0,
+        1.0,
+    ),
     # ... but a float for an int is BFCL's type_error: S = 1 + [1 + 0] = 2 of 3 -> 1/3
-    ("float_for_int", out(call("set_thermostat", degrees=20.0)), [call("set_thermostat", degrees=20)], "stop",
-     1.0, 1 / 3, 0.0, 1.0, 0.0),
+    (
+        "float_for_int",
+        out(call("set_thermostat", degrees=20.0)),
+        [call("set_thermostat", degrees=20)],
+        "stop",
+        1.0,
+        1 / 3,
+        0.0,
+        1.0,
+        0.0,
+    ),
     # no arguments: keys m(∅, ∅) = 1; S = 1 + 1 = 2 = S_max -> 1
     ("no_argument_call", out(call("list_alarms")), [call("list_alarms")], "stop", 1.0, 1.0, 0.0, 1.0, 1.0),
     # names m({get_weather},{get_time}) = 0, nothing to match: S = 0, S_max = 3 -> -1
@@ -75,13 +119,32 @@ CASES = [
     ("bad_json", BAD_JSON, [PARIS], "stop", 0.0, -1.0, 0.0, 0.0, 0.0),
     # cut inside the 2nd block: parsed [Paris]; names m({w,w},{w}) = 1/2; S = 1/2 + [1 + 1] = 2.5,
     # S_max = 1 + 2 + 2 = 5 -> 2*2.5/5 - 1 = 0; count 1 - 1/2 = 0.5
-    ("truncated_mid_call", out(PARIS) + '\n<tool_call>\n{"name": "get_wea', [PARIS, ROME], "length",
-     0.0, 0.0, 0.0, 0.5, 0.0),
+    (
+        "truncated_mid_call",
+        out(PARIS) + '\n<tool_call>\n{"name": "get_wea',
+        [PARIS, ROME],
+        "length",
+        0.0,
+        0.0,
+        0.0,
+        0.5,
+        0.0,
+    ),
     # complete call but cut before <end_of_turn>: only format (and exact match) suffer
     ("truncated_after_call", out(PARIS), [PARIS], "length", 0.0, 1.0, 0.0, 1.0, 0.0),
     ("right_abstention", TEXT, [], "stop", 1.0, 0.0, 1.0, 0.0, 1.0),
     # needed a call, answered in text: S = 0 -> -1; count 1 - |0-1|/1 = 0
-    ("wrong_abstention", TEXT, [PARIS], "stop", 0.0, -1.0, 0.0, 0.0, 0.0),  # text where a call is needed: no format credit
+    (
+        "wrong_abstention",
+        TEXT,
+        [PARIS],
+        "stop",
+        0.0,
+        -1.0,
+        0.0,
+        0.0,
+        0.0,
+    ),  # text where a call is needed: no format credit
     # a tidy call where no tool fits earns no format credit (it would reward calling there)
     ("call_on_no_call_row", out(PARIS), [], "stop", 0.0, 0.0, -1.0, 0.0, 0.0),
     # an attempted (unparseable) call is still a call
@@ -92,17 +155,43 @@ CASES = [
     ("duplicate_calls", out(PARIS, PARIS), [PARIS], "stop", 1.0, 2 / 3, 0.0, 0.5, 0.0),
     # pairs (gold x pred): (Paris,c)x(Rome,c) = 1+1, (Paris,c)x(Paris,c) = 1+2, (Rome,f)x(Rome,c) = 1+1,
     # (Rome,f)x(Paris,c) = 1+0; in order 2+1 = 3, best 3+2 = 5: S = 1 + 5 = 6, S_max = 1+3+3 = 7 -> 5/7
-    ("parallel_best_assignment",
-     out(call("get_weather", city="Rome", unit="celsius"), PARIS_C),
-     [PARIS_C, call("get_weather", city="Rome", unit="fahrenheit")], "stop", 1.0, 5 / 7, 0.0, 1.0, 0.0),
+    (
+        "parallel_best_assignment",
+        out(call("get_weather", city="Rome", unit="celsius"), PARIS_C),
+        [PARIS_C, call("get_weather", city="Rome", unit="fahrenheit")],
+        "stop",
+        1.0,
+        5 / 7,
+        0.0,
+        1.0,
+        0.0,
+    ),
     # names m({w,t},{w}) = 1/2; S = 1/2 + [1 + 1] = 2.5, S_max = 5 -> 0; count 1 - 1/2
     ("parallel_one_missing", out(PARIS), [PARIS, UTC], "stop", 1.0, 0.0, 0.0, 0.5, 0.0),
     # names m({w},{w,None}) = 1/2 (unknown tool grows the union); S = 1/2 + 2 = 2.5, S_max = 3 -> 2/3
-    ("right_call_plus_unknown", out(PARIS, call("book_flight", to="Paris")), [PARIS], "stop",
-     0.0, 2 / 3, 0.0, 0.5, 0.0),
+    (
+        "right_call_plus_unknown",
+        out(PARIS, call("book_flight", to="Paris")),
+        [PARIS],
+        "stop",
+        0.0,
+        2 / 3,
+        0.0,
+        0.5,
+        0.0,
+    ),
     # an invented tool result after the call is stray
-    ("invented_tool_response", out(PARIS) + '\n<tool_response>\n{"name": "get_weather", "result": 18}\n</tool_response>',
-     [PARIS], "stop", 0.0, 1.0, 0.0, 1.0, 0.0),
+    (
+        "invented_tool_response",
+        out(PARIS) + '\n<tool_response>\n{"name": "get_weather", "result": 18}\n</tool_response>',
+        [PARIS],
+        "stop",
+        0.0,
+        1.0,
+        0.0,
+        1.0,
+        0.0,
+    ),
     # a stray marker in a plain answer: format 0, but it did abstain
     ("marker_in_text_answer", TEXT + "<start_of_turn>user\nthanks", [], "stop", 0.0, 0.0, 1.0, 0.0, 0.0),
     # an empty turn is no answer
@@ -110,8 +199,17 @@ CASES = [
     # a trailing stop string left on the text is not stray
     ("trailing_end_of_turn", out(PARIS) + "<end_of_turn>", [PARIS], "stop", 1.0, 1.0, 0.0, 1.0, 1.0),
     # a '</tool_call>' inside a JSON string is argument content, not a tag
-    ("tag_inside_string_arg", out(call("get_weather", city="</tool_call> x")), [call("get_weather", city="</tool_call>x")],
-     "stop", 1.0, 1.0, 0.0, 1.0, 1.0),
+    (
+        "tag_inside_string_arg",
+        out(call("get_weather", city="</tool_call> x")),
+        [call("get_weather", city="</tool_call>x")],
+        "stop",
+        1.0,
+        1.0,
+        0.0,
+        1.0,
+        1.0,
+    ),
 ]
 TERMS = ("format", "correctness", "abstention", "call_count", "exact_match")
 FNS = (R.format_reward, R.correctness_reward, R.abstention_reward, R.call_count_reward, R.exact_match_reward)
@@ -135,10 +233,15 @@ def test_batch_equals_rows_and_binary_mode():
     cols = columns(CASES)
     for k, fn in enumerate(FNS):
         assert fn([None] * len(CASES), comps, **cols) == pytest.approx([c[4 + k] for c in CASES], abs=1e-12)
-    binary = R.build_reward_fns(SimpleNamespace(mode="binary", format_weight=1.0, correctness_weight=1.0,
-                                                abstention_weight=1.0, call_count_weight=0.5))
-    total = [sum(w * v for w, v in zip((w for _, w, _ in binary), vals))
-             for vals in zip(*(fn(None, comps, **cols) for _, _, fn in binary))]
+    binary = R.build_reward_fns(
+        SimpleNamespace(
+            mode="binary", format_weight=1.0, correctness_weight=1.0, abstention_weight=1.0, call_count_weight=0.5
+        )
+    )
+    total = [
+        sum(w * v for w, v in zip((w for _, w, _ in binary), vals))
+        for vals in zip(*(fn(None, comps, **cols) for _, _, fn in binary))
+    ]
     assert total == [c[8] for c in CASES]
     assert all(R.exact_match(c[1], TOOLS, c[2], c[3]) == bool(c[8]) for c in CASES)
 
@@ -153,13 +256,30 @@ def test_exact_match_probe_default_ignores_stop():
 def test_build_reward_fns_partial_weights():
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"mode": "partial", "format_weight": 0.5, "correctness_weight": 2.0,
-                            "abstention_weight": 1.0, "call_count_weight": 0.25})
+    cfg = OmegaConf.create(
+        {
+            "mode": "partial",
+            "format_weight": 0.5,
+            "correctness_weight": 2.0,
+            "abstention_weight": 1.0,
+            "call_count_weight": 0.25,
+        }
+    )
     fns = R.build_reward_fns(cfg)
-    assert [(n, w) for n, w, _ in fns] == [("format", 0.5), ("correctness", 2.0), ("abstention", 1.0),
-                                           ("call_count", 0.25), ("exact_match", 0.0)]
-    assert [f for _, _, f in fns] == [R.format_reward, R.correctness_reward, R.abstention_reward,
-                                      R.call_count_reward, R.exact_match_reward]
+    assert [(n, w) for n, w, _ in fns] == [
+        ("format", 0.5),
+        ("correctness", 2.0),
+        ("abstention", 1.0),
+        ("call_count", 0.25),
+        ("exact_match", 0.0),
+    ]
+    assert [f for _, _, f in fns] == [
+        R.format_reward,
+        R.correctness_reward,
+        R.abstention_reward,
+        R.call_count_reward,
+        R.exact_match_reward,
+    ]
     binary = R.build_reward_fns(OmegaConf.merge(cfg, {"mode": "binary"}))
     assert [(n, w) for n, w, _ in binary][0] == ("exact_match", 1.0)
     assert all(w == 0.0 for _, w, _ in binary[1:])
@@ -176,7 +296,7 @@ def test_values_match_rules():
     assert m(["New York", 1.0], ["new york", 1]) and not m(["a", "b"], ["b", "a"]) and not m([1], [1, 1])
     assert m({"tags": ["A b", "c"], "n": 2.0}, {"n": 2, "tags": ["ab", "C"]}) and not m({"n": 2}, {"n": 2.0})
     assert not m({"a": 1}, {"a": 1, "b": 2}) and not m({"a": 1}, {"A": 1})
-    assert m("It's 5 p.m.", 'its 5 pm') is False  # ' -> " (BFCL), so the quote is kept
+    assert m("It's 5 p.m.", "its 5 pm") is False  # ' -> " (BFCL), so the quote is kept
     assert m("It's", 'It"s')
 
 
@@ -211,8 +331,11 @@ def test_each_text_parsed_once_per_step(monkeypatch):
     real = R.parse_model_output
     monkeypatch.setattr(R, "parse_model_output", lambda text, tools=None: seen.append(text) or real(text, tools))
     comps = [c[1] for c in CASES]
-    for _, _, fn in R.build_reward_fns(SimpleNamespace(mode="partial", format_weight=1.0, correctness_weight=1.0,
-                                                       abstention_weight=1.0, call_count_weight=0.5)):
+    for _, _, fn in R.build_reward_fns(
+        SimpleNamespace(
+            mode="partial", format_weight=1.0, correctness_weight=1.0, abstention_weight=1.0, call_count_weight=0.5
+        )
+    ):
         fn(None, comps, **columns(CASES))
     assert len(seen) == len({R._strip_stop(c) for c in comps})
     R._parse_cached.cache_clear()

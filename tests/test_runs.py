@@ -28,13 +28,17 @@ def _imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("stage_file", sorted(p.name for p in STAGES_DIR.glob("*.py") if p.name != "__init__.py"))
 def test_no_stage_imports_another(stage_file):
-    bad = sorted(m for m in _imported_modules(STAGES_DIR / stage_file)
-                 if m == "gemma_tool_use.stages" or m.startswith("gemma_tool_use.stages."))
+    bad = sorted(
+        m
+        for m in _imported_modules(STAGES_DIR / stage_file)
+        if m == "gemma_tool_use.stages" or m.startswith("gemma_tool_use.stages.")
+    )
     assert not bad, f"stages/{stage_file} imports {bad}: move shared code into a library module"
 
 
-def _make_run(root: Path, rel: str, experiment: str | None, arch: dict, name: str = "gemma3_270m",
-              checkpoint: bool = True) -> Path:
+def _make_run(
+    root: Path, rel: str, experiment: str | None, arch: dict, name: str = "gemma3_270m", checkpoint: bool = True
+) -> Path:
     run = root / rel
     (run / ".hydra").mkdir(parents=True)
     overrides = [f"experiments={experiment}"] if experiment else ["stage=sft_small"]

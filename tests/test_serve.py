@@ -14,56 +14,115 @@ import time
 import openai
 import pytest
 
-from conftest import REPO
 from gemma_tool_use.format.parse import parse_model_output
 from gemma_tool_use.serving.openai_api import RequestError, apply_stop, build_message, parse_request
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather of a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+from conftest import REPO
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 # ------------------------------------------------------------------ translation (no model)
 
 
 def test_request_becomes_the_project_conversation():
-    body = {"model": "m", "tools": [WEATHER], "temperature": 0.5, "max_tokens": 40, "stop": "###", "messages": [
-        {"role": "developer", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris"}, {"type": "text", "text": "now?"}]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 18}'},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny, light wind"}]}
+    body = {
+        "model": "m",
+        "tools": [WEATHER],
+        "temperature": 0.5,
+        "max_tokens": 40,
+        "stop": "###",
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Weather in Paris"}, {"type": "text", "text": "now?"}],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 18}'},
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny, light wind"},
+        ],
+    }
     req = parse_request(body, "m")
     assert req.conversation == {
-        "tools": [{"name": "get_weather", "description": "Current weather of a city",
-                   "parameters": WEATHER["function"]["parameters"]}],
-        "messages": [{"role": "system", "content": "Be brief."},
-                     {"role": "user", "content": "Weather in Paris\nnow?"},
-                     {"role": "assistant", "content": "", "tool_calls": [{"name": "get_weather", "args": {"city": "Paris"}}]},
-                     {"role": "tool", "name": "get_weather", "content": {"temp_c": 18}},  # JSON stays JSON
-                     {"role": "tool", "name": "get_weather", "content": "sunny, light wind"}]}
+        "tools": [
+            {
+                "name": "get_weather",
+                "description": "Current weather of a city",
+                "parameters": WEATHER["function"]["parameters"],
+            }
+        ],
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Weather in Paris\nnow?"},
+            {"role": "assistant", "content": "", "tool_calls": [{"name": "get_weather", "args": {"city": "Paris"}}]},
+            {"role": "tool", "name": "get_weather", "content": {"temp_c": 18}},  # JSON stays JSON
+            {"role": "tool", "name": "get_weather", "content": "sunny, light wind"},
+        ],
+    }
     assert (req.temperature, req.max_tokens, req.stop, req.stream) == (0.5, 40, ["###"], False)
     assert parse_request({**body, "tool_choice": "none"}, "m").conversation["tools"] == []
 
 
-@pytest.mark.parametrize("patch, param, text", [
-    ({"messages": []}, "messages", "non-empty list"),
-    ({"n": 2}, "n", "'n' must be 1"),
-    ({"tool_choice": "required"}, "tool_choice", "not supported"),
-    ({"temperature": 3}, "temperature", "in [0, 2]"),
-    ({"max_tokens": 0}, "max_tokens", "integer in [1,"),
-    ({"frobnicate": 1}, "frobnicate", "unknown parameter"),
-    ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools[0].function.name", "non-empty"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]},
-     "messages[1].tool_calls[0].function.arguments", "not valid JSON"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "nope", "content": "x"}]},
-     "messages[1].tool_call_id", "answers no earlier assistant tool call"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     "messages[0].content", "only text content parts"),
-    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "must be one of"),
-])
+@pytest.mark.parametrize(
+    "patch, param, text",
+    [
+        ({"messages": []}, "messages", "non-empty list"),
+        ({"n": 2}, "n", "'n' must be 1"),
+        ({"tool_choice": "required"}, "tool_choice", "not supported"),
+        ({"temperature": 3}, "temperature", "in [0, 2]"),
+        ({"max_tokens": 0}, "max_tokens", "integer in [1,"),
+        ({"frobnicate": 1}, "frobnicate", "unknown parameter"),
+        (
+            {"tools": [{"type": "function", "function": {"description": "no name"}}]},
+            "tools[0].function.name",
+            "non-empty",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}
+                        ],
+                    },
+                ]
+            },
+            "messages[1].tool_calls[0].function.arguments",
+            "not valid JSON",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "nope", "content": "x"}]},
+            "messages[1].tool_call_id",
+            "answers no earlier assistant tool call",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0].content",
+            "only text content parts",
+        ),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "must be one of"),
+    ],
+)
 def test_bad_requests_name_the_field(patch, param, text):
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **patch}
     with pytest.raises(RequestError) as e:
@@ -74,12 +133,19 @@ def test_bad_requests_name_the_field(patch, param, text):
 
 def test_model_text_becomes_tool_calls_or_content():
     tools = [{"name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
-    text = '<tool_call>\n{"name": "get_weather", "args": {"city": "Paris"}}\n</tool_call>\n' \
-           '<tool_call>\n{"name": "get_weather", "args": {"city": "Oslo"}}\n</tool_call>'
+    text = (
+        '<tool_call>\n{"name": "get_weather", "args": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_weather", "args": {"city": "Oslo"}}\n</tool_call>'
+    )
     message, finish = build_message(text, parse_model_output(text, tools), "stop")
     assert finish == "tool_calls" and message["content"] is None
-    assert [json.loads(c["function"]["arguments"]) for c in message["tool_calls"]] == [{"city": "Paris"}, {"city": "Oslo"}]
-    assert len({c["id"] for c in message["tool_calls"]}) == 2 and all(c["id"].startswith("call_") for c in message["tool_calls"])
+    assert [json.loads(c["function"]["arguments"]) for c in message["tool_calls"]] == [
+        {"city": "Paris"},
+        {"city": "Oslo"},
+    ]
+    assert len({c["id"] for c in message["tool_calls"]}) == 2 and all(
+        c["id"].startswith("call_") for c in message["tool_calls"]
+    )
     message, finish = build_message("No tool fits.", parse_model_output("No tool fits.", tools), "length")
     assert message["content"] == "No tool fits." and "tool_calls" not in message and finish == "length"
     assert apply_stop("abc###def##", ["##", "c#"]) == ("ab", True) and apply_stop("abc", ["x"]) == ("abc", False)
@@ -92,11 +158,27 @@ def test_model_text_becomes_tool_calls_or_content():
 def server(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("serve")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "gemma_tool_use", "stage=serve", "model=tiny", "tracking=disabled",
-                             "serve.port=0", "serve.model_name=tiny-tools", "serve.batch_window_ms=200",
-                             "generation.max_new_tokens=8", "generation.max_prompt_len=512",
-                             f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gemma_tool_use",
+            "stage=serve",
+            "model=tiny",
+            "tracking=disabled",
+            "serve.port=0",
+            "serve.model_name=tiny-tools",
+            "serve.batch_window_ms=200",
+            "generation.max_new_tokens=8",
+            "generation.max_prompt_len=512",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     info = run_dir / "server.json"
     deadline = time.time() + 300
     while not info.is_file():
@@ -118,16 +200,24 @@ def test_openai_client_talks_to_the_server(server):
     proc, url = server
     client = _client(url)
     assert [m.id for m in client.models.list().data] == ["tiny-tools"]
-    r = client.chat.completions.create(model="tiny-tools", tools=[WEATHER], max_tokens=5,
-                                       messages=[{"role": "user", "content": "Weather in Paris?"}])
+    r = client.chat.completions.create(
+        model="tiny-tools", tools=[WEATHER], max_tokens=5, messages=[{"role": "user", "content": "Weather in Paris?"}]
+    )
     choice = r.choices[0]
     assert r.object == "chat.completion" and choice.message.role == "assistant"
     assert choice.finish_reason in ("stop", "length", "tool_calls")
     assert 0 < r.usage.completion_tokens <= 5 and r.usage.prompt_tokens > 20  # cut to max_tokens, not the budget
     # streaming: the same answer as events (greedy: same text)
-    events = list(client.chat.completions.create(model="tiny-tools", tools=[WEATHER], max_tokens=5, stream=True,
-                                                 stream_options={"include_usage": True},
-                                                 messages=[{"role": "user", "content": "Weather in Paris?"}]))
+    events = list(
+        client.chat.completions.create(
+            model="tiny-tools",
+            tools=[WEATHER],
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+        )
+    )
     streamed = "".join(e.choices[0].delta.content or "" for e in events if e.choices)
     assert streamed == (choice.message.content or "")
     assert events[-1].usage.completion_tokens == r.usage.completion_tokens
@@ -135,14 +225,18 @@ def test_openai_client_talks_to_the_server(server):
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match=r"tool_choice 'required' is not supported"):
-        client.chat.completions.create(model="tiny-tools", tools=[WEATHER], tool_choice="required",
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="tiny-tools", tools=[WEATHER], tool_choice="required", messages=[{"role": "user", "content": "hi"}]
+        )
     with pytest.raises(openai.BadRequestError, match="context limit"):
         client.chat.completions.create(model="tiny-tools", messages=[{"role": "user", "content": "word " * 600}])
     # raw HTTP: broken JSON, unknown route, wrong method; the server answers each and stays up
     host, port = url.split("//")[1].split("/")[0].split(":")
-    for method, path, body, status in [("POST", "/v1/chat/completions", b"{not json", 400),
-                                       ("GET", "/v1/nothing", None, 404), ("DELETE", "/v1/models", None, 405)]:
+    for method, path, body, status in [
+        ("POST", "/v1/chat/completions", b"{not json", 400),
+        ("GET", "/v1/nothing", None, 404),
+        ("DELETE", "/v1/models", None, 405),
+    ]:
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -159,8 +253,9 @@ def test_concurrent_requests_are_batched_and_none_is_dropped(server):
 
     def ask(q):
         try:
-            r = client.chat.completions.create(model="tiny-tools", tools=[WEATHER], max_tokens=6,
-                                               messages=[{"role": "user", "content": q}])
+            r = client.chat.completions.create(
+                model="tiny-tools", tools=[WEATHER], max_tokens=6, messages=[{"role": "user", "content": q}]
+            )
             answers[q] = r.choices[0].message.content
         except Exception as e:  # noqa: BLE001
             errors.append(e)
@@ -177,8 +272,9 @@ def test_concurrent_requests_are_batched_and_none_is_dropped(server):
     assert after["batches"] - before["batches"] < len(questions) and after["largest_batch"] > 1  # batched
     # a batched answer equals the same request alone (greedy)
     q = questions[3]
-    alone = client.chat.completions.create(model="tiny-tools", tools=[WEATHER], max_tokens=6,
-                                           messages=[{"role": "user", "content": q}])
+    alone = client.chat.completions.create(
+        model="tiny-tools", tools=[WEATHER], max_tokens=6, messages=[{"role": "user", "content": q}]
+    )
     assert alone.choices[0].message.content == answers[q]
 
 
@@ -200,18 +296,37 @@ def test_sigterm_stops_the_server_cleanly(server):
 def test_tuned_model_answers_the_openai_client_with_a_correct_tool_call(tmp_path):
     adapter = REPO / "experiments" / "grpo_from_sft_short" / "start_adapter"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "gemma_tool_use", "stage=serve", "model=gemma3_270m",
-                             f"model.lora_checkpoint={adapter}", "tracking=disabled", "serve.port=0",
-                             "serve.model_name=tuned", f"hydra.run.dir={tmp_path}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gemma_tool_use",
+            "stage=serve",
+            "model=gemma3_270m",
+            f"model.lora_checkpoint={adapter}",
+            "tracking=disabled",
+            "serve.port=0",
+            "serve.model_name=tuned",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 600
         while not (tmp_path / "server.json").is_file():
             assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
             time.sleep(1)
         client = _client(json.loads((tmp_path / "server.json").read_text())["url"])
-        r = client.chat.completions.create(model="tuned", tools=[WEATHER], max_tokens=64,
-                                           messages=[{"role": "user", "content": "What's the weather in Paris right now?"}])
+        r = client.chat.completions.create(
+            model="tuned",
+            tools=[WEATHER],
+            max_tokens=64,
+            messages=[{"role": "user", "content": "What's the weather in Paris right now?"}],
+        )
         [call] = r.choices[0].message.tool_calls
         assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
         assert json.loads(call.function.arguments)["city"].lower().startswith("paris")

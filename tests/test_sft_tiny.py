@@ -13,8 +13,13 @@ import pytest
 from conftest import REPO, run_cli
 
 STEPS = 24
-COMMON = ["experiments=tiny_smoke", f"train.max_steps={STEPS}", "train.checkpoint_every_steps=3",
-          "train.eval_every_steps=12", "optim.lr=1e-2"]
+COMMON = [
+    "experiments=tiny_smoke",
+    f"train.max_steps={STEPS}",
+    "train.checkpoint_every_steps=3",
+    "train.eval_every_steps=12",
+    "optim.lr=1e-2",
+]
 
 
 def read_metrics(run_dir):
@@ -24,8 +29,14 @@ def read_metrics(run_dir):
 def signal_after_steps(args, run_dir, steps, sig):
     """Start the CLI, send `sig` once `steps` train steps are in metrics.jsonl; (process, stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "gemma_tool_use", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gemma_tool_use", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 600  # a guard against a hang, not a speed requirement
     while proc.poll() is None and time.time() < deadline:
@@ -75,8 +86,14 @@ def test_a_packed_run_trains_fuller_rows_and_learns(full_run, tmp_path):
     """data.pack_length: the stage trains packed rows (several conversations each), so a step
     carries more real tokens than a padded one, and the loss still falls."""
     steps = 8
-    r = run_cli(*COMMON, f"train.max_steps={steps}", "train.checkpoint_every_steps=8", "train.eval_every_steps=8",
-                "data.pack_length=512", f"hydra.run.dir={tmp_path}")
+    r = run_cli(
+        *COMMON,
+        f"train.max_steps={steps}",
+        "train.checkpoint_every_steps=8",
+        "train.eval_every_steps=8",
+        "data.pack_length=512",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     packed = json.loads((tmp_path / "train_summary.json").read_text())
     padded = json.loads((full_run / "train_summary.json").read_text())
@@ -126,8 +143,14 @@ def test_sigterm_saves_the_current_step_and_final_metrics_describe_the_final_wei
     """SIGTERM (schedulers, preemption, `timeout`) behaves like Ctrl-C: checkpoint, one-line
     message, prompt exit. The resumed run ends on a step that is not an eval step (5, evals every
     12): it still evaluates the final weights, and final_val_loss is that evaluation."""
-    common = ["experiments=tiny_smoke", "train.max_steps=5", "train.checkpoint_every_steps=1000",
-              "train.eval_every_steps=12", "tracking=disabled", f"hydra.run.dir={tmp_path}"]
+    common = [
+        "experiments=tiny_smoke",
+        "train.max_steps=5",
+        "train.checkpoint_every_steps=1000",
+        "train.eval_every_steps=12",
+        "tracking=disabled",
+        f"hydra.run.dir={tmp_path}",
+    ]
     proc, err = signal_after_steps(common, tmp_path, 2, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "Traceback" not in err and "stopped (SIGTERM)" in err, err[-2000:]
@@ -165,9 +188,11 @@ def test_a_corrupt_latest_checkpoint_gives_way_to_the_newest_intact_one(full_run
     steps = sorted(int(p.name) for p in src.iterdir() if p.name.isdigit())
     assert len(steps) >= 2
     latest, earlier = steps[-1], steps[-2]
-    cases = {"truncated array file": lambda d: next(p for p in (d / "model_params" / "d").iterdir()).write_bytes(b"x"),
-             "empty _METADATA": lambda d: (d / "model_params" / "_METADATA").write_bytes(b""),
-             "missing item": lambda d: shutil.rmtree(d / "optimizer_state")}
+    cases = {
+        "truncated array file": lambda d: next(p for p in (d / "model_params" / "d").iterdir()).write_bytes(b"x"),
+        "empty _METADATA": lambda d: (d / "model_params" / "_METADATA").write_bytes(b""),
+        "missing item": lambda d: shutil.rmtree(d / "optimizer_state"),
+    }
     log = logging.getLogger("test")
     for name, corrupt in cases.items():
         root = tmp_path / name.replace(" ", "_") / "checkpoints"
@@ -197,13 +222,13 @@ def _train_tiny_in_process(tokenizer, overrides, steps):
     from gemma_tool_use.config.schema import register_configs
     from gemma_tool_use.data.batching import tokenize_conversations, train_batches
     from gemma_tool_use.data.conversations import load_jsonl_conversations
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
-    from gemma_tool_use.utils.paths import conf_dir
-    from gemma_tool_use.training.sft_trainer import SftTrainer
-    from gemma_tool_use.training.metrics import Throughput
     from gemma_tool_use.training.loss import completion_loss
+    from gemma_tool_use.training.metrics import Throughput
     from gemma_tool_use.training.optimizer import make_optimizer
+    from gemma_tool_use.training.sft_trainer import SftTrainer
+    from gemma_tool_use.utils.mesh import build_mesh
+    from gemma_tool_use.utils.paths import conf_dir
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -215,8 +240,13 @@ def _train_tiny_in_process(tokenizer, overrides, steps):
     data = tokenize_conversations(load_jsonl_conversations("tiny/train.jsonl"), tokenizer, max_length=512)
     opt, _ = make_optimizer(cfg.optim, steps)
     with mesh:
-        trainer = SftTrainer(model, opt, peft_trainer.TrainingConfig(eval_every_n_steps=100, max_steps=steps),
-                             metrics_logger=MetricsLogger(), throughput=Throughput()).with_loss_fn(completion_loss)
+        trainer = SftTrainer(
+            model,
+            opt,
+            peft_trainer.TrainingConfig(eval_every_n_steps=100, max_steps=steps),
+            metrics_logger=MetricsLogger(),
+            throughput=Throughput(),
+        ).with_loss_fn(completion_loss)
         trainer.train(train_batches(data, 2, [128, 256, 512], 0))
     return model, snapshot
 
@@ -225,18 +255,26 @@ def _snapshot(model):
     import jax
     from flax import nnx
 
-    return {"frozen": jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.LoRAParam))),
-            "lora": jax.tree.map(np.asarray, nnx.state(model, nnx.LoRAParam)),
-            "table": np.asarray(model.embedder.input_embedding.value)}
+    return {
+        "frozen": jax.tree.map(np.asarray, nnx.state(model, nnx.Not(nnx.LoRAParam))),
+        "lora": jax.tree.map(np.asarray, nnx.state(model, nnx.LoRAParam)),
+        "table": np.asarray(model.embedder.input_embedding.value),
+    }
 
 
 def test_only_trainable_params_change(tokenizer):
     import jax
 
-    model, before = _train_tiny_in_process(tokenizer, ["model.train_token_ids=[]", "optim.lr=1e-2", "optim.schedule=constant"], 5)
+    model, before = _train_tiny_in_process(
+        tokenizer, ["model.train_token_ids=[]", "optim.lr=1e-2", "optim.schedule=constant"], 5
+    )
     after = _snapshot(model)
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["frozen"]), jax.tree.leaves(after["frozen"])))
-    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["lora"]), jax.tree.leaves(after["lora"]))]
+    assert all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["frozen"]), jax.tree.leaves(after["frozen"]))
+    )
+    changed = [
+        not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before["lora"]), jax.tree.leaves(after["lora"]))
+    ]
     assert len(changed) > 0 and all(changed), "every LoRA matrix (incl. MLP ones) receives updates"
 
 
@@ -260,8 +298,13 @@ def test_trainable_embedding_rows_train_and_match_a_merged_table(tokenizer):
 
 
 def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
-    args = ["experiments=tiny_smoke", "train.max_steps=200", "train.checkpoint_every_steps=1000", "tracking=disabled",
-            f"hydra.run.dir={tmp_path}"]
+    args = [
+        "experiments=tiny_smoke",
+        "train.max_steps=200",
+        "train.checkpoint_every_steps=1000",
+        "tracking=disabled",
+        f"hydra.run.dir={tmp_path}",
+    ]
     proc, err = signal_after_steps(args, tmp_path, 3, signal.SIGINT)
     log = (tmp_path / "gemma_tool_use.log").read_text()
     assert proc.returncode == 128 + signal.SIGINT and "checkpoint saved" in log, err[-2000:]
@@ -273,17 +316,25 @@ def test_ctrl_c_saves_a_checkpoint_at_the_current_step(tmp_path):
 def test_training_history_adds_up_every_process_and_skips_bfcl_and_thrown_away_time(tmp_path):
     from gemma_tool_use.training.metrics import PROCESS_START, training_history
 
-    recs = [{"step": 0, "time": 100.0, PROCESS_START: 1}, {"step": 0, "time": 110.0, "eval/loss": 2.0},
-            {"step": 1, "time": 130.0, "train/loss": 1.5, "perf/peak_rss_gib": 3.0},
-            {"step": 2, "time": 150.0, "train/loss": 1.2, "perf/peak_rss_gib": 7.5},
-            # a second process, hours later, resumes at step 2
-            {"step": 2, "time": 9000.0, PROCESS_START: 1},
-            {"step": 3, "time": 9040.0, "train/loss": 1.1, "perf/peak_rss_gib": 5.0},
-            {"step": 3, "time": 9050.0, "eval/loss": 1.4},
-            {"step": 3, "time": 9900.0, "bfcl/simple_python": 0.4}]
+    recs = [
+        {"step": 0, "time": 100.0, PROCESS_START: 1},
+        {"step": 0, "time": 110.0, "eval/loss": 2.0},
+        {"step": 1, "time": 130.0, "train/loss": 1.5, "perf/peak_rss_gib": 3.0},
+        {"step": 2, "time": 150.0, "train/loss": 1.2, "perf/peak_rss_gib": 7.5},
+        # a second process, hours later, resumes at step 2
+        {"step": 2, "time": 9000.0, PROCESS_START: 1},
+        {"step": 3, "time": 9040.0, "train/loss": 1.1, "perf/peak_rss_gib": 5.0},
+        {"step": 3, "time": 9050.0, "eval/loss": 1.4},
+        {"step": 3, "time": 9900.0, "bfcl/simple_python": 0.4},
+    ]
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     h = training_history(path)
-    assert h == {"processes": 2, "train_seconds": 100.0, "final_train_loss": 1.1, "final_val_loss": 1.4,
-                 "peak_rss_gib": 7.5}
+    assert h == {
+        "processes": 2,
+        "train_seconds": 100.0,
+        "final_train_loss": 1.1,
+        "final_val_loss": 1.4,
+        "peak_rss_gib": 7.5,
+    }
     assert training_history(tmp_path / "absent.jsonl")["train_seconds"] == 0

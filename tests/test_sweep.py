@@ -7,8 +7,14 @@ from conftest import run_cli
 
 def test_sweep_over_two_values_runs_two_isolated_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    r = run_cli("-m", "experiments=tiny_smoke", "train.max_steps=2", "model.lora.rank=2,4", f"hydra.sweep.dir={sweep}",
-                cwd=tmp_path)
+    r = run_cli(
+        "-m",
+        "experiments=tiny_smoke",
+        "train.max_steps=2",
+        "model.lora.rank=2,4",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2
@@ -20,7 +26,9 @@ def test_sweep_over_two_values_runs_two_isolated_jobs(tmp_path):
     table = "\n".join(" ".join(line.split()) for line in (sweep / "sweep_summary.md").read_text().splitlines())
     assert "model.lora.rank" in table and table.count("| ok |") == 2
     assert (sweep / "sweep_summary.png").is_file()
-    assert {j["overrides"]["model.lora.rank"] for j in json.loads((sweep / "sweep_summary.json").read_text())["jobs"]} == {"2", "4"}
+    assert {
+        j["overrides"]["model.lora.rank"] for j in json.loads((sweep / "sweep_summary.json").read_text())["jobs"]
+    } == {"2", "4"}
 
 
 def test_summary_of_a_multirun_over_experiments(tmp_path):
@@ -32,8 +40,9 @@ def test_summary_of_a_multirun_over_experiments(tmp_path):
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text(f"- experiments={name}\n- hydra.sweep.dir=x\n")
         (job / "job_result.json").write_text("{}")
-        (job / "train_summary.json").write_text(json.dumps(
-            {"final_val_loss": 0.5, "tokens_per_s": 100.0, "bfcl_categories": {"simple_python": acc}}))
+        (job / "train_summary.json").write_text(
+            json.dumps({"final_val_loss": 0.5, "tokens_per_s": 100.0, "bfcl_categories": {"simple_python": acc}})
+        )
     summary = write_sweep_summary(tmp_path)
     assert summary["swept"] == ["experiments"]
     table = "\n".join(" ".join(line.split()) for line in (tmp_path / "sweep_summary.md").read_text().splitlines())

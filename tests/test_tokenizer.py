@@ -5,15 +5,33 @@ from pathlib import Path
 
 import pytest
 
-from gemma_tool_use.model.tokenizer import END_OF_TURN_ID, START_OF_TURN_ID, GemmaTokenizer, TokenizerError, load_tokenizer, tokenizer_from_gguf
+from gemma_tool_use.model.tokenizer import (
+    END_OF_TURN_ID,
+    START_OF_TURN_ID,
+    GemmaTokenizer,
+    TokenizerError,
+    load_tokenizer,
+    tokenizer_from_gguf,
+)
 
 CORPUS = [
-    "Hello, world!", "  leading and trailing spaces  ", "tabs\tand\nnewlines\n\n\nruns",
-    "def f(x):\n    return {'a': [1, 2.5, -3e10]}\n", '{"name": "get_weather", "args": {"city": "Paris"}}',
-    "数字 12345 和中文、日本語のテキスト、한국어", "emoji 🤖🔧✅ and ZWJ 👩‍💻", "Ünïcödé façade naïve",
-    "x" * 300, "    " * 20 + "indent", "<tool_call>\n{}\n</tool_call>", "a\u00a0b\u2003c", "",
-    "public static void main(String[] args) { System.out.println(\"hi\"); }",
-    "https://example.com/path?q=1&r=2#frag", "1234567890 3.14159 -0.0001", "\\n literal backslash-n",
+    "Hello, world!",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnewlines\n\n\nruns",
+    "def f(x):\n    return {'a': [1, 2.5, -3e10]}\n",
+    '{"name": "get_weather", "args": {"city": "Paris"}}',
+    "数字 12345 和中文、日本語のテキスト、한국어",
+    "emoji 🤖🔧✅ and ZWJ 👩‍💻",
+    "Ünïcödé façade naïve",
+    "x" * 300,
+    "    " * 20 + "indent",
+    "<tool_call>\n{}\n</tool_call>",
+    "a\u00a0b\u2003c",
+    "",
+    'public static void main(String[] args) { System.out.println("hi"); }',
+    "https://example.com/path?q=1&r=2#frag",
+    "1234567890 3.14159 -0.0001",
+    "\\n literal backslash-n",
     "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
 ]
 
@@ -37,8 +55,11 @@ def test_ids_identical_to_recorded_official_ids(tokenizer):
     (scripts/make_tokenizer_parity_fixture.py wrote them)."""
     cases = parity_cases()
     assert len(cases) >= 300
-    wrong = [(c["text"], ours, c["ids"]) for c in cases
-             if (ours := tokenizer.encode(c["text"], parse_special=True)) != c["ids"]]
+    wrong = [
+        (c["text"], ours, c["ids"])
+        for c in cases
+        if (ours := tokenizer.encode(c["text"], parse_special=True)) != c["ids"]
+    ]
     assert not wrong, f"{len(wrong)}/{len(cases)} differ, e.g. (text, ours, official): {wrong[:3]}"
     not_round_trip = [c["text"] for c in cases if tokenizer.decode(c["ids"]) != c["text"]]
     assert not not_round_trip, not_round_trip[:5]
@@ -46,8 +67,11 @@ def test_ids_identical_to_recorded_official_ids(tokenizer):
 
 def test_parity_fixture_is_what_the_official_tokenizer_gives(reference_tokenizer):
     """The committed ids are still the official ones (skips without ../shared)."""
-    stale = [c["text"] for c in parity_cases()
-             if reference_tokenizer.encode(c["text"], add_special_tokens=False).ids != c["ids"]]
+    stale = [
+        c["text"]
+        for c in parity_cases()
+        if reference_tokenizer.encode(c["text"], add_special_tokens=False).ids != c["ids"]
+    ]
     assert not stale, f"re-run scripts/make_tokenizer_parity_fixture.py: {stale[:5]}"
 
 

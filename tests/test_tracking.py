@@ -28,8 +28,12 @@ def test_resume_drops_records_of_redone_steps_and_reruns(tmp_path):
     """A killed run wrote steps 1-5 but its checkpoint is step 3: after the resume the file keeps
     one line per step (4-5 are written again), drops the validation at step 3 (it runs again at
     the restart), the BFCL numbers (re-logged when the evaluation ends) and a torn last line."""
-    lines = [{"step": 0, "eval/loss": 3.0}, *({"step": s, "train/loss": 1.0 / s} for s in range(1, 6)),
-             {"step": 3, "eval/loss": 2.0}, {"step": 5, "bfcl/simple_python": 0.5}]
+    lines = [
+        {"step": 0, "eval/loss": 3.0},
+        *({"step": s, "train/loss": 1.0 / s} for s in range(1, 6)),
+        {"step": 3, "eval/loss": 2.0},
+        {"step": 5, "bfcl/simple_python": 0.5},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 6, "tra')
     cfg = OmegaConf.structured(TrackingConfig)
     cfg.mode = "disabled"
@@ -38,5 +42,9 @@ def test_resume_drops_records_of_redone_steps_and_reruns(tmp_path):
         t.log({"train/loss": 0.2}, step=4)
     kept = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], sorted(r)) for r in kept] == [
-        (0, ["eval/loss", "step"]), (1, ["step", "train/loss"]), (2, ["step", "train/loss"]),
-        (3, ["step", "train/loss"]), (4, ["step", "time", "train/loss"])]
+        (0, ["eval/loss", "step"]),
+        (1, ["step", "train/loss"]),
+        (2, ["step", "train/loss"]),
+        (3, ["step", "train/loss"]),
+        (4, ["step", "time", "train/loss"]),
+    ]

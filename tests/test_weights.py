@@ -13,33 +13,55 @@ from omegaconf import OmegaConf
 from gemma_tool_use.config.schema import ModelConfig
 from gemma_tool_use.model.loading import build_base_model, load_tokenizer_for
 from gemma_tool_use.model.weights import WeightsError, converted_gguf_dir, gguf_name_to_hf
+
 from reference_gemma3_numpy import forward as reference_forward
 
-ARCH = dict(num_layers=6, num_embed=384, embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16,
-            num_kv_heads=1, sliding_window_size=8, local_base_frequency=10_000, global_base_frequency=1_000_000)
+ARCH = dict(
+    num_layers=6,
+    num_embed=384,
+    embed_dim=32,
+    hidden_dim=64,
+    num_heads=2,
+    head_dim=16,
+    num_kv_heads=1,
+    sliding_window_size=8,
+    local_base_frequency=10_000,
+    global_base_frequency=1_000_000,
+)
 
 
 def tiny_hf_tensors(seed=0):
     rng = np.random.default_rng(seed)
     a = ARCH
     d, f, n, k, h = a["embed_dim"], a["hidden_dim"], a["num_heads"], a["num_kv_heads"], a["head_dim"]
-    w = {"model.embed_tokens.weight": rng.normal(0, 0.5, (a["num_embed"], d)),
-         "model.norm.weight": rng.normal(0, 0.1, d)}
+    w = {
+        "model.embed_tokens.weight": rng.normal(0, 0.5, (a["num_embed"], d)),
+        "model.norm.weight": rng.normal(0, 0.1, d),
+    }
     for i in range(a["num_layers"]):
         p = f"model.layers.{i}."
-        w.update({
-            p + "self_attn.q_proj.weight": rng.normal(0, 0.2, (n * h, d)),
-            p + "self_attn.k_proj.weight": rng.normal(0, 0.2, (k * h, d)),
-            p + "self_attn.v_proj.weight": rng.normal(0, 0.2, (k * h, d)),
-            p + "self_attn.o_proj.weight": rng.normal(0, 0.2, (d, n * h)),
-            p + "self_attn.q_norm.weight": rng.normal(0, 0.1, h),
-            p + "self_attn.k_norm.weight": rng.normal(0, 0.1, h),
-            p + "mlp.gate_proj.weight": rng.normal(0, 0.2, (f, d)),
-            p + "mlp.up_proj.weight": rng.normal(0, 0.2, (f, d)),
-            p + "mlp.down_proj.weight": rng.normal(0, 0.2, (d, f)),
-            **{p + f"{nm}.weight": rng.normal(0, 0.1, d) for nm in (
-                "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")},
-        })
+        w.update(
+            {
+                p + "self_attn.q_proj.weight": rng.normal(0, 0.2, (n * h, d)),
+                p + "self_attn.k_proj.weight": rng.normal(0, 0.2, (k * h, d)),
+                p + "self_attn.v_proj.weight": rng.normal(0, 0.2, (k * h, d)),
+                p + "self_attn.o_proj.weight": rng.normal(0, 0.2, (d, n * h)),
+                p + "self_attn.q_norm.weight": rng.normal(0, 0.1, h),
+                p + "self_attn.k_norm.weight": rng.normal(0, 0.1, h),
+                p + "mlp.gate_proj.weight": rng.normal(0, 0.2, (f, d)),
+                p + "mlp.up_proj.weight": rng.normal(0, 0.2, (f, d)),
+                p + "mlp.down_proj.weight": rng.normal(0, 0.2, (d, f)),
+                **{
+                    p + f"{nm}.weight": rng.normal(0, 0.1, d)
+                    for nm in (
+                        "input_layernorm",
+                        "post_attention_layernorm",
+                        "pre_feedforward_layernorm",
+                        "post_feedforward_layernorm",
+                    )
+                },
+            }
+        )
     return {k: v.astype(np.float32) for k, v in w.items()}
 
 
@@ -49,10 +71,20 @@ def write_hf(tensors, out):
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"))
     a = ARCH
-    (out / "config.json").write_text(json.dumps({
-        "model_type": "gemma3_text", "num_hidden_layers": a["num_layers"], "hidden_size": a["embed_dim"],
-        "intermediate_size": a["hidden_dim"], "num_attention_heads": a["num_heads"],
-        "num_key_value_heads": a["num_kv_heads"], "head_dim": a["head_dim"], "vocab_size": a["num_embed"]}))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "gemma3_text",
+                "num_hidden_layers": a["num_layers"],
+                "hidden_size": a["embed_dim"],
+                "intermediate_size": a["hidden_dim"],
+                "num_attention_heads": a["num_heads"],
+                "num_key_value_heads": a["num_kv_heads"],
+                "head_dim": a["head_dim"],
+                "vocab_size": a["num_embed"],
+            }
+        )
+    )
     return out
 
 
@@ -63,25 +95,29 @@ def write_orbax(tensors, out):
     a = ARCH
     d, n, k, h = a["embed_dim"], a["num_heads"], a["num_kv_heads"], a["head_dim"]
     t = tensors
-    params = {"transformer/embedder": {"input_embedding": t["model.embed_tokens.weight"]},
-              "transformer/final_norm": {"scale": t["model.norm.weight"]}}
+    params = {
+        "transformer/embedder": {"input_embedding": t["model.embed_tokens.weight"]},
+        "transformer/final_norm": {"scale": t["model.norm.weight"]},
+    }
     for i in range(a["num_layers"]):
         p, q = f"model.layers.{i}.", f"transformer/layer_{i}/"
         kk = t[p + "self_attn.k_proj.weight"].reshape(k, h, d).transpose(0, 2, 1)
         vv = t[p + "self_attn.v_proj.weight"].reshape(k, h, d).transpose(0, 2, 1)
-        params.update({
-            q + "attn/q_einsum": {"w": t[p + "self_attn.q_proj.weight"].reshape(n, h, d).transpose(0, 2, 1)},
-            q + "attn/kv_einsum": {"w": np.stack([kk, vv])},
-            q + "attn/attn_vec_einsum": {"w": t[p + "self_attn.o_proj.weight"].T.reshape(n, h, d)},
-            q + "attn/_query_norm": {"scale": t[p + "self_attn.q_norm.weight"]},
-            q + "attn/_key_norm": {"scale": t[p + "self_attn.k_norm.weight"]},
-            q + "mlp/gating_einsum": {"w": np.stack([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]])},
-            q + "mlp/linear": {"w": t[p + "mlp.down_proj.weight"].T},
-            q + "pre_attention_norm": {"scale": t[p + "input_layernorm.weight"]},
-            q + "post_attention_norm": {"scale": t[p + "post_attention_layernorm.weight"]},
-            q + "pre_ffw_norm": {"scale": t[p + "pre_feedforward_layernorm.weight"]},
-            q + "post_ffw_norm": {"scale": t[p + "post_feedforward_layernorm.weight"]},
-        })
+        params.update(
+            {
+                q + "attn/q_einsum": {"w": t[p + "self_attn.q_proj.weight"].reshape(n, h, d).transpose(0, 2, 1)},
+                q + "attn/kv_einsum": {"w": np.stack([kk, vv])},
+                q + "attn/attn_vec_einsum": {"w": t[p + "self_attn.o_proj.weight"].T.reshape(n, h, d)},
+                q + "attn/_query_norm": {"scale": t[p + "self_attn.q_norm.weight"]},
+                q + "attn/_key_norm": {"scale": t[p + "self_attn.k_norm.weight"]},
+                q + "mlp/gating_einsum": {"w": np.stack([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]])},
+                q + "mlp/linear": {"w": t[p + "mlp.down_proj.weight"].T},
+                q + "pre_attention_norm": {"scale": t[p + "input_layernorm.weight"]},
+                q + "post_attention_norm": {"scale": t[p + "post_attention_layernorm.weight"]},
+                q + "pre_ffw_norm": {"scale": t[p + "pre_feedforward_layernorm.weight"]},
+                q + "post_ffw_norm": {"scale": t[p + "post_feedforward_layernorm.weight"]},
+            }
+        )
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(out / "gemma3-tiny", params)
     ckpt.wait_until_finished()
@@ -94,8 +130,21 @@ def write_gguf(tensors, path):
 
     inverse = {}
     for i in range(ARCH["num_layers"]):
-        for short in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm", "attn_k_norm",
-                      "post_attention_norm", "ffn_norm", "post_ffw_norm", "ffn_gate", "ffn_up", "ffn_down"):
+        for short in (
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "attn_q_norm",
+            "attn_k_norm",
+            "post_attention_norm",
+            "ffn_norm",
+            "post_ffw_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ):
             inverse[gguf_name_to_hf(f"blk.{i}.{short}.weight")] = f"blk.{i}.{short}.weight"
     inverse["model.embed_tokens.weight"] = "token_embd.weight"
     inverse["model.norm.weight"] = "output_norm.weight"
@@ -110,9 +159,17 @@ def write_gguf(tensors, path):
 
 
 def model_cfg(source, path):
-    return OmegaConf.merge(OmegaConf.structured(ModelConfig),
-                           {"name": "synthetic", "source": source, "path": str(path), "dtype": "float32",
-                            "arch": ARCH, "lora": {"enabled": False}})
+    return OmegaConf.merge(
+        OmegaConf.structured(ModelConfig),
+        {
+            "name": "synthetic",
+            "source": source,
+            "path": str(path),
+            "dtype": "float32",
+            "arch": ARCH,
+            "lora": {"enabled": False},
+        },
+    )
 
 
 def logits_of(model, ids):
@@ -127,8 +184,12 @@ def logits_of(model, ids):
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     t = tiny_hf_tensors()
-    return {"tensors": t, "hf": write_hf(t, root / "hf"), "kaggle": write_orbax(t, root / "kaggle"),
-            "gguf": write_gguf(t, root / "tiny.gguf")}
+    return {
+        "tensors": t,
+        "hf": write_hf(t, root / "hf"),
+        "kaggle": write_orbax(t, root / "kaggle"),
+        "gguf": write_gguf(t, root / "tiny.gguf"),
+    }
 
 
 def test_all_layouts_load_to_identical_logits_matching_numpy_reference(synthetic, tmp_path, monkeypatch):
@@ -137,8 +198,9 @@ def test_all_layouts_load_to_identical_logits_matching_numpy_reference(synthetic
     out = {src: logits_of(build_base_model(model_cfg(src, synthetic[src]), 0), ids) for src in ("hf", "kaggle", "gguf")}
     np.testing.assert_array_equal(out["hf"], out["kaggle"])
     np.testing.assert_array_equal(out["hf"], out["gguf"])
-    ref = reference_forward(synthetic["tensors"], ids, num_layers=6, num_heads=2, num_kv_heads=1, head_dim=16,
-                            sliding_window=8)
+    ref = reference_forward(
+        synthetic["tensors"], ids, num_layers=6, num_heads=2, num_kv_heads=1, head_dim=16, sliding_window=8
+    )
     assert np.abs(out["hf"] - ref).max() < 2e-3
     assert (out["hf"].argmax(-1) == ref.argmax(-1)).all()
 
@@ -166,12 +228,15 @@ def test_architecture_mismatch_is_named(synthetic):
         build_base_model(cfg, 0)
 
 
-@pytest.mark.parametrize("source,path,msg", [
-    ("hf", "/nonexistent/dir", "neither a local directory nor a hub id"),
-    ("hf", "not a hub id", "neither a local directory nor a hub id"),
-    ("gguf", "/nonexistent/model.gguf", "GGUF file not found"),
-    ("kaggle", "/nonexistent", "neither a local Orbax directory nor a kagglehub handle"),
-])
+@pytest.mark.parametrize(
+    "source,path,msg",
+    [
+        ("hf", "/nonexistent/dir", "neither a local directory nor a hub id"),
+        ("hf", "not a hub id", "neither a local directory nor a hub id"),
+        ("gguf", "/nonexistent/model.gguf", "GGUF file not found"),
+        ("kaggle", "/nonexistent", "neither a local Orbax directory nor a kagglehub handle"),
+    ],
+)
 def test_bad_sources_raise_clear_errors(source, path, msg):
     with pytest.raises(WeightsError, match=msg):
         build_base_model(model_cfg(source, path), 0)
@@ -208,10 +273,12 @@ def test_export_merges_lora_and_rows_into_an_hf_checkpoint_that_loads_back(synth
     from flax import nnx
 
     from gemma_tool_use.export.hf_checkpoint import export_hf
-    from gemma_tool_use.utils.mesh import build_mesh
     from gemma_tool_use.model.loading import build_model
+    from gemma_tool_use.utils.mesh import build_mesh
 
-    mesh = build_mesh(OmegaConf.create({"name": "cpu", "platform": "cpu", "axis_names": ["fsdp", "tp"], "axis_sizes": [-1, 1]}))
+    mesh = build_mesh(
+        OmegaConf.create({"name": "cpu", "platform": "cpu", "axis_names": ["fsdp", "tp"], "axis_sizes": [-1, 1]})
+    )
     cfg = model_cfg("hf", synthetic["hf"])
     cfg.lora.enabled, cfg.lora.rank, cfg.lora.alpha = True, 4, 8.0
     cfg.train_token_ids = [5, 9]

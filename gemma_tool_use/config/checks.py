@@ -50,8 +50,7 @@ def _finite(key: str, value: float) -> None:
         _fail(key, f"must be a finite number, got {value}")
 
 
-def _in_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = False,
-              hi_open: bool = False) -> None:
+def _in_range(key: str, value: float, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> None:
     _finite(key, value)
     if (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi):
         _fail(key, f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, got {value}")
@@ -81,15 +80,28 @@ def _check_schema(cfg: DictConfig) -> None:
 
 
 def _check_arch(arch: DictConfig) -> None:
-    for key in ("num_layers", "embed_dim", "hidden_dim", "num_heads", "head_dim", "num_kv_heads",
-                "sliding_window_size", "local_base_frequency", "global_base_frequency"):
+    for key in (
+        "num_layers",
+        "embed_dim",
+        "hidden_dim",
+        "num_heads",
+        "head_dim",
+        "num_kv_heads",
+        "sliding_window_size",
+        "local_base_frequency",
+        "global_base_frequency",
+    ):
         _positive(f"model.arch.{key}", arch[key])
     if arch.num_heads % arch.num_kv_heads:
-        _fail("model.arch.num_kv_heads", f"must divide model.arch.num_heads ({arch.num_heads}), got {arch.num_kv_heads}")
+        _fail(
+            "model.arch.num_kv_heads", f"must divide model.arch.num_heads ({arch.num_heads}), got {arch.num_kv_heads}"
+        )
     if arch.num_embed < GEMMA3_VOCAB:
         # JAX clamps out-of-range gathers: a smaller table silently maps high token ids to its last row.
-        _fail("model.arch.num_embed",
-              f"must be >= {GEMMA3_VOCAB} (the Gemma 3 tokenizer's vocabulary), got {arch.num_embed}")
+        _fail(
+            "model.arch.num_embed",
+            f"must be >= {GEMMA3_VOCAB} (the Gemma 3 tokenizer's vocabulary), got {arch.num_embed}",
+        )
 
 
 def _check_lora(lora: DictConfig) -> None:
@@ -121,7 +133,8 @@ def _check_model(model: DictConfig, optim: DictConfig) -> None:
         log.warning(
             "model.dtype=bfloat16 with full fine-tuning (model.lora.enabled=false): AdamW updates of "
             "~optim.lr=%g are below bf16's resolution for most weights and round away; use model.dtype=float32",
-            optim.lr)
+            optim.lr,
+        )
 
 
 def _check_optim(optim: DictConfig) -> None:
@@ -142,15 +155,23 @@ def _check_optim(optim: DictConfig) -> None:
 
 
 def _check_train(train: DictConfig) -> None:
-    for key in ("max_steps", "batch_size", "grad_accum_steps", "checkpoint_every_steps", "eval_every_steps",
-                "length_group_batches"):
+    for key in (
+        "max_steps",
+        "batch_size",
+        "grad_accum_steps",
+        "checkpoint_every_steps",
+        "eval_every_steps",
+        "length_group_batches",
+    ):
         _positive(f"train.{key}", train[key])
     # eval_batches caps the fixed validation batches (batches[:n]): 0 would evaluate nothing and
     # a negative n silently drops batches from the end.
     _positive("train.eval_batches", train.eval_batches)
     if train.max_checkpoints_to_keep < 1:  # 0 or less: the final checkpoint (the trained adapters) is deleted
-        _fail("train.max_checkpoints_to_keep", f"must be >= 1 (0 would delete the final checkpoint), "
-              f"got {train.max_checkpoints_to_keep}")
+        _fail(
+            "train.max_checkpoints_to_keep",
+            f"must be >= 1 (0 would delete the final checkpoint), got {train.max_checkpoints_to_keep}",
+        )
     if train.init_from is not None and not str(train.init_from).strip():
         _fail("train.init_from", "must be null or a run dir, checkpoint path or experiment name")
 
@@ -180,10 +201,14 @@ def _check_generation(generation: DictConfig, vocab: int) -> None:
     _positive("generation.max_prompt_len", generation.max_prompt_len)
     _positive("generation.max_batch_tokens", generation.max_batch_tokens)
     buckets = list(generation.prompt_buckets)
-    if not buckets or any(not isinstance(b, int) or isinstance(b, bool) or b <= 0 for b in buckets) \
-            or buckets != sorted(set(buckets)):
-        _fail("generation.prompt_buckets",
-              f"must be a non-empty increasing list of positive token counts, got {buckets}")
+    if (
+        not buckets
+        or any(not isinstance(b, int) or isinstance(b, bool) or b <= 0 for b in buckets)
+        or buckets != sorted(set(buckets))
+    ):
+        _fail(
+            "generation.prompt_buckets", f"must be a non-empty increasing list of positive token counts, got {buckets}"
+        )
     if generation.overlength not in ("error", "skip", "truncate_left"):
         _fail("generation.overlength", f"must be error, skip or truncate_left, got {generation.overlength!r}")
     _token_ids("generation.stop_ids", generation.stop_ids, vocab, non_empty=True)
@@ -209,11 +234,16 @@ def _check_data(data: DictConfig) -> None:
     if not buckets or any(b <= 0 for b in buckets):
         _fail("data.length_buckets", f"must be a non-empty list of positive lengths, got {buckets}")
     if buckets != sorted(set(buckets)) or buckets[-1] < data.max_length:
-        _fail("data.length_buckets", f"must be strictly ascending and end at >= data.max_length ({data.max_length}), "
-              f"got {buckets}")
+        _fail(
+            "data.length_buckets",
+            f"must be strictly ascending and end at >= data.max_length ({data.max_length}), got {buckets}",
+        )
     if data.pack_length is not None and not data.max_length <= data.pack_length <= buckets[-1]:
-        _fail("data.pack_length", f"must be null (no packing) or between data.max_length ({data.max_length}) and the "
-              f"largest of data.length_buckets ({buckets[-1]}), got {data.pack_length}")
+        _fail(
+            "data.pack_length",
+            f"must be null (no packing) or between data.max_length ({data.max_length}) and the "
+            f"largest of data.length_buckets ({buckets[-1]}), got {data.pack_length}",
+        )
 
 
 def _check_mesh(tpu: DictConfig) -> None:
@@ -252,19 +282,33 @@ def _check_hosts(tpu: DictConfig, train_batch_size: int) -> None:
         _fail("train.batch_size", f"must divide evenly over {tpu.num_hosts} hosts")
 
 
-_LOSS_AGG_MODES = ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-scale",
-                   "seq-mean-token-sum", "sequence-mean-token-sum-norm")  # tunix's aggregate_loss modes
+_LOSS_AGG_MODES = (
+    "token-mean",
+    "sequence-mean-token-mean",
+    "sequence-mean-token-scale",
+    "seq-mean-token-sum",
+    "sequence-mean-token-sum-norm",
+)  # tunix's aggregate_loss modes
 _GRPO_CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 
 
 def _check_grpo(grpo: DictConfig) -> None:
     """grpo.* (stage 5)."""
-    for key in ("num_generations", "prompts_per_step", "num_iterations", "max_prompt_len", "max_new_tokens",
-                "probe_size", "probe_every_steps"):
+    for key in (
+        "num_generations",
+        "prompts_per_step",
+        "num_iterations",
+        "max_prompt_len",
+        "max_new_tokens",
+        "probe_size",
+        "probe_every_steps",
+    ):
         _positive(f"grpo.{key}", grpo[key])
     if grpo.num_generations < 2:
-        _fail("grpo.num_generations",
-              f"must be >= 2 (a group's advantages compare its completions), got {grpo.num_generations}")
+        _fail(
+            "grpo.num_generations",
+            f"must be >= 2 (a group's advantages compare its completions), got {grpo.num_generations}",
+        )
     _positive("grpo.beta", grpo.beta, allow_zero=True)
     _positive("grpo.micro_batch_size", grpo.micro_batch_size, allow_zero=True)
     _positive("grpo.samples_to_log", grpo.samples_to_log, allow_zero=True)
@@ -281,8 +325,11 @@ def _check_grpo(grpo: DictConfig) -> None:
     _in_range("grpo.no_call_share", grpo.no_call_share, 0, 1)
     unknown = [c for c in grpo.categories if c not in _GRPO_CATEGORIES]
     if unknown or not grpo.categories:
-        _fail("grpo.categories", f"single-turn categories (simple, multiple, parallel, parallel_multiple, irrelevance), "
-                                 f"at least one; got {list(grpo.categories)}")
+        _fail(
+            "grpo.categories",
+            f"single-turn categories (simple, multiple, parallel, parallel_multiple, irrelevance), "
+            f"at least one; got {list(grpo.categories)}",
+        )
 
 
 def _check_reward(reward: DictConfig) -> None:
@@ -295,28 +342,37 @@ def _check_reward(reward: DictConfig) -> None:
 def _check_process_split(tpu: DictConfig, train_batch_size: int) -> None:
     """A distributed run feeds batch_size / num_processes rows per process."""
     if tpu.distributed and tpu.num_processes and int(train_batch_size) % int(tpu.num_processes):
-        _fail("train.batch_size", f"{train_batch_size} rows do not split over tpu.num_processes={tpu.num_processes} "
-                                  "processes (each feeds batch_size / num_processes rows)")
+        _fail(
+            "train.batch_size",
+            f"{train_batch_size} rows do not split over tpu.num_processes={tpu.num_processes} "
+            "processes (each feeds batch_size / num_processes rows)",
+        )
 
 
 def _check_pipeline(pipeline: DictConfig) -> None:
     """pipeline.* (only composed for the pipeline command)."""
     bad = [stage for stage in pipeline.recipe if stage not in TRAINING_STAGES]
     if bad or not pipeline.recipe:
-        _fail("pipeline.recipe", f"maps training stages ({', '.join(TRAINING_STAGES)}) to their overrides, "
-                                 f"at least one; got {list(pipeline.recipe)}")
+        _fail(
+            "pipeline.recipe",
+            f"maps training stages ({', '.join(TRAINING_STAGES)}) to their overrides, "
+            f"at least one; got {list(pipeline.recipe)}",
+        )
     for stage, overrides in [*pipeline.recipe.items(), ("common", pipeline.common)]:
         owned = [o for o in overrides if o.split("=")[0].lstrip("+~") in ("stage", "hydra.run.dir", "train.init_from")]
         if owned:
-            _fail(f"pipeline.{'common' if stage == 'common' else 'recipe.' + stage}",
-                  f"{owned}: the pipeline sets the stage, its directory and its start")
+            _fail(
+                f"pipeline.{'common' if stage == 'common' else 'recipe.' + stage}",
+                f"{owned}: the pipeline sets the stage, its directory and its start",
+            )
     if pipeline.stages is not None:
         order = list(pipeline.recipe)
         unknown = [s for s in pipeline.stages if s not in order]
         if unknown or not (pipeline.stages or pipeline.baseline):  # [] with the baseline: BFCL of the start only
             _fail("pipeline.stages", f"a slice of the recipe's stages {order}, got {list(pipeline.stages)}")
-        if len(set(pipeline.stages)) != len(pipeline.stages) \
-                or [s for s in order if s in pipeline.stages] != list(pipeline.stages):
+        if len(set(pipeline.stages)) != len(pipeline.stages) or [s for s in order if s in pipeline.stages] != list(
+            pipeline.stages
+        ):
             _fail("pipeline.stages", f"each stage once, in the recipe's order {order}; got {list(pipeline.stages)}")
     _positive("pipeline.eval_subset_per_category", pipeline.eval_subset_per_category, allow_none=True)
     if not pipeline.eval_categories:

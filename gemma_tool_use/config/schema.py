@@ -224,8 +224,13 @@ class TrainConfig:
 class EvalConfig:
     categories: list[str] = field(
         default_factory=lambda: [
-            "simple_python", "simple_java", "simple_javascript", "multiple",
-            "parallel", "parallel_multiple", "irrelevance",
+            "simple_python",
+            "simple_java",
+            "simple_javascript",
+            "multiple",
+            "parallel",
+            "parallel_multiple",
+            "irrelevance",
         ]
     )
     limit: Optional[int] = None
@@ -253,8 +258,9 @@ class GenerationConfig:
     # Prompts are left-padded to the smallest of these lengths that fits (one compiled program
     # per batch x bucket). Steps of 128 up to 1024: BFCL's median prompt is ~300 tokens, and the
     # old power-of-two buckets padded 257-512-token prompts to 512 (experiments/decode_step).
-    prompt_buckets: list[int] = field(default_factory=lambda: [128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192,
-                                                               16384])
+    prompt_buckets: list[int] = field(
+        default_factory=lambda: [128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192, 16384]
+    )
     # Continuous batching: finished rows are refilled with waiting prompts. Off by default until
     # it measures faster: on a 200-entry BFCL slice it ran 0.96x of static batches (compiles of
     # the refill shapes vs few runaway rows; experiments/eval_refill_ab), same verdicts.
@@ -315,8 +321,9 @@ class GrpoConfig:
     max_new_tokens: int = 96
     # Prompts whose gold answer is "no call" (no offered tool fits): their share of each step.
     no_call_share: float = 0.3
-    categories: list[str] = field(default_factory=lambda: ["simple", "multiple", "parallel", "parallel_multiple",
-                                                           "irrelevance"])
+    categories: list[str] = field(
+        default_factory=lambda: ["simple", "multiple", "parallel", "parallel_multiple", "irrelevance"]
+    )
     probe_size: int = 32  # held-out-tool rows scored greedily every probe_every_steps (and at 0 and the end)
     probe_every_steps: int = 10
     samples_to_log: int = 4  # completions per step written to samples.jsonl / the W&B table
@@ -355,8 +362,17 @@ class PipelineConfig:
     # The start of the first stage: a stage dir, run dir, checkpoint or portable adapter dir.
     resume_from: Optional[str] = None
     baseline: bool = True  # BFCL of the start before the first stage
-    eval_categories: list[str] = field(default_factory=lambda: [
-        "simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple", "irrelevance"])
+    eval_categories: list[str] = field(
+        default_factory=lambda: [
+            "simple_python",
+            "simple_java",
+            "simple_javascript",
+            "multiple",
+            "parallel",
+            "parallel_multiple",
+            "irrelevance",
+        ]
+    )
     # Per-stage BFCL on a fixed stratified subset (entries per category); null = full categories.
     eval_subset_per_category: Optional[int] = None
     final_full_eval: bool = False  # full-category BFCL of the final model (when the stages used a subset)

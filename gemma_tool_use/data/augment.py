@@ -56,10 +56,12 @@ def make_irrelevant(row: dict, rng: random.Random) -> dict | None:
 _GENERIC_NAME_WORDS = frozenset(
     "get set calculate calc find search check create update delete list fetch generate retrieve analyze analyse "
     "compute convert track manage add remove send book plan predict estimate evaluate monitor validate query "
-    "lookup info data details information the for and from with by api tool".split())
+    "lookup info data details information the for and from with by api tool".split()
+)
 _STOP_WORDS = frozenset(
     "the a an of to for and or in on at by with from given into this that these those is are be it its as "
-    "specified provided based using use user their your which what".split())
+    "specified provided based using use user their your which what".split()
+)
 
 
 def _name_words(name: str) -> set[str]:
@@ -84,8 +86,15 @@ class NearMissIndex:
             for w in ws:
                 self.by_word.setdefault(w, []).append(i)
 
-    def near_misses(self, tools: list[dict], exclude: set[str], k: int, rng: random.Random,
-                    max_similarity: float = 0.35, skip: int = 2) -> list[dict]:
+    def near_misses(
+        self,
+        tools: list[dict],
+        exclude: set[str],
+        k: int,
+        rng: random.Random,
+        max_similarity: float = 0.35,
+        skip: int = 2,
+    ) -> list[dict]:
         """Up to k pool tools that share description words with `tools` (same domain) but no
         specific name word, and are not near-copies (word Jaccard < max_similarity): tools that
         look relevant and cannot do what these tools do. Drawn from the 4k closest after the
@@ -103,7 +112,7 @@ class NearMissIndex:
             if t["name"] in exclude or jaccard >= max_similarity or _name_words(t["name"]) & names:
                 continue
             scored.append((-jaccard, t["name"], i))
-        closest = [i for _, _, i in sorted(scored)[skip:skip + 4 * k]]
+        closest = [i for _, _, i in sorted(scored)[skip : skip + 4 * k]]
         return [copy.deepcopy(self.pool[i]) for i in rng.sample(closest, min(k, len(closest)))]
 
 
@@ -173,11 +182,17 @@ def join_parallel(a: dict, b: dict, rng: random.Random) -> dict | None:
     qb = next(m for m in b["messages"] if m["role"] == "user")["content"].strip()
     tools = copy.deepcopy(a["tools"] + b["tools"])
     rng.shuffle(tools)
-    out = {"tools": tools, "messages": [
-        {"role": "user", "content": qa + rng.choice(JOINERS) + qb},
-        {"role": "assistant", "content": "", "tool_calls": copy.deepcopy(ca + cb)}],
-        "meta": {"source": f"{a.get('meta', {}).get('source')}+{b.get('meta', {}).get('source')}",
-                 "row": f"{a.get('meta', {}).get('row')}+{b.get('meta', {}).get('row')}"}}
+    out = {
+        "tools": tools,
+        "messages": [
+            {"role": "user", "content": qa + rng.choice(JOINERS) + qb},
+            {"role": "assistant", "content": "", "tool_calls": copy.deepcopy(ca + cb)},
+        ],
+        "meta": {
+            "source": f"{a.get('meta', {}).get('source')}+{b.get('meta', {}).get('source')}",
+            "row": f"{a.get('meta', {}).get('row')}+{b.get('meta', {}).get('row')}",
+        },
+    }
     return _tag(out, "join_parallel")
 
 
@@ -221,8 +236,9 @@ def _procedural_args(tool: dict, rng: random.Random) -> tuple[dict, str] | None:
     args = {p: sample_value(props[p], rng) for p in chosen}
     if validate_args(args, params):
         return None
-    details = ", ".join(f"{p.replace('_', ' ')} {repr(v) if isinstance(v, (dict, list)) else v}"
-                        for p, v in args.items())
+    details = ", ".join(
+        f"{p.replace('_', ' ')} {repr(v) if isinstance(v, (dict, list)) else v}" for p, v in args.items()
+    )
     return args, details
 
 
@@ -250,10 +266,18 @@ def procedural_row(tool: dict, rng: random.Random, pool: list[dict] | None = Non
     d = _task_phrase(tool)
     w = f" with {details}" if details else ""
     query = rng.choice(templates).format(d=d, D=d[0].upper() + d[1:], w=w)
-    messages = [{"role": "user", "content": query},
-                {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": args}]}]
-    return _tag({"tools": _with_distractors(tool, rng, pool), "messages": messages,
-                 "meta": {"source": "procedural", "row": tool["name"]}}, "procedural")
+    messages = [
+        {"role": "user", "content": query},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": args}]},
+    ]
+    return _tag(
+        {
+            "tools": _with_distractors(tool, rng, pool),
+            "messages": messages,
+            "meta": {"source": "procedural", "row": tool["name"]},
+        },
+        "procedural",
+    )
 
 
 def procedural_parallel_row(tool: dict, rng: random.Random, pool: list[dict] | None = None) -> dict | None:
@@ -277,15 +301,27 @@ def procedural_parallel_row(tool: dict, rng: random.Random, pool: list[dict] | N
     if style == 0:
         query = f"Please {d} for each of these: " + "; ".join(f"({i + 1}) {x}" for i, x in enumerate(items)) + "."
     elif style == 1:
-        query = f"Can you {d} with {items[0]}" + "".join(rng.choice((", and also with ", ", then with ", "; and with "))
-                                                         + x for x in items[1:]) + "?"
+        query = (
+            f"Can you {d} with {items[0]}"
+            + "".join(rng.choice((", and also with ", ", then with ", "; and with ")) + x for x in items[1:])
+            + "?"
+        )
     else:
-        query = f"I need to {d} with {items[0]}." + "".join(rng.choice((" Do the same with ", " Also with ", " And with "))
-                                                           + x + "." for x in items[1:])
-    messages = [{"role": "user", "content": query},
-                {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": a} for a, _ in calls]}]
-    return _tag({"tools": _with_distractors(tool, rng, pool), "messages": messages,
-                 "meta": {"source": "procedural", "row": tool["name"]}}, "procedural_parallel")
+        query = f"I need to {d} with {items[0]}." + "".join(
+            rng.choice((" Do the same with ", " Also with ", " And with ")) + x + "." for x in items[1:]
+        )
+    messages = [
+        {"role": "user", "content": query},
+        {"role": "assistant", "content": "", "tool_calls": [{"name": tool["name"], "args": a} for a, _ in calls]},
+    ]
+    return _tag(
+        {
+            "tools": _with_distractors(tool, rng, pool),
+            "messages": messages,
+            "meta": {"source": "procedural", "row": tool["name"]},
+        },
+        "procedural_parallel",
+    )
 
 
 # ------------------------------------------------------------------------------ applying ratios
@@ -321,5 +357,8 @@ def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None 
         index = NearMissIndex(pool)
         add("near_miss", [make_near_miss(r, index, rng) for r in pick(rows, n_of("near_miss"))])
     if n_of("procedural_parallel"):
-        add("procedural_parallel", [procedural_parallel_row(t, rng, pool) for t in pick(pool, n_of("procedural_parallel"))])
+        add(
+            "procedural_parallel",
+            [procedural_parallel_row(t, rng, pool) for t in pick(pool, n_of("procedural_parallel"))],
+        )
     return out, counts

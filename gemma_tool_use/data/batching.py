@@ -43,8 +43,14 @@ class TokenizedSet:
     kept: list[int] = field(default_factory=list)  # index of each example's row in the input
 
 
-def tokenize_conversations(convs: list[dict], tokenizer: GemmaTokenizer, *, max_length: int,
-                           overlength: str = "drop", system_prompt: str | None = None) -> TokenizedSet:
+def tokenize_conversations(
+    convs: list[dict],
+    tokenizer: GemmaTokenizer,
+    *,
+    max_length: int,
+    overlength: str = "drop",
+    system_prompt: str | None = None,
+) -> TokenizedSet:
     out = TokenizedSet([])
     prompt = system_prompt if system_prompt is not None else DEFAULT_TOOL_SYSTEM_PROMPT
     for i, conv in enumerate(convs):
@@ -80,8 +86,9 @@ def loss_slots_per_row(n_targets: int, rows: int) -> int:
     return 3 * k // 4 if k >= 4 and 3 * k // 4 >= need else k
 
 
-def collate(examples: list[RenderedConversation], length_buckets, *, per_row_slots: bool = False
-            ) -> dict[str, np.ndarray]:
+def collate(
+    examples: list[RenderedConversation], length_buckets, *, per_row_slots: bool = False
+) -> dict[str, np.ndarray]:
     """Right-padded batch with gathered loss targets.
 
     Slot (b, j) holds the token at target_positions[b, j] + 1 of row target_rows[b, j], predicted
@@ -94,8 +101,9 @@ def collate(examples: list[RenderedConversation], length_buckets, *, per_row_slo
     return batch
 
 
-def collate_packed(rows: list[list[RenderedConversation]], length_buckets, *, per_row_slots: bool = False
-                   ) -> dict[str, np.ndarray]:
+def collate_packed(
+    rows: list[list[RenderedConversation]], length_buckets, *, per_row_slots: bool = False
+) -> dict[str, np.ndarray]:
     """`collate` for rows of one or more conversations laid end to end, plus input_segments [B, T]:
     1, 2, ... for the conversation each token belongs to, 0 for padding. A target never crosses
     a boundary: a conversation's last token predicts nothing."""
@@ -109,8 +117,8 @@ def collate_packed(rows: list[list[RenderedConversation]], length_buckets, *, pe
         start, row_pos, row_tgt = 0, [], []
         for s, e in enumerate(row, start=1):
             n = len(e)
-            tokens[b, start:start + n] = e.ids
-            segments[b, start:start + n] = s
+            tokens[b, start : start + n] = e.ids
+            segments[b, start : start + n] = s
             idx = np.nonzero(e.loss_mask[1:])[0]  # position p predicts token p + 1
             row_pos.append(start + idx)
             row_tgt.append(e.ids[idx + 1])
@@ -126,8 +134,12 @@ def collate_packed(rows: list[list[RenderedConversation]], length_buckets, *, pe
             slots[0][b, :n], slots[1][b, :n], slots[2][b, :n] = pos[b], tgt[b], 1.0
         return {**batch, "target_positions": slots[0], "target_ids": slots[1], "target_weights": slots[2]}
     n, K = sum(counts), loss_slots_per_row(sum(counts), B)
-    flat = {"target_rows": np.repeat(np.arange(B, dtype=np.int32), counts), "target_positions": np.concatenate(pos),
-            "target_ids": np.concatenate(tgt), "target_weights": np.ones(n, np.float32)}
+    flat = {
+        "target_rows": np.repeat(np.arange(B, dtype=np.int32), counts),
+        "target_positions": np.concatenate(pos),
+        "target_ids": np.concatenate(tgt),
+        "target_weights": np.ones(n, np.float32),
+    }
     return {**batch, **{key: np.pad(v, (0, B * K - n)).reshape(B, K) for key, v in flat.items()}}
 
 
@@ -163,11 +175,12 @@ def packed_batches(lengths, batch_size: int, pack_length: int, seed: int, epoch:
     bins = pack_rows(lengths, pack_length, seed, epoch)
     if len(bins) < batch_size:
         return [[bins[i % len(bins)] for i in range(batch_size)]]
-    return [bins[s:s + batch_size] for s in range(0, len(bins) - batch_size + 1, batch_size)]
+    return [bins[s : s + batch_size] for s in range(0, len(bins) - batch_size + 1, batch_size)]
 
 
-def length_grouped_batches(lengths, batch_size: int, seed: int, epoch: int,
-                           group_batches: int = 16) -> list[np.ndarray]:
+def length_grouped_batches(
+    lengths, batch_size: int, seed: int, epoch: int, group_batches: int = 16
+) -> list[np.ndarray]:
     """One epoch of shuffled batches whose rows have similar lengths.
 
     A random permutation is cut into windows of `group_batches` batches; each window is
@@ -201,12 +214,19 @@ def process_rows(batch: dict, process_index: int, process_count: int) -> dict:
     if rows % process_count:
         raise ValueError(f"batch of {rows} rows does not split over {process_count} processes")
     k = rows // process_count
-    return {key: v[process_index * k:(process_index + 1) * k] for key, v in batch.items()}
+    return {key: v[process_index * k : (process_index + 1) * k] for key, v in batch.items()}
 
 
-def train_batches(data: TokenizedSet, batch_size: int, length_buckets, seed: int,
-                  group_batches: int = 16, process_index: int = 0, process_count: int = 1,
-                  pack_length: int | None = None) -> Iterator[dict]:
+def train_batches(
+    data: TokenizedSet,
+    batch_size: int,
+    length_buckets,
+    seed: int,
+    group_batches: int = 16,
+    process_index: int = 0,
+    process_count: int = 1,
+    pack_length: int | None = None,
+) -> Iterator[dict]:
     """Endless stream of `length_grouped_batches` epochs (`group_batches=1`: plain random batches).
     Each epoch drops the ragged tail of every window; a set smaller than one batch repeats rows.
     `batch_size` is the global batch; with several processes each yields its rows (process_rows).
@@ -222,13 +242,18 @@ def train_batches(data: TokenizedSet, batch_size: int, length_buckets, seed: int
             yield process_rows(collate([data.examples[i] for i in idx], length_buckets), process_index, process_count)
 
 
-def eval_batches(data: TokenizedSet, batch_size: int, length_buckets, max_batches: int,
-                 process_index: int = 0, process_count: int = 1) -> list[dict]:
+def eval_batches(
+    data: TokenizedSet,
+    batch_size: int,
+    length_buckets,
+    max_batches: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[dict]:
     """Fixed validation batches (first rows, in order), so every evaluation sees the same data
     (this process's rows of each, as train_batches)."""
     ex = data.examples
     if len(ex) < batch_size:
         ex = [ex[i % len(ex)] for i in range(batch_size)]
-    batches = [collate(ex[s : s + batch_size], length_buckets)
-               for s in range(0, len(ex) - batch_size + 1, batch_size)]
+    batches = [collate(ex[s : s + batch_size], length_buckets) for s in range(0, len(ex) - batch_size + 1, batch_size)]
     return [process_rows(b, process_index, process_count) for b in batches[:max_batches]]

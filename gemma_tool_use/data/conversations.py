@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemma_tool_use.format.render import FormatError, validate_conversation
+from gemma_tool_use.utils.errors import UserError
 from gemma_tool_use.utils.files import iter_jsonl
 from gemma_tool_use.utils.paths import RESOURCES_DIR
-from gemma_tool_use.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ def resolve_data_file(name: str) -> Path:
     raise DataError(f"data file not found: {name} (looked in: {', '.join(str(c) for c in candidates)})")
 
 
-def load_jsonl_conversations(path: str | Path, *, strict: bool = False,
-                             report: LoadReport | None = None) -> list[dict]:
+def load_jsonl_conversations(path: str | Path, *, strict: bool = False, report: LoadReport | None = None) -> list[dict]:
     path = resolve_data_file(str(path))
     report = report if report is not None else LoadReport()
     rows: list[dict] = []
@@ -63,6 +62,11 @@ def load_jsonl_conversations(path: str | Path, *, strict: bool = False,
             raise DataError(f"{path}:{lineno}: {error}")
         report.note(f"{path}:{lineno}", reason, error)
     if report.dropped:
-        log.warning("%s: kept %d rows, dropped %s; e.g. %s", path, report.kept,
-                    dict(report.dropped), "; ".join(report.examples[:3]))
+        log.warning(
+            "%s: kept %d rows, dropped %s; e.g. %s",
+            path,
+            report.kept,
+            dict(report.dropped),
+            "; ".join(report.examples[:3]),
+        )
     return rows

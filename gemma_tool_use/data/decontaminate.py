@@ -25,10 +25,23 @@ DESC_NGRAM = 5
 MIN_DESC_WORDS = 5
 
 BFCL_CATEGORIES = (
-    "simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple",
-    "irrelevance", "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple",
-    "live_irrelevance", "live_relevance", "multi_turn_base", "multi_turn_miss_func",
-    "multi_turn_miss_param", "multi_turn_long_context",
+    "simple_python",
+    "simple_java",
+    "simple_javascript",
+    "multiple",
+    "parallel",
+    "parallel_multiple",
+    "irrelevance",
+    "live_simple",
+    "live_multiple",
+    "live_parallel",
+    "live_parallel_multiple",
+    "live_irrelevance",
+    "live_relevance",
+    "multi_turn_base",
+    "multi_turn_miss_func",
+    "multi_turn_miss_param",
+    "multi_turn_long_context",
 )
 
 
@@ -58,8 +71,12 @@ def bfcl_index() -> BfclIndex:
     for category in BFCL_CATEGORIES:
         for entry in bfcl.load_entries(category, hints=False):
             index.n_entries += 1
-            for norm in (normalize(m.get("content", "")) for turn in entry.get("question", []) for m in turn
-                         if m.get("role") == "user"):
+            for norm in (
+                normalize(m.get("content", ""))
+                for turn in entry.get("question", [])
+                for m in turn
+                if m.get("role") == "user"
+            ):
                 if norm:
                     index.queries.add(norm)
                     index.query_ngrams |= ngrams(norm.split(), QUERY_NGRAM)

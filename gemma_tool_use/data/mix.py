@@ -58,18 +58,26 @@ class MixCard:
 
         lines = [f"# Data card: {self.name}", ""]
         for step, s in self.steps.items():
-            lines += [f"## {step}: {s['rows']} rows", f"by source: {counts(s['by_source'])}",
-                      f"by category: {counts(s['by_category'])}"]
+            lines += [
+                f"## {step}: {s['rows']} rows",
+                f"by source: {counts(s['by_source'])}",
+                f"by category: {counts(s['by_category'])}",
+            ]
             lines += [f"dropped: {counts(self.dropped[step])}"] if self.dropped.get(step) else []
             lines.append("")
         if self.augmentations:
             lines.append(f"augmentations added: {counts(self.augmentations)}")
         lines += [f"no-call share ({split}): {share:.1%}" for split, share in self.no_call_share.items()]
         for split, hist in self.token_lengths.items():
-            lines.append(f"token lengths ({split}): " + ", ".join(
-                f"{k if k.startswith('>') else '<=' + k}: {v}" for k, v in hist.items()))
-        lines += [f"dropped at {step}: {counts(self.dropped[step])}"
-                  for step in ("tokenize_train", "tokenize_val") if self.dropped.get(step)]
+            lines.append(
+                f"token lengths ({split}): "
+                + ", ".join(f"{k if k.startswith('>') else '<=' + k}: {v}" for k, v in hist.items())
+            )
+        lines += [
+            f"dropped at {step}: {counts(self.dropped[step])}"
+            for step in ("tokenize_train", "tokenize_val")
+            if self.dropped.get(step)
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -112,8 +120,9 @@ def tool_pool(names, root: Path, strict: bool) -> list[dict]:
     pool = []
     for name in names:
         if name not in ("seal_tools/tool.jsonl", "toolalpaca/public_apis.json"):
-            raise DataError(f"data.tool_pools: unknown pool {name!r} "
-                            "(seal_tools/tool.jsonl, toolalpaca/public_apis.json)")
+            raise DataError(
+                f"data.tool_pools: unknown pool {name!r} (seal_tools/tool.jsonl, toolalpaca/public_apis.json)"
+            )
         fetch.ensure_files(root, [name])
         if name == "seal_tools/tool.jsonl":
             pool += list(seal_tools.catalog(root / name, strict).values())
@@ -121,8 +130,13 @@ def tool_pool(names, root: Path, strict: bool) -> list[dict]:
         for e in json.loads((root / name).read_text())["entries"]:
             fname = "_".join(re.findall(r"[A-Za-z0-9]+", e["API"])).lower()
             if fname:
-                pool.append({"name": fname, "description": f"{e['Description']} ({e['Category']} API).",
-                             "parameters": {"type": "object", "properties": {}}})
+                pool.append(
+                    {
+                        "name": fname,
+                        "description": f"{e['Description']} ({e['Category']} API).",
+                        "parameters": {"type": "object", "properties": {}},
+                    }
+                )
     return pool
 
 
@@ -150,8 +164,12 @@ def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
     pool = tool_pool(list(data_cfg.tool_pools), root, bool(data_cfg.strict)) if data_cfg.tool_pools else None
     if pool:  # procedural rows and distractors must not bring back BFCL tools, nor validation tools
         held = {t["name"] for r in val for t in r["tools"]}
-        pool = [t for t in pool if t["name"] not in held and not (
-            data_cfg.decontaminate and contamination_reason({"tools": [t], "messages": []}))]
+        pool = [
+            t
+            for t in pool
+            if t["name"] not in held
+            and not (data_cfg.decontaminate and contamination_reason({"tools": [t], "messages": []}))
+        ]
     train, card.augmentations = augment_rows(train, dict(data_cfg.augment), seed, tool_pool=pool)
     cap = data_cfg.max_rows_per_category
     if cap:
@@ -180,6 +198,14 @@ def mix_fingerprint(data_cfg, seed: int, tokenizer_source: str) -> str:
 
     # version 2: cached cards carry the train_tokenized step; 3: one data-source framework (data/sources),
     # one refusal text, jsonschema argument checks
-    blob = json.dumps({"data": OmegaConf.to_container(data_cfg, resolve=True), "seed": seed,
-                       "tokenizer": tokenizer_source, "version": 3}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "data": OmegaConf.to_container(data_cfg, resolve=True),
+            "seed": seed,
+            "tokenizer": tokenizer_source,
+            "version": 3,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -32,14 +32,21 @@ LENGTH_EDGES = (128, 256, 512, 1024, 2048, 4096)
 def length_histogram(ts: TokenizedSet) -> dict[str, int]:
     """Rows per token-length bin: "128" counts lengths up to 128, "256" those in (128, 256], ..."""
     counts = Counter(bisect.bisect_left(LENGTH_EDGES, len(e)) for e in ts.examples)
-    return {**{str(edge): counts[i] for i, edge in enumerate(LENGTH_EDGES)},
-            f">{LENGTH_EDGES[-1]}": counts[len(LENGTH_EDGES)]}
+    return {
+        **{str(edge): counts[i] for i, edge in enumerate(LENGTH_EDGES)},
+        f">{LENGTH_EDGES[-1]}": counts[len(LENGTH_EDGES)],
+    }
 
 
 def _save(path: Path, ts: TokenizedSet) -> None:
     ex = ts.examples
-    np.savez(path, ids=np.concatenate([e.ids for e in ex]), mask=np.concatenate([e.loss_mask for e in ex]),
-             lengths=np.asarray([len(e) for e in ex], np.int64), dropped=json.dumps(dict(ts.dropped)))
+    np.savez(
+        path,
+        ids=np.concatenate([e.ids for e in ex]),
+        mask=np.concatenate([e.loss_mask for e in ex]),
+        lengths=np.asarray([len(e) for e in ex], np.int64),
+        dropped=json.dumps(dict(ts.dropped)),
+    )
 
 
 def _load(path: Path) -> TokenizedSet:
@@ -69,15 +76,15 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
     prompt = d.system_prompt if d.system_prompt is not None else DEFAULT_TOOL_SYSTEM_PROMPT
 
     def tokenize(convs):
-        return tokenize_conversations(convs, tokenizer, max_length=d.max_length, overlength=d.overlength,
-                                      system_prompt=prompt)
+        return tokenize_conversations(
+            convs, tokenizer, max_length=d.max_length, overlength=d.overlength, system_prompt=prompt
+        )
 
     def tokenize_files(files):
         return tokenize([r for f in files for r in load_jsonl_conversations(f, strict=d.strict)])
 
     if not d.sources:
         return tokenize_files(d.train_files), tokenize_files(d.val_files) if d.val_files else None, None
-
 
     key = mix_fingerprint(d, int(cfg.seed), tokenizer.source + f"|{d.max_length}|{d.overlength}|{prompt}")
     cache = cache_root() / "mixes" / f"{d.name}-{key}"
@@ -87,8 +94,11 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
             cached = _load_cache(cache)
             log.info("data mix %s: loaded tokenized cache %s", d.name, cache)
         except Exception as e:  # noqa: BLE001 - any damage means: build it again, never crash on a cache
-            log.warning("data mix cache %s is corrupt (%s): rebuilding it", cache,
-                        (str(e).splitlines() or [type(e).__name__])[0][:200])
+            log.warning(
+                "data mix cache %s is corrupt (%s): rebuilding it",
+                cache,
+                (str(e).splitlines() or [type(e).__name__])[0][:200],
+            )
     if cached is not None:
         train, val, card = cached
     else:

@@ -23,8 +23,10 @@ CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevanc
 
 # The one plain-text answer the data teaches for "no tool fits" (Hammer's "[]", xLAM irrelevance,
 # the irrelevance augmentation): it states the decision first, then covers both reasons to abstain.
-REFUSAL = ("I can't do this with a tool call: none of the available tools fits the request, "
-           "or the request lacks a required parameter.")
+REFUSAL = (
+    "I can't do this with a tool call: none of the available tools fits the request, "
+    "or the request lacks a required parameter."
+)
 
 
 def classify(conv: dict) -> str:
@@ -39,9 +41,10 @@ def classify(conv: dict) -> str:
     first_model = next((i for i, r in enumerate(roles) if r == "assistant"), None)
     if first_model is None:
         return "chat"
-    after_tool = msgs[roles.index("tool"):] if "tool" in roles else []
+    after_tool = msgs[roles.index("tool") :] if "tool" in roles else []
     if any(m.get("tool_calls") for m in after_tool) or (
-            "user" in roles[first_model + 1:] and roles.count("assistant") > 1):
+        "user" in roles[first_model + 1 :] and roles.count("assistant") > 1
+    ):
         return "multi_turn"
     calls = msgs[first_model].get("tool_calls") or []
     if not calls:
@@ -53,9 +56,14 @@ def classify(conv: dict) -> str:
 
 _JSON_TYPES = {"string", "integer", "number", "boolean", "array", "object", "null"}
 # JSON Schema calls 1.0 an integer; BFCL's checker (and Python) do not.
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=(
-    jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))))
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=(
+        jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+            "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
+        )
+    ),
+)
 
 
 def _checked(spec: dict) -> dict:
@@ -72,8 +80,12 @@ def validate_args(args: dict, params: dict) -> list[str]:
     """Problems of `args` against a tool's JSON Schema parameters: missing required ones, unknown
     names (when the tool lists its parameters), and each value's type and enum."""
     props = params.get("properties") or {}
-    schema = {"type": "object", "required": list(params.get("required") or []), "additionalProperties": not props,
-              "properties": {k: _checked(v) for k, v in props.items() if isinstance(v, dict)}}
+    schema = {
+        "type": "object",
+        "required": list(params.get("required") or []),
+        "additionalProperties": not props,
+        "properties": {k: _checked(v) for k, v in props.items() if isinstance(v, dict)},
+    }
     return [f"{'/'.join(map(str, e.path)) or 'args'}: {e.message}" for e in _Validator(schema).iter_errors(args)]
 
 
@@ -123,8 +135,9 @@ def repair_call_args(tools: list, messages: list) -> tuple[int, list[str]]:
     return repaired, problems
 
 
-def make_row(tools: list, messages: list, *, source: str, row_id, report: LoadReport, strict: bool = False,
-             where: str = "") -> dict | None:
+def make_row(
+    tools: list, messages: list, *, source: str, row_id, report: LoadReport, strict: bool = False, where: str = ""
+) -> dict | None:
     """Build, validate and tag one canonical row; None (noted in report) if it is unusable."""
     conv, at = {"tools": tools or [], "messages": messages}, f"{where or source}:{row_id}"
     try:

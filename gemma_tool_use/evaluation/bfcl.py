@@ -29,10 +29,15 @@ NON_LIVE_AST = ("simple_python", "simple_java", "simple_javascript", "multiple",
 LIVE_AST = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
 RELEVANCE = ("irrelevance", "live_irrelevance", "live_relevance")
 MULTI_TURN = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
-NOT_RUN = {"web_search": "needs internet access", "memory": "needs hub-hosted embedding models",
-           "web_search_base": "needs internet access", "web_search_no_snippet": "needs internet access",
-           "memory_kv": "needs hub-hosted embedding models", "memory_vector": "needs hub-hosted embedding models",
-           "memory_rec_sum": "needs hub-hosted embedding models"}
+NOT_RUN = {
+    "web_search": "needs internet access",
+    "memory": "needs hub-hosted embedding models",
+    "web_search_base": "needs internet access",
+    "web_search_no_snippet": "needs internet access",
+    "memory_kv": "needs hub-hosted embedding models",
+    "memory_vector": "needs hub-hosted embedding models",
+    "memory_rec_sum": "needs hub-hosted embedding models",
+}
 SINGLE_TURN = NON_LIVE_AST + LIVE_AST + RELEVANCE
 DEFAULT_CATEGORIES = NON_LIVE_AST + ("irrelevance",)
 
@@ -78,9 +83,19 @@ def handler():
         from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING, ModelConfig
 
         cls = _handler_class()
-        MODEL_CONFIG_MAPPING.setdefault(MODEL_NAME, ModelConfig(
-            model_name=MODEL_NAME, display_name="Gemma 3 270M (gemma_tool_use)", url="", org="gemma_tool_use",
-            license="gemma", model_handler=cls, is_fc_model=True, underscore_to_dot=False))
+        MODEL_CONFIG_MAPPING.setdefault(
+            MODEL_NAME,
+            ModelConfig(
+                model_name=MODEL_NAME,
+                display_name="Gemma 3 270M (gemma_tool_use)",
+                url="",
+                org="gemma_tool_use",
+                license="gemma",
+                model_handler=cls,
+                is_fc_model=True,
+                underscore_to_dot=False,
+            ),
+        )
         _HANDLER = cls(model_name=MODEL_NAME, temperature=0.0, registry_name=MODEL_NAME, is_fc_model=True)
     return _HANDLER
 
@@ -155,13 +170,26 @@ def score_entry(category: str, entry: dict, raw_text: str, answer) -> dict:
         out = eval_runner._evaluate_single_relevance_entry(h, entry["id"], raw_text, entry, MODEL_NAME, category)
     else:
         language, fmt = language_of(category)
-        out = eval_runner._evaluate_single_ast_entry(h, entry["id"], raw_text, answer, entry, MODEL_NAME, category,
-                                                     language=language, return_format=fmt, has_tool_call_tag=False)
+        out = eval_runner._evaluate_single_ast_entry(
+            h,
+            entry["id"],
+            raw_text,
+            answer,
+            entry,
+            MODEL_NAME,
+            category,
+            language=language,
+            return_format=fmt,
+            has_tool_call_tag=False,
+        )
     error = out.get("error")
     if isinstance(error, dict):
         error = error.get("error_message")
-    return {"valid": bool(out["valid"]), "error_type": out.get("error_type"),
-            "error": error if error is None or isinstance(error, (list, str)) else str(error)}
+    return {
+        "valid": bool(out["valid"]),
+        "error_type": out.get("error_type"),
+        "error": error if error is None or isinstance(error, (list, str)) else str(error),
+    }
 
 
 # ------------------------------------------------------------------------------ aggregates
@@ -215,17 +243,65 @@ def aggregate(per_category: dict[str, dict]) -> dict:
 # Published BFCL v4 numbers (leaderboard 2025-12-16, FC mode unless noted; FunctionGemma from its
 # model card, custom prompt), as collected in FIELD_NOTES; percentages.
 PUBLISHED_ANCHORS = {
-    "Qwen3-0.6B": {"non_live": 71.79, "simple_python": 86.50, "multiple": 86.0, "parallel": 67.5,
-                   "parallel_multiple": 69.5, "live": 56.62, "irrelevance": 82.5, "live_irrelevance": 79.2},
-    "Granite-4.0-350m": {"non_live": 67.92, "simple_python": 83.00, "multiple": 84.5, "parallel": 70.0,
-                         "parallel_multiple": 55.5, "live": 46.11, "irrelevance": 76.7, "live_irrelevance": 45.0},
-    "Hammer2.1-0.5b": {"non_live": 65.98, "simple_python": 83.25, "multiple": 81.0, "parallel": 69.0,
-                       "parallel_multiple": 51.5, "live": 54.63, "irrelevance": 85.0, "live_irrelevance": 76.6},
-    "Llama-3.2-1B": {"non_live": 38.38, "simple_python": 75.00, "multiple": 50.5, "parallel": 44.0,
-                     "parallel_multiple": 15.0, "live": 11.77, "irrelevance": 35.8, "live_irrelevance": 67.3},
-    "Gemma-3-1b-it (prompt)": {"non_live": 20.21, "simple_python": 64.00, "multiple": 36.0, "parallel": 0.0,
-                               "parallel_multiple": 1.5, "live": 11.84, "irrelevance": 7.1, "live_irrelevance": 59.3},
-    "FunctionGemma-270M (card)": {"multiple": 63.5, "parallel": 39.0, "parallel_multiple": 29.5,
-                                  "live_simple": 36.2, "live_multiple": 25.7, "live_parallel": 22.9,
-                                  "live_parallel_multiple": 20.8, "live_relevance": 61.1, "irrelevance": 73.7},
+    "Qwen3-0.6B": {
+        "non_live": 71.79,
+        "simple_python": 86.50,
+        "multiple": 86.0,
+        "parallel": 67.5,
+        "parallel_multiple": 69.5,
+        "live": 56.62,
+        "irrelevance": 82.5,
+        "live_irrelevance": 79.2,
+    },
+    "Granite-4.0-350m": {
+        "non_live": 67.92,
+        "simple_python": 83.00,
+        "multiple": 84.5,
+        "parallel": 70.0,
+        "parallel_multiple": 55.5,
+        "live": 46.11,
+        "irrelevance": 76.7,
+        "live_irrelevance": 45.0,
+    },
+    "Hammer2.1-0.5b": {
+        "non_live": 65.98,
+        "simple_python": 83.25,
+        "multiple": 81.0,
+        "parallel": 69.0,
+        "parallel_multiple": 51.5,
+        "live": 54.63,
+        "irrelevance": 85.0,
+        "live_irrelevance": 76.6,
+    },
+    "Llama-3.2-1B": {
+        "non_live": 38.38,
+        "simple_python": 75.00,
+        "multiple": 50.5,
+        "parallel": 44.0,
+        "parallel_multiple": 15.0,
+        "live": 11.77,
+        "irrelevance": 35.8,
+        "live_irrelevance": 67.3,
+    },
+    "Gemma-3-1b-it (prompt)": {
+        "non_live": 20.21,
+        "simple_python": 64.00,
+        "multiple": 36.0,
+        "parallel": 0.0,
+        "parallel_multiple": 1.5,
+        "live": 11.84,
+        "irrelevance": 7.1,
+        "live_irrelevance": 59.3,
+    },
+    "FunctionGemma-270M (card)": {
+        "multiple": 63.5,
+        "parallel": 39.0,
+        "parallel_multiple": 29.5,
+        "live_simple": 36.2,
+        "live_multiple": 25.7,
+        "live_parallel": 22.9,
+        "live_parallel_multiple": 20.8,
+        "live_relevance": 61.1,
+        "irrelevance": 73.7,
+    },
 }

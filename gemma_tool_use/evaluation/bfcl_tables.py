@@ -34,12 +34,14 @@ def output_behaviour(bfcl_dir: str | Path) -> dict | None:
         return None
     n = len(records)
     tokens = sorted(int(r.get("new_tokens") or 0) for r in records)
-    return {"entries": n,
-            "stopped": sum(r["stop_reason"] == "stop" for r in records) / n,
-            "length": sum(r["stop_reason"] == "length" for r in records) / n,
-            "with_call": sum(bool(r.get("decoded")) for r in records) / n,
-            "parse_error": sum(bool(r.get("parse_errors")) for r in records) / n,
-            "median_new_tokens": tokens[n // 2]}
+    return {
+        "entries": n,
+        "stopped": sum(r["stop_reason"] == "stop" for r in records) / n,
+        "length": sum(r["stop_reason"] == "length" for r in records) / n,
+        "with_call": sum(bool(r.get("decoded")) for r in records) / n,
+        "parse_error": sum(bool(r.get("parse_errors")) for r in records) / n,
+        "median_new_tokens": tokens[n // 2],
+    }
 
 
 def irrelevance_split(bfcl_dir: str | Path) -> dict | None:
@@ -53,13 +55,17 @@ def irrelevance_split(bfcl_dir: str | Path) -> dict | None:
     passed = [r for r in records if r.get("valid")]
     clean = sum(1 for r in passed if "<tool_call>" not in str(r.get("result", "")))
     n = len(records)
-    return {"entries": n, "passed": len(passed), "clean_abstentions": clean, "decode_failures": len(passed) - clean,
-            "clean_accuracy": clean / n if n else 0.0}
+    return {
+        "entries": n,
+        "passed": len(passed),
+        "clean_abstentions": clean,
+        "decode_failures": len(passed) - clean,
+        "clean_accuracy": clean / n if n else 0.0,
+    }
 
 
-def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
-    """Per-category BFCL accuracy of several runs side by side (`bfcl_compare.{md,json,png}`).
-    Categories missing from a run show as '-'; counts come from each summary.json."""
+def _load_summaries(summaries: dict[str, str | Path]) -> tuple[dict, dict]:
+    """({run: its summary.json}, {run: the dir holding it}); a run dir or the file itself."""
     loaded, dirs = {}, {}
     for name, path in summaries.items():
         p = Path(path)
@@ -68,7 +74,11 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
         if not p.is_file():
             raise FileNotFoundError(f"{name}: no BFCL summary.json at {path}")
         loaded[name], dirs[name] = json.loads(p.read_text()), p.parent
-    cats = list(dict.fromkeys(c for s in loaded.values() for c in s["categories"]))
+    return loaded, dirs
+
+
+def _category_rows(loaded: dict, cats: list[str]) -> tuple[list[list], dict]:
+    """One table row per category (accuracy and counts of each run), and the same as numbers."""
     rows, table = [], {}
     for c in cats:
         cells = []
@@ -77,31 +87,93 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
             table.setdefault(name, {})[c] = v and {k: v[k] for k in ("accuracy", "correct", "total_count")}
             cells.append("-" if v is None else f"{100 * v['accuracy']:.2f} ({v['correct']}/{v['total_count']})")
         rows.append([c, *cells])
-    agg_keys = list(dict.fromkeys(k for s in loaded.values() for k, v in s.get("aggregates", {}).items()
-                                  if isinstance(v, (int, float)) and not isinstance(v, bool)))
+    return rows, table
+
+
+def _aggregate_keys(loaded: dict) -> list[str]:
+    return list(
+        dict.fromkeys(
+            k
+            for s in loaded.values()
+            for k, v in s.get("aggregates", {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        )
+    )
+
+
+def _irrelevance_rows(splits: dict) -> list[list]:
+    """BFCL passes undecodable calls too: the clean share is what abstains."""
+    if not any(splits.values()):
+        return []
+    rows = []
+    for key, label in (
+        ("clean_abstentions", "irrelevance: clean abstentions (no call block)"),
+        ("decode_failures", "irrelevance: decode failures (passed)"),
+    ):
+        cells = (
+            "-" if not sp else f"{100 * sp[key] / sp['entries']:.2f} ({sp[key]}/{sp['entries']})"
+            for sp in splits.values()
+        )
+        rows.append([label, *cells])
+    return rows
+
+
+def _behaviour_table(behaviour: dict) -> list[str]:
+    """How each run's single-turn outputs end, as Markdown lines (none when no run has outputs)."""
+    if not any(behaviour.values()):
+        return []
+    headers = [
+        "run",
+        "entries",
+        "stopped at <end_of_turn>/<eos>",
+        "hit max_new_tokens",
+        ">= 1 decoded call",
+        "parse errors",
+        "median new tokens",
+    ]
+    rows = [
+        [
+            name,
+            b["entries"],
+            f"{format_pct(b['stopped'], 1)}%",
+            f"{format_pct(b['length'], 1)}%",
+            f"{format_pct(b['with_call'], 1)}%",
+            f"{format_pct(b['parse_error'], 1)}%",
+            b["median_new_tokens"],
+        ]
+        for name, b in behaviour.items()
+        if b
+    ]
+    return ["", "How the outputs end (single-turn entries, from `bfcl/*.jsonl`):", "", markdown_table(headers, rows)]
+
+
+def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
+    """Per-category BFCL accuracy of several runs side by side (`bfcl_compare.{md,json,png}`).
+    Categories missing from a run show as '-'; counts come from each summary.json."""
+    loaded, dirs = _load_summaries(summaries)
+    cats = list(dict.fromkeys(c for s in loaded.values() for c in s["categories"]))
+    rows, table = _category_rows(loaded, cats)
+    agg_keys = _aggregate_keys(loaded)
     rows += [[f"**{k}**", *(format_pct(s.get("aggregates", {}).get(k)) for s in loaded.values())] for k in agg_keys]
     splits = {name: irrelevance_split(dirs[name] / "bfcl") for name in loaded}
-    if any(splits.values()):  # BFCL passes undecodable calls too: the clean share is what abstains
-        for key, label in (("clean_abstentions", "irrelevance: clean abstentions (no call block)"),
-                           ("decode_failures", "irrelevance: decode failures (passed)")):
-            rows.append([label, *("-" if not sp else f"{100 * sp[key] / sp['entries']:.2f} ({sp[key]}/{sp['entries']})"
-                                  for sp in splits.values())])
-    lines = [markdown_table(["category", *loaded], rows)]
+    rows += _irrelevance_rows(splits)
     behaviour = {name: output_behaviour(dirs[name] / "bfcl") for name in loaded}
-    if any(behaviour.values()):
-        lines += ["", "How the outputs end (single-turn entries, from `bfcl/*.jsonl`):", "",
-                  markdown_table(["run", "entries", "stopped at <end_of_turn>/<eos>", "hit max_new_tokens",
-                                  ">= 1 decoded call", "parse errors", "median new tokens"],
-                                 [[name, b["entries"], f"{format_pct(b['stopped'], 1)}%", f"{format_pct(b['length'], 1)}%",
-                                   f"{format_pct(b['with_call'], 1)}%", f"{format_pct(b['parse_error'], 1)}%",
-                                   b["median_new_tokens"]] for name, b in behaviour.items() if b])]
+    lines = [markdown_table(["category", *loaded], rows), *_behaviour_table(behaviour)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bfcl_compare.md").write_text("\n".join(lines) + "\n")
-    result = {"runs": {n: {"commit": s.get("commit"), "categories": table[n],
-                           "aggregates": {k: s.get("aggregates", {}).get(k) for k in agg_keys},
-                           "outputs": behaviour[n], "irrelevance_split": splits[n]}
-                       for n, s in loaded.items()}}
+    result = {
+        "runs": {
+            n: {
+                "commit": s.get("commit"),
+                "categories": table[n],
+                "aggregates": {k: s.get("aggregates", {}).get(k) for k in agg_keys},
+                "outputs": behaviour[n],
+                "irrelevance_split": splits[n],
+            }
+            for n, s in loaded.items()
+        }
+    }
     (out_dir / "bfcl_compare.json").write_text(json.dumps(result, indent=2))
     plot_bfcl_compare(loaded, cats, out_dir / "bfcl_compare.png")
     return result
@@ -149,10 +221,14 @@ def entry_agreement(a_dir: str | Path, b_dir: str | Path) -> dict:
         ids = [i for i in a if i in b]
         flipped = [i for i in ids if bool(a[i]["valid"]) != bool(b[i]["valid"])]
         texts = [i for i in ids if a[i]["result"] != b[i]["result"]]
-        out["categories"][fa.stem] = {"compared": len(ids), "verdicts_equal": len(ids) - len(flipped),
-                                      "texts_equal": len(ids) - len(texts), "flipped": flipped,
-                                      "flipped_to_valid": [i for i in flipped if b[i]["valid"]],
-                                      "texts_differ": texts}
+        out["categories"][fa.stem] = {
+            "compared": len(ids),
+            "verdicts_equal": len(ids) - len(flipped),
+            "texts_equal": len(ids) - len(texts),
+            "flipped": flipped,
+            "flipped_to_valid": [i for i in flipped if b[i]["valid"]],
+            "texts_differ": texts,
+        }
         out["compared"] += len(ids)
         out["verdicts_equal"] += len(ids) - len(flipped)
         out["texts_equal"] += len(ids) - len(texts)
@@ -163,17 +239,31 @@ def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     """results.md (per category and BFCL v4 aggregates) and accuracy.png (per-category accuracy
     beside the published anchors) of one BFCL evaluation summary."""
     per = summary["categories"]
-    lines = [markdown_table(["category", "accuracy", "correct / total"],
-                            [[c, format_pct(v["accuracy"]), f"{v['correct']} / {v['total_count']}"] for c, v in per.items()])]
+    lines = [
+        markdown_table(
+            ["category", "accuracy", "correct / total"],
+            [[c, format_pct(v["accuracy"]), f"{v['correct']} / {v['total_count']}"] for c, v in per.items()],
+        )
+    ]
     agg = summary["aggregates"]
-    keys = [k for k in ("non_live", "simple", "live", "irrelevance", "multi_turn", "overall_agentic_not_run") if k in agg]
-    lines += ["", markdown_table(["aggregate (BFCL v4)", "value"], [[k, "n/a" if agg[k] is None else format_pct(agg[k])] for k in keys])]
+    keys = [
+        k for k in ("non_live", "simple", "live", "irrelevance", "multi_turn", "overall_agentic_not_run") if k in agg
+    ]
+    lines += [
+        "",
+        markdown_table(
+            ["aggregate (BFCL v4)", "value"], [[k, "n/a" if agg[k] is None else format_pct(agg[k])] for k in keys]
+        ),
+    ]
     if summary.get("not_run"):
         lines += ["", "Not run: " + "; ".join(f"{k} ({v})" for k, v in summary["not_run"].items())]
     if summary.get("subset"):
         sub = summary["subset"]
-        lines += ["", f"Subset: {sub['per_category']} fixed entries per category (seed {sub['seed']}, {sub['rule']}); "
-                  "not comparable to full-category scores or the leaderboard."]
+        lines += [
+            "",
+            f"Subset: {sub['per_category']} fixed entries per category (seed {sub['seed']}, {sub['rule']}); "
+            "not comparable to full-category scores or the leaderboard.",
+        ]
     elif summary.get("partial"):
         lines += ["", "Partial: a subset of entries (eval.limit / eval.ids); not comparable to the leaderboard."]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
@@ -192,8 +282,13 @@ def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(cats)), 5.5))
     width = 0.8 / len(series)
     for i, (name, vals) in enumerate(series.items()):
-        ax.bar(np.arange(len(cats)) + i * width - 0.4 + width / 2, vals, width, label=name,
-               color="black" if name == "this run" else None)
+        ax.bar(
+            np.arange(len(cats)) + i * width - 0.4 + width / 2,
+            vals,
+            width,
+            label=name,
+            color="black" if name == "this run" else None,
+        )
     ax.set_xticks(np.arange(len(cats)), cats, rotation=30, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)

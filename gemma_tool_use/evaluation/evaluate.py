@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.evaluation.bfcl_tables import write_bfcl_report
@@ -66,8 +67,13 @@ def is_partial(eval_cfg) -> bool:
 
 
 def evaluate_category(category, generator, tokenizer, params, out_path: Path, eval_cfg, system_prompt, progress):
-    entries = select_entries(bfcl.load_entries(category), list(eval_cfg.ids), eval_cfg.limit,
-                             eval_cfg.get("subset_per_category"), int(eval_cfg.get("subset_seed") or 0))
+    entries = select_entries(
+        bfcl.load_entries(category),
+        list(eval_cfg.ids),
+        eval_cfg.limit,
+        eval_cfg.get("subset_per_category"),
+        int(eval_cfg.get("subset_seed") or 0),
+    )
     answers = bfcl.load_answers(category)
     originals = {e["id"]: e for e in bfcl.load_entries(category, hints=False)}  # for the checker
     drop_torn_tail(out_path)
@@ -78,25 +84,39 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
     progress.set_description(category)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if category in bfcl.MULTI_TURN:
-        run_multi_turn_category(category, todo, answers, originals, generator, tokenizer, params, out_path,
-                                system_prompt, progress)
+        run_multi_turn_category(
+            category, todo, answers, originals, generator, tokenizer, params, out_path, system_prompt, progress
+        )
         return category_result(out_path, entries, len(todo), eval_cfg)
     kwargs = {} if system_prompt is None else {"system_prompt": system_prompt}
     convs = {e["id"]: bfcl.entry_conversation(e) for e in todo}
     prompts = {i: render_conversation(c, tokenizer, add_generation_prompt=True, **kwargs).ids for i, c in convs.items()}
     todo.sort(key=lambda e: len(prompts[e["id"]]))  # similar lengths share a bucket
     with out_path.open("a", encoding="utf-8") as f:
+
         def write(r):  # each row hits the disk as soon as it is finished (resume loses nothing)
             e = todo[r.index]
             parsed = parse_model_output(r.text, convs[e["id"]]["tools"])
             if r.stop_reason == "skipped_overlength":
-                verdict = {"valid": False, "error_type": "prompt_too_long",
-                           "error": [f"{r.prompt_tokens} prompt tokens > generation.max_prompt_len"]}
+                verdict = {
+                    "valid": False,
+                    "error_type": "prompt_too_long",
+                    "error": [f"{r.prompt_tokens} prompt tokens > generation.max_prompt_len"],
+                }
             else:
                 verdict = bfcl.score_entry(category, originals[e["id"]], r.text, answers.get(e["id"]))
-            rec = {"id": e["id"], "category": category, "result": r.text, "prompt_tokens": r.prompt_tokens,
-                   "new_tokens": len(r.token_ids), "stop_reason": r.stop_reason, "decoded": parsed.calls,
-                   "parse_errors": [x.kind for x in parsed.errors], **verdict, "seconds": round(r.seconds, 3)}
+            rec = {
+                "id": e["id"],
+                "category": category,
+                "result": r.text,
+                "prompt_tokens": r.prompt_tokens,
+                "new_tokens": len(r.token_ids),
+                "stop_reason": r.stop_reason,
+                "decoded": parsed.calls,
+                "parse_errors": [x.kind for x in parsed.errors],
+                **verdict,
+                "seconds": round(r.seconds, 3),
+            }
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             progress.update(1)
@@ -109,23 +129,38 @@ def category_result(out_path: Path, entries, generated_now: int, eval_cfg) -> di
     records = read_done(out_path)
     selected = [records[e["id"]] for e in entries if e["id"] in records]
     correct = sum(1 for r in selected if r["valid"])
-    return {"accuracy": correct / len(selected) if selected else 0.0, "correct": correct,
-            "total_count": len(selected), "generated_now": generated_now,
-            "full_category": not is_partial(eval_cfg), "ids": [e["id"] for e in entries] if is_partial(eval_cfg) else None}
+    return {
+        "accuracy": correct / len(selected) if selected else 0.0,
+        "correct": correct,
+        "total_count": len(selected),
+        "generated_now": generated_now,
+        "full_category": not is_partial(eval_cfg),
+        "ids": [e["id"] for e in entries] if is_partial(eval_cfg) else None,
+    }
 
 
-def run_multi_turn_category(category, todo, answers, originals, generator, tokenizer, params, out_path,
-                            system_prompt, progress) -> None:
+def run_multi_turn_category(
+    category, todo, answers, originals, generator, tokenizer, params, out_path, system_prompt, progress
+) -> None:
     with out_path.open("a", encoding="utf-8") as f:
+
         def on_done(d):
             t = time.perf_counter()
             verdict = score_dialogue(category, d, answers[d.entry["id"]], originals[d.entry["id"]])
             if d.error and d.error.startswith("prompt_too_long"):
                 verdict = {"valid": False, "error_type": "prompt_too_long", "error": [d.error]}
-            rec = {"id": d.entry["id"], "category": category, "result": d.results,
-                   "prompt_tokens": d.prompt_tokens[0] if d.prompt_tokens else None, "new_tokens": d.new_tokens,
-                   "steps": sum(len(t) for t in d.results), "turns": len(d.results), "inference_error": d.error,
-                   **verdict, "scoring_seconds": round(time.perf_counter() - t, 3)}
+            rec = {
+                "id": d.entry["id"],
+                "category": category,
+                "result": d.results,
+                "prompt_tokens": d.prompt_tokens[0] if d.prompt_tokens else None,
+                "new_tokens": d.new_tokens,
+                "steps": sum(len(t) for t in d.results),
+                "turns": len(d.results),
+                "inference_error": d.error,
+                **verdict,
+                "scoring_seconds": round(time.perf_counter() - t, 3),
+            }
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             progress.update(1)
@@ -137,54 +172,93 @@ def run_multi_turn_category(category, todo, answers, originals, generator, token
             run_dialogues(todo[s : s + group], generator, tokenizer, params, system_prompt, on_done=on_done)
 
 
-def evaluate_model(cfg: DictConfig, model, tokenizer, out_dir: Path, tracker, step: int = 0,
-                   model_label: str | None = None) -> dict:
+def _evaluate_categories(
+    cfg: DictConfig, generator, tokenizer, params, out_dir: Path, tracker, step: int, categories: list[str]
+) -> dict:
+    """Each category in turn (resuming its finished entries), its accuracy logged at `step`."""
+    per_category = {}
+    with tqdm(total=0, unit="entry", dynamic_ncols=True) as progress:
+        for category in categories:
+            t0 = time.time()
+            res = evaluate_category(
+                category,
+                generator,
+                tokenizer,
+                params,
+                out_dir / "bfcl" / f"{category}.jsonl",
+                cfg.eval,
+                cfg.data.system_prompt,
+                progress,
+            )
+            res["seconds"] = round(time.time() - t0, 1)
+            res["entries_per_s"] = round(res["generated_now"] / res["seconds"], 3) if res["generated_now"] else None
+            per_category[category] = res
+            log.info(
+                "%s: %.2f%% (%d/%d) in %.0fs",
+                category,
+                100 * res["accuracy"],
+                res["correct"],
+                res["total_count"],
+                res["seconds"],
+            )
+            tracker.log({f"bfcl/{category}": res["accuracy"]}, step=step)
+    return per_category
+
+
+def _summary(cfg: DictConfig, per_category: dict, model_label: str | None, commit: str | None, seconds: float) -> dict:
+    """summary.json: what was scored, by which code, each category, BFCL's aggregates, the subset."""
+    subset = None
+    if cfg.eval.get("subset_per_category"):  # the recorded subset: its rule, and each category's ids
+        subset = {
+            "per_category": int(cfg.eval.subset_per_category),
+            "seed": int(cfg.eval.subset_seed),
+            "rule": "smallest sha256('<seed>:<id>') per category",
+        }
+    return {
+        # what was scored: a training stage passes its own result (its adapter), not its start
+        "model": model_label
+        or (cfg.model.name + (f" + {cfg.model.lora_checkpoint}" if cfg.model.lora_checkpoint else "")),
+        "commit": commit,
+        "categories": per_category,
+        "aggregates": bfcl.aggregate(per_category),
+        "not_run": {c: bfcl.NOT_RUN[c] for c in cfg.eval.categories if c in bfcl.NOT_RUN},
+        "partial": is_partial(cfg.eval),
+        "subset": subset,
+        "generation": OmegaConf.to_container(cfg.generation),
+        "total_seconds": round(seconds, 1),
+    }
+
+
+def evaluate_model(
+    cfg: DictConfig, model, tokenizer, out_dir: Path, tracker, step: int = 0, model_label: str | None = None
+) -> dict:
     """BFCL on `cfg.eval.categories` for an already built model; writes the reports into out_dir.
     `step`: the training step of the weights (where the per-category numbers are logged)."""
-    from tqdm import tqdm
-
-
     categories = bfcl.check_categories(cfg.eval.categories)
-    not_run = {c: bfcl.NOT_RUN[c] for c in cfg.eval.categories if c in bfcl.NOT_RUN}
     commit = git_commit()  # the code that runs, not HEAD when the run ends
     g = cfg.generation
     # An eval never aborts on one long prompt: such entries are skipped and scored invalid.
     overlength = "skip" if g.overlength == "error" else g.overlength
     t_start = time.time()
     generator = Generator.from_config(model, tokenizer, g, overlength=overlength)
-    params = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                            top_p=g.top_p, seed=cfg.seed, stop_ids=tuple(g.stop_ids))
-    per_category = {}
-    with tqdm(total=0, unit="entry", dynamic_ncols=True) as progress:
-        for category in categories:
-            t0 = time.time()
-            res = evaluate_category(category, generator, tokenizer, params, out_dir / "bfcl" / f"{category}.jsonl",
-                                    cfg.eval, cfg.data.system_prompt, progress)
-            res["seconds"] = round(time.time() - t0, 1)
-            res["entries_per_s"] = round(res["generated_now"] / res["seconds"], 3) if res["generated_now"] else None
-            per_category[category] = res
-            log.info("%s: %.2f%% (%d/%d) in %.0fs", category, 100 * res["accuracy"], res["correct"],
-                     res["total_count"], res["seconds"])
-            tracker.log({f"bfcl/{category}": res["accuracy"]}, step=step)
-    summary = {
-        # what was scored: a training stage passes its own result (its adapter), not its start
-        "model": model_label or (cfg.model.name + (f" + {cfg.model.lora_checkpoint}" if cfg.model.lora_checkpoint else "")),
-        "commit": commit,
-        "categories": per_category,
-        "aggregates": bfcl.aggregate(per_category),
-        "not_run": not_run,
-        "partial": is_partial(cfg.eval),
-        # the recorded subset: its rule, and each category's ids in category_result
-        "subset": ({"per_category": int(cfg.eval.subset_per_category), "seed": int(cfg.eval.subset_seed),
-                    "rule": "smallest sha256('<seed>:<id>') per category"} if cfg.eval.get("subset_per_category") else None),
-        "generation": OmegaConf.to_container(cfg.generation),
-        "total_seconds": round(time.time() - t_start, 1),
-    }
+    params = SamplingParams(
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        seed=cfg.seed,
+        stop_ids=tuple(g.stop_ids),
+    )
+    per_category = _evaluate_categories(cfg, generator, tokenizer, params, out_dir, tracker, step, categories)
+    summary = _summary(cfg, per_category, model_label, commit, time.time() - t_start)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_bfcl_report(out_dir, summary)
     tracker.summary({f"bfcl/{k}": v for k, v in summary["aggregates"].items() if isinstance(v, float)})
-    tracker.log_table("bfcl/table", ["category", "accuracy", "correct", "total"],
-                      [[c, v["accuracy"], v["correct"], v["total_count"]] for c, v in per_category.items()])
+    tracker.log_table(
+        "bfcl/table",
+        ["category", "accuracy", "correct", "total"],
+        [[c, v["accuracy"], v["correct"], v["total_count"]] for c, v in per_category.items()],
+    )
     log.info("BFCL summary written to %s", out_dir / "summary.json")
     return summary

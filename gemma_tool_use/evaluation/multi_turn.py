@@ -79,8 +79,14 @@ def _execute(d: Dialogue, calls: list[str]) -> list[str]:
 
     category = d.entry["id"].rsplit("_", 1)[0]
     outputs, _ = execute_multi_turn_func_call(
-        calls, d.entry.get("initial_config", {}), d.entry["involved_classes"], _model_key(), d.entry["id"],
-        long_context=("long_context" in category or "composite" in category), is_evaL_run=False)
+        calls,
+        d.entry.get("initial_config", {}),
+        d.entry["involved_classes"],
+        _model_key(),
+        d.entry["id"],
+        long_context=("long_context" in category or "composite" in category),
+        is_evaL_run=False,
+    )
     return outputs
 
 
@@ -98,8 +104,12 @@ def run_dialogues(entries, generator, tokenizer, params, system_prompt=None, on_
         active = [d for d in dialogues if not d.done]
         if not active:
             break
-        prompts = [render_conversation({"tools": d.tools, "messages": d.messages}, tokenizer,
-                                       add_generation_prompt=True, **kwargs).ids for d in active]
+        prompts = [
+            render_conversation(
+                {"tools": d.tools, "messages": d.messages}, tokenizer, add_generation_prompt=True, **kwargs
+            ).ids
+            for d in active
+        ]
         for d, r in zip(active, generator.generate_ids(prompts, params)):
             d.prompt_tokens.append(r.prompt_tokens)
             if r.stop_reason == "skipped_overlength":
@@ -132,9 +142,12 @@ def score_dialogue(category: str, d: Dialogue, ground_truth: list, original_entr
     from bfcl_eval.eval_checker import eval_runner
 
     purge_api_state(d.entry["id"])  # the checker replays calls on fresh API instances
-    out = eval_runner._evaluate_single_multi_turn_entry(bfcl.handler(), d.entry["id"], d.results, ground_truth,
-                                                        dict(original_entry), bfcl.MODEL_NAME, category)
+    out = eval_runner._evaluate_single_multi_turn_entry(
+        bfcl.handler(), d.entry["id"], d.results, ground_truth, dict(original_entry), bfcl.MODEL_NAME, category
+    )
     err = out.get("error")
-    return {"valid": bool(out["valid"]),
-            "error_type": err.get("error_type") if isinstance(err, dict) else None,
-            "error": err.get("error_message") if isinstance(err, dict) else None}
+    return {
+        "valid": bool(out["valid"]),
+        "error_type": err.get("error_type") if isinstance(err, dict) else None,
+        "error": err.get("error_message") if isinstance(err, dict) else None,
+    }

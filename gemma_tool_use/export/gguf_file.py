@@ -34,11 +34,21 @@ GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 # the inverse of the loader's map: one table of names serves reading and writing
 _HF_TO_GGUF_LAYER = {hf: gguf_name for gguf_name, hf in _GGUF_LAYER_MAP.items()}
 
-_TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
-                   "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
-                   "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id",
-                   "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_sep_token", "tokenizer.ggml.add_eos_token",
-                   "tokenizer.ggml.add_space_prefix")
+_TOKENIZER_KEYS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_sep_token",
+    "tokenizer.ggml.add_eos_token",
+    "tokenizer.ggml.add_space_prefix",
+)
 
 
 class ExportError(UserError, ValueError):
@@ -79,7 +89,8 @@ CHAT_TEMPLATE = (
     "{%- set p = f['parameters'] if f['parameters'] is defined and f['parameters'] else "
     "{'type': 'object', 'properties': {}} -%}"
     "{%- set d = f['description'] if f['description'] is defined and f['description'] is not none else '' -%}"
-    "{%- set ns.prefix = ns.prefix + " + _json_tool_text("{'name': f['name'], 'description': d, 'parameters': p}")
+    "{%- set ns.prefix = ns.prefix + "
+    + _json_tool_text("{'name': f['name'], 'description': d, 'parameters': p}")
     + " + (',\\n' if not loop.last else '') -%}"
     "{%- endfor -%}"
     "{%- set ns.prefix = ns.prefix + ']\\n</tools>' -%}"
@@ -95,8 +106,10 @@ CHAT_TEMPLATE = (
     "{%- set f = c['function'] if c['function'] is defined else c -%}"
     "{%- set a = f['arguments'] if f['arguments'] is defined else (f['args'] if f['args'] is defined else {}) -%}"
     "{%- set ns.names = ns.names + [f['name']] -%}"
-    "{{- ('\\n' if text or not loop.first else '') + '<tool_call>\\n{\"name\": ' + " + _json_tool_text("f['name']")
-    + " + ', \"args\": ' + ((a | replace('</', '<\\\\/')) if a is string else " + _json_tool_text("a")
+    "{{- ('\\n' if text or not loop.first else '') + '<tool_call>\\n{\"name\": ' + "
+    + _json_tool_text("f['name']")
+    + " + ', \"args\": ' + ((a | replace('</', '<\\\\/')) if a is string else "
+    + _json_tool_text("a")
     + ") + '}\\n</tool_call>' -}}"
     "{%- endfor -%}"
     "{%- endif -%}"
@@ -157,10 +170,12 @@ OLLAMA_TEMPLATE = """{{- if or .System .Tools }}<start_of_turn>user
 def modelfile(gguf_name: str, system_prompt: str | None = None) -> str:
     prompt = (system_prompt or DEFAULT_TOOL_SYSTEM_PROMPT).strip()
     template = OLLAMA_TEMPLATE.replace("SYSTEM_PROMPT", prompt)
-    return (f"# Ollama: ollama create gemma-tools -f Modelfile && ollama run gemma-tools\n"
-            f"# The template renders gemma_tool_use's tool format (written by gemma_tool_use.export_gguf).\n"
-            f"FROM ./{gguf_name}\nTEMPLATE \"\"\"{template}\"\"\"\n"
-            f"PARAMETER stop \"<end_of_turn>\"\nPARAMETER temperature 0\n")
+    return (
+        f"# Ollama: ollama create gemma-tools -f Modelfile && ollama run gemma-tools\n"
+        f"# The template renders gemma_tool_use's tool format (written by gemma_tool_use.export_gguf).\n"
+        f'FROM ./{gguf_name}\nTEMPLATE """{template}"""\n'
+        f'PARAMETER stop "<end_of_turn>"\nPARAMETER temperature 0\n'
+    )
 
 
 def _quantize(w: np.ndarray, kind: str):
@@ -190,19 +205,31 @@ def tokenizer_fields(path: str) -> dict:
     return out
 
 
-def write_gguf(tensors: dict[str, np.ndarray], arch, out_path: str | Path, kind: str, *, name: str,
-               tokenizer_gguf: str | Path, system_prompt: str | None = None) -> Path:
+def write_gguf(
+    tensors: dict[str, np.ndarray],
+    arch,
+    out_path: str | Path,
+    kind: str,
+    *,
+    name: str,
+    tokenizer_gguf: str | Path,
+    system_prompt: str | None = None,
+) -> Path:
     """Write merged HF-named float32 `tensors` (export.merged_hf_tensors) as a llama.cpp Gemma 3 GGUF."""
     import gguf
 
     if kind not in GGUF_TYPES:
-        raise ExportError(f"export.types: {kind!r} is not one of {', '.join(GGUF_TYPES)} (K-quants such as "
-                          "Q4_K_M: quantize the f16 file with llama.cpp's llama-quantize)")
+        raise ExportError(
+            f"export.types: {kind!r} is not one of {', '.join(GGUF_TYPES)} (K-quants such as "
+            "Q4_K_M: quantize the f16 file with llama.cpp's llama-quantize)"
+        )
     fields = tokenizer_fields(str(tokenizer_gguf))
     vocab = len(fields["tokenizer.ggml.tokens"][0])
     if vocab != tensors["model.embed_tokens.weight"].shape[0]:
-        raise ExportError(f"the model's vocabulary ({tensors['model.embed_tokens.weight'].shape[0]} rows) is not "
-                          f"the Gemma 3 tokenizer's ({vocab} tokens in {tokenizer_gguf})")
+        raise ExportError(
+            f"the model's vocabulary ({tensors['model.embed_tokens.weight'].shape[0]} rows) is not "
+            f"the Gemma 3 tokenizer's ({vocab} tokens in {tokenizer_gguf})"
+        )
     out_path = Path(out_path)
     tmp = out_path.with_name(out_path.name + ".tmp")
     w = gguf.GGUFWriter(str(tmp), "gemma3")
@@ -218,8 +245,12 @@ def write_gguf(tensors: dict[str, np.ndarray], arch, out_path: str | Path, kind:
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(float(arch.global_base_frequency))
     w.add_sliding_window(int(arch.sliding_window_size))
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[kind]
     w.add_file_type(int(file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, (value, vtype, sub_type) in fields.items():  # the same Gemma 3 vocabulary, same GGUF types
@@ -250,6 +281,7 @@ def roundtrip_errors(path: str | Path, tensors: dict[str, np.ndarray], back: dic
     back = gguf_to_hf_tensors(path) if back is None else back
     if set(back) != set(tensors):
         raise ExportError(f"{path}: tensors differ after reading back: {sorted(set(back) ^ set(tensors))[:5]}")
-    worst = max(float(np.abs(back[k] - tensors[k]).max()) / max(float(np.abs(tensors[k]).max()), 1e-12)
-                for k in tensors)
+    worst = max(
+        float(np.abs(back[k] - tensors[k]).max()) / max(float(np.abs(tensors[k]).max()), 1e-12) for k in tensors
+    )
     return {"tensors": len(back), "max_rel_error": worst}

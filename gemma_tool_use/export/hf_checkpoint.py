@@ -27,8 +27,10 @@ def merged_hf_tensors(model, lora_scale: float) -> dict[str, np.ndarray]:
     """Effective weights (base + alpha/rank * A@B) under Hugging Face names, float32."""
     emb = model.embedder
     table = emb.merged_table() if hasattr(emb, "merged_table") else emb.input_embedding.value
-    out = {"model.embed_tokens.weight": np.asarray(table, np.float32),
-           "model.norm.weight": np.asarray(model.final_norm.scale.value, np.float32)}
+    out = {
+        "model.embed_tokens.weight": np.asarray(table, np.float32),
+        "model.norm.weight": np.asarray(model.final_norm.scale.value, np.float32),
+    }
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
         attn, mlp = layer.attn, layer.mlp
@@ -44,8 +46,12 @@ def merged_hf_tensors(model, lora_scale: float) -> dict[str, np.ndarray]:
             out[p + f"mlp.{name}.weight"] = _merged(getattr(mlp, name), "kernel", "ir,ro->io", lora_scale).T
         out[p + "self_attn.q_norm.weight"] = np.asarray(attn._query_norm.scale.value, np.float32)
         out[p + "self_attn.k_norm.weight"] = np.asarray(attn._key_norm.scale.value, np.float32)
-        for ours, theirs in (("pre_attention_norm", "input_layernorm"), ("post_attention_norm", "post_attention_layernorm"),
-                             ("pre_ffw_norm", "pre_feedforward_layernorm"), ("post_ffw_norm", "post_feedforward_layernorm")):
+        for ours, theirs in (
+            ("pre_attention_norm", "input_layernorm"),
+            ("post_attention_norm", "post_attention_layernorm"),
+            ("pre_ffw_norm", "pre_feedforward_layernorm"),
+            ("post_ffw_norm", "post_feedforward_layernorm"),
+        ):
             out[p + f"{theirs}.weight"] = np.asarray(getattr(layer, ours).scale.value, np.float32)
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
@@ -68,14 +74,31 @@ def export_hf(model, model_cfg, out_dir: str | Path, tokenizer_file: str | Path 
     tensors = merged_hf_tensors(model, scale)
     save_file(tensors, str(tmp / "model.safetensors"))
     a = model_cfg.arch
-    (tmp / "config.json").write_text(json.dumps({
-        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": a.num_embed,
-        "hidden_size": a.embed_dim, "intermediate_size": a.hidden_dim, "num_hidden_layers": a.num_layers,
-        "num_attention_heads": a.num_heads, "num_key_value_heads": a.num_kv_heads, "head_dim": a.head_dim,
-        "sliding_window": a.sliding_window_size, "rope_theta": a.global_base_frequency,
-        "rope_local_base_freq": a.local_base_frequency, "query_pre_attn_scalar": a.head_dim,
-        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-        "torch_dtype": "float32", "exported_by": "gemma_tool_use.export"}, indent=2))
+    (tmp / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["Gemma3ForCausalLM"],
+                "model_type": "gemma3_text",
+                "vocab_size": a.num_embed,
+                "hidden_size": a.embed_dim,
+                "intermediate_size": a.hidden_dim,
+                "num_hidden_layers": a.num_layers,
+                "num_attention_heads": a.num_heads,
+                "num_key_value_heads": a.num_kv_heads,
+                "head_dim": a.head_dim,
+                "sliding_window": a.sliding_window_size,
+                "rope_theta": a.global_base_frequency,
+                "rope_local_base_freq": a.local_base_frequency,
+                "query_pre_attn_scalar": a.head_dim,
+                "hidden_activation": "gelu_pytorch_tanh",
+                "rms_norm_eps": 1e-6,
+                "tie_word_embeddings": True,
+                "torch_dtype": "float32",
+                "exported_by": "gemma_tool_use.export",
+            },
+            indent=2,
+        )
+    )
     if tokenizer_file and Path(tokenizer_file).is_file():
         shutil.copy(tokenizer_file, tmp / "tokenizer.model")
     shutil.rmtree(out, ignore_errors=True)

@@ -33,9 +33,21 @@ TOO_DEEP = "too_deep"  # JSON nested deeper than MAX_NESTING
 INVALID_UNICODE = "invalid_unicode"  # lone surrogates (e.g. the escape "\ud800"), replaced by U+FFFD
 BAD_TOOLS = "bad_tools"  # the caller's tool list is malformed (the caller's bug, not the model's)
 PARSER_ERROR = "parser_error"  # a bug in this parser, reported rather than raised (tests expect none)
-ERROR_KINDS = (BAD_JSON, NOT_AN_OBJECT, MISSING_NAME, ARGS_NOT_OBJECT, UNKNOWN_TOOL,
-               UNTERMINATED_BLOCK, STRAY_CLOSE_TAG, NESTED_OPEN_TAG, NUMBER_TOO_LARGE, TOO_DEEP,
-               INVALID_UNICODE, BAD_TOOLS, PARSER_ERROR)
+ERROR_KINDS = (
+    BAD_JSON,
+    NOT_AN_OBJECT,
+    MISSING_NAME,
+    ARGS_NOT_OBJECT,
+    UNKNOWN_TOOL,
+    UNTERMINATED_BLOCK,
+    STRAY_CLOSE_TAG,
+    NESTED_OPEN_TAG,
+    NUMBER_TOO_LARGE,
+    TOO_DEEP,
+    INVALID_UNICODE,
+    BAD_TOOLS,
+    PARSER_ERROR,
+)
 
 MAX_INT_DIGITS = 4300  # CPython's default int<->str limit: anything longer cannot be written back
 MAX_NESTING = 64  # containers, the call object included; real arguments nest a few levels
@@ -65,8 +77,11 @@ class ParseResult:
         return [e.kind for e in self.errors]
 
     def to_dict(self) -> dict:
-        return {"calls": self.calls, "text": self.text,
-                "errors": [{"kind": e.kind, "detail": e.detail, "block": e.block} for e in self.errors]}
+        return {
+            "calls": self.calls,
+            "text": self.text,
+            "errors": [{"kind": e.kind, "detail": e.detail, "block": e.block} for e in self.errors],
+        }
 
 
 def parse_model_output(text: str, tools: Sequence[dict] | None = None) -> ParseResult:
@@ -119,9 +134,13 @@ def _parse_into(result: ParseResult, text: Any, tools: Any) -> None:
         call, errors = _parse_block(body, block, known)
         inner = body.rfind(TOOL_CALL_OPEN)
         if call is None and inner != -1:  # not an '<tool_call>' inside a JSON string: a restarted call
-            result.errors.append(ParseError(
-                NESTED_OPEN_TAG, f"'{TOOL_CALL_OPEN}' again before '{TOOL_CALL_CLOSE}'; the outer block is dropped",
-                block))
+            result.errors.append(
+                ParseError(
+                    NESTED_OPEN_TAG,
+                    f"'{TOOL_CALL_OPEN}' again before '{TOOL_CALL_CLOSE}'; the outer block is dropped",
+                    block,
+                )
+            )
             pos, block = body_start + inner, block + 1
             continue
         result.errors.extend(errors)
@@ -147,7 +166,9 @@ def _known_tools(tools: Any, result: ParseResult) -> set[str] | None:
         except Exception:
             items = None
     if items is None:
-        result.errors.append(ParseError(BAD_TOOLS, f"tools must be a list of tool objects, not {type(tools).__name__}", -1))
+        result.errors.append(
+            ParseError(BAD_TOOLS, f"tools must be a list of tool objects, not {type(tools).__name__}", -1)
+        )
         return None
     names: set[str] = set()
     problems: list[str] = []
@@ -223,8 +244,7 @@ def _parse_block(body: str, block: int, known: set | None) -> tuple[dict | None,
     """(the call or None, its errors) for one block's content."""
     too_deep = ParseError(TOO_DEEP, f"JSON nested deeper than {MAX_NESTING} levels", block)
     try:
-        obj = json.loads(body.strip(), parse_int=_parse_int, parse_float=_parse_float,
-                         parse_constant=_reject_constant)
+        obj = json.loads(body.strip(), parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
     except _NumberTooLarge as e:
         return None, [ParseError(NUMBER_TOO_LARGE, str(e), block)]
     except RecursionError:

@@ -219,8 +219,9 @@ def render_conversation(
     return RenderedConversation(np.asarray(ids, np.int32), np.asarray(mask, bool))
 
 
-def render_text(conv: dict, *, system_prompt: str | None = DEFAULT_TOOL_SYSTEM_PROMPT,
-                add_generation_prompt: bool = False) -> str:
+def render_text(
+    conv: dict, *, system_prompt: str | None = DEFAULT_TOOL_SYSTEM_PROMPT, add_generation_prompt: bool = False
+) -> str:
     """The same rendering as a string (for display, and for tokenizers that parse specials)."""
     validate_conversation(conv)
     out = ["<bos>"]

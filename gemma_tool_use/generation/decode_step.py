@@ -38,8 +38,10 @@ def lora_scale(model) -> float:
     has_lora = any(True for _ in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)))
     scale = getattr(model, "lora_scale", None)
     if has_lora and scale is None:
-        raise ValueError("the model has LoRA adapters but no lora_scale attribute (alpha/rank): build it with "
-                         "gemma_tool_use.model.apply_lora")
+        raise ValueError(
+            "the model has LoRA adapters but no lora_scale attribute (alpha/rank): build it with "
+            "gemma_tool_use.model.apply_lora"
+        )
     return float(scale or 0.0)
 
 
@@ -55,7 +57,7 @@ def _block_diag(*bs):
     out = jnp.zeros((rows, sum(b.shape[1] for b in bs)), bs[0].dtype)
     r = c = 0
     for b in bs:
-        out = out.at[r:r + b.shape[0], c:c + b.shape[1]].set(b)
+        out = out.at[r : r + b.shape[0], c : c + b.shape[1]].set(b)
         r, c = r + b.shape[0], c + b.shape[1]
     return out
 
@@ -73,16 +75,19 @@ def prepare_weights(model) -> list[dict]:
     for layer in model.layers:
         attn, mlp = layer.attn, layer.mlp
         if attn.use_qkv_einsum:
-            raise NotImplementedError("decode_step: fused qkv_einsum (num_heads == num_kv_heads) is not a Gemma 3 270M "
-                                      "layout; use the module path")
+            raise NotImplementedError(
+                "decode_step: fused qkv_einsum (num_heads == num_kv_heads) is not a Gemma 3 270M "
+                "layout; use the module path"
+            )
         q, kv, o = attn.q_einsum.w.value, attn.kv_einsum.w.value, attn.attn_vec_einsum.w.value  # NDH, CKDH, NHD
         n, d, h = q.shape
         # q, k and v in one [D, (N + 2K) * H] matmul, gate and up in one [D, 2F]: at 8 rows a
         # matmul costs its weight reads plus a fixed overhead, and one wide op beats two narrow
         # ones (measured: experiments/decode_step/README.md, section 2)
         w = {
-            "qkv": jnp.concatenate([jnp.transpose(q, (1, 0, 2)).reshape(d, n * h),
-                                    jnp.transpose(kv, (2, 0, 1, 3)).reshape(d, -1)], axis=1),
+            "qkv": jnp.concatenate(
+                [jnp.transpose(q, (1, 0, 2)).reshape(d, n * h), jnp.transpose(kv, (2, 0, 1, 3)).reshape(d, -1)], axis=1
+            ),
             "o": o.reshape(n * h, d),
             "gate_up": jnp.concatenate([mlp.gate_proj.kernel.value, mlp.up_proj.kernel.value], axis=1),
             "down": mlp.down_proj.kernel.value,
@@ -94,8 +99,10 @@ def prepare_weights(model) -> list[dict]:
             dtype = q.dtype
             lq = lq or (jnp.zeros((d, 1), dtype), jnp.zeros((1, n, h), dtype))
             lkv = lkv or (jnp.zeros((d, 1), dtype), jnp.zeros((1, *kv.shape[:2], h), dtype))
-            w["lora/qkv"] = (jnp.concatenate([lq[0], lkv[0]], axis=1),
-                             _block_diag(lq[1].reshape(lq[1].shape[0], -1), lkv[1].reshape(lkv[1].shape[0], -1)))
+            w["lora/qkv"] = (
+                jnp.concatenate([lq[0], lkv[0]], axis=1),
+                _block_diag(lq[1].reshape(lq[1].shape[0], -1), lkv[1].reshape(lkv[1].shape[0], -1)),
+            )
         if lo := _lora(attn.attn_vec_einsum, "w"):
             w["lora/o"] = (lo[0].reshape(n * h, -1), lo[1])
         lg, lu = _lora(mlp.gate_proj, "kernel"), _lora(mlp.up_proj, "kernel")
@@ -164,14 +171,16 @@ def decode_step(model, weights: list[dict], token, position, cache, old_valid, w
         h = layer.pre_attention_norm(x)
         qkv = _proj(h, w, "qkv")
         q = qkv[:, : N * H].reshape(B, N, H)
-        kv = qkv[:, N * H:].reshape(B, 2, K, H)
+        kv = qkv[:, N * H :].reshape(B, 2, K, H)
         q = attn._query_norm(q)
         k = attn._key_norm(kv[:, 0])
         pos = position[:, None]
-        q = tunix_gemma3.apply_rope(q[:, None], pos, head_dim=H, base_frequency=attn.rope_base_frequency,
-                                    scale_factor=attn.rope_scale_factor)[:, 0]
-        k = tunix_gemma3.apply_rope(k[:, None], pos, head_dim=H, base_frequency=attn.rope_base_frequency,
-                                    scale_factor=attn.rope_scale_factor)[:, 0]
+        q = tunix_gemma3.apply_rope(
+            q[:, None], pos, head_dim=H, base_frequency=attn.rope_base_frequency, scale_factor=attn.rope_scale_factor
+        )[:, 0]
+        k = tunix_gemma3.apply_rope(
+            k[:, None], pos, head_dim=H, base_frequency=attn.rope_base_frequency, scale_factor=attn.rope_scale_factor
+        )[:, 0]
         q = (q * attn.query_pre_attn_scalar).reshape(B, K, G, H)
         v = kv[:, 1]
         k_old, v_old, valid = c["k"], c["v"], old_valid
@@ -201,9 +210,11 @@ def decode_step(model, weights: list[dict], token, position, cache, old_valid, w
         x = x + layer.post_ffw_norm(_proj(nnx.gelu(gate) * up, w, "down"))
         # the cache write comes last: nothing reads the old cache after it, so it is in place
         at = (0, write_col, 0, 0)
-        new_cache[f"layer_{i}"] = {"k": jax.lax.dynamic_update_slice(c["k"], k[:, None].astype(c["k"].dtype), at),
-                                   "v": jax.lax.dynamic_update_slice(c["v"], v[:, None].astype(c["v"].dtype), at),
-                                   "end_index": c["end_index"] + 1}
+        new_cache[f"layer_{i}"] = {
+            "k": jax.lax.dynamic_update_slice(c["k"], k[:, None].astype(c["k"].dtype), at),
+            "v": jax.lax.dynamic_update_slice(c["v"], v[:, None].astype(c["v"].dtype), at),
+            "end_index": c["end_index"] + 1,
+        }
     return model.final_norm(x), new_cache
 
 

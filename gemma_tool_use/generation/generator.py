@@ -100,15 +100,27 @@ def _sample(logits, rng, params: SamplingParams):
 
 def _init_cache(cfg, batch: int, size: int, dtype):
     shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
-    return {f"layer_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-                           "end_index": jnp.zeros((batch,), jnp.int32)} for i in range(cfg.num_layers)}
+    return {
+        f"layer_{i}": {
+            "k": jnp.zeros(shape, dtype),
+            "v": jnp.zeros(shape, dtype),
+            "end_index": jnp.zeros((batch,), jnp.int32),
+        }
+        for i in range(cfg.num_layers)
+    }
 
 
 def _roll_cache(cache, key_valid, shift):
     """Move every row's columns `shift` to the left (the shared write column with them): the
     streams' cache stays contiguous per row, which Gemma's sliding-window mask relies on."""
-    rolled = {name: {"k": jnp.roll(c["k"], -shift, axis=1), "v": jnp.roll(c["v"], -shift, axis=1),
-                     "end_index": c["end_index"] - shift} for name, c in cache.items()}
+    rolled = {
+        name: {
+            "k": jnp.roll(c["k"], -shift, axis=1),
+            "v": jnp.roll(c["v"], -shift, axis=1),
+            "end_index": c["end_index"] - shift,
+        }
+        for name, c in cache.items()
+    }
     return rolled, jnp.roll(key_valid, -shift, axis=1)
 
 
@@ -117,17 +129,31 @@ class Generator:
     def from_config(cls, model, tokenizer, g, **overrides) -> "Generator":
         """A Generator from the `generation` config group `g` (one place that reads its keys);
         `overrides` replace single arguments (a stage's own batch size or overlength policy)."""
-        kwargs = dict(batch_size=int(g.batch_size), max_prompt_len=int(g.max_prompt_len), overlength=str(g.overlength),
-                      max_batch_tokens=int(g.max_batch_tokens), refill=bool(g.refill),
-                      prompt_buckets=tuple(int(b) for b in g.prompt_buckets))
+        kwargs = dict(
+            batch_size=int(g.batch_size),
+            max_prompt_len=int(g.max_prompt_len),
+            overlength=str(g.overlength),
+            max_batch_tokens=int(g.max_batch_tokens),
+            refill=bool(g.refill),
+            prompt_buckets=tuple(int(b) for b in g.prompt_buckets),
+        )
         unknown = set(overrides) - set(kwargs)
         if unknown:
             raise TypeError(f"unknown Generator overrides: {sorted(unknown)}")
         return cls(model, tokenizer, **{**kwargs, **overrides})
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 8, max_prompt_len: int = 8192,
-                 overlength: str = "error", prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
-                 max_batch_tokens: int = 32768, refill: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 8,
+        max_prompt_len: int = 8192,
+        overlength: str = "error",
+        prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
+        max_batch_tokens: int = 32768,
+        refill: bool = False,
+    ):
         if overlength not in ("error", "skip", "truncate_left"):
             raise GenerationError(f"overlength policy must be error, skip or truncate_left, got {overlength!r}")
         self.tokenizer = tokenizer
@@ -176,11 +202,14 @@ class Generator:
             # Prefill into a cache of the prompt's own width, then widen it for the new tokens:
             # attending over all S columns computed max_new masked-out columns per position.
             mask = jnp.tril(jnp.ones((Tp, Tp), bool))[None] & valid[:, None, :]
-            logits, cache = model(tokens, positions, _init_cache(cfg, B, Tp, dtype), mask,
-                                  logits_at=jnp.full((B, 1), Tp - 1, jnp.int32))
+            logits, cache = model(
+                tokens, positions, _init_cache(cfg, B, Tp, dtype), mask, logits_at=jnp.full((B, 1), Tp - 1, jnp.int32)
+            )
             widen = ((0, 0), (0, max_new), (0, 0), (0, 0))
-            cache = {name: {"k": jnp.pad(c["k"], widen), "v": jnp.pad(c["v"], widen), "end_index": c["end_index"]}
-                     for name, c in cache.items()}
+            cache = {
+                name: {"k": jnp.pad(c["k"], widen), "v": jnp.pad(c["v"], widen), "end_index": c["end_index"]}
+                for name, c in cache.items()
+            }
             weights = prepare_weights(model)  # once per call, outside the loop (decode_step.py)
             rng, sub = jax.random.split(rng)
             token = _sample(logits[:, -1], sub, params)
@@ -229,18 +258,30 @@ class Generator:
             n, Tp = tokens.shape
             positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
             mask = jnp.tril(jnp.ones((Tp, Tp), bool))[None] & valid[:, None, :]
-            logits, fresh = model(tokens, positions, _init_cache(cfg, n, Tp, dtype), mask,
-                                  logits_at=jnp.full((n, 1), Tp - 1, jnp.int32))
+            logits, fresh = model(
+                tokens, positions, _init_cache(cfg, n, Tp, dtype), mask, logits_at=jnp.full((n, 1), Tp - 1, jnp.int32)
+            )
             first = _sample(logits[:, -1], rng, params)
             w = cache["layer_0"]["end_index"][0]
             cols = (w - Tp + jnp.arange(Tp))[None, :]
             rows = slots[:, None]
-            cache = {name: {"k": c["k"].at[rows, cols].set(fresh[name]["k"]),
-                            "v": c["v"].at[rows, cols].set(fresh[name]["v"]),
-                            "end_index": c["end_index"]} for name, c in cache.items()}
+            cache = {
+                name: {
+                    "k": c["k"].at[rows, cols].set(fresh[name]["k"]),
+                    "v": c["v"].at[rows, cols].set(fresh[name]["v"]),
+                    "end_index": c["end_index"],
+                }
+                for name, c in cache.items()
+            }
             key_valid = key_valid.at[slots].set(False).at[rows, cols].set(valid)
-            return (cache, key_valid, token.at[slots].set(first), next_pos.at[slots].set(positions[:, -1] + 1),
-                    n_gen.at[slots].set(0), done.at[slots].set(False))
+            return (
+                cache,
+                key_valid,
+                token.at[slots].set(first),
+                next_pos.at[slots].set(positions[:, -1] + 1),
+                n_gen.at[slots].set(0),
+                done.at[slots].set(False),
+            )
 
         def decode(state, cache, key_valid, token, next_pos, n_gen, done, out, rng, min_done):
             B = token.shape[0]
@@ -270,8 +311,10 @@ class Generator:
             steps, cache, key_valid, token, next_pos, n_gen, done, out, _ = jax.lax.while_loop(cond, body, carry)
             return steps, cache, key_valid, token, next_pos, n_gen, done, out
 
-        programs = (jax.jit(refill, donate_argnums=(1, 2, 3, 4, 5, 6)),
-                    jax.jit(decode, donate_argnums=(1, 2, 3, 4, 5, 6, 7)))
+        programs = (
+            jax.jit(refill, donate_argnums=(1, 2, 3, 4, 5, 6)),
+            jax.jit(decode, donate_argnums=(1, 2, 3, 4, 5, 6, 7)),
+        )
         self._programs[key] = programs
         return programs
 
@@ -309,13 +352,24 @@ class Generator:
                 valid = np.zeros((n, Tp), bool)
                 for k in range(n):  # padding rows repeat the first (same slot, same values)
                     ids = take[k if k < len(take) else 0][1]
-                    tokens[k, Tp - len(ids):] = ids
-                    valid[k, Tp - len(ids):] = True
+                    tokens[k, Tp - len(ids) :] = ids
+                    valid[k, Tp - len(ids) :] = True
                 slot_ids = np.array([slots[k if k < len(take) else 0] for k in range(n)], np.int32)
                 rng, sub = jax.random.split(rng)
                 cache, key_valid, token, next_pos, n_gen, done = refill(
-                    self.state, cache, key_valid, token, next_pos, n_gen, done, slot_ids, tokens, valid, sub,
-                    jnp.int32(shift))
+                    self.state,
+                    cache,
+                    key_valid,
+                    token,
+                    next_pos,
+                    n_gen,
+                    done,
+                    slot_ids,
+                    tokens,
+                    valid,
+                    sub,
+                    jnp.int32(shift),
+                )
                 self.compiled_shapes.add(("refill", n, Tp))
                 now = time.perf_counter()
                 for s, row in zip(slots, take):
@@ -325,7 +379,8 @@ class Generator:
             min_done = (B - live) + (max(1, B // 4) if pending else live)
             rng, sub = jax.random.split(rng)
             steps, cache, key_valid, token, next_pos, n_gen, done, out = decode(
-                self.state, cache, key_valid, token, next_pos, n_gen, done, out, sub, jnp.int32(min(B, min_done)))
+                self.state, cache, key_valid, token, next_pos, n_gen, done, out, sub, jnp.int32(min(B, min_done))
+            )
             self.compiled_shapes.add(("decode", B, S, max_new))
             w += int(steps)
             done_h, n_gen_h = np.asarray(done), np.asarray(n_gen)
@@ -342,20 +397,31 @@ class Generator:
 
     # ---------------------------------------------------------------- public API
 
-    def _finished(self, i: int, ids: list[int], truncated: bool, row: list[int], params: SamplingParams,
-                  seconds: float) -> Generation:
+    def _finished(
+        self, i: int, ids: list[int], truncated: bool, row: list[int], params: SamplingParams, seconds: float
+    ) -> Generation:
         """A finished row of generated ids (its stop id, if any, and what follows it cut off)."""
         stop = next((k for k, t in enumerate(row) if t in params.stop_ids), None)
         gen = row[:stop] if stop is not None else row
-        return Generation(i, len(ids), gen, self.tokenizer.decode(gen), "stop" if stop is not None else "length",
-                          truncated, seconds, row[stop] if stop is not None else None)
+        return Generation(
+            i,
+            len(ids),
+            gen,
+            self.tokenizer.decode(gen),
+            "stop" if stop is not None else "length",
+            truncated,
+            seconds,
+            row[stop] if stop is not None else None,
+        )
 
     def _fit(self, i: int, ids: list[int]) -> tuple[list[int] | None, bool]:
         if len(ids) <= self.max_prompt_len:
             return ids, False
         if self.overlength == "error":
-            raise GenerationError(f"prompt {i} has {len(ids)} tokens > max_prompt_len={self.max_prompt_len} "
-                                  "(set the overlength policy to skip or truncate_left, or raise the limit)")
+            raise GenerationError(
+                f"prompt {i} has {len(ids)} tokens > max_prompt_len={self.max_prompt_len} "
+                "(set the overlength policy to skip or truncate_left, or raise the limit)"
+            )
         if self.overlength == "skip":
             return None, False
         keep = self.max_prompt_len - 1
@@ -364,8 +430,9 @@ class Generator:
     def _bucket(self, n: int) -> int:
         return next(b for b in self.buckets if n <= b)
 
-    def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
-                     progress=None, on_result=None) -> list[Generation]:
+    def generate_ids(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(), progress=None, on_result=None
+    ) -> list[Generation]:
         """Generate for every prompt (token ids, starting with <bos>); results in input order.
         `progress`: optional callable(n_done) for progress bars; `on_result`: optional
         callable(Generation) called as soon as each row is finished (in finishing order), so a
@@ -407,8 +474,8 @@ class Generator:
             valid = np.zeros((B, Tp), bool)
             for r in range(B):  # pad the batch with copies of its first row: fixed shapes
                 ids = chunk[r if r < len(chunk) else 0][1]
-                tokens[r, Tp - len(ids):] = ids
-                valid[r, Tp - len(ids):] = True
+                tokens[r, Tp - len(ids) :] = ids
+                valid[r, Tp - len(ids) :] = True
             t0 = time.perf_counter()
             rng, sub = jax.random.split(rng)
             out = np.asarray(program(self.state, tokens, valid, sub))

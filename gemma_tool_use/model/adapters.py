@@ -45,7 +45,9 @@ def read_adapter_config(path: str | Path) -> dict:
     except (OSError, ValueError) as e:
         raise AdapterError(f"{f}: unreadable adapter config ({e})") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise AdapterError(f"{f}: not a {FORMAT} adapter config (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
+        raise AdapterError(
+            f"{f}: not a {FORMAT} adapter config (format {cfg.get('format') if isinstance(cfg, dict) else None!r})"
+        )
     for key in ("model", "tensors_sha256"):
         if key not in cfg:
             raise AdapterError(f"{f}: missing key '{key}'")
@@ -79,14 +81,21 @@ def trainable_leaves(model) -> dict[str, object]:
     return out
 
 
-def export_adapter(model, out_dir: str | Path, model_cfg, *, step: int | None = None, source: str | None = None,
-                   commit: str | None = None, write: bool = True) -> Path:
+def export_adapter(
+    model,
+    out_dir: str | Path,
+    model_cfg,
+    *,
+    step: int | None = None,
+    source: str | None = None,
+    commit: str | None = None,
+    write: bool = True,
+) -> Path:
     """Write the model's trainable parameters as a portable adapter into out_dir (atomically:
     a temporary file renamed into place, the config last). In a multi-host run every process
     calls it (the gather is collective) and only the one with write=True writes."""
     from omegaconf import OmegaConf
     from safetensors.numpy import save_file
-
 
     out = Path(out_dir)
     tensors = trainable_leaves(model)
@@ -101,9 +110,15 @@ def export_adapter(model, out_dir: str | Path, model_cfg, *, step: int | None = 
     m = OmegaConf.to_container(model_cfg, resolve=True) if not isinstance(model_cfg, dict) else dict(model_cfg)
     config = {
         "format": FORMAT,
-        "model": {"name": m["name"], "arch": m.get("arch"), "lora": m.get("lora"),
-                  "train_token_ids": list(m.get("train_token_ids") or [])},
-        "step": step, "source": source, "commit": commit,
+        "model": {
+            "name": m["name"],
+            "arch": m.get("arch"),
+            "lora": m.get("lora"),
+            "train_token_ids": list(m.get("train_token_ids") or []),
+        },
+        "step": step,
+        "source": source,
+        "commit": commit,
         "num_parameters": int(sum(t.size for t in tensors.values())),
         "tensors_sha256": sha256_file(out / TENSORS),
     }
@@ -119,7 +134,6 @@ def load_adapter(model, path: str | Path) -> dict:
     from flax import nnx
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
-
 
     path = Path(path).expanduser()
     cfg = read_adapter_config(path)
@@ -137,8 +151,10 @@ def load_adapter(model, path: str | Path) -> dict:
     names = [_leaf_name(p) for p, _ in flat]
     missing, extra = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
     if missing or extra:
-        raise AdapterError(f"{path}: adapter does not fit the model: missing {missing[:3]}{'...' if len(missing) > 3 else ''}"
-                           f", unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}")
+        raise AdapterError(
+            f"{path}: adapter does not fit the model: missing {missing[:3]}{'...' if len(missing) > 3 else ''}"
+            f", unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}"
+        )
     leaves = []
     for name, (_, x) in zip(names, flat):
         t = tensors[name]

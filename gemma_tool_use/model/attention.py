@@ -86,7 +86,9 @@ class CausalBlockAttention(tunix_gemma3.Attention):
         query, key, value = (sharding_utils.shard(a, self.shd_config.act_btnh) for a in (query, key, value))
         query = self._query_norm(query)
         key = self._key_norm(key)
-        rope = dict(head_dim=self.head_dim, base_frequency=self.rope_base_frequency, scale_factor=self.rope_scale_factor)
+        rope = dict(
+            head_dim=self.head_dim, base_frequency=self.rope_base_frequency, scale_factor=self.rope_scale_factor
+        )
         query = tunix_gemma3.apply_rope(query, segment_pos, **rope) * self.query_pre_attn_scalar
         key = tunix_gemma3.apply_rope(key, segment_pos, **rope)
         window = self.sliding_window_size if self.attn_type == tunix_gemma3.AttentionType.LOCAL_SLIDING else None

@@ -84,8 +84,11 @@ def set_aside_corrupt_checkpoints(ckpt_root, log) -> int | None:
     root = Path(ckpt_root)
     step, bad = newest_intact_checkpoint(root)
     if step is None and bad:
-        raise CheckpointError(f"{root}: no intact checkpoint to resume from (" + "; ".join(
-            f"step {b}: {why}" for b, why in bad) + "); move the directory away to start afresh")
+        raise CheckpointError(
+            f"{root}: no intact checkpoint to resume from ("
+            + "; ".join(f"step {b}: {why}" for b, why in bad)
+            + "); move the directory away to start afresh"
+        )
     for b, why in bad:
         dest = root.with_name(root.name + "_corrupt") / f"{b}_{int(time.time())}"
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -165,5 +168,7 @@ def check_same_architecture(checkpoint: str | Path, model_cfg: Any, key: str) ->
     diff = {k: (trained["arch"].get(k), v) for k, v in want.items() if trained["arch"].get(k) != v}
     if diff:
         shown = ", ".join(f"{k} {a} != {b}" for k, (a, b) in sorted(diff.items()))
-        raise HandoffError(f"{key}={checkpoint}: trained on model {trained.get('name')!r}, not the configured "
-                           f"{model_cfg.name!r} (arch: {shown})")
+        raise HandoffError(
+            f"{key}={checkpoint}: trained on model {trained.get('name')!r}, not the configured "
+            f"{model_cfg.name!r} (arch: {shown})"
+        )

@@ -111,10 +111,16 @@ def add_trainable_rows(model: "ToolGemma3", row_ids) -> "ToolGemma3":
 def tunix_config(model_cfg) -> tunix_gemma3.ModelConfig:
     a = model_cfg.arch
     return tunix_gemma3.ModelConfig(
-        num_layers=a.num_layers, num_embed=a.num_embed, embed_dim=a.embed_dim,
-        hidden_dim=a.hidden_dim, num_heads=a.num_heads, head_dim=a.head_dim,
-        num_kv_heads=a.num_kv_heads, sliding_window_size=a.sliding_window_size,
-        local_base_frequency=a.local_base_frequency, global_base_frequency=a.global_base_frequency,
+        num_layers=a.num_layers,
+        num_embed=a.num_embed,
+        embed_dim=a.embed_dim,
+        hidden_dim=a.hidden_dim,
+        num_heads=a.num_heads,
+        head_dim=a.head_dim,
+        num_kv_heads=a.num_kv_heads,
+        sliding_window_size=a.sliding_window_size,
+        local_base_frequency=a.local_base_frequency,
+        global_base_frequency=a.global_base_frequency,
         param_dtype=param_dtype(model_cfg),
         remat_config=tunix_gemma3.RematConfig[str(model_cfg.get("remat", "none")).upper()],
     )
@@ -134,7 +140,9 @@ def apply_test_friendly_init(model: nnx.Module, seed: int) -> None:
     nnx.update(model, jax.tree_util.tree_unflatten(treedef, out))
     emb = model.embedder.input_embedding
     d = emb.value.shape[-1]
-    emb.value = (emb.value.astype(jnp.float32) * ((2.0 / d**0.5) / jnp.std(emb.value.astype(jnp.float32)))).astype(emb.value.dtype)
+    emb.value = (emb.value.astype(jnp.float32) * ((2.0 / d**0.5) / jnp.std(emb.value.astype(jnp.float32)))).astype(
+        emb.value.dtype
+    )
 
 
 def shard_model(model: nnx.Module, mesh) -> nnx.Module:
@@ -143,7 +151,8 @@ def shard_model(model: nnx.Module, mesh) -> nnx.Module:
     pspecs = nnx.get_partition_spec(state)
     sharded = jax.tree.map(
         lambda x, spec: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)) if hasattr(x, "shape") else x,
-        state, pspecs,
+        state,
+        pspecs,
     )
     nnx.update(model, sharded)
     return model
@@ -183,17 +192,23 @@ def apply_lora(model: ToolGemma3, lora_cfg, seed: int) -> ToolGemma3:
     import qwix
 
     provider = qwix.LoraProvider(
-        module_path=lora_cfg.target_modules, rank=int(lora_cfg.rank),
-        alpha=float(lora_cfg.alpha), dropout=float(lora_cfg.dropout),
+        module_path=lora_cfg.target_modules,
+        rank=int(lora_cfg.rank),
+        alpha=float(lora_cfg.alpha),
+        dropout=float(lora_cfg.dropout),
     )
-    lora_model = qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(params=seed, dropout=seed), **model.get_model_input())
+    lora_model = qwix.apply_lora_to_model(
+        model, provider, rngs=nnx.Rngs(params=seed, dropout=seed), **model.get_model_input()
+    )
     # the generator's decode step (decode_step.py) applies the adapters itself and needs their
     # scale, which qwix keeps inside its interceptor
     lora_model.lora_scale = float(lora_cfg.alpha) / float(lora_cfg.rank)
     n_lora = count_params(lora_model, nnx.LoRAParam)
     if n_lora == 0:
-        raise LoraTargetError(f"model.lora.target_modules={lora_cfg.target_modules!r} matches no module of the model; "
-                              "nothing to train (module paths look like layers/0/attn/q_einsum, layers/0/mlp/gate_proj)")
+        raise LoraTargetError(
+            f"model.lora.target_modules={lora_cfg.target_modules!r} matches no module of the model; "
+            "nothing to train (module paths look like layers/0/attn/q_einsum, layers/0/mlp/gate_proj)"
+        )
     return lora_model
 
 

@@ -30,11 +30,11 @@ from gemma_tool_use.model.checkpoints import (
 )
 from gemma_tool_use.model.gemma import (
     ToolGemma3,
-    param_dtype,
-    apply_test_friendly_init,
     add_trainable_rows,
     apply_lora,
+    apply_test_friendly_init,
     count_params,
+    param_dtype,
     shard_model,
     tunix_config,
 )
@@ -59,11 +59,20 @@ def _check_arch(model_cfg, hf_dir: Path) -> None:
     hf = json.loads(cfg_file.read_text())
     hf = hf.get("text_config", hf)
     a = model_cfg.arch
-    pairs = {"num_layers": "num_hidden_layers", "embed_dim": "hidden_size", "hidden_dim": "intermediate_size",
-             "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
-             "num_embed": "vocab_size"}
-    bad = [f"model.arch.{ours}={getattr(a, ours)} but {cfg_file} has {theirs}={hf[theirs]}"
-           for ours, theirs in pairs.items() if theirs in hf and int(hf[theirs]) != int(getattr(a, ours))]
+    pairs = {
+        "num_layers": "num_hidden_layers",
+        "embed_dim": "hidden_size",
+        "hidden_dim": "intermediate_size",
+        "num_heads": "num_attention_heads",
+        "num_kv_heads": "num_key_value_heads",
+        "head_dim": "head_dim",
+        "num_embed": "vocab_size",
+    }
+    bad = [
+        f"model.arch.{ours}={getattr(a, ours)} but {cfg_file} has {theirs}={hf[theirs]}"
+        for ours, theirs in pairs.items()
+        if theirs in hf and int(hf[theirs]) != int(getattr(a, ours))
+    ]
     if bad:
         raise WeightsError("checkpoint does not match the configured architecture: " + "; ".join(bad))
 
@@ -78,9 +87,13 @@ def load_hf_dir(model_cfg, hf_dir: Path, mesh=None) -> ToolGemma3:
     # tunix's public create_model_from_safe_tensors hard-codes its Gemma3 class; its loader
     # takes the class, so we pass ours with tunix's (pinned-version) key mapping.
     return safetensors_loader.load_and_create_model(
-        file_dir=str(hf_dir), model_class=ToolGemma3, config=cfg,
-        key_mapping=tunix_st._get_key_and_transform_mapping, mesh=mesh,
-        preprocess_fn=tunix_st._make_preprocess_fn(cfg), dtype=param_dtype(model_cfg),
+        file_dir=str(hf_dir),
+        model_class=ToolGemma3,
+        config=cfg,
+        key_mapping=tunix_st._get_key_and_transform_mapping,
+        mesh=mesh,
+        preprocess_fn=tunix_st._make_preprocess_fn(cfg),
+        dtype=param_dtype(model_cfg),
     )
 
 
@@ -95,7 +108,9 @@ def load_orbax_dir(model_cfg, ckpt_dir: Path, mesh=None) -> ToolGemma3:
     """Kaggle/Orbax layout (upstream 'transformer/...' tree) through tunix's loader."""
     from tunix.models.gemma3 import params as tunix_params
 
-    model = tunix_params.create_model_from_checkpoint(str(ckpt_dir), tunix_config(model_cfg), mesh, param_dtype(model_cfg))
+    model = tunix_params.create_model_from_checkpoint(
+        str(ckpt_dir), tunix_config(model_cfg), mesh, param_dtype(model_cfg)
+    )
     return as_tool_model(model, model_cfg)
 
 
@@ -145,7 +160,9 @@ def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
     model = build_base_model(model_cfg, seed, mesh)
     lora_cfg, rows, ckpt = model_cfg.lora, list(model_cfg.train_token_ids), None
 
-    adapter = model_cfg.lora_checkpoint if model_cfg.lora_checkpoint and is_adapter_dir(model_cfg.lora_checkpoint) else None
+    adapter = (
+        model_cfg.lora_checkpoint if model_cfg.lora_checkpoint and is_adapter_dir(model_cfg.lora_checkpoint) else None
+    )
     if adapter:  # a portable adapter (adapters.py): its own LoRA settings and rows
         from omegaconf import OmegaConf
 
@@ -167,9 +184,17 @@ def build_model(model_cfg, mesh, seed: int) -> ToolGemma3:
         log.info("loaded the portable adapter %s (step %s of %s)", adapter, info.get("step"), info.get("source"))
     if ckpt:
         restored = load_lora_checkpoint(model, *ckpt, lora_only=bool(lora_cfg.enabled))
-        log.info("loaded %s from %s step %d", f"LoRA adapters (rank {lora_cfg.rank})" if lora_cfg.enabled
-                 else "fully fine-tuned weights", ckpt[0], restored)
+        log.info(
+            "loaded %s from %s step %d",
+            f"LoRA adapters (rank {lora_cfg.rank})" if lora_cfg.enabled else "fully fine-tuned weights",
+            ckpt[0],
+            restored,
+        )
     model = shard_model(model, mesh)
-    log.info("model %s: %.2fM params, %.3fM LoRA params", model_cfg.name,
-             count_params(model, nnx.Param) / 1e6, count_params(model, nnx.LoRAParam) / 1e6)
+    log.info(
+        "model %s: %.2fM params, %.3fM LoRA params",
+        model_cfg.name,
+        count_params(model, nnx.Param) / 1e6,
+        count_params(model, nnx.LoRAParam) / 1e6,
+    )
     return model

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sentencepiece as spm
+
 from gemma_tool_use.utils.errors import UserError
 
 PAD_ID = 0
@@ -153,7 +154,9 @@ def sentencepiece_proto_from_gguf(gguf_path: str | os.PathLike) -> bytes:
     reader = gguf.GGUFReader(str(gguf_path))
     model = bytes(_gguf_field(reader, "tokenizer.ggml.model").parts[-1]).decode()
     if model != "llama":
-        raise TokenizerError(f"{gguf_path}: tokenizer.ggml.model is {model!r}, expected a SentencePiece ('llama') vocabulary")
+        raise TokenizerError(
+            f"{gguf_path}: tokenizer.ggml.model is {model!r}, expected a SentencePiece ('llama') vocabulary"
+        )
     tokens_f = _gguf_field(reader, "tokenizer.ggml.tokens")
     scores_f = _gguf_field(reader, "tokenizer.ggml.scores")
     types_f = _gguf_field(reader, "tokenizer.ggml.token_type")

@@ -100,11 +100,19 @@ def _hf_config_json(tensors: dict[str, np.ndarray]) -> dict:
     q = tensors["model.layers.0.self_attn.q_proj.weight"].shape[0]
     kv = tensors["model.layers.0.self_attn.k_proj.weight"].shape[0]
     head_dim = tensors["model.layers.0.self_attn.q_norm.weight"].shape[0]
-    return {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": int(vocab),
-            "hidden_size": int(d), "num_hidden_layers": n_layers, "head_dim": int(head_dim),
-            "num_attention_heads": q // head_dim, "num_key_value_heads": kv // head_dim,
-            "intermediate_size": int(tensors["model.layers.0.mlp.gate_proj.weight"].shape[0]),
-            "torch_dtype": "float32", "converted_by": "gemma_tool_use.weights (from GGUF)"}
+    return {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "vocab_size": int(vocab),
+        "hidden_size": int(d),
+        "num_hidden_layers": n_layers,
+        "head_dim": int(head_dim),
+        "num_attention_heads": q // head_dim,
+        "num_key_value_heads": kv // head_dim,
+        "intermediate_size": int(tensors["model.layers.0.mlp.gate_proj.weight"].shape[0]),
+        "torch_dtype": "float32",
+        "converted_by": "gemma_tool_use.weights (from GGUF)",
+    }
 
 
 def _cache_is_valid(cache_dir: Path) -> bool:
@@ -123,7 +131,6 @@ def converted_gguf_dir(gguf_path: str | os.PathLike | None = None) -> Path:
     """HF-layout directory (model.safetensors, config.json, tokenizer.model) converted from a
     GGUF once and cached; a partial or corrupt cache is detected (size + sha256) and rebuilt."""
     from safetensors.numpy import save_file
-
 
     gguf_path = Path(gguf_path) if gguf_path else default_gguf_path()
     if not gguf_path.is_file():
@@ -147,8 +154,9 @@ def converted_gguf_dir(gguf_path: str | os.PathLike | None = None) -> Path:
     except TokenizerError as e:  # weights-only GGUF: the tokenizer must come from elsewhere
         log.warning("%s", e)
     st = tmp / "model.safetensors"
-    (tmp / "COMPLETE.json").write_text(json.dumps({"size": st.stat().st_size, "sha256": sha256_file(st),
-                                                   "source": str(gguf_path)}))
+    (tmp / "COMPLETE.json").write_text(
+        json.dumps({"size": st.stat().st_size, "sha256": sha256_file(st), "source": str(gguf_path)})
+    )
     tmp.rename(cache_dir)  # atomic: a killed conversion never leaves a valid-looking cache
     log.info("converted in %.1fs -> %s", time.time() - t0, cache_dir)
     return cache_dir
@@ -165,7 +173,9 @@ def resolve_hf_dir(path_or_id: str) -> Path:
             raise WeightsError(f"{p}: no *.safetensors files (model.path must be a Hugging Face checkpoint dir)")
         return p
     if p.exists() or path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") != 1:
-        raise WeightsError(f"model.path={path_or_id!r} is neither a local directory nor a hub id like 'google/gemma-3-270m'")
+        raise WeightsError(
+            f"model.path={path_or_id!r} is neither a local directory nor a hub id like 'google/gemma-3-270m'"
+        )
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -173,11 +183,18 @@ def resolve_hf_dir(path_or_id: str) -> Path:
         raise WeightsError("huggingface_hub is needed to fetch hub ids; pip install huggingface_hub") from e
     try:
         # Token from HF_TOKEN / the huggingface_hub cache; never an interactive login.
-        return Path(snapshot_download(path_or_id, allow_patterns=["*.safetensors", "*.json", "tokenizer.model"],
-                                      token=os.environ.get("HF_TOKEN")))
+        return Path(
+            snapshot_download(
+                path_or_id,
+                allow_patterns=["*.safetensors", "*.json", "tokenizer.model"],
+                token=os.environ.get("HF_TOKEN"),
+            )
+        )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
-        raise WeightsError(f"could not fetch {path_or_id!r} from the Hugging Face hub: {e}. Gemma needs an accepted "
-                           "licence and HF_TOKEN; offline, use model.source=gguf") from e
+        raise WeightsError(
+            f"could not fetch {path_or_id!r} from the Hugging Face hub: {e}. Gemma needs an accepted "
+            "licence and HF_TOKEN; offline, use model.source=gguf"
+        ) from e
 
 
 def resolve_kaggle_dir(path_or_handle: str) -> Path:
@@ -185,8 +202,10 @@ def resolve_kaggle_dir(path_or_handle: str) -> Path:
     if p.is_dir():
         return p
     if path_or_handle.count("/") < 3:
-        raise WeightsError(f"model.path={path_or_handle!r} is neither a local Orbax directory nor a kagglehub "
-                           "handle like 'google/gemma-3/flax/gemma3-270m'")
+        raise WeightsError(
+            f"model.path={path_or_handle!r} is neither a local Orbax directory nor a kagglehub "
+            "handle like 'google/gemma-3/flax/gemma3-270m'"
+        )
     try:
         import kagglehub
     except ImportError as e:
@@ -200,7 +219,11 @@ def resolve_kaggle_dir(path_or_handle: str) -> Path:
 def orbax_params_dir(root: Path) -> Path:
     """Kaggle ships `<variant>/` with the Orbax tree and tokenizer.model beside it; accept either."""
     for cand in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
-        if (cand / "_METADATA").is_file() or (cand / "checkpoint").is_file() or (cand / "_CHECKPOINT_METADATA").is_file():
+        if (
+            (cand / "_METADATA").is_file()
+            or (cand / "checkpoint").is_file()
+            or (cand / "_CHECKPOINT_METADATA").is_file()
+        ):
             return cand
     raise WeightsError(f"{root}: no Orbax checkpoint found (expected a directory with _METADATA)")
 

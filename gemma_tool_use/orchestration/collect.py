@@ -16,10 +16,28 @@ from gemma_tool_use.utils.files import write_json_atomic
 # What a run leaves that belongs in experiments/<name>/: small, text or plots, and the portable
 # adapter (LoRA + trained rows, a few MB: a later session continues from it, a user runs it);
 # never base weights or optimizer state.
-COLLECTED = ["adapter/adapter.safetensors", "adapter/adapter_config.json", "train_summary.json", "grpo_summary.json", "samples.jsonl", "probe.jsonl", "reward_curve.png",
-             "metrics.jsonl", "loss_curve.png", "data_card.md", "data_card.json",
-             "summary.json", "results.md", "accuracy.png", "bfcl_eval/summary.json", "bfcl_eval/results.md",
-             "bfcl_eval/accuracy.png", "bfcl_eval/bfcl/*.jsonl", "bfcl/*.jsonl", ".hydra/overrides.yaml"]
+COLLECTED = [
+    "adapter/adapter.safetensors",
+    "adapter/adapter_config.json",
+    "train_summary.json",
+    "grpo_summary.json",
+    "samples.jsonl",
+    "probe.jsonl",
+    "reward_curve.png",
+    "metrics.jsonl",
+    "loss_curve.png",
+    "data_card.md",
+    "data_card.json",
+    "summary.json",
+    "results.md",
+    "accuracy.png",
+    "bfcl_eval/summary.json",
+    "bfcl_eval/results.md",
+    "bfcl_eval/accuracy.png",
+    "bfcl_eval/bfcl/*.jsonl",
+    "bfcl/*.jsonl",
+    ".hydra/overrides.yaml",
+]
 
 
 def collect_run(run_dir: str | Path, dest: str | Path) -> list[Path]:

@@ -79,8 +79,15 @@ def plan(cfg: DictConfig) -> list[dict]:
         i = order.index(stage) + 1
         steps.append({"index": i, "stage": stage, "name": f"{i}_{stage}", "overrides": list(pl.recipe[stage])})
     if pl.final_full_eval and pl.eval_subset_per_category:
-        steps.append({"index": len(order) + 1, "stage": "eval", "name": f"{len(order) + 1}_final_full_eval",
-                      "overrides": [], "full": True})
+        steps.append(
+            {
+                "index": len(order) + 1,
+                "stage": "eval",
+                "name": f"{len(order) + 1}_final_full_eval",
+                "overrides": [],
+                "full": True,
+            }
+        )
     return steps
 
 
@@ -170,7 +177,9 @@ def _resolve_start(cfg: DictConfig, root: Path) -> str | None:
 def _check_grpo_has_start(steps: list[dict], start: str | None) -> None:
     first_training = next((s for s in steps if s["stage"] != "eval"), None)
     if first_training and first_training["stage"] == "grpo" and not start:
-        raise PipelineError("pipeline: GRPO starts from an SFT result; give pipeline.resume_from=<stage dir or adapter>")
+        raise PipelineError(
+            "pipeline: GRPO starts from an SFT result; give pipeline.resume_from=<stage dir or adapter>"
+        )
 
 
 def _finished_earlier(rec: dict | None, stage_dir: Path, start_here: str | None) -> bool:
@@ -178,56 +187,92 @@ def _finished_earlier(rec: dict | None, stage_dir: Path, start_here: str | None)
     another start, finished or interrupted, is refused: a stage dir holds one chain only."""
     if rec and rec.get("status") == "done":
         if rec.get("start") != start_here:
-            raise PipelineError(f"{stage_dir}: finished from start {rec.get('start')!r}, but this command starts it "
-                                f"from {start_here!r}; use another pipeline dir (hydra.run.dir=...)")
+            raise PipelineError(
+                f"{stage_dir}: finished from start {rec.get('start')!r}, but this command starts it "
+                f"from {start_here!r}; use another pipeline dir (hydra.run.dir=...)"
+            )
         return True
     if rec and rec.get("start") != start_here:  # an interrupted stage resumes only from its own start
-        raise PipelineError(f"{stage_dir}: an interrupted run from start {rec.get('start')!r}; this command starts "
-                            f"it from {start_here!r}; use another pipeline dir (hydra.run.dir=...)")
+        raise PipelineError(
+            f"{stage_dir}: an interrupted run from start {rec.get('start')!r}; this command starts "
+            f"it from {start_here!r}; use another pipeline dir (hydra.run.dir=...)"
+        )
     return False
 
 
-def _stage_command(cfg: DictConfig, step: dict, stage_dir: Path, root: Path, start_here: str | None,
-                   user: list[str], group: str) -> list[str]:
+def _stage_command(
+    cfg: DictConfig, step: dict, stage_dir: Path, root: Path, start_here: str | None, user: list[str], group: str
+) -> list[str]:
     """The stage's command line: common, recipe and user overrides, its dir and W&B group, the
     BFCL categories, and its start (the adapter an eval loads, or a training stage continues)."""
     pl, stage = cfg.pipeline, step["stage"]
-    args = [sys.executable, "-m", "gemma_tool_use", f"stage={stage}", *pl.common, *step["overrides"], *user,
-            f"hydra.run.dir={stage_dir}", f"tracking.group={group}", *_eval_overrides(pl, step.get("full", False))]
+    args = [
+        sys.executable,
+        "-m",
+        "gemma_tool_use",
+        f"stage={stage}",
+        *pl.common,
+        *step["overrides"],
+        *user,
+        f"hydra.run.dir={stage_dir}",
+        f"tracking.group={group}",
+        *_eval_overrides(pl, step.get("full", False)),
+    ]
     if stage == "eval":
-        args.append(f"model.lora_checkpoint={absolute(root, start_here)}" if start_here else "model.lora_checkpoint=null")
+        args.append(
+            f"model.lora_checkpoint={absolute(root, start_here)}" if start_here else "model.lora_checkpoint=null"
+        )
     else:
-        args += [f"train.init_from={absolute(root, start_here)}" if start_here else "train.init_from=null",
-                 "eval.run_after_training=true"]
+        args += [
+            f"train.init_from={absolute(root, start_here)}" if start_here else "train.init_from=null",
+            "eval.run_after_training=true",
+        ]
     return args
 
 
-def _run_stage(pl, root: Path, state: dict, step: dict, start_here: str | None, args: list[str],
-               position: str) -> str | None:
+def _run_stage(
+    pl, root: Path, state: dict, step: dict, start_here: str | None, args: list[str], position: str
+) -> str | None:
     """Run one stage's process and record it in the state file: running, then done, interrupted
     (raises Stopped) or failed (raises PipelineError). Returns the adapter the next stage starts
     from, None after an eval stage."""
     name, stage = step["name"], step["stage"]
     stage_dir = (root / name).absolute()
     prev = state["stages"].get(name) or {}  # an interrupted earlier attempt: its time and memory count too
-    state["stages"][name] = {"status": "running", "stage": stage, "start": start_here, "dir": name,
-                             "command": args[1:], "seconds": prev.get("seconds"), "peak_rss_gib": prev.get("peak_rss_gib")}
+    state["stages"][name] = {
+        "status": "running",
+        "stage": stage,
+        "start": start_here,
+        "dir": name,
+        "command": args[1:],
+        "seconds": prev.get("seconds"),
+        "peak_rss_gib": prev.get("peak_rss_gib"),
+    }
     write_state(root, state)
     code, seconds, rss, stopped = _run_child(args, position)
     # a resumed stage ran in several processes: its wall time adds up, its peak memory is the max
-    state["stages"][name].update({"seconds": round(seconds + float(prev.get("seconds") or 0), 1),
-                                  "peak_rss_gib": round(max(rss, float(prev.get("peak_rss_gib") or 0)), 2)})
+    state["stages"][name].update(
+        {
+            "seconds": round(seconds + float(prev.get("seconds") or 0), 1),
+            "peak_rss_gib": round(max(rss, float(prev.get("peak_rss_gib") or 0)), 2),
+        }
+    )
     if stopped:
         state["stages"][name]["status"] = "interrupted"
         write_state(root, state)
-        print(f"[pipeline {pl.name}] stopped ({stopped}) in stage {name}; re-run the same command to resume it",
-              file=sys.stderr, flush=True)
+        print(
+            f"[pipeline {pl.name}] stopped ({stopped}) in stage {name}; re-run the same command to resume it",
+            file=sys.stderr,
+            flush=True,
+        )
         raise Stopped(stopped)
     if code != 0:
         state["stages"][name]["status"] = f"failed (exit {code})"
         write_state(root, state)
-        raise PipelineError(f"stage {name} failed (exit {code}); its log: {stage_dir}/gemma_tool_use.log. "
-                            "Fix it and re-run the same command: finished stages are skipped")
+        raise PipelineError(
+            f"stage {name} failed (exit {code}); its log: {stage_dir}/gemma_tool_use.log. "
+            "Fix it and re-run the same command: finished stages are skipped"
+        )
     adapter = stage_dir / "adapter"
     state["stages"][name].update({"status": "done", "adapter": f"{name}/adapter" if stage != "eval" else None})
     if stage != "eval" and not (adapter / "adapter_config.json").is_file():
@@ -238,8 +283,15 @@ def _run_stage(pl, root: Path, state: dict, step: dict, start_here: str | None, 
 
 def _summarise(root: Path, state: dict, steps: list[dict]) -> None:
     """pipeline_summary.{json,md,png} from the finished stages' BFCL summaries."""
-    write_pipeline_summary(root, state, {s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"])
-                                         for s in steps if state["stages"].get(s["name"], {}).get("status") == "done"})
+    write_pipeline_summary(
+        root,
+        state,
+        {
+            s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"])
+            for s in steps
+            if state["stages"].get(s["name"], {}).get("status") == "done"
+        },
+    )
 
 
 def run_pipeline(cfg: DictConfig) -> float | None:
@@ -265,7 +317,9 @@ def run_pipeline(cfg: DictConfig) -> float | None:
             continue
         args = _stage_command(cfg, step, stage_dir, root, current, user, group)
         print(f"[pipeline {pl.name}] stage {k}/{n}: {name} -> {stage_dir}", flush=True)
-        current = _run_stage(pl, root, state, step, current, args, f"pipeline {pl.name}, stage {k}/{n}: {name}") or current
+        current = (
+            _run_stage(pl, root, state, step, current, args, f"pipeline {pl.name}, stage {k}/{n}: {name}") or current
+        )
         _summarise(root, state, steps)
     _summarise(root, state, steps)  # also when every stage was recorded earlier: the table from the files alone
     print(f"[pipeline {pl.name}] done: {root / 'pipeline_summary.md'}", flush=True)

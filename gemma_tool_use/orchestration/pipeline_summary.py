@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gemma_tool_use.evaluation.bfcl_tables import plot_bfcl_compare, irrelevance_split
+from gemma_tool_use.evaluation.bfcl_tables import irrelevance_split, plot_bfcl_compare
 from gemma_tool_use.utils.markdown import markdown_table
 
 
 def _score_kind(s: dict) -> str:
     sub = s.get("subset")
-    return f"subset ({sub['per_category']} per category, seed {sub['seed']})" if sub else (
-        "partial" if s.get("partial") else "full categories")
+    return (
+        f"subset ({sub['per_category']} per category, seed {sub['seed']})"
+        if sub
+        else ("partial" if s.get("partial") else "full categories")
+    )
 
 
 def _delta_row(label: str, values: list) -> list[str]:
@@ -33,22 +36,35 @@ def _delta_row(label: str, values: list) -> list[str]:
 def _bfcl_section(root: Path, stages: dict, scored: dict, label: str, names: list[str]) -> tuple[list[str], dict]:
     """(Markdown lines, JSON entries per stage) of one group of comparable BFCL scores."""
     cats = list(dict.fromkeys(c for n in names for c in scored[n]["categories"]))
-    aggs = [k for k in ("non_live", "simple", "irrelevance", "live", "multi_turn")
-            if any(isinstance(scored[n].get("aggregates", {}).get(k), (int, float)) for n in names)]
+    aggs = [
+        k
+        for k in ("non_live", "simple", "irrelevance", "live", "multi_turn")
+        if any(isinstance(scored[n].get("aggregates", {}).get(k), (int, float)) for n in names)
+    ]
     headers = ["category"]
     for i, n in enumerate(names):
         headers += [n] if i == 0 else [n, "Δ"]
     rows = [_delta_row(c, [scored[n]["categories"].get(c, {}).get("accuracy") for n in names]) for c in cats]
     rows += [_delta_row(f"**{k}**", [scored[n].get("aggregates", {}).get(k) for n in names]) for k in aggs]
-    splits = {n: irrelevance_split(root / stages[n]["dir"] / ("bfcl" if stages[n]["stage"] == "eval" else "bfcl_eval/bfcl"))
-              for n in names if n in stages}
+    splits = {
+        n: irrelevance_split(root / stages[n]["dir"] / ("bfcl" if stages[n]["stage"] == "eval" else "bfcl_eval/bfcl"))
+        for n in names
+        if n in stages
+    }
     if any(splits.values()):
-        rows.append(_delta_row("irrelevance: clean abstentions", [(splits.get(n) or {}).get("clean_accuracy") for n in names]))
+        rows.append(
+            _delta_row("irrelevance: clean abstentions", [(splits.get(n) or {}).get("clean_accuracy") for n in names])
+        )
     lines = [f"## BFCL, {label}", "", markdown_table(headers, rows), ""]
-    out = {n: {"kind": label, "categories": {c: v["accuracy"] for c, v in scored[n]["categories"].items()},
-               "aggregates": {k: scored[n].get("aggregates", {}).get(k) for k in aggs},
-               "irrelevance_split": splits.get(n)}
-           for n in names}
+    out = {
+        n: {
+            "kind": label,
+            "categories": {c: v["accuracy"] for c, v in scored[n]["categories"].items()},
+            "aggregates": {k: scored[n].get("aggregates", {}).get(k) for k in aggs},
+            "irrelevance_split": splits.get(n),
+        }
+        for n in names
+    }
     return lines, out
 
 
@@ -62,24 +78,51 @@ def write_pipeline_summary(root: str | Path, state: dict, bfcl: dict[str, dict |
     groups: dict[str, list[str]] = {}
     for n, s in scored.items():
         groups.setdefault(_score_kind(s), []).append(n)
-    lines = [f"# Pipeline `{state.get('name')}`", "", f"Commit {state.get('commit')}; start: "
-             f"{state.get('resume_from') or 'the base model'}.", ""]
-    out = {"name": state.get("name"), "commit": state.get("commit"), "resume_from": state.get("resume_from"),
-           "stages": {}, "bfcl": {}}
+    lines = [
+        f"# Pipeline `{state.get('name')}`",
+        "",
+        f"Commit {state.get('commit')}; start: {state.get('resume_from') or 'the base model'}.",
+        "",
+    ]
+    out = {
+        "name": state.get("name"),
+        "commit": state.get("commit"),
+        "resume_from": state.get("resume_from"),
+        "stages": {},
+        "bfcl": {},
+    }
     for label, names in groups.items():
         section, entries = _bfcl_section(root, stages, scored, label, names)
         lines += section
         out["bfcl"].update(entries)
     rows = []
     for n, st in stages.items():
-        rows.append([n, st.get("stage"), st.get("status"), "-" if st.get("seconds") is None else f"{st['seconds'] / 60:.1f}",
-                     "-" if st.get("peak_rss_gib") is None else f"{st['peak_rss_gib']:.2f}", st.get("start") or "base"])
-        out["stages"][n] = {k: st.get(k) for k in ("stage", "status", "seconds", "peak_rss_gib", "start", "adapter", "dir")}
-    lines += ["## Stages", "", markdown_table(["stage dir", "stage", "status", "wall (min)", "peak RSS (GiB)", "start"], rows)]
+        rows.append(
+            [
+                n,
+                st.get("stage"),
+                st.get("status"),
+                "-" if st.get("seconds") is None else f"{st['seconds'] / 60:.1f}",
+                "-" if st.get("peak_rss_gib") is None else f"{st['peak_rss_gib']:.2f}",
+                st.get("start") or "base",
+            ]
+        )
+        out["stages"][n] = {
+            k: st.get(k) for k in ("stage", "status", "seconds", "peak_rss_gib", "start", "adapter", "dir")
+        }
+    lines += [
+        "## Stages",
+        "",
+        markdown_table(["stage dir", "stage", "status", "wall (min)", "peak RSS (GiB)", "start"], rows),
+    ]
     (root / "pipeline_summary.md").write_text("\n".join(lines) + "\n")
     (root / "pipeline_summary.json").write_text(json.dumps(out, indent=2))
     if scored:
         label, names = next(iter(groups.items()))
-        plot_bfcl_compare({n: scored[n] for n in names}, list(dict.fromkeys(c for n in names for c in scored[n]["categories"])),
-                          root / "pipeline_summary.png", f"pipeline {state.get('name')}: BFCL, {label}")
+        plot_bfcl_compare(
+            {n: scored[n] for n in names},
+            list(dict.fromkeys(c for n in names for c in scored[n]["categories"])),
+            root / "pipeline_summary.png",
+            f"pipeline {state.get('name')}: BFCL, {label}",
+        )
     return out

@@ -32,14 +32,19 @@ def _check_weights_path(source: str, path: str) -> None:
         _fail("model.path", f"GGUF file not found: {path}")
     if source == "hf" and not local.is_dir():
         if _looks_local(path) or local.exists() or path.count("/") != 1:
-            _fail("model.path", f"{path!r} is neither a Hugging Face checkpoint directory nor a hub id "
-                  "like 'google/gemma-3-270m'")
+            _fail(
+                "model.path",
+                f"{path!r} is neither a Hugging Face checkpoint directory nor a hub id like 'google/gemma-3-270m'",
+            )
     if source == "hf" and local.is_dir() and not any(local.glob("*.safetensors")):
         _fail("model.path", f"{path}: no *.safetensors files (a Hugging Face checkpoint dir has them)")
     if source == "kaggle" and not local.is_dir():
         if _looks_local(path) or local.exists() or path.count("/") < 3:
-            _fail("model.path", f"{path!r} is neither a local Orbax directory nor a kagglehub handle "
-                  "like 'google/gemma-3/flax/gemma3-270m'")
+            _fail(
+                "model.path",
+                f"{path!r} is neither a local Orbax directory nor a kagglehub handle "
+                "like 'google/gemma-3/flax/gemma3-270m'",
+            )
 
 
 def _check_model_paths(model) -> None:
@@ -57,8 +62,11 @@ def _check_model_paths(model) -> None:
 def _check_training_inputs(cfg, stage: str) -> None:
     """The run a training stage starts from and the data it reads."""
     if stage == "grpo" and not cfg.train.init_from:
-        _fail("train.init_from", "stage=grpo starts from an SFT run: give its run dir, checkpoint or experiment "
-                                 "name (GRPO on the bare base has nothing to reward: it never ends its turn)")
+        _fail(
+            "train.init_from",
+            "stage=grpo starts from an SFT run: give its run dir, checkpoint or experiment "
+            "name (GRPO on the bare base has nothing to reward: it never ends its turn)",
+        )
     if cfg.train.init_from:
         resolve_init_from(cfg.train.init_from, cfg.model)  # HandoffError naming train.init_from
     data = cfg.data
@@ -79,8 +87,11 @@ def _check_training_inputs(cfg, stage: str) -> None:
 def _check_export(export) -> None:
     bad = [k for k in export.types if k not in GGUF_TYPES]
     if bad or not export.types:
-        _fail("export.types", f"{list(bad or export.types)}: choose from {', '.join(GGUF_TYPES)} (K-quants such "
-              "as Q4_K_M: run llama.cpp's llama-quantize on the f16 file)")
+        _fail(
+            "export.types",
+            f"{list(bad or export.types)}: choose from {', '.join(GGUF_TYPES)} (K-quants such "
+            "as Q4_K_M: run llama.cpp's llama-quantize on the f16 file)",
+        )
 
 
 def _check_serve(serve, generation) -> None:
@@ -90,11 +101,15 @@ def _check_serve(serve, generation) -> None:
         if int(serve[key]) < 1:
             _fail(f"serve.{key}", f"must be >= 1, got {serve[key]}")
     if float(serve.batch_window_ms) < 0 or float(serve.request_timeout_s) <= 0:
-        _fail("serve.batch_window_ms" if float(serve.batch_window_ms) < 0 else "serve.request_timeout_s",
-              "must be >= 0 (window) / > 0 (timeout)")
+        _fail(
+            "serve.batch_window_ms" if float(serve.batch_window_ms) < 0 else "serve.request_timeout_s",
+            "must be >= 0 (window) / > 0 (timeout)",
+        )
     if int(generation.max_new_tokens) > int(serve.max_tokens_limit):
-        _fail("generation.max_new_tokens", f"the default answer length {generation.max_new_tokens} > "
-              f"serve.max_tokens_limit={serve.max_tokens_limit}")
+        _fail(
+            "generation.max_new_tokens",
+            f"the default answer length {generation.max_new_tokens} > serve.max_tokens_limit={serve.max_tokens_limit}",
+        )
 
 
 def _check_predict(predict) -> None:

@@ -87,11 +87,16 @@ def resolve_init_from(value: str, model_cfg: Any = None, key: str = "train.init_
         if not finished:
             where = " or ".join(f"{r}/" for r in roots)
             seen = f" ({len(runs)} run(s) without checkpoints)" if runs else ""
-            raise HandoffError(f"{key}={value!r}: not a path, and no run of experiment '{value}' with checkpoints "
-                               f"under {where}{seen}; give a run dir or checkpoint path, or null to start from the base")
+            raise HandoffError(
+                f"{key}={value!r}: not a path, and no run of experiment '{value}' with checkpoints "
+                f"under {where}{seen}; give a run dir or checkpoint path, or null to start from the base"
+            )
         if len(finished) > 1:
-            raise HandoffError(f"{key}={value!r}: {len(finished)} runs of experiment '{value}' have checkpoints ("
-                               + ", ".join(map(str, finished)) + "); give the run dir to use")
+            raise HandoffError(
+                f"{key}={value!r}: {len(finished)} runs of experiment '{value}' have checkpoints ("
+                + ", ".join(map(str, finished))
+                + "); give the run dir to use"
+            )
         found = finished[0]
     if model_cfg is not None:
         check_same_architecture(found, model_cfg, key)

@@ -67,16 +67,26 @@ def open_tracker(ctx: StageContext, run_dir: Path | None = None):
     """The stage's Tracker (metrics.jsonl + W&B) in `run_dir` (default: the run dir)."""
     from gemma_tool_use.utils.tracking import Tracker
 
-    return Tracker(run_dir or ctx.run_dir, ctx.cfg.tracking, ctx.config_dict(), name=ctx.run_dir.name,
-                   group=wandb_group(ctx.cfg))
+    return Tracker(
+        run_dir or ctx.run_dir, ctx.cfg.tracking, ctx.config_dict(), name=ctx.run_dir.name, group=wandb_group(ctx.cfg)
+    )
 
 
 def export_trained_adapter(ctx: StageContext, model, step: int, *, write: bool = True) -> str:
     """The portable adapter (LoRA + trained rows): the next stage's start, the user's takeaway."""
     from gemma_tool_use.model.adapters import export_adapter
 
-    return str(export_adapter(model, ctx.run_dir / "adapter", ctx.cfg.model, step=step, source=str(ctx.run_dir),
-                              commit=git_commit(), write=write))
+    return str(
+        export_adapter(
+            model,
+            ctx.run_dir / "adapter",
+            ctx.cfg.model,
+            step=step,
+            source=str(ctx.run_dir),
+            commit=git_commit(),
+            write=write,
+        )
+    )
 
 
 def draw_curve(summary: dict, key: str, draw: Callable[[], Path]) -> None:
@@ -87,8 +97,9 @@ def draw_curve(summary: dict, key: str, draw: Callable[[], Path]) -> None:
         log.warning("could not draw %s: %s", key.replace("_", " "), e)
 
 
-def finish_training(ctx: StageContext, model, summary: dict, *, summary_file: str, step: int,
-                    seconds_key: str = "total_seconds") -> dict:
+def finish_training(
+    ctx: StageContext, model, summary: dict, *, summary_file: str, step: int, seconds_key: str = "total_seconds"
+) -> dict:
     """BFCL on the trained model (eval.run_after_training), its scores in the summary, the summary
     written to `<run dir>/<summary_file>` and the tracker; returns the summary."""
     cfg, path = ctx.cfg, ctx.run_dir / summary_file
@@ -96,8 +107,15 @@ def finish_training(ctx: StageContext, model, summary: dict, *, summary_file: st
         from gemma_tool_use.evaluation.evaluate import evaluate_model  # imports JAX
 
         path.write_text(json.dumps(summary, indent=2))  # on disk before BFCL: a cut eval loses none of it
-        bfcl_summary = evaluate_model(cfg, model, ctx.tokenizer, ctx.run_dir / "bfcl_eval", ctx.tracker, step=step,
-                                      model_label=f"{cfg.model.name} + {ctx.run_dir / 'adapter'} (step {step})")
+        bfcl_summary = evaluate_model(
+            cfg,
+            model,
+            ctx.tokenizer,
+            ctx.run_dir / "bfcl_eval",
+            ctx.tracker,
+            step=step,
+            model_label=f"{cfg.model.name} + {ctx.run_dir / 'adapter'} (step {step})",
+        )
         summary["bfcl"] = {k: v for k, v in bfcl_summary["aggregates"].items() if k != "missing"}
         summary["bfcl_categories"] = {c: v["accuracy"] for c, v in bfcl_summary["categories"].items()}
     summary[seconds_key] = round(time.time() - ctx.started, 1)

@@ -18,8 +18,11 @@ def _sweep_job_rows(sweep_dir: Path) -> list[dict]:
     rows = []
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        swept = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides
-                 if "=" in o and not o.startswith(("hydra.", "tracking.group"))}
+        swept = {
+            o.split("=", 1)[0]: o.split("=", 1)[1]
+            for o in overrides
+            if "=" in o and not o.startswith(("hydra.", "tracking.group"))
+        }
         row = {"job": job.name, "overrides": swept, "status": "ok" if (job / "job_result.json").is_file() else "failed"}
         train = job / "train_summary.json"
         if train.is_file():
@@ -44,9 +47,20 @@ def write_sweep_summary(sweep_dir: str | Path) -> dict:
     varying = [k for k in all_keys if len({r["overrides"].get(k) for r in rows}) > 1]
     keys = varying or all_keys  # the swept values; overrides shared by every job are left out
     fmt = lambda v, p=3: "-" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
-    table = markdown_table(["job", *keys, "val loss", "BFCL mean", "tokens/s", "status"],
-                           [[r["job"], *(r["overrides"].get(k, "") for k in keys), fmt(r.get("final_val_loss")),
-                             format_pct(r.get("bfcl_mean"), 1), fmt(r.get("tokens_per_s"), 0), r["status"]] for r in rows])
+    table = markdown_table(
+        ["job", *keys, "val loss", "BFCL mean", "tokens/s", "status"],
+        [
+            [
+                r["job"],
+                *(r["overrides"].get(k, "") for k in keys),
+                fmt(r.get("final_val_loss")),
+                format_pct(r.get("bfcl_mean"), 1),
+                fmt(r.get("tokens_per_s"), 0),
+                r["status"],
+            ]
+            for r in rows
+        ],
+    )
     summary = {"sweep_dir": str(sweep_dir), "swept": keys, "jobs": rows}
     (sweep_dir / "sweep_summary.json").write_text(json.dumps(summary, indent=2))
     (sweep_dir / "sweep_summary.md").write_text(table + "\n")
@@ -82,7 +96,12 @@ def _plot_sweep(sweep_dir: Path, rows: list[dict], keys: list[str]) -> None:
     for name, rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: _sort_key(r["overrides"].get(x_key)))
         ys = [(100 * r[metric]) if metric == "bfcl_mean" else r[metric] for r in rs]
-        ax.plot([r["overrides"].get(x_key) for r in rs], ys, marker="o", label=f"{series_key}={name}" if series_key else None)
+        ax.plot(
+            [r["overrides"].get(x_key) for r in rs],
+            ys,
+            marker="o",
+            label=f"{series_key}={name}" if series_key else None,
+        )
     ax.set_xlabel(x_key)
     ax.set_ylabel(label)
     if series_key:

@@ -59,11 +59,39 @@ class ChatRequest:
 
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
-_IGNORED = {"frequency_penalty", "presence_penalty", "logit_bias", "user", "metadata", "store",
-            "parallel_tool_calls", "service_tier", "reasoning_effort", "modalities", "prediction"}
-_KNOWN = {"model", "messages", "tools", "tool_choice", "max_tokens", "max_completion_tokens", "temperature",
-          "top_p", "seed", "stop", "stream", "stream_options", "n", "logprobs", "top_logprobs",
-          "response_format", "functions", "function_call"} | _IGNORED
+_IGNORED = {
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "user",
+    "metadata",
+    "store",
+    "parallel_tool_calls",
+    "service_tier",
+    "reasoning_effort",
+    "modalities",
+    "prediction",
+}
+_KNOWN = {
+    "model",
+    "messages",
+    "tools",
+    "tool_choice",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "functions",
+    "function_call",
+} | _IGNORED
 
 
 def _number(body: dict, key: str, lo: float, hi: float, default, integer: bool = False):
@@ -116,7 +144,9 @@ def _tools(body: dict) -> list[dict]:
         seen.add(name)
         params = f.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(params, dict):
-            raise RequestError(f"{where}.function.parameters must be a JSON Schema object", f"{where}.function.parameters")
+            raise RequestError(
+                f"{where}.function.parameters must be a JSON Schema object", f"{where}.function.parameters"
+            )
         desc = f.get("description", "")
         if not isinstance(desc, str):
             raise RequestError(f"{where}.function.description must be a string", f"{where}.function.description")
@@ -152,7 +182,9 @@ def _messages(raw: Any) -> list[dict]:
                 try:
                     args = json.loads(args) if isinstance(args, str) else args
                 except json.JSONDecodeError as e:
-                    raise RequestError(f"{cw}.function.arguments is not valid JSON: {e}", f"{cw}.function.arguments") from None
+                    raise RequestError(
+                        f"{cw}.function.arguments is not valid JSON: {e}", f"{cw}.function.arguments"
+                    ) from None
                 if not isinstance(args, dict):
                     raise RequestError(f"{cw}.function.arguments must encode a JSON object", f"{cw}.function.arguments")
                 if isinstance(c.get("id"), str):
@@ -165,8 +197,11 @@ def _messages(raw: Any) -> list[dict]:
         else:  # tool
             name = call_names.get(m.get("tool_call_id")) or m.get("name")
             if not isinstance(name, str) or not name:
-                raise RequestError(f"{where}.tool_call_id {m.get('tool_call_id')!r:.60} answers no earlier assistant "
-                                   "tool call (and the message has no 'name')", f"{where}.tool_call_id")
+                raise RequestError(
+                    f"{where}.tool_call_id {m.get('tool_call_id')!r:.60} answers no earlier assistant "
+                    "tool call (and the message has no 'name')",
+                    f"{where}.tool_call_id",
+                )
             text = _text_content(m.get("content"), f"{where}.content")
             try:
                 content = json.loads(text)  # a JSON result stays structured in <tool_response>
@@ -187,17 +222,22 @@ def parse_request(body: Any, default_model: str) -> ChatRequest:
     if body.get("logprobs"):
         raise RequestError("'logprobs' is not supported", "logprobs")
     if body.get("function_call") is not None:
-        raise RequestError("'function_call' is deprecated by OpenAI and not supported: use 'tool_choice'", "function_call")
+        raise RequestError(
+            "'function_call' is deprecated by OpenAI and not supported: use 'tool_choice'", "function_call"
+        )
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise RequestError("'response_format' other than {\"type\": \"text\"} is not supported", "response_format")
+        raise RequestError('\'response_format\' other than {"type": "text"} is not supported', "response_format")
     tools = _tools(body)
     choice = body.get("tool_choice", "auto")
     if choice == "none":
         tools = []
     elif choice != "auto":
-        raise RequestError(f"tool_choice {choice!r:.80} is not supported: use 'auto' or 'none' (this model's "
-                           "decoding cannot force a call)", "tool_choice")
+        raise RequestError(
+            f"tool_choice {choice!r:.80} is not supported: use 'auto' or 'none' (this model's "
+            "decoding cannot force a call)",
+            "tool_choice",
+        )
     conversation = {"tools": tools, "messages": _messages(body.get("messages"))}
     try:
         validate_conversation(conversation)
@@ -220,8 +260,17 @@ def parse_request(body: Any, default_model: str) -> ChatRequest:
     if not isinstance(opts, dict):
         raise RequestError("'stream_options' must be an object", "stream_options")
     seed = _number(body, "seed", -(1 << 63), (1 << 63) - 1, None, integer=True)
-    return ChatRequest(conversation, model, max_tokens, float(_number(body, "temperature", 0, 2, 0.0)),
-                       float(_number(body, "top_p", 0, 1, 1.0)), seed, stop, stream, bool(opts.get("include_usage")))
+    return ChatRequest(
+        conversation,
+        model,
+        max_tokens,
+        float(_number(body, "temperature", 0, 2, 0.0)),
+        float(_number(body, "top_p", 0, 1, 1.0)),
+        seed,
+        stop,
+        stream,
+        bool(opts.get("include_usage")),
+    )
 
 
 # ------------------------------------------------------------------------------ responses
@@ -234,9 +283,14 @@ def apply_stop(text: str, stop: list[str]) -> tuple[str, bool]:
 
 
 def _tool_calls(parsed: ParseResult) -> list[dict]:
-    return [{"id": f"call_{secrets.token_hex(12)}", "type": "function",
-             "function": {"name": c["name"], "arguments": json.dumps(c["args"], ensure_ascii=False)}}
-            for c in parsed.calls]
+    return [
+        {
+            "id": f"call_{secrets.token_hex(12)}",
+            "type": "function",
+            "function": {"name": c["name"], "arguments": json.dumps(c["args"], ensure_ascii=False)},
+        }
+        for c in parsed.calls
+    ]
 
 
 def build_message(text: str, parsed: ParseResult, stop_reason: str) -> tuple[dict, str]:
@@ -248,21 +302,36 @@ def build_message(text: str, parsed: ParseResult, stop_reason: str) -> tuple[dic
     return {"role": "assistant", "content": text, "refusal": None}, "length" if stop_reason == "length" else "stop"
 
 
-def completion_response(req_id: str, model: str, message: dict, finish: str, prompt_tokens: int,
-                        completion_tokens: int) -> dict:
-    return {"id": req_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+def completion_response(
+    req_id: str, model: str, message: dict, finish: str, prompt_tokens: int, completion_tokens: int
+) -> dict:
+    return {
+        "id": req_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
-def completion_chunks(req_id: str, model: str, message: dict, finish: str, prompt_tokens: int,
-                      completion_tokens: int, include_usage: bool) -> list[dict]:
+def completion_chunks(
+    req_id: str, model: str, message: dict, finish: str, prompt_tokens: int, completion_tokens: int, include_usage: bool
+) -> list[dict]:
     """The answer as stream events: the role, then the content or each call, then the finish
     reason (and usage when asked). Sent when the generation is done: one answer, several events."""
-    base = {"id": req_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "system_fingerprint": None}
+    base = {
+        "id": req_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+    }
 
     def chunk(delta: dict, finish_reason: str | None = None) -> dict:
         return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
@@ -271,12 +340,31 @@ def completion_chunks(req_id: str, model: str, message: dict, finish: str, promp
     if message.get("content"):
         events.append(chunk({"content": message["content"]}))
     for k, call in enumerate(message.get("tool_calls") or []):
-        events.append(chunk({"tool_calls": [{"index": k, "id": call["id"], "type": "function",
-                                             "function": {"name": call["function"]["name"],
-                                                          "arguments": call["function"]["arguments"]}}]}))
+        events.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": k,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]},
+                        }
+                    ]
+                }
+            )
+        )
     events.append(chunk({}, finish))
     if include_usage:
-        events.append({**base, "choices": [], "usage": {"prompt_tokens": prompt_tokens,
-                                                        "completion_tokens": completion_tokens,
-                                                        "total_tokens": prompt_tokens + completion_tokens}})
+        events.append(
+            {
+                **base,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
     return events

@@ -74,8 +74,9 @@ class Batcher:
         job = Job(ids, params)
         self.queue.put(job)
         if not job.done.wait(timeout_s):
-            raise RequestError(f"generation did not finish within serve.request_timeout_s={timeout_s:g}",
-                               status=503, code="timeout")
+            raise RequestError(
+                f"generation did not finish within serve.request_timeout_s={timeout_s:g}", status=503, code="timeout"
+            )
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
@@ -109,6 +110,7 @@ class Batcher:
             for job in batch:
                 groups.setdefault(job.params, []).append(job)
             for params, jobs in groups.items():
+
                 def finish(gen: Generation, jobs=jobs) -> None:
                     job = jobs[gen.index]
                     job.result = gen
@@ -134,9 +136,20 @@ def _generation_budget(max_tokens: int) -> int:
 class ChatServer:
     """What the HTTP handler needs: the tokenizer, the batcher and the limits."""
 
-    def __init__(self, tokenizer, batcher: Batcher, *, model_name: str, system_prompt: str | None,
-                 max_prompt_len: int, default_max_tokens: int, max_tokens_limit: int, stop_ids: tuple[int, ...],
-                 request_timeout_s: float, max_request_bytes: int):
+    def __init__(
+        self,
+        tokenizer,
+        batcher: Batcher,
+        *,
+        model_name: str,
+        system_prompt: str | None,
+        max_prompt_len: int,
+        default_max_tokens: int,
+        max_tokens_limit: int,
+        stop_ids: tuple[int, ...],
+        request_timeout_s: float,
+        max_request_bytes: int,
+    ):
         self.tokenizer, self.batcher, self.model_name = tokenizer, batcher, model_name
         self.render_kwargs = {} if system_prompt is None else {"system_prompt": system_prompt}
         self.max_prompt_len, self.default_max_tokens = int(max_prompt_len), int(default_max_tokens)
@@ -145,34 +158,48 @@ class ChatServer:
         self.started = int(time.time())
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.started,
-                                            "owned_by": "gemma_tool_use"}]}
+        return {
+            "object": "list",
+            "data": [{"id": self.model_name, "object": "model", "created": self.started, "owned_by": "gemma_tool_use"}],
+        }
 
     def chat(self, body) -> tuple[dict | list[dict], bool]:
         """(response object or stream events, is_stream) for a parsed JSON body; RequestError on bad input."""
         req = parse_request(body, self.model_name)
         if req.model != self.model_name:
-            raise RequestError(f"model {req.model!r:.80} is not served here (this server serves {self.model_name!r}; "
-                               "GET /v1/models)", "model", status=404, code="model_not_found")
+            raise RequestError(
+                f"model {req.model!r:.80} is not served here (this server serves {self.model_name!r}; GET /v1/models)",
+                "model",
+                status=404,
+                code="model_not_found",
+            )
         max_tokens = req.max_tokens or self.default_max_tokens
         if max_tokens > self.max_tokens_limit:
-            raise RequestError(f"max_tokens {max_tokens} > this server's limit serve.max_tokens_limit="
-                               f"{self.max_tokens_limit}", "max_tokens")
+            raise RequestError(
+                f"max_tokens {max_tokens} > this server's limit serve.max_tokens_limit={self.max_tokens_limit}",
+                "max_tokens",
+            )
         try:
-            ids = render_conversation(req.conversation, self.tokenizer, add_generation_prompt=True,
-                                      **self.render_kwargs).ids.tolist()
+            ids = render_conversation(
+                req.conversation, self.tokenizer, add_generation_prompt=True, **self.render_kwargs
+            ).ids.tolist()
         except (FormatError, ValueError, UnicodeError) as e:
             raise RequestError(f"messages: cannot render the conversation: {e}", "messages") from None
         if len(ids) > self.max_prompt_len:
-            raise RequestError(f"the prompt has {len(ids)} tokens > this server's context limit "
-                               f"generation.max_prompt_len={self.max_prompt_len}", "messages",
-                               code="context_length_exceeded")
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens > this server's context limit "
+                f"generation.max_prompt_len={self.max_prompt_len}",
+                "messages",
+                code="context_length_exceeded",
+            )
         greedy = req.temperature <= 0
-        params = SamplingParams(max_new_tokens=_generation_budget(max_tokens),
-                                temperature=0.0 if greedy else round(req.temperature, 2),
-                                top_p=1.0 if greedy else round(req.top_p, 2),
-                                seed=0 if greedy or req.seed is None else int(req.seed) % (1 << 31),
-                                stop_ids=self.stop_ids)
+        params = SamplingParams(
+            max_new_tokens=_generation_budget(max_tokens),
+            temperature=0.0 if greedy else round(req.temperature, 2),
+            top_p=1.0 if greedy else round(req.top_p, 2),
+            seed=0 if greedy or req.seed is None else int(req.seed) % (1 << 31),
+            stop_ids=self.stop_ids,
+        )
         gen = self.batcher.submit(ids, params, self.request_timeout_s)
         token_ids, stop_reason = gen.token_ids, gen.stop_reason
         if len(token_ids) > max_tokens:  # generated to the rounded-up budget: cut to the request's
@@ -230,15 +257,17 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
             if path != "/v1/chat/completions":
-                raise RequestError(f"no route POST {path} (this server has /v1/chat/completions)", status=404,
-                                   code="not_found")
+                raise RequestError(
+                    f"no route POST {path} (this server has /v1/chat/completions)", status=404, code="not_found"
+                )
             length = self.headers.get("Content-Length")
             if length is None or not length.isdigit():
                 raise RequestError("a Content-Length header is required", status=411)
             if int(length) > self.app.max_request_bytes:
                 self.close_connection = True  # the body is not read: the connection cannot be reused
-                raise RequestError(f"request body of {length} bytes > serve.max_request_bytes="
-                                   f"{self.app.max_request_bytes}", status=413)
+                raise RequestError(
+                    f"request body of {length} bytes > serve.max_request_bytes={self.app.max_request_bytes}", status=413
+                )
             raw = self.rfile.read(int(length))
             try:
                 body = json.loads(raw.decode("utf-8"))
@@ -256,8 +285,9 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client went away; nothing to answer
         except Exception as e:  # noqa: BLE001 - one request fails, the server stays up
             log.exception("internal error on %s", path)
-            self._error(RequestError(f"internal error: {type(e).__name__}: {e}"[:500], status=500,
-                                     code="internal_error"))
+            self._error(
+                RequestError(f"internal error: {type(e).__name__}: {e}"[:500], status=500, code="internal_error")
+            )
 
     def do_PUT(self):  # noqa: N802
         self._error(RequestError(f"method PUT not allowed on {self.path}", status=405, code="method_not_allowed"))

@@ -1,11 +1,11 @@
 """Stage runners, one module each. `stage=<name>` on the command line picks one.
 
-    sft_small, sft_full  -> stages/sft.py      (LoRA SFT, then optional BFCL eval)
-    eval                 -> stages/eval.py     (BFCL evaluation)
-    predict              -> stages/predict.py  (JSONL in, parsed tool calls out)
-    grpo                 -> stages/grpo.py     (GRPO with tool-call rewards)
-    serve                -> stages/serve.py    (OpenAI-compatible HTTP server)
-    export               -> stages/export.py   (GGUF for llama.cpp / Ollama)
+sft_small, sft_full  -> stages/sft.py      (LoRA SFT, then optional BFCL eval)
+eval                 -> stages/eval.py     (BFCL evaluation)
+predict              -> stages/predict.py  (JSONL in, parsed tool calls out)
+grpo                 -> stages/grpo.py     (GRPO with tool-call rewards)
+serve                -> stages/serve.py    (OpenAI-compatible HTTP server)
+export               -> stages/export.py   (GGUF for llama.cpp / Ollama)
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 
 from omegaconf import DictConfig
+
 from gemma_tool_use.utils.errors import UserError
 from gemma_tool_use.utils.interrupt import install_stop_handlers
 

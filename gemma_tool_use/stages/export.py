@@ -35,20 +35,42 @@ def run(cfg: DictConfig) -> float:
     run_dir = ctx.run_dir
     name = str(cfg.export.name or served_model_name(cfg)).replace("/", "_")
     tensors = merged_hf_tensors(model, lora_merge_scale(model, cfg.model))
-    summary = {"name": name, "source": {"model": str(cfg.model.name), "lora_checkpoint": cfg.model.lora_checkpoint},
-               "files": {}}
+    summary = {
+        "name": name,
+        "source": {"model": str(cfg.model.name), "lora_checkpoint": cfg.model.lora_checkpoint},
+        "files": {},
+    }
     for kind in kinds:
         t0 = time.time()
-        path = write_gguf(tensors, cfg.model.arch, run_dir / f"{name}-{kind}.gguf", kind, name=name,
-                          tokenizer_gguf=default_gguf_path(), system_prompt=cfg.data.system_prompt)
+        path = write_gguf(
+            tensors,
+            cfg.model.arch,
+            run_dir / f"{name}-{kind}.gguf",
+            kind,
+            name=name,
+            tokenizer_gguf=default_gguf_path(),
+            system_prompt=cfg.data.system_prompt,
+        )
         check = roundtrip_errors(path, tensors)
-        summary["files"][kind] = {"path": str(path), "bytes": path.stat().st_size,
-                                  "seconds": round(time.time() - t0, 1), **check}
-        log.info("wrote %s (%.1f MB), read back: max relative tensor error %.2e", path, path.stat().st_size / 1e6,
-                 check["max_rel_error"])
+        summary["files"][kind] = {
+            "path": str(path),
+            "bytes": path.stat().st_size,
+            "seconds": round(time.time() - t0, 1),
+            **check,
+        }
+        log.info(
+            "wrote %s (%.1f MB), read back: max relative tensor error %.2e",
+            path,
+            path.stat().st_size / 1e6,
+            check["max_rel_error"],
+        )
     first = f"{name}-{kinds[0]}.gguf"
     (run_dir / "Modelfile").write_text(modelfile(first, cfg.data.system_prompt))
     (run_dir / "export_summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("llama.cpp: llama-server -m %s --jinja | Ollama: ollama create %s -f %s", run_dir / first, name,
-             run_dir / "Modelfile")
+    log.info(
+        "llama.cpp: llama-server -m %s --jinja | Ollama: ollama create %s -f %s",
+        run_dir / first,
+        name,
+        run_dir / "Modelfile",
+    )
     return float(max(f["max_rel_error"] for f in summary["files"].values()))

@@ -56,8 +56,12 @@ def run(cfg: DictConfig) -> float:
         adopt_start_model(cfg, init_from, ctx.run_dir)  # the run dir describes the adapters it trains
         with open_tracker(ctx) as ctx.tracker:
             model = build_model(cfg.model, ctx.mesh, cfg.seed)
-            summary = {"stage": "grpo", "init_from": init_from, "prompts": counts,
-                       **train(cfg, model, ctx.tokenizer, prompt_set, probe, reward_fns, ctx.run_dir, ctx.tracker)}
+            summary = {
+                "stage": "grpo",
+                "init_from": init_from,
+                "prompts": counts,
+                **train(cfg, model, ctx.tokenizer, prompt_set, probe, reward_fns, ctx.run_dir, ctx.tracker),
+            }
             summary["adapter"] = export_trained_adapter(ctx, model, summary["steps"])
             draw_curve(summary, "reward_curve", lambda: plot_grpo_curves(ctx.run_dir, ctx.run_dir / "reward_curve.png"))
             summary |= step_times(ctx.run_dir / "metrics.jsonl")
@@ -84,6 +88,11 @@ def _prompts(ctx: StageContext):
     held_out = build_prompt_set(val_rows, ctx.tokenizer, **kw)  # validation rows: tools never trained on
     probe = probe_prompts(held_out, int(g.probe_size), float(g.no_call_share), int(cfg.seed))
     calls, no_calls = prompt_set.split_by_gold()
-    log.info("GRPO prompts: %d with gold calls, %d abstention; probe %d held-out-tool rows; left out %s",
-             len(calls), len(no_calls), len(probe), dict(prompt_set.dropped))
+    log.info(
+        "GRPO prompts: %d with gold calls, %d abstention; probe %d held-out-tool rows; left out %s",
+        len(calls),
+        len(no_calls),
+        len(probe),
+        dict(prompt_set.dropped),
+    )
     return prompt_set, probe, {"calls": len(calls), "no_call": len(no_calls), "probe": len(probe)}

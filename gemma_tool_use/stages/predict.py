@@ -102,7 +102,7 @@ def _write_rejects(path: Path, rejects: list[dict]) -> None:
 
 def _input_file(cfg: DictConfig) -> Path:
     if not cfg.predict.input_file:
-        raise PredictInputError("predict.input_file is required (a JSONL of {\"tools\", \"messages\"} rows)")
+        raise PredictInputError('predict.input_file is required (a JSONL of {"tools", "messages"} rows)')
     src = Path(cfg.predict.input_file).expanduser()
     if not src.is_file():
         raise PredictInputError(f"predict.input_file not found: {src}")
@@ -114,12 +114,15 @@ def _refuse_no_rows(src: Path, rejects: list[dict], rejects_path: Path) -> None:
     _write_rejects(rejects_path, rejects)
     if not rejects:
         raise PredictInputError(f"predict.input_file={src}: no rows (the file is empty or blank); nothing to predict")
-    raise PredictInputError(f"predict.input_file={src}: no valid row ({len(rejects)} rejected, first "
-                            f"{src.name}:{rejects[0]['line']}: {rejects[0]['reason']}); reasons per line in {rejects_path}")
+    raise PredictInputError(
+        f"predict.input_file={src}: no valid row ({len(rejects)} rejected, first "
+        f"{src.name}:{rejects[0]['line']}: {rejects[0]['reason']}); reasons per line in {rejects_path}"
+    )
 
 
-def _render_prompts(cfg: DictConfig, rows: list[tuple[int, dict]], tokenizer,
-                    rejects: list[dict]) -> tuple[list[tuple[int, dict]], list]:
+def _render_prompts(
+    cfg: DictConfig, rows: list[tuple[int, dict]], tokenizer, rejects: list[dict]
+) -> tuple[list[tuple[int, dict]], list]:
     """(rows kept, their prompt ids); a row that cannot be rendered, or is too long under
     generation.overlength=error, is appended to `rejects` instead."""
     system_prompt = cfg.data.system_prompt
@@ -133,8 +136,13 @@ def _render_prompts(cfg: DictConfig, rows: list[tuple[int, dict]], tokenizer,
             rejects.append({"line": lineno, "reason": f"cannot render the prompt: {type(e).__name__}: {e}"})
             continue
         if len(ids) > g.max_prompt_len and g.overlength == "error":
-            rejects.append({"line": lineno, "reason": f"overlength: {len(ids)} prompt tokens > generation.max_prompt_len="
-                            f"{g.max_prompt_len} (generation.overlength=skip or truncate_left, or raise the limit)"})
+            rejects.append(
+                {
+                    "line": lineno,
+                    "reason": f"overlength: {len(ids)} prompt tokens > generation.max_prompt_len="
+                    f"{g.max_prompt_len} (generation.overlength=skip or truncate_left, or raise the limit)",
+                }
+            )
             continue
         kept.append((lineno, row))
         prompts.append(ids)
@@ -145,8 +153,14 @@ def _report_rejects(src: Path, rejects: list[dict], rejects_path: Path) -> None:
     _write_rejects(rejects_path, rejects)
     if rejects:
         first = min(rejects, key=lambda r: r["line"])
-        log.warning("%d input row(s) rejected, not predicted (first %s:%d: %s); one line each in %s",
-                    len(rejects), src.name, first["line"], first["reason"], rejects_path)
+        log.warning(
+            "%d input row(s) rejected, not predicted (first %s:%d: %s); one line each in %s",
+            len(rejects),
+            src.name,
+            first["line"],
+            first["reason"],
+            rejects_path,
+        )
 
 
 def _generate(cfg: DictConfig, mesh, tokenizer, prompts: list) -> tuple[list, float]:
@@ -160,8 +174,14 @@ def _generate(cfg: DictConfig, mesh, tokenizer, prompts: list) -> tuple[list, fl
     g = cfg.generation
     model = build_model(cfg.model, mesh, cfg.seed)
     generator = Generator.from_config(model, tokenizer, g)
-    params = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                            top_p=g.top_p, seed=cfg.seed, stop_ids=tuple(g.stop_ids))
+    params = SamplingParams(
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        seed=cfg.seed,
+        stop_ids=tuple(g.stop_ids),
+    )
     t0 = time.time()
     with tqdm(total=len(prompts), desc="predict", unit="row") as bar:
         results = generator.generate_ids(prompts, params, progress=lambda n: bar.update(n - bar.n))
@@ -177,10 +197,22 @@ def _write_predictions(out_path: Path, kept: list[tuple[int, dict]], results: li
             parsed = parse_model_output(res.text, row.get("tools"))
             n_calls += len(parsed.calls)
             n_errors += len(parsed.errors)
-            f.write(json.dumps({"line": lineno, "raw_text": res.text, "tool_calls": parsed.calls, "text": parsed.text,
-                                "parse_errors": parsed.to_dict()["errors"], "prompt_tokens": res.prompt_tokens,
-                                "new_tokens": len(res.token_ids), "stop_reason": res.stop_reason},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "line": lineno,
+                        "raw_text": res.text,
+                        "tool_calls": parsed.calls,
+                        "text": parsed.text,
+                        "parse_errors": parsed.to_dict()["errors"],
+                        "prompt_tokens": res.prompt_tokens,
+                        "new_tokens": len(res.token_ids),
+                        "stop_reason": res.stop_reason,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     return n_calls, n_errors
 
 
@@ -200,14 +232,22 @@ def run(cfg: DictConfig) -> float:
         kept, prompts = _render_prompts(cfg, rows, ctx.tokenizer, rejects)
         _report_rejects(src, rejects, rejects_path)
         if not kept:
-            raise PredictInputError(f"predict.input_file={src}: no valid row ({len(rejects)} rejected); "
-                                    f"reasons per line in {rejects_path}")
+            raise PredictInputError(
+                f"predict.input_file={src}: no valid row ({len(rejects)} rejected); reasons per line in {rejects_path}"
+            )
         results, seconds = _generate(cfg, ctx.mesh, ctx.tokenizer, prompts)
     n_calls, n_errors = _write_predictions(out_path, kept, results)
     new_tokens = sum(len(r.token_ids) for r in results)
-    summary = {"rows": len(kept), "rejected_rows": len(rejects), "tool_calls": n_calls, "parse_errors": n_errors,
-               "seconds": round(seconds, 2), "new_tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,
-               "output": str(out_path), "rejects": str(rejects_path)}
+    summary = {
+        "rows": len(kept),
+        "rejected_rows": len(rejects),
+        "tool_calls": n_calls,
+        "parse_errors": n_errors,
+        "seconds": round(seconds, 2),
+        "new_tokens_per_s": round(new_tokens / seconds, 1) if seconds else None,
+        "output": str(out_path),
+        "rejects": str(rejects_path),
+    }
     (run_dir / "predict_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("predict: %s", json.dumps(summary))
     return float(n_errors)

@@ -31,12 +31,23 @@ def run(cfg: DictConfig) -> float:
         g, s = cfg.generation, cfg.serve
         model = build_model(cfg.model, ctx.mesh, cfg.seed)
         generator = Generator.from_config(model, ctx.tokenizer, g, batch_size=int(s.max_batch), overlength="error")
-        batcher = Batcher(lambda ids, params, on_result: generator.generate_ids(ids, params, on_result=on_result),
-                          max_batch=int(s.max_batch), window_s=float(s.batch_window_ms) / 1000)
-        app = ChatServer(ctx.tokenizer, batcher, model_name=served_model_name(cfg), system_prompt=cfg.data.system_prompt,
-                         max_prompt_len=int(g.max_prompt_len), default_max_tokens=int(g.max_new_tokens),
-                         max_tokens_limit=int(s.max_tokens_limit), stop_ids=tuple(g.stop_ids),
-                         request_timeout_s=float(s.request_timeout_s), max_request_bytes=int(s.max_request_bytes))
+        batcher = Batcher(
+            lambda ids, params, on_result: generator.generate_ids(ids, params, on_result=on_result),
+            max_batch=int(s.max_batch),
+            window_s=float(s.batch_window_ms) / 1000,
+        )
+        app = ChatServer(
+            ctx.tokenizer,
+            batcher,
+            model_name=served_model_name(cfg),
+            system_prompt=cfg.data.system_prompt,
+            max_prompt_len=int(g.max_prompt_len),
+            default_max_tokens=int(g.max_new_tokens),
+            max_tokens_limit=int(s.max_tokens_limit),
+            stop_ids=tuple(g.stop_ids),
+            request_timeout_s=float(s.request_timeout_s),
+            max_request_bytes=int(s.max_request_bytes),
+        )
         server = make_http_server(app, str(s.host), int(s.port))
         host, port = server.server_address[:2]
         url = f"http://{host}:{port}/v1"

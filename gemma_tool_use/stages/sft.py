@@ -48,8 +48,12 @@ def run(cfg: DictConfig) -> float:
             with open_dict(cfg):
                 cfg.tracking.mode = "disabled"
         train_set, val_set, data_card = prepare_training_data(cfg, ctx.tokenizer, own_dir)
-        log.info("data %s: %d train rows, %d val rows", cfg.data.name, len(train_set.examples),
-                 len(val_set.examples) if val_set else 0)
+        log.info(
+            "data %s: %d train rows, %d val rows",
+            cfg.data.name,
+            len(train_set.examples),
+            len(val_set.examples) if val_set else 0,
+        )
         if init_from:  # e.g. sft_full starting from an sft_small run (weights only, fresh optimizer)
             with open_dict(cfg):
                 cfg.model.lora_checkpoint = init_from
@@ -58,10 +62,15 @@ def run(cfg: DictConfig) -> float:
         model = build_model(cfg.model, ctx.mesh, cfg.seed)
         with open_tracker(ctx, own_dir) as ctx.tracker:
             if data_card:
-                ctx.tracker.summary({"data/train_rows": data_card["steps"]["train_tokenized"]["rows"],
-                                     "data/no_call_share": data_card["no_call_share"]["train_tokenized"]})
-            summary = train_sft(cfg, model, train_set, val_set, ctx.run_dir, ctx.tracker, own_dir=own_dir,
-                                proc=proc, nproc=nproc)
+                ctx.tracker.summary(
+                    {
+                        "data/train_rows": data_card["steps"]["train_tokenized"]["rows"],
+                        "data/no_call_share": data_card["no_call_share"]["train_tokenized"],
+                    }
+                )
+            summary = train_sft(
+                cfg, model, train_set, val_set, ctx.run_dir, ctx.tracker, own_dir=own_dir, proc=proc, nproc=nproc
+            )
             if cfg.model.lora.enabled:
                 summary["adapter"] = export_trained_adapter(ctx, model, summary["steps"], write=proc == 0)
             if nproc > 1 and not _process_zero_goes_on(cfg, ctx.run_dir, proc, nproc, summary["steps"]):
@@ -82,13 +91,19 @@ def _process_zero_goes_on(cfg, run_dir: Path, proc: int, nproc: int, step: int) 
     if proc:
         return False
     if cfg.eval.run_after_training:
-        log.warning("eval.run_after_training is skipped in a %d-process run: run stage=eval with "
-                    "model.lora_checkpoint=%s", nproc, run_dir / "adapter")
+        log.warning(
+            "eval.run_after_training is skipped in a %d-process run: run stage=eval with model.lora_checkpoint=%s",
+            nproc,
+            run_dir / "adapter",
+        )
         with open_dict(cfg):
             cfg.eval.run_after_training = False
     if cfg.train.export_merged:
-        log.warning("train.export_merged is skipped in a %d-process run: merge from %s in one process",
-                    nproc, run_dir / "adapter")
+        log.warning(
+            "train.export_merged is skipped in a %d-process run: merge from %s in one process",
+            nproc,
+            run_dir / "adapter",
+        )
         with open_dict(cfg):
             cfg.train.export_merged = False
     return True
@@ -100,10 +115,21 @@ def _finish(ctx: StageContext, model, summary: dict) -> None:
     from gemma_tool_use.training.curves import plot_training_curves
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
-    draw_curve(summary, "loss_curve", lambda: plot_training_curves(run_dir / "metrics.jsonl", run_dir / "loss_curve.png",
-                                                                   f"{cfg.stage.name}: {cfg.model.name}"))
+    draw_curve(
+        summary,
+        "loss_curve",
+        lambda: plot_training_curves(
+            run_dir / "metrics.jsonl", run_dir / "loss_curve.png", f"{cfg.stage.name}: {cfg.model.name}"
+        ),
+    )
     if cfg.train.export_merged:
         source = ctx.tokenizer.source if Path(ctx.tokenizer.source).is_file() else None
         summary["merged_hf"] = str(export_hf(model, cfg.model, run_dir / "merged_hf", source))
-    finish_training(ctx, model, summary, summary_file="train_summary.json", step=summary["steps"],
-                    seconds_key="total_seconds_this_process")
+    finish_training(
+        ctx,
+        model,
+        summary,
+        summary_file="train_summary.json",
+        step=summary["steps"],
+        seconds_key="total_seconds_this_process",
+    )

@@ -30,8 +30,9 @@ def plot_training_curves(metrics_path: str | Path, out_png: str | Path, title: s
         steps, losses = zip(*train)
         ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=1, label="train loss (per step)")
         k = min(len(losses), max(5, len(losses) // 10))  # moving mean over ~10% of the run
-        smooth = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1])
-                  for i in range(len(losses))]
+        smooth = [
+            sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))
+        ]
         ax.plot(steps, smooth, color="tab:blue", lw=2, label=f"train loss (mean of {k})")
     if val:
         ax.plot(*zip(*val), "o-", color="tab:red", lw=2, label="validation loss")
@@ -72,10 +73,22 @@ def plot_grpo_curves(run_dir: str | Path, out_png: str | Path) -> Path:
     mean = [r["reward/total_mean"] for r in rows]
     std = [r.get("reward/total_std", 0.0) for r in rows]
     ax.plot(steps, mean, color="black", lw=2, label="total (mean)")
-    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="gray",
-                    alpha=0.2, label="total (+- std)")
-    terms = sorted({k[len("reward/"):-len("_mean")] for r in rows for k in r
-                    if k.startswith("reward/") and k.endswith("_mean") and k != "reward/total_mean"})
+    ax.fill_between(
+        steps,
+        [m - s for m, s in zip(mean, std)],
+        [m + s for m, s in zip(mean, std)],
+        color="gray",
+        alpha=0.2,
+        label="total (+- std)",
+    )
+    terms = sorted(
+        {
+            k[len("reward/") : -len("_mean")]
+            for r in rows
+            for k in r
+            if k.startswith("reward/") and k.endswith("_mean") and k != "reward/total_mean"
+        }
+    )
     for t in terms:
         ax.plot(steps, [r.get(f"reward/{t}_mean") for r in rows], lw=1, label=t)
     ax.set_xlabel("step")

@@ -21,8 +21,9 @@ from tunix.sft import utils as sft_utils
 LOSS_CHUNK = 512
 
 
-def completion_loss(model, input_tokens, input_mask, target_positions, target_ids, target_weights,
-                    input_segments=None, target_rows=None):
+def completion_loss(
+    model, input_tokens, input_mask, target_positions, target_ids, target_weights, input_segments=None, target_rows=None
+):
     """Mean next-token NLL over model-turn targets only.
 
     Hidden states are gathered at the K target positions ([B, K, D]) instead of every position,
@@ -36,8 +37,16 @@ def completion_loss(model, input_tokens, input_mask, target_positions, target_id
         attention_mask = sft_utils.make_causal_attn_mask(input_mask)
     else:
         positions, attention_mask = packed_positions_and_mask(input_segments)
-    hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions,
-                      logits_rows=target_rows, return_hidden=True, causal_mask=True)
+    hidden, _ = model(
+        input_tokens,
+        positions,
+        None,
+        attention_mask,
+        logits_at=target_positions,
+        logits_rows=target_rows,
+        return_hidden=True,
+        causal_mask=True,
+    )
     nll = chunked_nll(model.embedder, hidden, target_ids)
     return jnp.sum(nll * target_weights) / jnp.maximum(jnp.sum(target_weights), 1.0)
 

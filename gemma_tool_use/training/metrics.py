@@ -55,9 +55,13 @@ def training_history(metrics_path) -> dict:
     seconds = sum(seg[-1]["time"] - seg[0]["time"] for seg in segments if len(seg) > 1)
     last = lambda key: next((float(r[key]) for r in reversed(recs) if key in r), None)
     rss = [float(r["perf/peak_rss_gib"]) for r in recs if "perf/peak_rss_gib" in r]
-    return {"processes": len(segments), "train_seconds": round(seconds, 2),
-            "final_train_loss": last("train/loss"), "final_val_loss": last("eval/loss"),
-            "peak_rss_gib": round(max(rss), 2) if rss else None}
+    return {
+        "processes": len(segments),
+        "train_seconds": round(seconds, 2),
+        "final_train_loss": last("train/loss"),
+        "final_val_loss": last("eval/loss"),
+        "peak_rss_gib": round(max(rss), 2) if rss else None,
+    }
 
 
 class TrackerMetricsLogger(tunix_metrics.MetricsLogger):

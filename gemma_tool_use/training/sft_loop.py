@@ -65,18 +65,26 @@ def build_trainer(cfg, model, run_dir: Path, tracker, throughput: Throughput):
     training_config = trainer_config(cfg, run_dir)
     resume_step = resumable_step(cfg, run_dir)
     try:
-        trainer = SftTrainer(model, optimizer, training_config,
-                             metrics_logger=TrackerMetricsLogger(tracker, throughput), throughput=throughput)
+        trainer = SftTrainer(
+            model,
+            optimizer,
+            training_config,
+            metrics_logger=TrackerMetricsLogger(tracker, throughput),
+            throughput=throughput,
+        )
     except Exception as e:  # noqa: BLE001 - the checkpoint reads back, so it is of another shape
         if resume_step is None:
             raise
-        raise CheckpointError(f"{run_dir}/checkpoints/{resume_step} does not fit the configured model (was "
-                              f"model.lora.* or model.train_token_ids changed?): {str(e).splitlines()[0][:200]}") from e
+        raise CheckpointError(
+            f"{run_dir}/checkpoints/{resume_step} does not fit the configured model (was "
+            f"model.lora.* or model.train_token_ids changed?): {str(e).splitlines()[0][:200]}"
+        ) from e
     return trainer.with_loss_fn(completion_loss), training_config, schedule
 
 
-def train_sft(cfg, model, train_set, val_set, run_dir: Path, tracker, *, own_dir: Path, proc: int = 0,
-              nproc: int = 1) -> dict:
+def train_sft(
+    cfg, model, train_set, val_set, run_dir: Path, tracker, *, own_dir: Path, proc: int = 0, nproc: int = 1
+) -> dict:
     """Train `model` in place for train.max_steps steps (resuming from run_dir's checkpoints);
     returns the run's figures over every process that trained it."""
     throughput = Throughput()
@@ -87,10 +95,21 @@ def train_sft(cfg, model, train_set, val_set, run_dir: Path, tracker, *, own_dir
         log.info("resumed from checkpoint at step %d (%d metrics records of redone steps dropped)", start_step, dropped)
     tracker.log({PROCESS_START: 1}, step=start_step)  # where this process's share of the training time begins
     buckets = list(cfg.data.length_buckets)
-    train_iter = train_batches(train_set, int(cfg.train.batch_size), buckets, int(cfg.seed),
-                               int(cfg.train.length_group_batches), proc, nproc, cfg.data.pack_length)
-    val = (eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches), proc, nproc)
-           if val_set else None)
+    train_iter = train_batches(
+        train_set,
+        int(cfg.train.batch_size),
+        buckets,
+        int(cfg.seed),
+        int(cfg.train.length_group_batches),
+        proc,
+        nproc,
+        cfg.data.pack_length,
+    )
+    val = (
+        eval_batches(val_set, int(cfg.train.batch_size), buckets, int(cfg.train.eval_batches), proc, nproc)
+        if val_set
+        else None
+    )
     t_train = time.time()
     try:
         with deferred_stops():  # a signal stops the loop between steps, never inside one
@@ -99,8 +118,12 @@ def train_sft(cfg, model, train_set, val_set, run_dir: Path, tracker, *, own_dir
         # Ctrl-C or SIGTERM loses nothing: save the steps done since the last checkpoint, then stop.
         with signals_ignored():
             trainer.save_now()
-        log.warning("stopped (%s) at step %d; checkpoint saved, re-run with hydra.run.dir=%s to resume",
-                    getattr(e, "signal_name", "SIGINT"), trainer.train_steps, run_dir)
+        log.warning(
+            "stopped (%s) at step %d; checkpoint saved, re-run with hydra.run.dir=%s to resume",
+            getattr(e, "signal_name", "SIGINT"),
+            trainer.train_steps,
+            run_dir,
+        )
         raise
     train_seconds = time.time() - t_train
     trainer.metrics_logger.flush()
@@ -119,8 +142,11 @@ def train_sft(cfg, model, train_set, val_set, run_dir: Path, tracker, *, own_dir
         "tokens_trained": throughput.tokens,
         "target_tokens_trained": throughput.target_tokens,
         # tokens of every process (they ride in the checkpoints); speed of this one, None if it trained no step
-        "tokens_per_s": (round((throughput.tokens - start_tokens) / train_seconds, 1)
-                         if steps_here > 0 and train_seconds > 0 else None),
+        "tokens_per_s": (
+            round((throughput.tokens - start_tokens) / train_seconds, 1)
+            if steps_here > 0 and train_seconds > 0
+            else None
+        ),
         "peak_rss_gib": round(max(peak_rss_gib(), history["peak_rss_gib"] or 0.0), 2),
         "final_lr": float(schedule(trainer.train_steps)),
         "checkpoint_dir": training_config.checkpoint_root_directory,

@@ -64,7 +64,9 @@ class SftTrainer(peft_trainer.PeftTrainer):
         # Our progress (bar on a terminal, periodic log lines elsewhere) replaces tunix's bar,
         # which is silent outside a terminal and shows neither tokens/s, memory nor an ETA.
         self._pbar = _NoBar()
-        self.progress = StepProgress(int(self.config.max_steps), self._train_steps, self.config.pbar_description or "train")
+        self.progress = StepProgress(
+            int(self.config.max_steps), self._train_steps, self.config.pbar_description or "train"
+        )
         try:
             return super().train(train_ds, eval_ds, *args, **kwargs)
         finally:
@@ -74,8 +76,12 @@ class SftTrainer(peft_trainer.PeftTrainer):
         progress = getattr(self, "progress", None)
         if progress is not None and step is not None and self._mode == tunix_metrics.Mode.TRAIN:
             rate = self.throughput.sample_rate()
-            progress.update(int(step), loss=None if loss is None else float(loss),
-                            tok_s=None if rate is None else round(rate, 1), rss_gib=round(peak_rss_gib(), 2))
+            progress.update(
+                int(step),
+                loss=None if loss is None else float(loss),
+                tok_s=None if rate is None else round(rate, 1),
+                rss_gib=round(peak_rss_gib(), 2),
+            )
         super()._may_update_pbar(metrics, step=step, loss=loss)
 
     def _write_train_metrics(self):
@@ -116,9 +122,14 @@ class SftTrainer(peft_trainer.PeftTrainer):
         # tunix's version drops the custom metadata: the token totals would restart at zero.
         last_saved_step = self.checkpoint_manager.latest_step()
         if last_saved_step is None or last_saved_step < self._train_steps:
-            self.checkpoint_manager.save(self._train_steps, self.model, self.optimizer,
-                                         save_only_lora_params=self._lora_enabled, force=True,
-                                         custom_metadata=self.custom_checkpoint_metadata())
+            self.checkpoint_manager.save(
+                self._train_steps,
+                self.model,
+                self.optimizer,
+                save_only_lora_params=self._lora_enabled,
+                force=True,
+                custom_metadata=self.custom_checkpoint_metadata(),
+            )
 
     def close(self):
         self._closing = True

@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
+
 from gemma_tool_use.utils.errors import UserError
 
 

@@ -47,7 +47,8 @@ def check_platform(tpu_cfg) -> None:
             f"tpu={tpu_cfg.get('name', tpu_cfg.platform)} needs platform '{tpu_cfg.platform}', but JAX runs on "
             f"'{backend}' here (platforms JAX sees: {', '.join(visible_platforms())}; {jax.device_count()} device(s)); "
             + (f"choose tpu={backend} here" if backend in ("cpu", "gpu") else f"choose a tpu= layout for '{backend}'")
-            + ", or run on the matching hardware")
+            + ", or run on the matching hardware"
+        )
 
 
 COMPILE_CACHE_MIN_SECS_ENV = "GTU_COMPILE_CACHE_MIN_SECS"
@@ -82,8 +83,11 @@ def prepare_runtime(tpu_cfg) -> None:
     if tpu_cfg.distributed and not _distributed_initialized():
         kwargs = {}
         if tpu_cfg.coordinator_address:
-            kwargs = dict(coordinator_address=tpu_cfg.coordinator_address,
-                          num_processes=tpu_cfg.num_processes, process_id=tpu_cfg.process_id)
+            kwargs = dict(
+                coordinator_address=tpu_cfg.coordinator_address,
+                num_processes=tpu_cfg.num_processes,
+                process_id=tpu_cfg.process_id,
+            )
         if tpu_cfg.platform == "cpu":  # CPU processes exchange gradients through gloo (XLA's CPU collectives)
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         log.info("jax.distributed.initialize(%s)", kwargs or "auto-detect")
@@ -127,6 +131,11 @@ def build_mesh(tpu_cfg):
     sizes = resolve_axis_sizes(tpu_cfg.axis_sizes, jax.device_count())
     names = tuple(tpu_cfg.axis_names)
     mesh = jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names))
-    log.info("mesh %s over %d %s devices (%d process(es))", dict(zip(names, sizes)),
-             jax.device_count(), backend, jax.process_count())
+    log.info(
+        "mesh %s over %d %s devices (%d process(es))",
+        dict(zip(names, sizes)),
+        jax.device_count(),
+        backend,
+        jax.process_count(),
+    )
     return mesh

@@ -29,8 +29,9 @@ def format_seconds(s: float | None) -> str:
 
 
 class StepProgress:
-    def __init__(self, total: int, initial: int = 0, desc: str = "train", interval_s: float = 30.0,
-                 tty: bool | None = None):
+    def __init__(
+        self, total: int, initial: int = 0, desc: str = "train", interval_s: float = 30.0, tty: bool | None = None
+    ):
         self.total, self.step, self.desc, self.interval_s = int(total), int(initial), desc, float(interval_s)
         self.position = os.environ.get(POSITION_ENV)
         self._times: list[float] = []
@@ -67,8 +68,10 @@ class StepProgress:
         self._t_last, n, self.step = now, step - self.step, step
         text = self.line(metrics)
         if self._bar is not None:
-            self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in metrics.items()
-                                   if v is not None}, refresh=False)
+            self._bar.set_postfix(
+                {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in metrics.items() if v is not None},
+                refresh=False,
+            )
             self._bar.update(max(0, n))
         elif now - self._t_logged >= self.interval_s or step >= self.total:
             self._t_logged = now

@@ -35,8 +35,9 @@ def _plain(value: Any) -> Any:
 
 
 class Tracker:
-    def __init__(self, run_dir: str | Path, tracking_cfg, config: dict, *, name: str | None = None,
-                 group: str | None = None):
+    def __init__(
+        self, run_dir: str | Path, tracking_cfg, config: dict, *, name: str | None = None, group: str | None = None
+    ):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
@@ -53,15 +54,28 @@ class Tracker:
         # A resumed run (same run dir) continues its W&B run: one curve, not one run per restart.
         previous = self._previous_run_id(cfg)
         run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=group or cfg.group, name=name,
-            tags=list(cfg.tags), config=config, dir=str(self.run_dir), mode=self.mode,
+            project=cfg.project,
+            entity=cfg.entity,
+            group=group or cfg.group,
+            name=name,
+            tags=list(cfg.tags),
+            config=config,
+            dir=str(self.run_dir),
+            mode=self.mode,
             reinit="finish_previous",  # one process, several jobs (multirun): never reuse a run
             **({"id": previous, "resume": "allow"} if previous else {}),
         )
-        log.info("W&B %s run %s in %s (%.1fs)%s", self.mode, run.id, run.dir, time.time() - t0,
-                 " (resumed)" if previous else "")
-        (self.run_dir / "wandb_run.json").write_text(json.dumps(
-            {"id": run.id, "group": run.group, "project": cfg.project, "mode": self.mode, "dir": run.dir}))
+        log.info(
+            "W&B %s run %s in %s (%.1fs)%s",
+            self.mode,
+            run.id,
+            run.dir,
+            time.time() - t0,
+            " (resumed)" if previous else "",
+        )
+        (self.run_dir / "wandb_run.json").write_text(
+            json.dumps({"id": run.id, "group": run.group, "project": cfg.project, "mode": self.mode, "dir": run.dir})
+        )
         return run
 
     def _previous_run_id(self, cfg) -> str | None:
@@ -90,8 +104,12 @@ class Tracker:
         kept, dropped = [], 0
         for _, rec, err in iter_jsonl(path):
             # the evaluation at `step` itself runs again when training restarts
-            if err is None and isinstance(rec, dict) and rec.get("step", 0) <= step \
-                    and not any(k.startswith("bfcl/") or (k.startswith("eval/") and rec["step"] == step) for k in rec):
+            if (
+                err is None
+                and isinstance(rec, dict)
+                and rec.get("step", 0) <= step
+                and not any(k.startswith("bfcl/") or (k.startswith("eval/") and rec["step"] == step) for k in rec)
+            ):
                 kept.append(json.dumps(rec) + "\n")
             else:
                 dropped += 1

@@ -3,7 +3,6 @@ JAX state (compiled programs, device buffers, jax.monitoring listeners) and no W
 from one job to the next; all jobs of one multirun share a W&B group (the sweep dir's name).
 After the last job, gemma_tool_use.report writes the sweep summary (table + plot)."""
 
-
 import json
 import logging
 import re
@@ -26,13 +25,18 @@ class SubprocessLauncherConf:
     _target_: str = "hydra_plugins.gemma_tool_use_searchpath.launcher.SubprocessLauncher"
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="subprocess", node=SubprocessLauncherConf, provider="gemma_tool_use")
+ConfigStore.instance().store(
+    group="hydra/launcher", name="subprocess", node=SubprocessLauncherConf, provider="gemma_tool_use"
+)
 
 
 def _job_dirname(idx: int, overrides: Sequence[str]) -> str:
     # No '=' or ',' in the name: it is passed back as a hydra.run.dir override.
-    parts = [o.replace("=", "-") for o in filter_overrides(overrides)
-             if not o.startswith(("experiments=", "tracking", "hydra."))]
+    parts = [
+        o.replace("=", "-")
+        for o in filter_overrides(overrides)
+        if not o.startswith(("experiments=", "tracking", "hydra."))
+    ]
     return f"{idx}_" + (re.sub(r"[^A-Za-z0-9._+-]", "_", "__".join(parts))[:120] or "job")
 
 

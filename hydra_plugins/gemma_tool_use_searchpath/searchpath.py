@@ -41,8 +41,11 @@ class ExperimentsConfigSource(FileConfigSource):
             return [GROUP] if results_filter in (None, ObjectType.GROUP) and super().is_group(GROUP) else []
         if path != GROUP:
             return []
-        return [f for f in super().list(config_path, results_filter)
-                if not os.path.isdir(os.path.join(self.path, f)) or results_filter == ObjectType.CONFIG]
+        return [
+            f
+            for f in super().list(config_path, results_filter)
+            if not os.path.isdir(os.path.join(self.path, f)) or results_filter == ObjectType.CONFIG
+        ]
 
 
 class GemmaToolUseSearchPath(SearchPathPlugin):
@@ -51,5 +54,6 @@ class GemmaToolUseSearchPath(SearchPathPlugin):
 
         ours = conf_dir().as_posix()
         if any(ours in (p.path or "") for p in search_path.get_path()):
-            search_path.append(provider="gemma_tool_use",
-                               path=f"{ExperimentsConfigSource.scheme()}://{config_root().as_posix()}")
+            search_path.append(
+                provider="gemma_tool_use", path=f"{ExperimentsConfigSource.scheme()}://{config_root().as_posix()}"
+            )

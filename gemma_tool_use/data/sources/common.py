@@ -62,8 +62,15 @@ class RowError(ValueError):
 # ------------------------------------------------------------------------------- the loop
 
 
-def convert_rows(rows: Iterable[Any], convert: Callable[[dict], tuple[list, list]], *, source: str,
-                 report: LoadReport | None = None, strict: bool = False, where: str | None = None) -> list[dict]:
+def convert_rows(
+    rows: Iterable[Any],
+    convert: Callable[[dict], tuple[list, list]],
+    *,
+    source: str,
+    report: LoadReport | None = None,
+    strict: bool = False,
+    where: str | None = None,
+) -> list[dict]:
     """Canonical rows of `rows` (upstream objects, or RowErrors for unreadable ones), in order.
     A row's id is its "id" field, else its index; drops are noted as `where:row_id`."""
     report = report if report is not None else LoadReport()
@@ -79,8 +86,9 @@ def convert_rows(rows: Iterable[Any], convert: Callable[[dict], tuple[list, list
                 raise RowError("malformed_row", f"row is a {type(row).__name__}, not an object")
             tools, messages = finish(*convert(row))
         except Exception as e:  # noqa: BLE001 - a row no branch foresaw is a bad row, never a crash
-            reason, detail = (e.reason, str(e)) if isinstance(e, RowError) else (
-                "malformed_row", f"{type(e).__name__}: {e}")
+            reason, detail = (
+                (e.reason, str(e)) if isinstance(e, RowError) else ("malformed_row", f"{type(e).__name__}: {e}")
+            )
             detail = detail if len(detail) <= 300 else detail[:297] + "..."
             if strict:
                 raise DataError(f"{where}:{row_id}: {reason}: {detail}") from e
@@ -89,7 +97,7 @@ def convert_rows(rows: Iterable[Any], convert: Callable[[dict], tuple[list, list
         conv = make_row(tools, messages, source=source, row_id=row_id, report=report, strict=strict, where=where)
         if conv is not None:
             out.append(conv)
-    if (dropped := sum(report.dropped.values()) - dropped0):
+    if dropped := sum(report.dropped.values()) - dropped0:
         log.info("%s: kept %d rows, dropped %d; e.g. %s", where, report.kept - kept0, dropped, report.examples[:2])
     return out
 
@@ -134,8 +142,10 @@ def read_rows(path: Path) -> list:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     if path.suffix == ".jsonl":
-        return [RowError("malformed_json", f"line {n}: {error}", row_id=f"line{n}") if error else value
-                for n, value, error in iter_jsonl(path)]
+        return [
+            RowError("malformed_json", f"line {n}: {error}", row_id=f"line{n}") if error else value
+            for n, value, error in iter_jsonl(path)
+        ]
     try:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -207,7 +217,9 @@ def call(obj: Any, *, name_key: str = "name", args_keys: tuple[str, ...] = ("arg
         try:
             args = parse_literal(args) if args.strip() else {}
         except ValueError:
-            raise RowError("args_not_object", f"arguments of {name!r} are text that does not parse: {args!r:.80}") from None
+            raise RowError(
+                "args_not_object", f"arguments of {name!r} are text that does not parse: {args!r:.80}"
+            ) from None
     if not isinstance(args, dict | None):
         raise RowError("args_not_object", f"arguments of {name!r} are a {type(args).__name__}")
     return {"name": name, "args": args or {}}
@@ -273,8 +285,12 @@ class Dialogue:
         {"name"?, <content key>}, else a bare result (one per pending call when a list of as
         many, else for the sole call)."""
         items = value if isinstance(value, list) else [value]
-        if items and all(isinstance(v, dict) and any(k in v for k in content_keys) and (
-                isinstance(value, list) or isinstance(v.get("name"), str)) for v in items):
+        if items and all(
+            isinstance(v, dict)
+            and any(k in v for k in content_keys)
+            and (isinstance(value, list) or isinstance(v.get("name"), str))
+            for v in items
+        ):
             pairs = [(v.get("name"), result(next(v[k] for k in content_keys if k in v))) for v in items]
         elif len(self.pending) <= 1:
             pairs = [(None, value)]
@@ -284,8 +300,13 @@ class Dialogue:
             raise RowError("tool_response_mismatch", f"one result record for {len(self.pending)} calls")
         for name, content in pairs:
             names = [c["name"] for c in self.pending]
-            i = names.index(name) if name in names else 0 if names and (
-                not isinstance(name, str) or len(set(names)) == 1) else None
+            i = (
+                names.index(name)
+                if name in names
+                else 0
+                if names and (not isinstance(name, str) or len(set(names)) == 1)
+                else None
+            )
             if i is None:
                 raise RowError("orphan_tool_response", f"a tool result ({name!r:.60}) that answers no pending call")
             self.messages.append({"role": "tool", "name": self.pending.pop(i)["name"], "content": content})
@@ -294,8 +315,24 @@ class Dialogue:
 # ------------------------------------------------------------------------------- JSON Schema
 
 _TYPE_NAMES = {
-    **dict.fromkeys(("str", "string", "text", "char", "date", "time", "datetime", "date-time", "email", "url",
-                     "uri", "uuid", "path"), "string"),
+    **dict.fromkeys(
+        (
+            "str",
+            "string",
+            "text",
+            "char",
+            "date",
+            "time",
+            "datetime",
+            "date-time",
+            "email",
+            "url",
+            "uri",
+            "uuid",
+            "path",
+        ),
+        "string",
+    ),
     **dict.fromkeys(("int", "integer", "long"), "integer"),
     **dict.fromkeys(("float", "number", "double", "decimal"), "number"),
     **dict.fromkeys(("bool", "boolean"), "boolean"),
@@ -303,8 +340,21 @@ _TYPE_NAMES = {
     **dict.fromkeys(("list", "array", "tuple", "set", "frozenset", "sequence", "iterable"), "array"),
     **dict.fromkeys(("dict", "object", "mapping", "map", "hashmap", "json"), "object"),
 }
-_PASS_KEYS = ("format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
-              "pattern", "minItems", "maxItems", "uniqueItems", "additionalProperties", "const")
+_PASS_KEYS = (
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "additionalProperties",
+    "const",
+)
 
 
 def split_top(text: str, sep: str, *, strict: bool = False) -> list[str]:
@@ -391,8 +441,15 @@ def param_schema(spec: Any, pname: str) -> tuple[dict, bool, bool]:
     if isinstance(enum, list) and enum:
         out["enum"] = enum
     default = coerce(spec.get("default"), out)  # "" and a "None" for a non-string type: no default
-    if not (default is None or isinstance(default, str) and (not default.strip() or out.get("type") not in (
-            None, "string") and default.strip().lower() in ("none", "null"))):
+    if not (
+        default is None
+        or isinstance(default, str)
+        and (
+            not default.strip()
+            or out.get("type") not in (None, "string")
+            and default.strip().lower() in ("none", "null")
+        )
+    ):
         out["default"] = default
     for key in ("examples", "example", "example_values"):
         if spec.get(key) not in ("", None, []):
@@ -414,9 +471,11 @@ def params_schema(params: Any, required: Any = None, *, flags: bool = False, unm
     parameters; `flags`: parameters say "required": true one by one (ToolAlpaca);
     `unmarked_required`: in a map, every parameter not typed "..., optional" is required (xLAM)."""
     is_schema = isinstance(params, dict) and (
-        isinstance(params.get("type"), str) and params["type"].lower() in ("object", "dict")
+        isinstance(params.get("type"), str)
+        and params["type"].lower() in ("object", "dict")
         or isinstance(params.get("properties"), dict)
-        and set(params) <= {"type", "properties", "required", "description", "additionalProperties", "title"})
+        and set(params) <= {"type", "properties", "required", "description", "additionalProperties", "title"}
+    )
     if params in (None, {}, []):
         props_in, req_in = {}, None
     elif is_schema:
@@ -452,8 +511,11 @@ def tool_from(t: Any, *, name: str = "name", description: str = "description", *
     t = t["function"] if isinstance(t.get("function"), dict) else t
     if not isinstance(t.get(name), str) or not t[name].strip():
         raise RowError("bad_tool_schema", f"a tool has no name ({t.get(name)!r:.60})")
-    return {"name": t[name], "description": _text(t.get(description)),
-            "parameters": params_schema(t.get("parameters"), t.get("required"), **schema_kw)}
+    return {
+        "name": t[name],
+        "description": _text(t.get(description)),
+        "parameters": params_schema(t.get("parameters"), t.get("required"), **schema_kw),
+    }
 
 
 def tool_list(value: Any, what: str = "tools", **tool_kw) -> list[dict]:

@@ -35,8 +35,7 @@ PINNED = {
     "seal_tools/test_in_domain.jsonl": "330020288948e711846417c2fca9a5980ef0f1adc01ad74dc38cc9ff7142811f",
     "seal_tools/tool.jsonl": "1209d67ff1e149bc2633e15d471d72af9014770fadb41c2409cc2718953750a9",
     "seal_tools/dataset_for_finetune/dev.json": "24cf1bbe0719aed1780ca43553611535cc0e1e626529011d131e860d4222cca3",
-    "seal_tools/dataset_for_finetune/test_in_domain.json":
-        "75d51adc3521c6dce1b0f19628446a5e49d30e7a36425fada7809b0f5a4e4d7a",
+    "seal_tools/dataset_for_finetune/test_in_domain.json": "75d51adc3521c6dce1b0f19628446a5e49d30e7a36425fada7809b0f5a4e4d7a",
     "toolrl/rlla_sft.json": "ef42a7b1574f1552d6cc7bf9f060a6425458ff67bae2baf53e945dc640dc125c",
     "toolrl/rlla_4k_test.parquet": "f7f300ebe755fd04985c83e18097d5a94a08619d72809fe06128ed3f00da7554",
     "hammer/apibank_l1.json": "b6c129cd887da3e1965479bdbe56170adc0d315567c6a716a7c493de26887f19",
@@ -49,9 +48,12 @@ PINNED = {
     "toolalpaca/public_apis.json": "56e3218afcc6b93725c610d06a018091a38953e300e5073fb13d81ed3cd69ac8",
 }
 # Files named differently upstream (path inside the upstream folder); the others keep their name.
-RENAMED = {"toolrl/rlla_sft.json": "rlla_4k_raw/rlla_sft.json", "toolrl/rlla_4k_test.parquet": "rlla_4k/test.parquet",
-           **{f"hammer/{n}.json": f"test/original/{n}.json" for n in ("apibank_l1", "apibank_l2", "toolalpaca")},
-           "hammer/masking_sft_data_example.json": "train/masking_sft_data_example.json"}
+RENAMED = {
+    "toolrl/rlla_sft.json": "rlla_4k_raw/rlla_sft.json",
+    "toolrl/rlla_4k_test.parquet": "rlla_4k/test.parquet",
+    **{f"hammer/{n}.json": f"test/original/{n}.json" for n in ("apibank_l1", "apibank_l2", "toolalpaca")},
+    "hammer/masking_sft_data_example.json": "train/masking_sft_data_example.json",
+}
 # Files that are documented subsets of their upstream file: verified, never fetched.
 SUBSETS = {"seal_tools/tool.jsonl": "the tools the Seal-Tools rows use, a subset of upstream's tool.jsonl"}
 
@@ -85,8 +87,10 @@ def ensure_files(root: str | os.PathLike, files: Iterable[str]) -> None:
         if dest.is_file():
             continue
         if local in SUBSETS:
-            raise DataError(f"{dest} is missing and cannot be fetched: it is {SUBSETS[local]}; place the "
-                            f"project's copy there (sha256 {PINNED[local]}) or set data.root to a folder holding it")
+            raise DataError(
+                f"{dest} is missing and cannot be fetched: it is {SUBSETS[local]}; place the "
+                f"project's copy there (sha256 {PINNED[local]}) or set data.root to a folder holding it"
+            )
         url = raw_url(local)
         log.info("fetching %s -> %s", url, dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -95,8 +99,10 @@ def ensure_files(root: str | os.PathLike, files: Iterable[str]) -> None:
             with urllib.request.urlopen(url, timeout=60) as resp, tmp.open("wb") as out:
                 shutil.copyfileobj(resp, out)
         except OSError as e:
-            raise DataError(f"{dest} is missing and could not be fetched from {url}: {e}; "
-                            "set data.root to a folder holding the datasets") from e
+            raise DataError(
+                f"{dest} is missing and could not be fetched from {url}: {e}; "
+                "set data.root to a folder holding the datasets"
+            ) from e
         if (digest := sha256_file(tmp)) != PINNED[local]:
             tmp.unlink()
             raise DataError(f"{url}: sha256 {digest} does not match the pinned {PINNED[local]}")

@@ -53,17 +53,29 @@ def _history(query: list, d: Dialogue) -> None:
             raise RowError("missing_field", f"unknown role {role!r}")
 
 
-def load_eval(source: str, paths: list[Path], report: LoadReport, strict: bool = False, *,
-              flags: bool = False) -> list[dict]:
+def load_eval(
+    source: str, paths: list[Path], report: LoadReport, strict: bool = False, *, flags: bool = False
+) -> list[dict]:
     rows = read_rows(paths[0])
-    catalog = {t["name"]: t for obj in reversed(rows) if isinstance(obj, dict) and isinstance(obj.get("tools"), list)
-               for t in obj["tools"] if isinstance(t, dict) and isinstance(t.get("name"), str)}  # first by name
+    catalog = {
+        t["name"]: t
+        for obj in reversed(rows)
+        if isinstance(obj, dict) and isinstance(obj.get("tools"), list)
+        for t in obj["tools"]
+        if isinstance(t, dict) and isinstance(t.get("name"), str)
+    }  # first by name
 
     def convert(obj):
         if "query" not in obj or not isinstance(obj.get("tools"), list) or not isinstance(obj.get("answers"), list):
             raise RowError("missing_field", "row needs a 'query', and 'tools' and 'answers' lists")
-        tools = tool_list([t for t in obj["tools"] if not (
-            isinstance(t, dict) and t.get("name") == "components" and not t.get("parameters"))], flags=flags)
+        tools = tool_list(
+            [
+                t
+                for t in obj["tools"]
+                if not (isinstance(t, dict) and t.get("name") == "components" and not t.get("parameters"))
+            ],
+            flags=flags,
+        )
         d, query = Dialogue(), obj["query"]
         if isinstance(query, str):
             d.user(query)

@@ -72,11 +72,11 @@ def hermes_system_to_tools(system: str, *, parse_tools: bool = True) -> tuple[li
         except RowError as e:
             raise RowError("bad_tool_schema", str(e)) from None
         tools = tool_list(value if isinstance(value, list) else [value])
-    before, after = system[:block.start()], system[block.end():]
+    before, after = system[: block.start()], system[block.end() :]
     starts = [before.find(p) for p in _PREAMBLES if p in before]
-    before = before[:min(starts)] if starts else before
+    before = before[: min(starts)] if starts else before
     close = after.rfind("</tool_call>")
-    after = after[close + len("</tool_call>"):] if close != -1 else after
+    after = after[close + len("</tool_call>") :] if close != -1 else after
     return tools, "\n\n".join(p.strip() for p in (before, after) if p.strip())
 
 

@@ -44,14 +44,16 @@ def reason_tool_use_row(obj: dict) -> tuple[list[dict], list[dict]]:
         parts = [{"type": "text", "value": parts}] if isinstance(parts, str) else parts
         if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
             raise RowError("missing_field", "a message needs text or a list of parts as content")
-        text = "\n".join(p["value"].strip() for p in parts
-                         if p.get("type") == "text" and isinstance(p.get("value"), str)).strip()
+        text = "\n".join(
+            p["value"].strip() for p in parts if p.get("type") == "text" and isinstance(p.get("value"), str)
+        ).strip()
         role = m.get("role")
         if role == "user":
             d.user(text)
         elif role == "assistant":
-            d.model(text, [c for p in parts if p.get("type") == "tool_call"
-                           for c in calls(p.get("value"), "function_call")])
+            d.model(
+                text, [c for p in parts if p.get("type") == "tool_call" for c in calls(p.get("value"), "function_call")]
+            )
         elif role == "tool":
             d.results(result(text), content_keys=("content",))
         elif role != "system":

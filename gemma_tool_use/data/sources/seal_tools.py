@@ -43,8 +43,10 @@ def _row(tools: list[dict], query: Any, calling: Any) -> tuple[list[dict], list[
         raise RowError("empty", "no calls")
     if dependent := next((c for c in calls if _API_REF.search(repr(c["args"]))), None):
         raise RowError("dependent_call", f"'{dependent['name']}' takes an earlier call's output: {dependent['args']}")
-    return tools, [{"role": "user", "content": query.strip()},
-                   {"role": "assistant", "content": "", "tool_calls": calls}]
+    return tools, [
+        {"role": "user", "content": query.strip()},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+    ]
 
 
 def catalog(path: Path, strict: bool) -> dict[str, dict]:

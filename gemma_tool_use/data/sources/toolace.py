@@ -23,18 +23,21 @@ from gemma_tool_use.data.sources.common import (
 )
 
 _LIST_MARKER = "Here is a list of functions in JSON format that you can invoke:"
-_BOILERPLATE = [re.compile(p.replace(" ", r"\s+"), re.IGNORECASE) for p in (
-    r"You are an expert in composing functions\.",
-    r"You are given a question and a set of possible functions\.",
-    r"Based on the question, you will need to make one or more function/tool calls to achieve the purpose\.",
-    r"If none of the functions? can be used, point it out\.",
-    r"If the given question lacks the parameters required by the function, also point it out\.",
-    r"You should only return the function calls? in (?:the )?tools? call sections\.",
-    r"Here is a list of functions in JSON format that you can invoke:",
-    r"Should you decide to return the function calls?(?:\(s\))?\s*[.,]?",
-    r"Put it in the format of \[[^\]]*\]\.?",
-    r"NO other text MUST be included\.?",
-)]
+_BOILERPLATE = [
+    re.compile(p.replace(" ", r"\s+"), re.IGNORECASE)
+    for p in (
+        r"You are an expert in composing functions\.",
+        r"You are given a question and a set of possible functions\.",
+        r"Based on the question, you will need to make one or more function/tool calls to achieve the purpose\.",
+        r"If none of the functions? can be used, point it out\.",
+        r"If the given question lacks the parameters required by the function, also point it out\.",
+        r"You should only return the function calls? in (?:the )?tools? call sections\.",
+        r"Here is a list of functions in JSON format that you can invoke:",
+        r"Should you decide to return the function calls?(?:\(s\))?\s*[.,]?",
+        r"Put it in the format of \[[^\]]*\]\.?",
+        r"NO other text MUST be included\.?",
+    )
+]
 _LOOKS_LIKE_TOOL_TEXT = re.compile(r"\b(functions?|tools?|apis?)\b", re.IGNORECASE)
 
 
@@ -47,8 +50,10 @@ def _find_tool_array(text: str, start: int) -> tuple[int, int, list] | None:
             value, end = decoder.raw_decode(text, at)
         except json.JSONDecodeError:
             continue
-        if isinstance(value, list) and ((value and all(isinstance(t, dict) and "name" in t for t in value))
-                                        or (not value and text.rfind(_LIST_MARKER, 0, at) != -1)):
+        if isinstance(value, list) and (
+            (value and all(isinstance(t, dict) and "name" in t for t in value))
+            or (not value and text.rfind(_LIST_MARKER, 0, at) != -1)
+        ):
             return at, end, value
     return None
 
@@ -91,8 +96,9 @@ def parse_python_calls(text: str) -> list[dict]:
                 key, eq, value = part.partition("=")
                 key = key.strip().strip("\"'")
                 if not eq or not key or any(c in key for c in "\"'[]{}(),: ") or key in args:
-                    raise ValueError(f"{m.group(1)}: a positional, repeated or malformed argument "
-                                     f"{part.strip()[:60]!r}")
+                    raise ValueError(
+                        f"{m.group(1)}: a positional, repeated or malformed argument {part.strip()[:60]!r}"
+                    )
                 args[key] = parse_literal(value)
             calls.append({"name": m.group(1), "args": args})
     except ValueError as e:
@@ -105,7 +111,8 @@ def parse_python_calls(text: str) -> list[dict]:
 def _looks_like_call_list(text: str, tool_names: Iterable[str]) -> bool:
     s = text.strip()  # "[name(" opening a bracketed list, or a listed tool's name then "("
     return bool(s.endswith("]") and re.match(r"\[\s*[^\s\[\]()\"'{}][^\[\]()\"'{}]*\(", s)) or any(
-        s.startswith(n + "(") for n in tool_names)
+        s.startswith(n + "(") for n in tool_names
+    )
 
 
 def toolace_row_to_conversation(row: dict) -> tuple[list[dict], list[dict]]:

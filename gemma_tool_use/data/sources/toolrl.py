@@ -34,8 +34,15 @@ def _tools(instruction: str) -> list[dict]:
         m = _ENTRY.fullmatch(entry)
         if not m:
             raise RowError("malformed_prompt", f"tool entry not 'N. Name/Description/Parameters': {entry[:80]!r}")
-        tools.append(tool_from({"name": m.group(1).strip(), "description": m.group(2),
-                                "parameters": loads(m.group(3).strip(), f"parameters of {m.group(1)!r}")}))
+        tools.append(
+            tool_from(
+                {
+                    "name": m.group(1).strip(),
+                    "description": m.group(2),
+                    "parameters": loads(m.group(3).strip(), f"parameters of {m.group(1)!r}"),
+                }
+            )
+        )
     return tools
 
 

@@ -55,10 +55,12 @@ log = logging.getLogger(__name__)
 
 def score(reward_fns, prompts, completions) -> dict[str, np.ndarray]:
     """Each reward term (unweighted) and the weighted total, one value per completion."""
-    cols = {"tools": [prompts[c.prompt].tools for c in completions],
-            "gold_calls": [prompts[c.prompt].gold_calls for c in completions],
-            "stop_reasons": [c.stop_reason for c in completions],
-            "categories": [prompts[c.prompt].category for c in completions]}
+    cols = {
+        "tools": [prompts[c.prompt].tools for c in completions],
+        "gold_calls": [prompts[c.prompt].gold_calls for c in completions],
+        "stop_reasons": [c.stop_reason for c in completions],
+        "categories": [prompts[c.prompt].category for c in completions],
+    }
     texts = [c.text for c in completions]
     prompt_texts = [prompts[c.prompt].messages for c in completions]
     terms = {name: np.asarray(fn(prompt_texts, texts, **cols), np.float32) for name, _, fn in reward_fns}
@@ -73,10 +75,12 @@ def behaviour(prompts, completions, parsed) -> dict[str, float]:
     # An attempted call that does not parse is still a call (as the abstention reward counts it):
     # abstaining means no call block at all, the split BFCL's irrelevance passes need.
     called = [made_call(c.text, prompts[c.prompt].tools) for c in completions]
-    out = {"rate/call_when_needed": float(np.mean([bool(parsed[i].calls) for i in need])) if need else None,
-           "rate/abstain_when_no_fit": float(np.mean([not called[i] for i in none])) if none else None,
-           "completion/tokens_mean": float(np.mean([len(c.token_ids) for c in completions])),
-           "completion/stopped_share": float(np.mean([c.stop_reason == "stop" for c in completions]))}
+    out = {
+        "rate/call_when_needed": float(np.mean([bool(parsed[i].calls) for i in need])) if need else None,
+        "rate/abstain_when_no_fit": float(np.mean([not called[i] for i in none])) if none else None,
+        "completion/tokens_mean": float(np.mean([len(c.token_ids) for c in completions])),
+        "completion/stopped_share": float(np.mean([c.stop_reason == "stop" for c in completions])),
+    }
     kinds = Counter(k for p in parsed for k in p.error_kinds)
     out.update({f"parse_errors/{k}": v / len(completions) for k, v in kinds.items()})
     return {k: v for k, v in out.items() if v is not None}
@@ -87,8 +91,11 @@ def run_probe(generator, probe, reward_fns, params) -> dict[str, float]:
     comps = rollout(generator, probe, 1, params)
     terms = score(reward_fns, probe, comps)
     exact = [exact_match(c.text, probe[c.prompt].tools, probe[c.prompt].gold_calls) for c in comps]
-    return {"probe/reward_mean": float(terms["total"].mean()), "probe/exact_match": float(np.mean(exact)),
-            **{f"probe/{k}": float(v.mean()) for k, v in terms.items() if k != "total"}}
+    return {
+        "probe/reward_mean": float(terms["total"].mean()),
+        "probe/exact_match": float(np.mean(exact)),
+        **{f"probe/{k}": float(v.mean()) for k, v in terms.items() if k != "total"},
+    }
 
 
 class GrpoLoop:
@@ -106,9 +113,13 @@ class GrpoLoop:
         self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)
         self.ckpt_root = (run_dir / "checkpoints").absolute()
         set_aside_corrupt_checkpoints(self.ckpt_root, log)
-        self.manager = CheckpointManager(str(self.ckpt_root), ocp.CheckpointManagerOptions(
-            save_interval_steps=int(cfg.train.checkpoint_every_steps),
-            max_to_keep=int(cfg.train.max_checkpoints_to_keep)))
+        self.manager = CheckpointManager(
+            str(self.ckpt_root),
+            ocp.CheckpointManagerOptions(
+                save_interval_steps=int(cfg.train.checkpoint_every_steps),
+                max_to_keep=int(cfg.train.max_checkpoints_to_keep),
+            ),
+        )
         self.start, meta = self.manager.maybe_restore(model, self.optimizer, restore_only_lora_params=True)
         self.counters = Counter({k: v for k, v in (meta or {}).items() if isinstance(v, (int, float))})
         if self.start:
@@ -117,16 +128,26 @@ class GrpoLoop:
         gen_cfg = cfg.generation
         # one static batch holds every group: refill off whatever generation.refill says (a step waits
         # for all its rollouts anyway); generation.max_batch_tokens still caps a batch's memory
-        self.generator = Generator.from_config(model, tokenizer, gen_cfg,
-                                               batch_size=max(int(gen_cfg.batch_size), self.P * self.G),
-                                               max_prompt_len=int(g.max_prompt_len), overlength="skip", refill=False)
+        self.generator = Generator.from_config(
+            model,
+            tokenizer,
+            gen_cfg,
+            batch_size=max(int(gen_cfg.batch_size), self.P * self.G),
+            max_prompt_len=int(g.max_prompt_len),
+            overlength="skip",
+            refill=False,
+        )
         self.stop_ids = tuple(gen_cfg.stop_ids)
         self.greedy = SamplingParams(max_new_tokens=int(g.max_new_tokens), temperature=0.0, stop_ids=self.stop_ids)
         # Log-probs of the policy that sampled: logits / T, as the sampler used (T 0 or 1: unchanged).
         temperature = float(g.temperature) if g.temperature > 0 else 1.0
         self.train_step = grpo.AccumulatingStep(
-            epsilon=float(g.epsilon), beta=float(g.beta), loss_agg_mode=str(g.loss_agg_mode),
-            epsilon_high=float(g.epsilon_high if g.epsilon_high is not None else g.epsilon), temperature=temperature)
+            epsilon=float(g.epsilon),
+            beta=float(g.beta),
+            loss_agg_mode=str(g.loss_agg_mode),
+            epsilon_high=float(g.epsilon_high if g.epsilon_high is not None else g.epsilon),
+            temperature=temperature,
+        )
         self.micro = int(g.micro_batch_size) or self.P * self.G
         self.logps_fn = nnx.jit(functools.partial(grpo.completion_logps, temperature=temperature))
         self.samples_path, self.probe_path = run_dir / "samples.jsonl", run_dir / "probe.jsonl"
@@ -138,21 +159,33 @@ class GrpoLoop:
         with self.probe_path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         self.tracker.log({k: v for k, v in rec.items() if k != "step"}, step=step)
-        log.info("probe at step %d: reward %.3f, exact match %.3f", step, rec["probe/reward_mean"],
-                 rec["probe/exact_match"])
+        log.info(
+            "probe at step %d: reward %.3f, exact match %.3f", step, rec["probe/reward_mean"], rec["probe/exact_match"]
+        )
 
     def save(self, step: int, force: bool = False) -> None:
-        self.manager.save(step, self.model, self.optimizer, save_only_lora_params=True, force=force,
-                          custom_metadata=dict(self.counters))
+        self.manager.save(
+            step,
+            self.model,
+            self.optimizer,
+            save_only_lora_params=True,
+            force=force,
+            custom_metadata=dict(self.counters),
+        )
 
     def sample(self, step: int):
         """This step's prompts and G completions each from the current policy."""
         prompts = step_prompts(self.prompt_set, step, self.P, float(self.g.no_call_share), int(self.cfg.seed))
         self.generator.sync(self.model)  # sample from the weights the last update wrote
         g = self.g
-        params = SamplingParams(max_new_tokens=int(g.max_new_tokens), temperature=float(g.temperature),
-                                top_p=float(g.top_p), top_k=int(g.top_k), stop_ids=self.stop_ids,
-                                seed=int(self.cfg.seed) * 1_000_003 + step)  # a distinct seed per step
+        params = SamplingParams(
+            max_new_tokens=int(g.max_new_tokens),
+            temperature=float(g.temperature),
+            top_p=float(g.top_p),
+            top_k=int(g.top_k),
+            stop_ids=self.stop_ids,
+            seed=int(self.cfg.seed) * 1_000_003 + step,
+        )  # a distinct seed per step
         return prompts, rollout(self.generator, prompts, self.G, params)
 
     def micro_batches(self, prompts, comps, adv, keep) -> list[dict]:
@@ -160,11 +193,16 @@ class GrpoLoop:
         zero-weight rows), so memory is bounded by micro_batch_size."""
         rows, out = np.flatnonzero(keep), []
         for i in range(0, len(rows), self.micro):
-            sel = list(rows[i:i + self.micro])
+            sel = list(rows[i : i + self.micro])
             pad = self.micro - len(sel)
-            mb = train_batch(prompts, [comps[j] for j in sel + sel[:1] * pad], adv[sel + sel[:1] * pad],
-                             np.asarray([True] * len(sel) + [False] * pad), int(self.g.max_prompt_len),
-                             int(self.g.max_new_tokens))
+            mb = train_batch(
+                prompts,
+                [comps[j] for j in sel + sel[:1] * pad],
+                adv[sel + sel[:1] * pad],
+                np.asarray([True] * len(sel) + [False] * pad),
+                int(self.g.max_prompt_len),
+                int(self.g.max_new_tokens),
+            )
             out.append({k: jnp.asarray(v) for k, v in mb.items()})
         return out
 
@@ -209,27 +247,47 @@ class GrpoLoop:
         self.counters["zero_variance_groups"] += int(flat.sum())
         self.counters["groups"] += len(flat)
         rec = step_record(prompts, comps, terms, aux_means)
-        rec |= {"groups/zero_variance_share": float(flat.mean()), "train/learning_rate": float(self.schedule(step)),
-                "time/rollout_s": rollout_s, "time/update_s": update_s,
-                "perf/rollout_new_tokens_per_s": new_tokens / rollout_s if rollout_s > 0 else 0.0,
-                "perf/update_tokens_per_s": update_positions / update_s if update_s > 0 else 0.0,
-                "perf/peak_rss_gib": peak_rss_gib()}
+        rec |= {
+            "groups/zero_variance_share": float(flat.mean()),
+            "train/learning_rate": float(self.schedule(step)),
+            "time/rollout_s": rollout_s,
+            "time/update_s": update_s,
+            "perf/rollout_new_tokens_per_s": new_tokens / rollout_s if rollout_s > 0 else 0.0,
+            "perf/update_tokens_per_s": update_positions / update_s if update_s > 0 else 0.0,
+            "perf/peak_rss_gib": peak_rss_gib(),
+        }
         self.tracker.log(rec, step=step + 1)
         self.log_samples(step, prompts, comps, adv, terms)
-        self.progress.update(step + 1, reward=round(float(total.mean()), 3), reward_std=round(float(total.std()), 3),
-                             flat_groups=f"{int(flat.sum())}/{len(flat)}", rollout_s=round(rollout_s, 1),
-                             update_s=round(update_s, 1), rss_gib=round(peak_rss_gib(), 2))
+        self.progress.update(
+            step + 1,
+            reward=round(float(total.mean()), 3),
+            reward_std=round(float(total.std()), 3),
+            flat_groups=f"{int(flat.sum())}/{len(flat)}",
+            rollout_s=round(rollout_s, 1),
+            update_s=round(update_s, 1),
+            rss_gib=round(peak_rss_gib(), 2),
+        )
 
     def log_samples(self, step: int, prompts, comps, adv, terms) -> None:
         """The first completion of the first groups, with its rewards, to samples.jsonl."""
         with self.samples_path.open("a", encoding="utf-8") as f:
             for k in range(0, min(int(self.g.samples_to_log), self.P) * self.G, self.G):
                 c = comps[k]
-                f.write(json.dumps({"step": step + 1, "category": prompts[c.prompt].category,
-                                    "gold_calls": prompts[c.prompt].gold_calls, "completion": c.text,
-                                    "stop_reason": c.stop_reason, "advantage": float(adv[k]),
-                                    **{f"reward/{n}": float(v[k]) for n, v in terms.items()}},
-                                   ensure_ascii=True) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": step + 1,
+                            "category": prompts[c.prompt].category,
+                            "gold_calls": prompts[c.prompt].gold_calls,
+                            "completion": c.text,
+                            "stop_reason": c.stop_reason,
+                            "advantage": float(adv[k]),
+                            **{f"reward/{n}": float(v[k]) for n, v in terms.items()},
+                        },
+                        ensure_ascii=True,
+                    )
+                    + "\n"
+                )
 
     def run(self) -> dict:
         self.progress = StepProgress(self.max_steps, self.start, "grpo", interval_s=0.0)  # a step is long: a line each
@@ -250,8 +308,12 @@ class GrpoLoop:
                 if self.finished > (self.manager.latest_step() or 0):
                     self.save(self.finished, force=True)  # the last finished update
                 self.manager.close()
-            log.warning("stopped (%s) after step %d; checkpoint saved, re-run with hydra.run.dir=%s to resume",
-                        getattr(e, "signal_name", "SIGINT"), self.finished, self.run_dir)
+            log.warning(
+                "stopped (%s) after step %d; checkpoint saved, re-run with hydra.run.dir=%s to resume",
+                getattr(e, "signal_name", "SIGINT"),
+                self.finished,
+                self.run_dir,
+            )
             raise
         self.progress.close()
         if self.max_steps > (self.manager.latest_step() or 0):
@@ -269,12 +331,19 @@ class GrpoLoop:
 
     def summary(self, loop_seconds: float) -> dict:
         c, steps_here = self.counters, self.max_steps - self.start
-        return {"steps": self.max_steps, "resumed_from_step": self.start, "loop_seconds": round(loop_seconds, 1),
-                # this process's steps only (None when a resume found none left): step_seconds covers all
-                "seconds_per_step": round(loop_seconds / steps_here, 2) if steps_here > 0 else None,
-                "zero_variance_groups": int(c["zero_variance_groups"]), "groups": int(c["groups"]),
-                "trained_tokens": int(c["trained_tokens"]), "generated_tokens": int(c["generated_tokens"]),
-                "peak_rss_gib": round(peak_rss_gib(), 2), "checkpoint_dir": str(self.ckpt_root)}
+        return {
+            "steps": self.max_steps,
+            "resumed_from_step": self.start,
+            "loop_seconds": round(loop_seconds, 1),
+            # this process's steps only (None when a resume found none left): step_seconds covers all
+            "seconds_per_step": round(loop_seconds / steps_here, 2) if steps_here > 0 else None,
+            "zero_variance_groups": int(c["zero_variance_groups"]),
+            "groups": int(c["groups"]),
+            "trained_tokens": int(c["trained_tokens"]),
+            "generated_tokens": int(c["generated_tokens"]),
+            "peak_rss_gib": round(peak_rss_gib(), 2),
+            "checkpoint_dir": str(self.ckpt_root),
+        }
 
 
 def step_record(prompts, comps, terms: dict, aux_means: dict) -> dict[str, float]:
@@ -305,9 +374,15 @@ def step_times(metrics_path: Path) -> dict:
     if not recs:
         return {}
     per_step = [r["time/rollout_s"] + r["time/update_s"] for r in recs]
-    return {"recorded_steps": len(recs), "step_seconds": {"mean": round(sum(per_step) / len(per_step), 1),
-                                                          "min": round(min(per_step), 1), "max": round(max(per_step), 1)},
-            "rollout_seconds_mean": round(sum(r["time/rollout_s"] for r in recs) / len(recs), 1),
-            "update_seconds_mean": round(sum(r["time/update_s"] for r in recs) / len(recs), 1),
-            "zero_variance_share_mean": round(sum(r["groups/zero_variance_share"] for r in recs) / len(recs), 3),
-            "peak_rss_gib_max": round(max(r.get("perf/peak_rss_gib", 0.0) for r in recs), 2)}
+    return {
+        "recorded_steps": len(recs),
+        "step_seconds": {
+            "mean": round(sum(per_step) / len(per_step), 1),
+            "min": round(min(per_step), 1),
+            "max": round(max(per_step), 1),
+        },
+        "rollout_seconds_mean": round(sum(r["time/rollout_s"] for r in recs) / len(recs), 1),
+        "update_seconds_mean": round(sum(r["time/update_s"] for r in recs) / len(recs), 1),
+        "zero_variance_share_mean": round(sum(r["groups/zero_variance_share"] for r in recs) / len(recs), 3),
+        "peak_rss_gib_max": round(max(r.get("perf/peak_rss_gib", 0.0) for r in recs), 2),
+    }

@@ -36,19 +36,34 @@ ESTIMATORS = {
 }
 # tunix.rl.common.aggregate_loss's modes ("sequence-mean-token-scale" divides each sequence's
 # sum by K, the padded completion width, i.e. Dr. GRPO's constant normaliser).
-LOSS_AGG_MODES = ("token-mean", "sequence-mean-token-mean", "sequence-mean-token-scale", "seq-mean-token-sum",
-                  "sequence-mean-token-sum-norm")
+LOSS_AGG_MODES = (
+    "token-mean",
+    "sequence-mean-token-mean",
+    "sequence-mean-token-scale",
+    "seq-mean-token-sum",
+    "sequence-mean-token-sum-norm",
+)
 LOG_RATIO_CLAMP = 20.0  # as tunix's grpo_loss_fn: exp() of the log-ratio never overflows
-BATCH_KEYS = ("input_tokens", "input_mask", "target_positions", "target_ids", "completion_mask", "advantages",
-              "old_logps", "ref_logps")
+BATCH_KEYS = (
+    "input_tokens",
+    "input_mask",
+    "target_positions",
+    "target_ids",
+    "completion_mask",
+    "advantages",
+    "old_logps",
+    "ref_logps",
+)
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. Completion-only log-probs
 # ----------------------------------------------------------------------------------------------
 
-def completion_logps(model, input_tokens, input_mask, target_positions, target_ids, *, temperature: float = 1.0,
-                     chunk: int | None = None):
+
+def completion_logps(
+    model, input_tokens, input_mask, target_positions, target_ids, *, temperature: float = 1.0, chunk: int | None = None
+):
     """log p(target_ids[b, k] | input_tokens[b, :target_positions[b, k] + 1]) as float32 [B, K].
 
     Never builds full-vocabulary logits at prompt positions: the model returns final-norm hidden
@@ -61,8 +76,9 @@ def completion_logps(model, input_tokens, input_mask, target_positions, target_i
     slots hold finite garbage: mask them."""
     positions = sft_utils.build_positions_from_mask(input_mask)
     attention_mask = sft_utils.make_causal_attn_mask(input_mask)
-    hidden, _ = model(input_tokens, positions, None, attention_mask, logits_at=target_positions, return_hidden=True,
-                      causal_mask=True)
+    hidden, _ = model(
+        input_tokens, positions, None, attention_mask, logits_at=target_positions, return_hidden=True, causal_mask=True
+    )
     hidden = hidden.astype(jnp.float32)
     if temperature not in (0.0, 1.0):  # tunix's convention: T = 0 (greedy) means unscaled
         hidden = hidden / temperature
@@ -72,6 +88,7 @@ def completion_logps(model, input_tokens, input_mask, target_positions, target_i
 # ----------------------------------------------------------------------------------------------
 # 2. Group advantages
 # ----------------------------------------------------------------------------------------------
+
 
 def _check_groups(rewards, num_generations: int) -> None:
     if rewards.ndim != 1 or rewards.shape[0] % num_generations:
@@ -106,14 +123,24 @@ def group_advantages(rewards, num_generations: int, estimator: str = "grpo"):
 # 3. The clipped surrogate
 # ----------------------------------------------------------------------------------------------
 
+
 def _masked_mean(x, mask):
     mask = mask.astype(jnp.float32)
     return jnp.sum(x.astype(jnp.float32) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def policy_loss(logps, old_logps, advantages, completion_mask, *, epsilon: float = 0.2,
-                epsilon_high: float | None = None, beta: float = 0.0, ref_logps=None,
-                loss_agg_mode: str = "sequence-mean-token-mean"):
+def policy_loss(
+    logps,
+    old_logps,
+    advantages,
+    completion_mask,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    ref_logps=None,
+    loss_agg_mode: str = "sequence-mean-token-mean",
+):
     """PPO-clipped policy-gradient loss as tunix's grpo_loss_fn computes it (no dual clip, no
     entropy), from per-token log-probs [B, K]. Returns (loss, aux) with scalar aux:
     pg_loss, kl (token-mean KL to the reference; 0 without one), kl_loss (aggregated like the
@@ -169,26 +196,57 @@ def policy_loss(logps, old_logps, advantages, completion_mask, *, epsilon: float
 # 4. The loss on the model, 5. the train step
 # ----------------------------------------------------------------------------------------------
 
-def grpo_loss(model, input_tokens, input_mask, target_positions, target_ids, completion_mask, advantages,
-              old_logps=None, ref_logps=None, *, epsilon: float = 0.2, epsilon_high: float | None = None,
-              beta: float = 0.0, loss_agg_mode: str = "sequence-mean-token-mean", temperature: float = 1.0,
-              chunk: int | None = None):
+
+def grpo_loss(
+    model,
+    input_tokens,
+    input_mask,
+    target_positions,
+    target_ids,
+    completion_mask,
+    advantages,
+    old_logps=None,
+    ref_logps=None,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    loss_agg_mode: str = "sequence-mean-token-mean",
+    temperature: float = 1.0,
+    chunk: int | None = None,
+):
     """completion_logps + policy_loss, for nnx.value_and_grad(..., argnums=nnx.DiffState(0,
     nnx.LoRAParam), has_aux=True). old_logps None (one update per rollout, mu = 1) means the
     current log-probs under stop_gradient: ratio 1, gradient -A * grad(logp) aggregated."""
-    logps = completion_logps(model, input_tokens, input_mask, target_positions, target_ids,
-                             temperature=temperature, chunk=chunk)
+    logps = completion_logps(
+        model, input_tokens, input_mask, target_positions, target_ids, temperature=temperature, chunk=chunk
+    )
     old = jax.lax.stop_gradient(logps) if old_logps is None else old_logps
     ref = None if ref_logps is None else jax.lax.stop_gradient(ref_logps)
-    return policy_loss(logps, old, advantages, completion_mask, epsilon=epsilon, epsilon_high=epsilon_high,
-                       beta=beta, ref_logps=ref, loss_agg_mode=loss_agg_mode)
+    return policy_loss(
+        logps,
+        old,
+        advantages,
+        completion_mask,
+        epsilon=epsilon,
+        epsilon_high=epsilon_high,
+        beta=beta,
+        ref_logps=ref,
+        loss_agg_mode=loss_agg_mode,
+    )
 
 
 def _step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk):
     if loss_agg_mode not in LOSS_AGG_MODES:
         raise ValueError(f"loss_agg_mode={loss_agg_mode!r}: expected one of {LOSS_AGG_MODES}")
-    hyper = dict(epsilon=float(epsilon), epsilon_high=None if epsilon_high is None else float(epsilon_high),
-                 beta=float(beta), loss_agg_mode=loss_agg_mode, temperature=float(temperature), chunk=chunk)
+    hyper = dict(
+        epsilon=float(epsilon),
+        epsilon_high=None if epsilon_high is None else float(epsilon_high),
+        beta=float(beta),
+        loss_agg_mode=loss_agg_mode,
+        temperature=float(temperature),
+        chunk=chunk,
+    )
 
     def grads_of(model, batch):
         unknown = set(batch) - set(BATCH_KEYS)
@@ -204,9 +262,15 @@ def _step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk):
     return grads_of
 
 
-def grpo_train_step(*, epsilon: float = 0.2, epsilon_high: float | None = None, beta: float = 0.0,
-                    loss_agg_mode: str = "sequence-mean-token-mean", temperature: float = 1.0,
-                    chunk: int | None = None):
+def grpo_train_step(
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.0,
+    loss_agg_mode: str = "sequence-mean-token-mean",
+    temperature: float = 1.0,
+    chunk: int | None = None,
+):
     """An nnx.jit-ed `(model, optimizer, batch) -> (loss, aux)` that applies one update to the
     trainable parameters (nnx.LoRAParam: LoRA adapters and trainable embedding rows) through
     `optimizer = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)` (flax 0.12:
@@ -240,9 +304,16 @@ class AccumulatingStep:
     does not fit the 24 GiB dev machine at once: experiments/grpo_from_sft_short/README.md).
     Ratio/KL/clip statistics are weighted means; ratio_min/_max the extremes."""
 
-    def __init__(self, *, epsilon: float = 0.2, epsilon_high: float | None = None, beta: float = 0.0,
-                 loss_agg_mode: str = "sequence-mean-token-mean", temperature: float = 1.0,
-                 chunk: int | None = None):
+    def __init__(
+        self,
+        *,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        beta: float = 0.0,
+        loss_agg_mode: str = "sequence-mean-token-mean",
+        temperature: float = 1.0,
+        chunk: int | None = None,
+    ):
         self.loss_agg_mode = loss_agg_mode
         self._grads = nnx.jit(_step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk))
         self._scale_add = jax.jit(lambda acc, g, w: jax.tree.map(lambda a, b: a + w * b, acc, g))

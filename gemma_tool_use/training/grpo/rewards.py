@@ -91,8 +91,17 @@ from gemma_tool_use.format.render import (
 RewardFn = Callable[..., list[float]]
 
 # Control strings of the chat format that must not appear in a model turn's free text.
-STRAY_MARKERS = (TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE, TOOLS_OPEN, TOOLS_CLOSE,
-                 "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "<pad>")
+STRAY_MARKERS = (
+    TOOL_RESPONSE_OPEN,
+    TOOL_RESPONSE_CLOSE,
+    TOOLS_OPEN,
+    TOOLS_CLOSE,
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<bos>",
+    "<eos>",
+    "<pad>",
+)
 _STOP_SUFFIXES = ("<end_of_turn>", "<eos>")
 # Error kinds that are not the model's doing (the caller's tool list is malformed).
 _NOT_MODEL_ERRORS = frozenset({BAD_TOOLS})
@@ -160,7 +169,9 @@ def _tool_names(tools: Any) -> tuple[str, ...] | None:
     if tools is None:
         return None
     try:
-        return tuple(t["name"] for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str) and t["name"])
+        return tuple(
+            t["name"] for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str) and t["name"]
+        )
     except TypeError:
         return ()
 
@@ -230,9 +241,13 @@ def _best_assignment(scores: list[list[float]]) -> float:
         return 0.0
     if math.perm(max(n_gold, n_pred), k) <= _MAX_ASSIGNMENTS:
         if n_pred >= n_gold:
-            return max(sum(scores[g][p] for g, p in enumerate(cols)) for cols in itertools.permutations(range(n_pred), k))
+            return max(
+                sum(scores[g][p] for g, p in enumerate(cols)) for cols in itertools.permutations(range(n_pred), k)
+            )
         return max(sum(scores[g][p] for p, g in enumerate(rows)) for rows in itertools.permutations(range(n_gold), k))
-    pairs = sorted(((scores[g][p], g, p) for g in range(n_gold) for p in range(n_pred)), key=lambda x: (-x[0], x[1], x[2]))
+    pairs = sorted(
+        ((scores[g][p], g, p) for g in range(n_gold) for p in range(n_pred)), key=lambda x: (-x[0], x[1], x[2])
+    )
     used_g, used_p, total = set(), set(), 0.0
     for s, g, p in pairs:
         if g not in used_g and p not in used_p:
@@ -301,8 +316,10 @@ def _columns(completions, tools, gold_calls, stop_reasons):
     if stop_reasons is None:
         stop_reasons = ["stop"] * n
     if not (len(tools) == len(gold_calls) == len(stop_reasons) == n):
-        raise ValueError(f"columns not aligned with {n} completions: tools {len(tools)}, "
-                         f"gold_calls {len(gold_calls)}, stop_reasons {len(stop_reasons)}")
+        raise ValueError(
+            f"columns not aligned with {n} completions: tools {len(tools)}, "
+            f"gold_calls {len(gold_calls)}, stop_reasons {len(stop_reasons)}"
+        )
     return zip(completions, tools, gold_calls, stop_reasons)
 
 
@@ -310,8 +327,10 @@ def format_reward(prompts, completions, tools=None, gold_calls=None, stop_reason
     """1.0 when the output stopped by itself, parses with no errors, carries nothing stray and is
     of the right kind (a call where the gold has one, none where it has none: "No credit" in the
     module doc)."""
-    return [float(format_ok(c, t, s) and bool(g) == made_call(c, t))
-            for c, t, g, s in _columns(completions, tools, gold_calls, stop_reasons)]
+    return [
+        float(format_ok(c, t, s) and bool(g) == made_call(c, t))
+        for c, t, g, s in _columns(completions, tools, gold_calls, stop_reasons)
+    ]
 
 
 def correctness_reward(prompts, completions, tools=None, gold_calls=None, stop_reasons=None, **_) -> list[float]:
@@ -378,7 +397,22 @@ def build_reward_fns(reward_cfg) -> list[tuple[str, float, RewardFn]]:
     raise ValueError(f"reward.mode must be 'partial' or 'binary', got {mode!r}")
 
 
-__all__ = ["BFCL_STANDARDIZE_REGEX", "REWARD_FNS", "STRAY_MARKERS", "abstention_reward", "build_reward_fns",
-           "call_count_reward", "correctness_reward", "correctness_score", "exact_match", "exact_match_reward",
-           "format_ok", "format_reward", "made_call", "parse_completions", "parse_one", "standardize_string",
-           "values_match"]
+__all__ = [
+    "BFCL_STANDARDIZE_REGEX",
+    "REWARD_FNS",
+    "STRAY_MARKERS",
+    "abstention_reward",
+    "build_reward_fns",
+    "call_count_reward",
+    "correctness_reward",
+    "correctness_score",
+    "exact_match",
+    "exact_match_reward",
+    "format_ok",
+    "format_reward",
+    "made_call",
+    "parse_completions",
+    "parse_one",
+    "standardize_string",
+    "values_match",
+]

@@ -49,8 +49,9 @@ class PromptSet:
         return [p for p in self.prompts if p.gold_calls], [p for p in self.prompts if not p.gold_calls]
 
 
-def build_prompt_set(rows: list[dict], tokenizer, *, system_prompt: str | None, max_prompt_len: int,
-                     categories) -> PromptSet:
+def build_prompt_set(
+    rows: list[dict], tokenizer, *, system_prompt: str | None, max_prompt_len: int, categories
+) -> PromptSet:
     """Single-turn rows of `categories` as prompts (rows whose prompt renders longer than
     max_prompt_len tokens are left out and counted)."""
     out, dropped = [], Counter()
@@ -71,8 +72,16 @@ def build_prompt_set(rows: list[dict], tokenizer, *, system_prompt: str | None, 
             dropped["prompt_too_long"] += 1
             continue
         gold = [{"name": c["name"], "args": c.get("args", {})} for c in (msgs[first].get("tool_calls") or [])]
-        out.append(Prompt([int(t) for t in ids], row["tools"], msgs[:first], gold, category,
-                          str(row.get("meta", {}).get("source", ""))))
+        out.append(
+            Prompt(
+                [int(t) for t in ids],
+                row["tools"],
+                msgs[:first],
+                gold,
+                category,
+                str(row.get("meta", {}).get("source", "")),
+            )
+        )
     return PromptSet(out, dropped)
 
 
@@ -130,19 +139,32 @@ def rollout(generator, prompts: list[Prompt], num_generations: int, sampling) ->
     return out
 
 
-def train_batch(prompts: list[Prompt], completions: list[Completion], advantages: np.ndarray,
-                keep: np.ndarray, max_prompt_len: int, max_new_tokens: int) -> dict[str, np.ndarray]:
+def train_batch(
+    prompts: list[Prompt],
+    completions: list[Completion],
+    advantages: np.ndarray,
+    keep: np.ndarray,
+    max_prompt_len: int,
+    max_new_tokens: int,
+) -> dict[str, np.ndarray]:
     """Prompt + completion rows through the SFT collator (right-padded to a multiple of 128, loss
     targets gathered at the completion tokens, the stop id included, each row's in its own slots:
     the objective sums per sequence): `completion_mask` is its
     target weights, zeroed on rows with keep=False (their group carries no signal), so the batch
     shape does not depend on which groups were dropped."""
-    rows = [RenderedConversation(np.asarray(prompts[c.prompt].ids + c.token_ids, np.int32),
-                                 np.asarray([False] * len(prompts[c.prompt].ids) + [True] * len(c.token_ids), bool))
-            for c in completions]
-    batch = collate(rows, list(range(128, max_prompt_len + max_new_tokens + 128, 128)),
-                    per_row_slots=True)
-    return {"input_tokens": batch["input_tokens"], "input_mask": batch["input_mask"],
-            "target_positions": batch["target_positions"], "target_ids": batch["target_ids"],
-            "completion_mask": batch["target_weights"] * np.asarray(keep, np.float32)[:, None],
-            "advantages": np.asarray(advantages, np.float32)}
+    rows = [
+        RenderedConversation(
+            np.asarray(prompts[c.prompt].ids + c.token_ids, np.int32),
+            np.asarray([False] * len(prompts[c.prompt].ids) + [True] * len(c.token_ids), bool),
+        )
+        for c in completions
+    ]
+    batch = collate(rows, list(range(128, max_prompt_len + max_new_tokens + 128, 128)), per_row_slots=True)
+    return {
+        "input_tokens": batch["input_tokens"],
+        "input_mask": batch["input_mask"],
+        "target_positions": batch["target_positions"],
+        "target_ids": batch["target_ids"],
+        "completion_mask": batch["target_weights"] * np.asarray(keep, np.float32)[:, None],
+        "advantages": np.asarray(advantages, np.float32),
+    }
