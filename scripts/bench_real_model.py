@@ -60,7 +60,8 @@ def load_model(cfg, report):
     """Build the model and tokenizer from the cache; records load time, memory and the jax version."""
     import jax
 
-    from gemma_tool_use.format.render import render_conversation  # noqa: F401 - imported here as before
+    # imported before the model is built; the helpers below use them
+    from gemma_tool_use.format.render import render_conversation  # noqa: F401
     from gemma_tool_use.generation.generator import Generator, SamplingParams  # noqa: F401
     from gemma_tool_use.model.loading import build_model, load_tokenizer_for
     from gemma_tool_use.utils.mesh import build_mesh
@@ -155,6 +156,7 @@ def main():
     report["greedy_samples"] = greedy_samples(gen, tok)
     Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))
     print(json.dumps(report, indent=2, ensure_ascii=False))
+
 
 if __name__ == "__main__":
     main()

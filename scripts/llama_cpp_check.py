@@ -88,17 +88,18 @@ def calls_of(text: str, tools) -> list | None:
     return None if parsed.errors else [(c["name"], json.dumps(c["args"], sort_keys=True)) for c in parsed.calls]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gguf", nargs="+", required=True)
     ap.add_argument("--node-dir", required=True, help="a dir whose node_modules holds node-llama-cpp")
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("overrides", nargs="*", help="stage=predict overrides (the model and adapter exported)")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="llama_cpp_check_"))
+    return ap.parse_args()
+
+
+def run_ours(work: Path, max_new_tokens: int, overrides: list[str]) -> tuple[list[dict], float]:
+    """Our greedy generation of CONVERSATIONS via stage=predict; returns its rows and the seconds it took."""
     (work / "prompts.jsonl").write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS))
     t0 = time.time()
     subprocess.run(
@@ -109,55 +110,80 @@ def main() -> int:
             "stage=predict",
             f"predict.input_file={work / 'prompts.jsonl'}",
             f"predict.output_file={work / 'ours.jsonl'}",
-            f"generation.max_new_tokens={args.max_new_tokens}",
+            f"generation.max_new_tokens={max_new_tokens}",
             "tracking=disabled",
             f"hydra.run.dir={work / 'predict'}",
-            *args.overrides,
+            *overrides,
         ],
         check=True,
         cwd=REPO,
     )
     ours = [json.loads(line) for line in (work / "ours.jsonl").read_text().splitlines()]
-    ours_seconds = time.time() - t0
+    return ours, time.time() - t0
+
+
+def prepare_llama_cpp(work: Path, node_dir: str) -> Path:
+    """Write the prompts llama.cpp reads and put the generation script next to node_modules; returns the script."""
     # llama.cpp adds the BOS itself (see the .mjs); the rest is the text our tokenizer reads
     prompts = [render_text(c, add_generation_prompt=True).removeprefix("<bos>") for c in CONVERSATIONS]
     (work / "prompts.json").write_text(json.dumps(prompts))
-    script = Path(args.node_dir) / "llama_cpp_generate.mjs"  # node resolves imports next to the script
+    script = Path(node_dir) / "llama_cpp_generate.mjs"  # node resolves imports next to the script
     shutil.copy(REPO / "scripts" / "llama_cpp_generate.mjs", script)
+    return script
+
+
+def compare_rows(ours: list[dict], results: list[dict]) -> list[dict]:
+    rows = []
+    for c, mine, theirs in zip(CONVERSATIONS, ours, results):
+        a, b = mine["raw_text"], theirs["text"]
+        rows.append(
+            {
+                "ours": a,
+                "llama_cpp": b,
+                "text_equal": a.strip() == b.strip(),
+                "calls_equal": calls_of(a, c["tools"]) == calls_of(b, c["tools"]),
+                "calls": calls_of(b, c["tools"]),
+            }
+        )
+    return rows
+
+
+def check_gguf(g: str, script: Path, work: Path, ours: list[dict], max_new_tokens: int) -> dict:
+    """Generate with llama.cpp from GGUF file g, compare with ours, print a line and return the file's entry."""
+    r = subprocess.run(
+        ["node", str(script), str(Path(g).absolute()), str(work / "prompts.json"), str(max_new_tokens)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "NODE_NO_WARNINGS": "1"},
+    )
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = compare_rows(ours, got["results"])
+    entry = {
+        "llama_cpp": got["llama_cpp"],
+        "seconds": got["seconds"],
+        "rows": rows,
+        "text_equal": sum(r["text_equal"] for r in rows),
+        "calls_equal": sum(r["calls_equal"] for r in rows),
+    }
+    print(
+        f"{Path(g).name}: texts equal {entry['text_equal']}/{len(rows)}, "
+        f"calls equal {entry['calls_equal']}/{len(rows)} ({got['seconds']:.1f} s)",
+        flush=True,
+    )
+    return entry
+
+
+def main() -> int:
+    args = parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="llama_cpp_check_"))
+    ours, ours_seconds = run_ours(work, args.max_new_tokens, args.overrides)
+    script = prepare_llama_cpp(work, args.node_dir)
     files = {}
     for g in args.gguf:
-        r = subprocess.run(
-            ["node", str(script), str(Path(g).absolute()), str(work / "prompts.json"), str(args.max_new_tokens)],
-            capture_output=True,
-            text=True,
-            check=True,
-            env={**os.environ, "NODE_NO_WARNINGS": "1"},
-        )
-        got = json.loads(r.stdout.strip().splitlines()[-1])
-        rows = []
-        for c, mine, theirs in zip(CONVERSATIONS, ours, got["results"]):
-            a, b = mine["raw_text"], theirs["text"]
-            rows.append(
-                {
-                    "ours": a,
-                    "llama_cpp": b,
-                    "text_equal": a.strip() == b.strip(),
-                    "calls_equal": calls_of(a, c["tools"]) == calls_of(b, c["tools"]),
-                    "calls": calls_of(b, c["tools"]),
-                }
-            )
-        files[Path(g).name] = {
-            "llama_cpp": got["llama_cpp"],
-            "seconds": got["seconds"],
-            "rows": rows,
-            "text_equal": sum(r["text_equal"] for r in rows),
-            "calls_equal": sum(r["calls_equal"] for r in rows),
-        }
-        print(
-            f"{Path(g).name}: texts equal {files[Path(g).name]['text_equal']}/{len(rows)}, "
-            f"calls equal {files[Path(g).name]['calls_equal']}/{len(rows)} ({got['seconds']:.1f} s)",
-            flush=True,
-        )
+        files[Path(g).name] = check_gguf(g, script, work, ours, args.max_new_tokens)
     summary = {
         "conversations": len(CONVERSATIONS),
         "max_new_tokens": args.max_new_tokens,

@@ -102,29 +102,44 @@ def health(url: str) -> dict:
     return json.loads(conn.getresponse().read())
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
-    proc, url = start_server(args.overrides, Path(tempfile.mkdtemp(prefix="serve_load_")))
-    load_s = time.time() - t_start
-    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900)
-    # warm-up: compile the programs before timing (one request per prompt bucket is enough here)
-    client.chat.completions.create(
-        model="served",
-        tools=CASES[0][1],
-        max_tokens=args.max_tokens,
-        messages=[{"role": "user", "content": CASES[0][0]}],
-    )
-    before = health(url)
-    records, lock, counter = [], threading.Lock(), iter(range(args.requests))
+    return ap.parse_args()
+
+
+def ask(client: openai.OpenAI, i: int, max_tokens: int) -> dict:
+    """Send request i (case i modulo CASES) and return its record: outcome, tools called and latency."""
+    question, tools, expected = CASES[i % len(CASES)]
+    t0 = time.perf_counter()
+    rec = {"i": i, "expected": expected}
+    try:
+        r = client.chat.completions.create(
+            model="served",
+            tools=tools,
+            max_tokens=max_tokens,
+            messages=[{"role": "user", "content": question}],
+        )
+        calls = r.choices[0].message.tool_calls or []
+        rec |= {
+            "ok": True,
+            "finish": r.choices[0].finish_reason,
+            "tools_called": [c.function.name for c in calls],
+            "completion_tokens": r.usage.completion_tokens,
+        }
+    except Exception as e:  # noqa: BLE001 - counted, never dropped silently
+        rec |= {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
+    rec["latency_s"] = time.perf_counter() - t0
+    return rec
+
+
+def run_clients(client: openai.OpenAI, n_clients: int, n_requests: int, max_tokens: int) -> tuple[list[dict], float]:
+    """Send n_requests from n_clients concurrent threads; returns the records and the wall time."""
+    records, lock, counter = [], threading.Lock(), iter(range(n_requests))
 
     def worker():
         while True:
@@ -132,39 +147,22 @@ def main() -> None:
                 i = next(counter, None)
             if i is None:
                 return
-            question, tools, expected = CASES[i % len(CASES)]
-            t0 = time.perf_counter()
-            rec = {"i": i, "expected": expected}
-            try:
-                r = client.chat.completions.create(
-                    model="served",
-                    tools=tools,
-                    max_tokens=args.max_tokens,
-                    messages=[{"role": "user", "content": question}],
-                )
-                calls = r.choices[0].message.tool_calls or []
-                rec |= {
-                    "ok": True,
-                    "finish": r.choices[0].finish_reason,
-                    "tools_called": [c.function.name for c in calls],
-                    "completion_tokens": r.usage.completion_tokens,
-                }
-            except Exception as e:  # noqa: BLE001 - counted, never dropped silently
-                rec |= {"ok": False, "error": f"{type(e).__name__}: {e}"[:300]}
-            rec["latency_s"] = time.perf_counter() - t0
+            rec = ask(client, i, max_tokens)
             with lock:
                 records.append(rec)
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+    threads = [threading.Thread(target=worker) for _ in range(n_clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    after = health(url)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(120)
+    return records, time.perf_counter() - t0
+
+
+def summarize(
+    args: argparse.Namespace, records: list[dict], wall: float, load_s: float, before: dict, after: dict
+) -> dict:
     ok = [r for r in records if r["ok"]]
     lat = sorted(r["latency_s"] for r in ok)
 
@@ -172,7 +170,7 @@ def main() -> None:
         return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 3) if lat else None
 
     right = sum(1 for r in ok if (r["tools_called"][:1] == [r["expected"]] if r["expected"] else not r["tools_called"]))
-    summary = {
+    return {
         "command": " ".join([sys.executable, *sys.argv]),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "server_start_s": round(load_s, 1),
@@ -199,10 +197,37 @@ def main() -> None:
         },
         "overrides": args.overrides,
     }
+
+
+def write_outputs(out: Path, summary: dict, records: list[dict]) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     with (out / "requests.jsonl").open("w") as f:
         for r in sorted(records, key=lambda r: r["i"]):
             f.write(json.dumps(r) + "\n")
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    proc, url = start_server(args.overrides, Path(tempfile.mkdtemp(prefix="serve_load_")))
+    load_s = time.time() - t_start
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900)
+    # warm-up: compile the programs before timing (one request per prompt bucket is enough here)
+    client.chat.completions.create(
+        model="served",
+        tools=CASES[0][1],
+        max_tokens=args.max_tokens,
+        messages=[{"role": "user", "content": CASES[0][0]}],
+    )
+    before = health(url)
+    records, wall = run_clients(client, args.clients, args.requests, args.max_tokens)
+    after = health(url)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+    summary = summarize(args, records, wall, load_s, before, after)
+    write_outputs(out, summary, records)
     print(json.dumps(summary, indent=2))
 
 

@@ -325,11 +325,8 @@ def _check_grpo(grpo: DictConfig) -> None:
     _in_range("grpo.no_call_share", grpo.no_call_share, 0, 1)
     unknown = [c for c in grpo.categories if c not in _GRPO_CATEGORIES]
     if unknown or not grpo.categories:
-        _fail(
-            "grpo.categories",
-            f"single-turn categories (simple, multiple, parallel, parallel_multiple, irrelevance), "
-            f"at least one; got {list(grpo.categories)}",
-        )
+        wanted, got = ", ".join(_GRPO_CATEGORIES), list(grpo.categories)
+        _fail("grpo.categories", f"single-turn categories ({wanted}), at least one; got {got}")
 
 
 def _check_reward(reward: DictConfig) -> None:
@@ -353,11 +350,8 @@ def _check_pipeline(pipeline: DictConfig) -> None:
     """pipeline.* (only composed for the pipeline command)."""
     bad = [stage for stage in pipeline.recipe if stage not in TRAINING_STAGES]
     if bad or not pipeline.recipe:
-        _fail(
-            "pipeline.recipe",
-            f"maps training stages ({', '.join(TRAINING_STAGES)}) to their overrides, "
-            f"at least one; got {list(pipeline.recipe)}",
-        )
+        stages, got = ", ".join(TRAINING_STAGES), list(pipeline.recipe)
+        _fail("pipeline.recipe", f"maps training stages ({stages}) to their overrides, at least one; got {got}")
     for stage, overrides in [*pipeline.recipe.items(), ("common", pipeline.common)]:
         owned = [o for o in overrides if o.split("=")[0].lstrip("+~") in ("stage", "hydra.run.dir", "train.init_from")]
         if owned:

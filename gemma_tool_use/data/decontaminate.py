@@ -24,25 +24,8 @@ QUERY_NGRAM = 10
 DESC_NGRAM = 5
 MIN_DESC_WORDS = 5
 
-BFCL_CATEGORIES = (
-    "simple_python",
-    "simple_java",
-    "simple_javascript",
-    "multiple",
-    "parallel",
-    "parallel_multiple",
-    "irrelevance",
-    "live_simple",
-    "live_multiple",
-    "live_parallel",
-    "live_parallel_multiple",
-    "live_irrelevance",
-    "live_relevance",
-    "multi_turn_base",
-    "multi_turn_miss_func",
-    "multi_turn_miss_param",
-    "multi_turn_long_context",
-)
+# Every category BFCL scores, single- and multi-turn: training rows must overlap none of them.
+BFCL_CATEGORIES = bfcl.SINGLE_TURN + bfcl.MULTI_TURN
 
 
 def normalize(text: str) -> str:

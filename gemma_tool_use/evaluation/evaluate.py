@@ -241,14 +241,7 @@ def evaluate_model(
     overlength = "skip" if g.overlength == "error" else g.overlength
     t_start = time.time()
     generator = Generator.from_config(model, tokenizer, g, overlength=overlength)
-    params = SamplingParams(
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        top_k=g.top_k,
-        top_p=g.top_p,
-        seed=cfg.seed,
-        stop_ids=tuple(g.stop_ids),
-    )
+    params = SamplingParams.from_config(g, cfg.seed)
     per_category = _evaluate_categories(cfg, generator, tokenizer, params, out_dir, tracker, step, categories)
     summary = _summary(cfg, per_category, model_label, commit, time.time() - t_start)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,18 @@ class SamplingParams:
     seed: int = 0
     stop_ids: tuple[int, ...] = (EOS_ID, END_OF_TURN_ID)
 
+    @classmethod
+    def from_config(cls, gen_cfg, seed: int) -> SamplingParams:
+        """The sampling of the `generation` group (evaluation and predict read it here)."""
+        return cls(
+            max_new_tokens=int(gen_cfg.max_new_tokens),
+            temperature=float(gen_cfg.temperature),
+            top_k=int(gen_cfg.top_k),
+            top_p=float(gen_cfg.top_p),
+            seed=int(seed),
+            stop_ids=tuple(gen_cfg.stop_ids),
+        )
+
 
 @dataclass
 class Generation:

@@ -30,7 +30,6 @@ from omegaconf import DictConfig, open_dict
 
 from gemma_tool_use.orchestration.runs import adopt_start_model, resolve_init_from
 from gemma_tool_use.orchestration.stage_context import (
-    StageContext,
     draw_curve,
     export_trained_adapter,
     finish_training,
@@ -71,7 +70,7 @@ def run(cfg: DictConfig) -> float:
     return probe_rows[-1]["probe/reward_mean"] if probe_rows else 0.0
 
 
-def _prompts(ctx: StageContext):
+def _prompts(ctx):
     """(the training prompt set, the probe of held-out-tool rows, their counts) from the data group."""
     from gemma_tool_use.format.render import DEFAULT_TOOL_SYSTEM_PROMPT
     from gemma_tool_use.training.grpo.rollouts import (

@@ -174,14 +174,7 @@ def _generate(cfg: DictConfig, mesh, tokenizer, prompts: list) -> tuple[list, fl
     g = cfg.generation
     model = build_model(cfg.model, mesh, cfg.seed)
     generator = Generator.from_config(model, tokenizer, g)
-    params = SamplingParams(
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        top_k=g.top_k,
-        top_p=g.top_p,
-        seed=cfg.seed,
-        stop_ids=tuple(g.stop_ids),
-    )
+    params = SamplingParams.from_config(g, cfg.seed)
     t0 = time.time()
     with tqdm(total=len(prompts), desc="predict", unit="row") as bar:
         results = generator.generate_ids(prompts, params, progress=lambda n: bar.update(n - bar.n))

@@ -17,15 +17,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from gemma_tool_use.orchestration import stage_context
 from gemma_tool_use.orchestration.runs import adopt_start_model, resolve_init_from
-from gemma_tool_use.orchestration.stage_context import (
-    StageContext,
-    draw_curve,
-    export_trained_adapter,
-    finish_training,
-    open_stage,
-    open_tracker,
-)
+from gemma_tool_use.orchestration.stage_context import StageContext, open_stage, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +66,7 @@ def run(cfg: DictConfig) -> float:
                 cfg, model, train_set, val_set, ctx.run_dir, ctx.tracker, own_dir=own_dir, proc=proc, nproc=nproc
             )
             if cfg.model.lora.enabled:
-                summary["adapter"] = export_trained_adapter(ctx, model, summary["steps"], write=proc == 0)
+                summary["adapter"] = stage_context.export_trained_adapter(ctx, model, summary["steps"], write=proc == 0)
             if nproc > 1 and not _process_zero_goes_on(cfg, ctx.run_dir, proc, nproc, summary["steps"]):
                 return _objective(summary)
             _finish(ctx, model, summary)
@@ -90,22 +84,16 @@ def _process_zero_goes_on(cfg, run_dir: Path, proc: int, nproc: int, step: int) 
     log.info("process %d of %d: done at step %d", proc, nproc, step)
     if proc:
         return False
-    if cfg.eval.run_after_training:
-        log.warning(
-            "eval.run_after_training is skipped in a %d-process run: run stage=eval with model.lora_checkpoint=%s",
-            nproc,
-            run_dir / "adapter",
-        )
-        with open_dict(cfg):
-            cfg.eval.run_after_training = False
-    if cfg.train.export_merged:
-        log.warning(
-            "train.export_merged is skipped in a %d-process run: merge from %s in one process",
-            nproc,
-            run_dir / "adapter",
-        )
-        with open_dict(cfg):
-            cfg.train.export_merged = False
+    adapter = run_dir / "adapter"
+    single_process = {  # the option's group, key, and how to do it by hand
+        ("eval", "run_after_training"): f"run stage=eval with model.lora_checkpoint={adapter}",
+        ("train", "export_merged"): f"merge from {adapter} in one process",
+    }
+    for (group, key), instead in single_process.items():
+        if cfg[group][key]:
+            log.warning("%s.%s is skipped in a %d-process run: %s", group, key, nproc, instead)
+            with open_dict(cfg):
+                cfg[group][key] = False
     return True
 
 
@@ -115,7 +103,7 @@ def _finish(ctx: StageContext, model, summary: dict) -> None:
     from gemma_tool_use.training.curves import plot_training_curves
 
     cfg, run_dir = ctx.cfg, ctx.run_dir
-    draw_curve(
+    stage_context.draw_curve(
         summary,
         "loss_curve",
         lambda: plot_training_curves(
@@ -125,7 +113,7 @@ def _finish(ctx: StageContext, model, summary: dict) -> None:
     if cfg.train.export_merged:
         source = ctx.tokenizer.source if Path(ctx.tokenizer.source).is_file() else None
         summary["merged_hf"] = str(export_hf(model, cfg.model, run_dir / "merged_hf", source))
-    finish_training(
+    stage_context.finish_training(
         ctx,
         model,
         summary,

@@ -18,6 +18,7 @@ advantages [B], optional old_logps / ref_logps [B, K].
 from __future__ import annotations
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -236,17 +237,28 @@ def grpo_loss(
     )
 
 
-def _step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk):
-    if loss_agg_mode not in LOSS_AGG_MODES:
-        raise ValueError(f"loss_agg_mode={loss_agg_mode!r}: expected one of {LOSS_AGG_MODES}")
-    hyper = dict(
-        epsilon=float(epsilon),
-        epsilon_high=None if epsilon_high is None else float(epsilon_high),
-        beta=float(beta),
-        loss_agg_mode=loss_agg_mode,
-        temperature=float(temperature),
-        chunk=chunk,
-    )
+def loss_options(**given) -> dict:
+    """The GRPO loss options: grpo_loss's keyword-only parameters (their defaults there), as given,
+    typed and checked. The step builders below take exactly these."""
+    defaults = {
+        name: p.default for name, p in inspect.signature(grpo_loss).parameters.items() if p.kind is p.KEYWORD_ONLY
+    }
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown GRPO loss options {sorted(unknown)}; expected {sorted(defaults)}")
+    opts = {**defaults, **given}
+    if opts["loss_agg_mode"] not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode={opts['loss_agg_mode']!r}: expected one of {LOSS_AGG_MODES}")
+    for name in ("epsilon", "beta", "temperature"):
+        opts[name] = float(opts[name])
+    if opts["epsilon_high"] is not None:
+        opts["epsilon_high"] = float(opts["epsilon_high"])
+    return opts
+
+
+def _step_fns(**options):
+    hyper = loss_options(**options)
+    beta = hyper["beta"]
 
     def grads_of(model, batch):
         unknown = set(batch) - set(BATCH_KEYS)
@@ -262,21 +274,15 @@ def _step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk):
     return grads_of
 
 
-def grpo_train_step(
-    *,
-    epsilon: float = 0.2,
-    epsilon_high: float | None = None,
-    beta: float = 0.0,
-    loss_agg_mode: str = "sequence-mean-token-mean",
-    temperature: float = 1.0,
-    chunk: int | None = None,
-):
+def grpo_train_step(**options):
     """An nnx.jit-ed `(model, optimizer, batch) -> (loss, aux)` that applies one update to the
     trainable parameters (nnx.LoRAParam: LoRA adapters and trainable embedding rows) through
     `optimizer = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)` (flax 0.12:
     optimizer.update(model, grads)). batch keys: BATCH_KEYS, old_logps and ref_logps optional
-    (absent or None). aux adds grad_norm. Recompiles only on a new shape or a new set of keys."""
-    grads_of = _step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk)
+    (absent or None). aux adds grad_norm. Recompiles only on a new shape or a new set of keys.
+    `options`: the loss options (`loss_options`: epsilon, epsilon_high, beta, loss_agg_mode,
+    temperature, chunk)."""
+    grads_of = _step_fns(**options)
 
     def step(model, optimizer, batch):
         loss, aux, grads = grads_of(model, batch)
@@ -304,18 +310,9 @@ class AccumulatingStep:
     does not fit the 24 GiB dev machine at once: experiments/grpo_from_sft_short/README.md).
     Ratio/KL/clip statistics are weighted means; ratio_min/_max the extremes."""
 
-    def __init__(
-        self,
-        *,
-        epsilon: float = 0.2,
-        epsilon_high: float | None = None,
-        beta: float = 0.0,
-        loss_agg_mode: str = "sequence-mean-token-mean",
-        temperature: float = 1.0,
-        chunk: int | None = None,
-    ):
-        self.loss_agg_mode = loss_agg_mode
-        self._grads = nnx.jit(_step_fns(epsilon, epsilon_high, beta, loss_agg_mode, temperature, chunk))
+    def __init__(self, **options):  # the loss options of `loss_options`
+        self.loss_agg_mode = loss_options(**options)["loss_agg_mode"]
+        self._grads = nnx.jit(_step_fns(**options))
         self._scale_add = jax.jit(lambda acc, g, w: jax.tree.map(lambda a, b: a + w * b, acc, g))
 
         def apply(model, optimizer, grads):
