@@ -153,6 +153,7 @@ def test_mean_reward_rises_on_a_learnable_toy_reward_sampling_the_current_policy
             "grpo.prompts_per_step=4",
             "grpo.no_call_share=0.0",
             "grpo.probe_every_steps=8",
+            "train.checkpoint_every_steps=8",  # saving is not under test here
         ],
         [("ascii", 1.0, ascii_share)],
         spy=lambda m: holder.setdefault("model", m),

@@ -184,7 +184,6 @@ def test_two_processes_train_data_parallel_with_the_losses_of_one_process(tmp_pa
         "train.max_steps=3",
         "train.checkpoint_every_steps=3",
         "train.eval_every_steps=3",
-        "tpu.compilation_cache_dir=null",
     ]
     multi = tmp_path / "multi"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
@@ -197,6 +196,7 @@ def test_two_processes_train_data_parallel_with_the_losses_of_one_process(tmp_pa
                 *common,
                 f"hydra.run.dir={multi}",
                 "tpu.distributed=true",
+                "tpu.compilation_cache_dir=null",  # the cache is the single run's; two writers race
                 f"tpu.coordinator_address=127.0.0.1:{port}",
                 "tpu.num_processes=2",
                 f"tpu.process_id={i}",

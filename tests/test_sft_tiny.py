@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, run_cli
 
-STEPS = 24
+STEPS = 12
 COMMON = [
     "experiments=tiny_smoke",
     f"train.max_steps={STEPS}",

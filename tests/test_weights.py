@@ -292,3 +292,35 @@ def test_export_merges_lora_and_rows_into_an_hf_checkpoint_that_loads_back(synth
     out = export_hf(model, cfg, tmp_path / "merged")
     reloaded = build_base_model(model_cfg("hf", out), 0)
     np.testing.assert_allclose(logits_of(reloaded, ids), before, atol=2e-4)
+
+
+def test_open_gguf_reads_what_gguf_reads(tmp_path):
+    """model/gguf_reader.open_gguf parses over a plain array for speed: the same fields (strings,
+    string arrays, numbers) and the same tensor bytes as gguf's own reader."""
+    import gguf
+
+    from gemma_tool_use.model.gguf_reader import open_gguf
+
+    path = tmp_path / "small.gguf"
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_string("general.name", "small")
+    writer.add_array("tokenizer.ggml.tokens", ["<pad>", "<eos>", "héllo", "▁world", ""])
+    writer.add_array("tokenizer.ggml.scores", [0.0, -1.5, 2.25, 3.0, -0.5])
+    writer.add_uint32("gemma3.block_count", 3)
+    writer.add_tensor("token_embd.weight", np.arange(24, dtype=np.float32).reshape(4, 6))
+    writer.add_tensor("output_norm.weight", np.linspace(-1, 1, 6).astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    ours, theirs = open_gguf(path), gguf.GGUFReader(str(path))
+    assert type(ours) is not gguf.GGUFReader  # the fast path is the one under test
+    assert list(ours.fields) == list(theirs.fields)
+    for key in theirs.fields:
+        assert ours.fields[key].contents() == theirs.fields[key].contents(), key
+    assert [(t.name, t.tensor_type, t.shape.tolist()) for t in ours.tensors] == [
+        (t.name, t.tensor_type, t.shape.tolist()) for t in theirs.tensors
+    ]
+    for a, b in zip(ours.tensors, theirs.tensors):
+        np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))

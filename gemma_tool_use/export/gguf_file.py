@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from gemma_tool_use.format.render import DEFAULT_TOOL_SYSTEM_PROMPT
+from gemma_tool_use.model.gguf_reader import open_gguf
 from gemma_tool_use.model.weights import _GGUF_LAYER_MAP, gguf_to_hf_tensors
 from gemma_tool_use.utils.errors import UserError
 
@@ -195,7 +196,7 @@ def tokenizer_fields(path: str) -> dict:
     Cached: parsing the 262,144-token vocabulary takes seconds, and one export writes several files."""
     import gguf
 
-    src = gguf.GGUFReader(path)
+    src = open_gguf(path)
     out = {}
     for key in _TOKENIZER_KEYS:
         field = src.fields.get(key)

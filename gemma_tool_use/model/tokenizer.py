@@ -21,6 +21,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from gemma_tool_use.model.gguf_reader import open_gguf
 from gemma_tool_use.utils.errors import UserError
 
 PAD_ID = 0
@@ -148,10 +149,9 @@ def sentencepiece_proto_from_gguf(gguf_path: str | os.PathLike) -> bytes:
     that we undo (measured against the official tokenizer.json): id 3 `<unk>` is stored as a
     control token, and USER_DEFINED pieces have U+2581 replaced by a plain space.
     """
-    import gguf
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-    reader = gguf.GGUFReader(str(gguf_path))
+    reader = open_gguf(gguf_path)
     model = bytes(_gguf_field(reader, "tokenizer.ggml.model").parts[-1]).decode()
     if model != "llama":
         raise TokenizerError(

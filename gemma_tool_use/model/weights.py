@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gemma_tool_use.model.gguf_reader import open_gguf
 from gemma_tool_use.model.tokenizer import (
     TokenizerError,
     cache_root,
@@ -73,14 +74,16 @@ def gguf_name_to_hf(name: str) -> str:
     raise WeightsError(f"unexpected GGUF tensor {name!r}: not a Gemma 3 text-model tensor")
 
 
-def gguf_to_hf_tensors(gguf_path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Dequantize every tensor to float32 under its Hugging Face name.
+def gguf_to_hf_tensors(gguf_path: str | os.PathLike, reader=None) -> dict[str, np.ndarray]:
+    """Dequantize every tensor to float32 under its Hugging Face name. `reader`: the file's
+    gguf.GGUFReader when the caller holds one already (parsing the 262,144-token vocabulary in
+    the file's fields is most of the cost of opening it).
 
     llama.cpp's converter stores Gemma RMSNorm weights as w + 1; we subtract 1 to get the HF
     (and tunix) convention where the layer multiplies by (1 + w)."""
     import gguf
 
-    reader = gguf.GGUFReader(str(gguf_path))
+    reader = reader or open_gguf(gguf_path)
     arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
     if arch != "gemma3":
         raise WeightsError(f"{gguf_path}: architecture is {arch!r}, expected 'gemma3'")
