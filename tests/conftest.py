@@ -15,8 +15,8 @@ def pytest_configure(config):
     """In-process tests use JAX's persistent compilation cache as the CLI runs do (the default
     `tpu.compilation_cache_dir`), and so do the CLI processes the tests start: with no minimum
     compile time (GTU_COMPILE_CACHE_MIN_SECS=0, read by mesh.prepare_runtime), the suite's many
-    processes load the tiny model's programs instead of compiling each again (a tiny SFT run:
-    15.9 -> 9.4 s wall on the 2-core EPYC). Only config: no backend starts here (device-count
+    processes load the tiny model's programs instead of compiling each again (measured:
+    experiments/test_suite_time/README.md). Only config: no backend starts here (device-count
     flags set later by a test still apply)."""
     import jax
 

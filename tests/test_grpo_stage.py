@@ -132,8 +132,9 @@ def test_resume_equals_a_straight_run(tmp_path, tokenizer):
 
 
 def test_mean_reward_rises_on_a_learnable_toy_reward_sampling_the_current_policy(tmp_path, tokenizer, monkeypatch):
-    """16 steps on a toy reward the tiny model can learn: the mean reward rises. Every rollout (and
-    probe) is generated from exactly the model's current adapters (the stale-policy guard)."""
+    """10 steps on a toy reward the tiny model can learn: the mean reward rises (it reaches 1.0
+    near step 11 at this lr). Every rollout (and probe) is generated from exactly the model's
+    current adapters (the stale-policy guard)."""
     from gemma_tool_use.generation.generator import Generator
 
     seen, holder = [], {}
@@ -148,17 +149,17 @@ def test_mean_reward_rises_on_a_learnable_toy_reward_sampling_the_current_policy
         tmp_path,
         tokenizer,
         [
-            "train.max_steps=16",
+            "train.max_steps=10",
             "optim.lr=3e-2",
             "grpo.prompts_per_step=4",
             "grpo.no_call_share=0.0",
-            "grpo.probe_every_steps=8",
-            "train.checkpoint_every_steps=8",  # saving is not under test here
+            "grpo.probe_every_steps=5",
+            "train.checkpoint_every_steps=5",  # saving is not under test here
         ],
         [("ascii", 1.0, ascii_share)],
         spy=lambda m: holder.setdefault("model", m),
     )
-    assert len(seen) >= 16 and all(seen), seen
+    assert len(seen) >= 10 and all(seen), seen
     rewards = [r["reward/total_mean"] for r in records]
     first, last = np.mean(rewards[:4]), np.mean(rewards[-4:])
     assert last > first + 0.1, rewards

@@ -24,9 +24,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gemma_tool_use.model.adapters import export_adapter
 from gemma_tool_use.orchestration.runs import run_dir_of, wandb_group
 from gemma_tool_use.utils.git import git_commit
 from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
+from gemma_tool_use.utils.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,6 @@ def open_stage(cfg: DictConfig, *, tokenizer: bool = True, tracker: bool = True)
 
 def open_tracker(ctx: StageContext, run_dir: Path | None = None):
     """The stage's Tracker (metrics.jsonl + W&B) in `run_dir` (default: the run dir)."""
-    from gemma_tool_use.utils.tracking import Tracker
-
     return Tracker(
         run_dir or ctx.run_dir, ctx.cfg.tracking, ctx.config_dict(), name=ctx.run_dir.name, group=wandb_group(ctx.cfg)
     )
@@ -74,8 +74,6 @@ def open_tracker(ctx: StageContext, run_dir: Path | None = None):
 
 def export_trained_adapter(ctx: StageContext, model, step: int, *, write: bool = True) -> str:
     """The portable adapter (LoRA + trained rows): the next stage's start, the user's takeaway."""
-    from gemma_tool_use.model.adapters import export_adapter
-
     return str(
         export_adapter(
             model,
