@@ -27,16 +27,25 @@ def read_rejects(path):
     return {r["line"]: r["reason"] for r in map(json.loads, path.read_text().splitlines())}
 
 
-def test_predict_with_sft_lora_checkpoint_and_bad_rows(tmp_path, tokenizer):
-    sft_dir = tmp_path / "sft"
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """One tiny SFT run for the module (LoRA rank 2, a checkpoint at steps 1 and 2); tests that
+    change it work on a copy."""
+    sft_dir = tmp_path_factory.mktemp("sft")
     r = run_cli(
         "experiments=tiny_smoke",
         "train.max_steps=2",
+        "train.checkpoint_every_steps=1",
         "model.lora.rank=2",
         "tracking=disabled",
         f"hydra.run.dir={sft_dir}",
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    return sft_dir
+
+
+def test_predict_with_sft_lora_checkpoint_and_bad_rows(tmp_path, tokenizer, sft_run):
+    sft_dir = sft_run
 
     rows = [
         {
@@ -76,8 +85,9 @@ def test_predict_with_sft_lora_checkpoint_and_bad_rows(tmp_path, tokenizer):
     assert json.loads((out_dir / "predict_summary.json").read_text())["rejected_rows"] == 2
 
 
-def test_lora_checkpoint_restores_trained_adapters(tmp_path, caplog):
+def test_lora_checkpoint_restores_trained_adapters(tmp_path, caplog, sft_run):
     import logging
+    import shutil
 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -88,18 +98,12 @@ def test_lora_checkpoint_restores_trained_adapters(tmp_path, caplog):
     from gemma_tool_use.utils.paths import conf_dir
 
     sft_dir = tmp_path / "sft"
-    r = run_cli(
-        "experiments=tiny_smoke",
-        "train.max_steps=2",
-        "train.checkpoint_every_steps=1",
-        "tracking=disabled",
-        f"hydra.run.dir={sft_dir}",
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    shutil.copytree(sft_run, sft_dir)  # a checkpoint gets corrupted below
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[]"])
+        # the run's LoRA shape (rank 2): fresh and restored adapters compare leaf by leaf
+        cfg = compose("config", overrides=["model=tiny", "model.train_token_ids=[]", "model.lora.rank=2"])
     mesh = build_mesh(cfg.tpu)
     fresh = nnx.state(build_model(cfg.model, mesh, 0), nnx.LoRAParam)
     cfg.model.lora_checkpoint = str(sft_dir / "checkpoints" / "2")
