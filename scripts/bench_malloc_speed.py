@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, "scripts")
-from bench_peer import write_inputs
+from bench_peer import worker_command, write_inputs
 
 inputs = Path("/tmp/malloc_ab_inputs.npz")
 write_inputs(inputs, [(4, 256)], [], [8], "tiny/train.jsonl")
@@ -21,22 +21,7 @@ for order in [("1", "0"), ("0", "1")]:
         for tun in order:
             env = {**os.environ, "GTU_MALLOC_TUNING": tun}
             p = subprocess.run(
-                [
-                    sys.executable,
-                    "scripts/bench_peer.py",
-                    "--worker",
-                    "ours",
-                    "--task",
-                    task,
-                    "--b",
-                    str(b),
-                    "--t",
-                    str(t),
-                    "--inputs",
-                    str(inputs),
-                    "--steps",
-                    "3" if task == "train" else "2",
-                ],
+                worker_command(sys.executable, "ours", task, b, t, inputs, 3 if task == "train" else 2),
                 capture_output=True,
                 text=True,
                 env=env,

@@ -421,25 +421,18 @@ def parse_shape(s: str) -> tuple[int, int]:
     return int(b), int(t)
 
 
+def worker_command(
+    python: str, side: str, task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str | None = None
+) -> list[str]:
+    """The command line of one worker process of this script (also run by bench_malloc_speed
+    and bench_xla_flags)."""
+    cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--task", task, "--b", str(b), "--t", str(t)]
+    cmd += ["--inputs", str(inputs), "--steps", str(steps)]
+    return cmd + (["--hf-dir", hf_dir] if hf_dir is not None else [])
+
+
 def spawn(python: str, side: str, task: str, b: int, t: int, inputs: Path, steps: int, hf_dir: str) -> dict:
-    cmd = [
-        python,
-        str(Path(__file__).resolve()),
-        "--worker",
-        side,
-        "--task",
-        task,
-        "--b",
-        str(b),
-        "--t",
-        str(t),
-        "--inputs",
-        str(inputs),
-        "--steps",
-        str(steps),
-        "--hf-dir",
-        hf_dir,
-    ]
+    cmd = worker_command(python, side, task, b, t, inputs, steps, hf_dir)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{side} {task} {b}x{t} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

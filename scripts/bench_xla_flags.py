@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peer import parse_shape, spread, write_inputs  # noqa: E402
+from bench_peer import parse_shape, spread, worker_command, write_inputs  # noqa: E402
 
 from bench_common import ROOT, run_facts  # noqa: E402
 
@@ -56,22 +56,7 @@ def main():
         for task, b, t in tasks:
             for name in sets if rep % 2 == 0 else sets[::-1]:
                 env = {**os.environ, "XLA_FLAGS": FLAG_SETS[name]}
-                cmd = [
-                    sys.executable,
-                    str(ROOT / "scripts" / "bench_peer.py"),
-                    "--worker",
-                    "ours",
-                    "--task",
-                    task,
-                    "--b",
-                    str(b),
-                    "--t",
-                    str(t),
-                    "--inputs",
-                    str(inputs),
-                    "--steps",
-                    str(args.steps),
-                ]
+                cmd = worker_command(sys.executable, "ours", task, b, t, inputs, args.steps)
                 p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
                 if p.returncode != 0:
                     r = {

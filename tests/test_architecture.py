@@ -56,20 +56,19 @@ TREES = {name: ast.parse(path.read_text()) for name, path in MODULES.items()}
 
 
 def _targets(name: str, node: ast.ImportFrom | ast.Import) -> list[str]:
-    """The package modules an import statement reads (the module a name comes from, or the
-    submodule it names)."""
-    raw = (
-        [f"{node.module}.{a.name}" for a in node.names] + [node.module]
-        if isinstance(node, ast.ImportFrom)
-        else [a.name for a in node.names]
-    )
+    """The package modules an import statement reads: for `from m import x`, the submodule m.x
+    where there is one, else m; for `import m`, m (or its nearest package module)."""
+    if isinstance(node, ast.ImportFrom):
+        raw = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names]
+    else:
+        raw = [a.name for a in node.names]
     out = []
     for target in raw:
         while target and target not in MODULES:
             target = target.rpartition(".")[0]
         if target and target not in (name, "gemma_tool_use") and target not in out:
             out.append(target)
-    return out if not isinstance(node, ast.ImportFrom) else out[:-1] or out
+    return out
 
 
 def _edges() -> dict[str, set[str]]:
@@ -89,21 +88,27 @@ def test_every_subpackage_has_a_floor():
     assert {m.split(".")[1] for m in MODULES if m != "gemma_tool_use"} <= set(FLOORS)
 
 
-def test_the_import_graph_has_no_cycle():
-    edges, state, cycles = _edges(), {}, []
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Import cycles found by a depth-first walk, each as a path that ends where it started."""
+    state, cycles = {}, []
 
     def visit(node, stack):
         state[node] = "open"
-        for nxt in sorted(edges[node]):
+        for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == "open":
                 cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = "done"
 
-    for module in sorted(MODULES):
+    for module in sorted(edges):
         if module not in state:
             visit(module, [module])
+    return cycles
+
+
+def test_the_import_graph_has_no_cycle():
+    cycles = _cycles(_edges())
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
@@ -121,9 +126,11 @@ def test_no_import_runs_up_a_floor():
 def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     """The graph reader is not blind: a module importing its importer is a cycle, and the
     config importing a stage is an upward import."""
-    tree = ast.parse("from gemma_tool_use.stages.sft import run\n")
-    node = tree.body[0]
-    assert _targets("gemma_tool_use.config.schema", node) == ["gemma_tool_use.stages.sft"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+    tree = ast.parse("from gemma_tool_use.stages.sft import run\nfrom gemma_tool_use.evaluation import bfcl\n")
+    assert _targets("gemma_tool_use.config.schema", tree.body[0]) == ["gemma_tool_use.stages.sft"]
+    assert _targets("gemma_tool_use.data.mix", tree.body[1]) == ["gemma_tool_use.evaluation.bfcl"]
     assert _floor("gemma_tool_use.stages.sft") > _floor("gemma_tool_use.config.schema")
     edges = _edges()
     assert "gemma_tool_use.utils.errors" in edges["gemma_tool_use.config.checks"]

@@ -50,8 +50,8 @@ class StageContext:
 
 @contextlib.contextmanager
 def open_stage(cfg: DictConfig, *, tokenizer: bool = True, tracker: bool = True) -> Iterator[StageContext]:
-    """Runtime, run dir, mesh and tokenizer; the tracker (when asked) is opened with
-    `ctx.open_tracker()` or here, and closed when the stage ends, as is the mesh context."""
+    """Runtime, run dir, mesh and tokenizer; the tracker here (tracker=True) or later by the stage
+    with `open_tracker(ctx, ...)`. The tracker and the mesh context close when the stage ends."""
     prepare_runtime(cfg.tpu)  # before JAX starts: simulated devices, multi-host init
     from gemma_tool_use.model.loading import load_tokenizer_for  # imports JAX
 

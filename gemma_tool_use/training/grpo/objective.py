@@ -311,7 +311,8 @@ class AccumulatingStep:
     Ratio/KL/clip statistics are weighted means; ratio_min/_max the extremes."""
 
     def __init__(self, **options):  # the loss options of `loss_options`
-        self.loss_agg_mode = loss_options(**options)["loss_agg_mode"]
+        options = loss_options(**options)
+        self.loss_agg_mode = options["loss_agg_mode"]
         self._grads = nnx.jit(_step_fns(**options))
         self._scale_add = jax.jit(lambda acc, g, w: jax.tree.map(lambda a, b: a + w * b, acc, g))
 
