@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gemma_tool_use.config.schema import GEMMA3_VOCAB, TRAINING_STAGES, Config
+from gemma_tool_use.config.schema import CONSTRAIN_MODES, GEMMA3_VOCAB, TRAINING_STAGES, Config
 from gemma_tool_use.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,8 @@ def _check_generation(generation: DictConfig, vocab: int) -> None:
     if generation.overlength not in ("error", "skip", "truncate_left"):
         _fail("generation.overlength", f"must be error, skip or truncate_left, got {generation.overlength!r}")
     _token_ids("generation.stop_ids", generation.stop_ids, vocab, non_empty=True)
+    if generation.constrain not in CONSTRAIN_MODES:
+        _fail("generation.constrain", f"must be one of {', '.join(CONSTRAIN_MODES)}, got {generation.constrain!r}")
 
 
 def _check_data(data: DictConfig) -> None:

@@ -243,6 +243,10 @@ class EvalConfig:
     run_after_training: bool = False
 
 
+# generation.constrain values (generation/tool_grammar.py); more may follow
+CONSTRAIN_MODES = ("none", "tools")
+
+
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 256
@@ -266,6 +270,9 @@ class GenerationConfig:
     # the refill shapes vs few runaway rows; experiments/eval_refill_ab), same verdicts.
     refill: bool = False
     stop_ids: list[int] = field(default_factory=lambda: [1, 106])  # <eos>, <end_of_turn>
+    # "tools": every answer follows a grammar built from its prompt's own tools (text, or calls of
+    # offered tools with schema-valid args; generation/tool_grammar.py); "none": unconstrained.
+    constrain: str = "none"
 
 
 @dataclass

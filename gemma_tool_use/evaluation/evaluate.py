@@ -27,6 +27,7 @@ from gemma_tool_use.evaluation.multi_turn import run_dialogues, score_dialogue
 from gemma_tool_use.format.parse import parse_model_output
 from gemma_tool_use.format.render import render_conversation
 from gemma_tool_use.generation.generator import Generator, SamplingParams
+from gemma_tool_use.generation.tool_grammar import grammars_for
 from gemma_tool_use.utils.files import drop_torn_tail, iter_jsonl
 from gemma_tool_use.utils.git import git_commit
 
@@ -121,7 +122,8 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
             f.flush()
             progress.update(1)
 
-        generator.generate_ids([prompts[e["id"]] for e in todo], params, on_result=write)
+        grammars = grammars_for([convs[e["id"]]["tools"] for e in todo], generator.constrain)
+        generator.generate_ids([prompts[e["id"]] for e in todo], params, on_result=write, grammars=grammars)
     return category_result(out_path, entries, len(todo), eval_cfg)
 
 
@@ -205,7 +207,14 @@ def _evaluate_categories(
     return per_category
 
 
-def _summary(cfg: DictConfig, per_category: dict, model_label: str | None, commit: str | None, seconds: float) -> dict:
+def _summary(
+    cfg: DictConfig,
+    per_category: dict,
+    model_label: str | None,
+    commit: str | None,
+    seconds: float,
+    grammar_warnings: dict | None = None,
+) -> dict:
     """summary.json: what was scored, by which code, each category, BFCL's aggregates, the subset."""
     subset = None
     if cfg.eval.get("subset_per_category"):  # the recorded subset: its rule, and each category's ids
@@ -225,6 +234,9 @@ def _summary(cfg: DictConfig, per_category: dict, model_label: str | None, commi
         "partial": is_partial(cfg.eval),
         "subset": subset,
         "generation": OmegaConf.to_container(cfg.generation),
+        # how the answers were decoded: tables label a constrained run (a different harness)
+        "constrain": str(cfg.generation.get("constrain", "none")),
+        "grammar_warnings": grammar_warnings,
         "total_seconds": round(seconds, 1),
     }
 
@@ -243,7 +255,7 @@ def evaluate_model(
     generator = Generator.from_config(model, tokenizer, g, overlength=overlength)
     params = SamplingParams.from_config(g, cfg.seed)
     per_category = _evaluate_categories(cfg, generator, tokenizer, params, out_dir, tracker, step, categories)
-    summary = _summary(cfg, per_category, model_label, commit, time.time() - t_start)
+    summary = _summary(cfg, per_category, model_label, commit, time.time() - t_start, generator.grammar_warnings)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_bfcl_report(out_dir, summary)

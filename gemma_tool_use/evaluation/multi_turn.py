@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.format.parse import parse_model_output
 from gemma_tool_use.format.render import render_conversation
+from gemma_tool_use.generation.tool_grammar import grammars_for
 
 
 @dataclass
@@ -110,7 +111,8 @@ def run_dialogues(entries, generator, tokenizer, params, system_prompt=None, on_
             ).ids
             for d in active
         ]
-        for d, r in zip(active, generator.generate_ids(prompts, params)):
+        grammars = grammars_for([d.tools for d in active], generator.constrain)
+        for d, r in zip(active, generator.generate_ids(prompts, params, grammars=grammars)):
             d.prompt_tokens.append(r.prompt_tokens)
             if r.stop_reason == "skipped_overlength":
                 d.error, d.done = f"prompt_too_long ({r.prompt_tokens} tokens)", True

@@ -36,8 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import io_callback
 
 from gemma_tool_use.config.schema import GenerationConfig
+from gemma_tool_use.generation import grammar_matcher
 from gemma_tool_use.generation.decode_step import (
     decode_step,
     greedy,
@@ -110,6 +112,15 @@ def _sample(logits, rng, params: SamplingParams):
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def _apply_bitmask(logits, bitmask):
+    """Logits [B, V] with the tokens a grammar forbids at -inf; bitmask int32 [B, ceil(V/32)]
+    from grammar_matcher (bit j of word w allows token 32*w + j)."""
+    B, V = logits.shape
+    bits = (bitmask[:, :, None] >> jnp.arange(32, dtype=jnp.int32)) & 1
+    allowed = bits.reshape(B, -1)[:, :V].astype(bool)
+    return jnp.where(allowed, logits, -jnp.inf)
+
+
 def _init_cache(cfg, batch: int, size: int, dtype):
     shape = (batch, size, cfg.num_kv_heads, cfg.head_dim)
     return {
@@ -148,6 +159,7 @@ class Generator:
             max_batch_tokens=int(g.max_batch_tokens),
             refill=bool(g.refill),
             prompt_buckets=tuple(int(b) for b in g.prompt_buckets),
+            constrain=str(g.get("constrain", "none")),
         )
         unknown = set(overrides) - set(kwargs)
         if unknown:
@@ -165,6 +177,7 @@ class Generator:
         prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
         max_batch_tokens: int = 32768,
         refill: bool = False,
+        constrain: str = "none",
     ):
         if overlength not in ("error", "skip", "truncate_left"):
             raise GenerationError(f"overlength policy must be error, skip or truncate_left, got {overlength!r}")
@@ -182,8 +195,40 @@ class Generator:
         self.model_config = model.config
         self.dtype = model.embedder.input_embedding.value.dtype
         self.refill = bool(refill)
+        # generation.constrain, for the callers that build grammars (tool_grammar.grammars_for)
+        self.constrain = constrain
         self._programs: dict = {}
         self.compiled_shapes: set[tuple] = set()
+        self._grammar_caches: dict[tuple, grammar_matcher.GrammarCache] = {}  # by stop ids
+        self._rows: grammar_matcher.RowMatchers | None = None  # the matchers of the running batch
+
+    @property
+    def grammar_warnings(self) -> dict[str, int]:
+        """Rows left unconstrained so far, by reason (grammar_matcher.GRAMMAR_FAILED, TOKEN_REJECTED)."""
+        total: dict[str, int] = {}
+        for cache in self._grammar_caches.values():
+            for kind, n in cache.warnings.items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
+    def _row_matchers(self, rows: int, params: SamplingParams) -> grammar_matcher.RowMatchers:
+        stops = tuple(params.stop_ids)
+        if stops not in self._grammar_caches:
+            tok = grammar_matcher.grammar_tokenizer(self.tokenizer, stops)
+            self._grammar_caches[stops] = grammar_matcher.GrammarCache(tok)
+        return grammar_matcher.RowMatchers(self._grammar_caches[stops], rows, self.model_config.num_embed)
+
+    def _masked(self, logits, rows, tokens, consume, need):
+        """`logits` [n, V] of decode rows `rows` with what their grammars forbid at -inf. The host
+        callback first feeds each row's matcher the token it just emitted (`consume`), then
+        computes the next masks (`need`); ordered, so it runs once per step, in step order."""
+        words = (logits.shape[-1] + 31) // 32
+        shape = jax.ShapeDtypeStruct((rows.shape[0], words), jnp.int32)
+        bitmask = io_callback(self._host_masks, shape, rows, tokens, consume, need, ordered=True)
+        return _apply_bitmask(logits, bitmask)
+
+    def _host_masks(self, rows, tokens, consume, need):
+        return self._rows.masks(rows, tokens, consume, need)
 
     def sync(self, model=None) -> None:
         """Sample from the model's current weights. The generator keeps the arrays it split off
@@ -197,8 +242,8 @@ class Generator:
 
     # ---------------------------------------------------------------- jitted programs
 
-    def _program(self, params: SamplingParams):
-        key = dataclasses.replace(params, seed=0)
+    def _program(self, params: SamplingParams, constrained: bool = False):
+        key = (dataclasses.replace(params, seed=0), constrained)
         if key in self._programs:
             return self._programs[key]
         graphdef, cfg, dtype = self.graphdef, self.model_config, self.dtype
@@ -224,7 +269,12 @@ class Generator:
             }
             weights = prepare_weights(model)  # once per call, outside the loop (decode_step.py)
             rng, sub = jax.random.split(rng)
-            token = _sample(logits[:, -1], sub, params)
+            rows = jnp.arange(B, dtype=jnp.int32)
+            logits = logits[:, -1]
+            if constrained:  # the first token after the prompt is masked too
+                none = jnp.zeros((B,), bool)
+                logits = self._masked(logits, rows, jnp.zeros((B,), jnp.int32), none, ~none)
+            token = _sample(logits, sub, params)
             next_pos = positions[:, -1] + 1
             out = jnp.full((B, max_new), PAD_ID, jnp.int32)
             done = jnp.zeros((B,), bool)
@@ -235,13 +285,16 @@ class Generator:
 
             def body(c):
                 model = nnx.merge(graphdef, state)  # a module of this trace level (nnx)
-                step, cache, key_valid, token, next_pos, done, out, rng = c
-                out = out.at[:, step].set(jnp.where(done, PAD_ID, token))
-                done = done | jnp.isin(token, stop_ids)
+                step, cache, key_valid, token, next_pos, was_done, out, rng = c
+                out = out.at[:, step].set(jnp.where(was_done, PAD_ID, token))
+                done = was_done | jnp.isin(token, stop_ids)
                 hidden, cache = decode_step(model, weights, token, next_pos, cache, key_valid, Tp + step)
                 key_valid = key_valid.at[:, Tp + step].set(True)
                 rng, sub = jax.random.split(rng)
-                token = _sample(head_logits(model, hidden), sub, params)
+                logits = head_logits(model, hidden)
+                if constrained:
+                    logits = self._masked(logits, rows, token, ~was_done, ~done)
+                token = _sample(logits, sub, params)
                 return step + 1, cache, key_valid, token, next_pos + 1, done, out, rng
 
             carry = (jnp.int32(0), cache, key_valid, token, next_pos, done, out, rng)
@@ -252,10 +305,10 @@ class Generator:
         self._programs[key] = program
         return program
 
-    def _stream_programs(self, params: SamplingParams):
+    def _stream_programs(self, params: SamplingParams, constrained: bool = False):
         """(refill, decode) for continuous batching; shapes come from the arguments, so jit
         compiles one decode per (slots, columns) and one refill per (new rows, bucket)."""
-        key = ("stream", dataclasses.replace(params, seed=0))
+        key = ("stream", dataclasses.replace(params, seed=0), constrained)
         if key in self._programs:
             return self._programs[key]
         graphdef, cfg, dtype = self.graphdef, self.model_config, self.dtype
@@ -273,7 +326,11 @@ class Generator:
             logits, fresh = model(
                 tokens, positions, _init_cache(cfg, n, Tp, dtype), mask, logits_at=jnp.full((n, 1), Tp - 1, jnp.int32)
             )
-            first = _sample(logits[:, -1], rng, params)
+            logits = logits[:, -1]
+            if constrained:  # the new rows' first tokens, under their fresh matchers
+                none = jnp.zeros((n,), bool)
+                logits = self._masked(logits, slots, jnp.zeros((n,), jnp.int32), none, ~none)
+            first = _sample(logits, rng, params)
             w = cache["layer_0"]["end_index"][0]
             cols = (w - Tp + jnp.arange(Tp))[None, :]
             rows = slots[:, None]
@@ -297,7 +354,7 @@ class Generator:
 
         def decode(state, cache, key_valid, token, next_pos, n_gen, done, out, rng, min_done):
             B = token.shape[0]
-            rows = jnp.arange(B)
+            rows = jnp.arange(B, dtype=jnp.int32)
             weights = prepare_weights(nnx.merge(graphdef, state))  # once per call (decode_step.py)
 
             def cond(c):
@@ -316,7 +373,10 @@ class Generator:
                 hidden, cache = decode_step(model, weights, token, next_pos, cache, key_valid, w)
                 key_valid = key_valid.at[:, w].set(~done)
                 rng, sub = jax.random.split(rng)
-                token = _sample(head_logits(model, hidden), sub, params)
+                logits = head_logits(model, hidden)
+                if constrained:
+                    logits = self._masked(logits, rows, token, active, ~done)
+                token = _sample(logits, sub, params)
                 return step + 1, cache, key_valid, token, next_pos + 1, n_gen, done, out, rng
 
             carry = (jnp.int32(0), cache, key_valid, token, next_pos, n_gen, done, out, rng)
@@ -330,11 +390,14 @@ class Generator:
         self._programs[key] = programs
         return programs
 
-    def _stream(self, rows, Tp: int, params: SamplingParams, rng, emit) -> None:
-        """Continuous batching over one length bucket: `rows` = [(index, ids, truncated)]."""
-        refill, decode = self._stream_programs(params)
+    def _stream(self, rows, Tp: int, params: SamplingParams, rng, emit, grammars=None) -> None:
+        """Continuous batching over one length bucket: `rows` = [(index, ids, truncated)];
+        `grammars`: None, or each prompt's grammar (or None) by its index."""
+        refill, decode = self._stream_programs(params, constrained=grammars is not None)
         max_new = int(params.max_new_tokens)
         B = max(1, min(self.batch_size, self.max_batch_tokens // Tp, len(rows)))
+        if grammars is not None:
+            self._rows = self._row_matchers(B, params)
         S = Tp + 2 * max_new  # see the column budget in the comment below
         cache = _init_cache(self.model_config, B, S, self.dtype)
         cache = {name: {**c, "end_index": jnp.full((B,), Tp, jnp.int32)} for name, c in cache.items()}
@@ -367,6 +430,9 @@ class Generator:
                     tokens[k, Tp - len(ids) :] = ids
                     valid[k, Tp - len(ids) :] = True
                 slot_ids = np.array([slots[k if k < len(take) else 0] for k in range(n)], np.int32)
+                if grammars is not None:
+                    for s, row in zip(slots, take):
+                        self._rows.assign(s, grammars[row[0]])
                 rng, sub = jax.random.split(rng)
                 cache, key_valid, token, next_pos, n_gen, done = refill(
                     self.state,
@@ -443,12 +509,23 @@ class Generator:
         return next(b for b in self.buckets if n <= b)
 
     def generate_ids(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(), progress=None, on_result=None
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams = SamplingParams(),
+        progress=None,
+        on_result=None,
+        grammars: Sequence[str | None] | None = None,
     ) -> list[Generation]:
         """Generate for every prompt (token ids, starting with <bos>); results in input order.
         `progress`: optional callable(n_done) for progress bars; `on_result`: optional
         callable(Generation) called as soon as each row is finished (in finishing order), so a
-        caller can write results while the rest is still generating."""
+        caller can write results while the rest is still generating. `grammars`: optional, one
+        per prompt, a grammar (generation/tool_grammar.py) its tokens must follow, or None."""
+        if grammars is not None:
+            if len(grammars) != len(prompts):
+                raise GenerationError(f"{len(grammars)} grammars for {len(prompts)} prompts")
+            if all(g is None for g in grammars):
+                grammars = None
         results: list[Generation | None] = [None] * len(prompts)
         done_count = 0
 
@@ -473,9 +550,9 @@ class Generator:
         if self.refill:
             for Tp in sorted({self._bucket(len(t[1])) for t in todo}):
                 rng, sub = jax.random.split(rng)
-                self._stream([t for t in todo if self._bucket(len(t[1])) == Tp], Tp, params, sub, emit)
+                self._stream([t for t in todo if self._bucket(len(t[1])) == Tp], Tp, params, sub, emit, grammars)
             return results  # type: ignore[return-value]
-        program = self._program(params)
+        program = self._program(params, constrained=grammars is not None)
         start = 0
         while start < len(todo):
             Tp = self._bucket(len(todo[start][1]))
@@ -488,6 +565,10 @@ class Generator:
                 ids = chunk[r if r < len(chunk) else 0][1]
                 tokens[r, Tp - len(ids) :] = ids
                 valid[r, Tp - len(ids) :] = True
+            if grammars is not None:
+                self._rows = self._row_matchers(B, params)
+                for r, (i, _, _) in enumerate(chunk):
+                    self._rows.assign(r, grammars[i])
             t0 = time.perf_counter()
             rng, sub = jax.random.split(rng)
             out = np.asarray(program(self.state, tokens, valid, sub))

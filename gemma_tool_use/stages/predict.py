@@ -163,12 +163,14 @@ def _report_rejects(src: Path, rejects: list[dict], rejects_path: Path) -> None:
         )
 
 
-def _generate(cfg: DictConfig, mesh, tokenizer, prompts: list) -> tuple[list, float]:
-    """(generation results, seconds) for the prompts, with the configured model and sampling
-    (inside open_stage: the runtime is prepared, the mesh entered)."""
+def _generate(cfg: DictConfig, mesh, tokenizer, prompts: list, tool_lists: list) -> tuple[list, float]:
+    """(generation results, seconds) for the prompts (each offered its row's tools), with the
+    configured model, sampling and constraint (inside open_stage: the runtime is prepared, the mesh
+    entered)."""
     from tqdm import tqdm
 
     from gemma_tool_use.generation.generator import Generator, SamplingParams
+    from gemma_tool_use.generation.tool_grammar import grammars_for
     from gemma_tool_use.model.loading import build_model
 
     g = cfg.generation
@@ -177,7 +179,12 @@ def _generate(cfg: DictConfig, mesh, tokenizer, prompts: list) -> tuple[list, fl
     params = SamplingParams.from_config(g, cfg.seed)
     t0 = time.time()
     with tqdm(total=len(prompts), desc="predict", unit="row") as bar:
-        results = generator.generate_ids(prompts, params, progress=lambda n: bar.update(n - bar.n))
+        results = generator.generate_ids(
+            prompts,
+            params,
+            progress=lambda n: bar.update(n - bar.n),
+            grammars=grammars_for(tool_lists, generator.constrain),
+        )
     return results, time.time() - t0
 
 
@@ -228,11 +235,13 @@ def run(cfg: DictConfig) -> float:
             raise PredictInputError(
                 f"predict.input_file={src}: no valid row ({len(rejects)} rejected); reasons per line in {rejects_path}"
             )
-        results, seconds = _generate(cfg, ctx.mesh, ctx.tokenizer, prompts)
+        tool_lists = [row.get("tools") or [] for _, row in kept]
+        results, seconds = _generate(cfg, ctx.mesh, ctx.tokenizer, prompts, tool_lists)
     n_calls, n_errors = _write_predictions(out_path, kept, results)
     new_tokens = sum(len(r.token_ids) for r in results)
     summary = {
         "rows": len(kept),
+        "constrain": str(cfg.generation.constrain),
         "rejected_rows": len(rejects),
         "tool_calls": n_calls,
         "parse_errors": n_errors,

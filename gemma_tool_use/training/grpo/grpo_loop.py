@@ -136,7 +136,13 @@ class GrpoLoop:
             max_prompt_len=int(g.max_prompt_len),
             overlength="skip",
             refill=False,
+            # Rollouts are sampled unconstrained: under a grammar the sampler draws from the masked,
+            # renormalised policy, and the loss's log-probs of the unmasked policy would no longer
+            # be those of the tokens' sampler (README "Constrained decoding").
+            constrain="none",
         )
+        if gen_cfg.get("constrain", "none") != "none":
+            log.warning("generation.constrain=%s: GRPO rollouts stay unconstrained", gen_cfg.constrain)
         self.stop_ids = tuple(gen_cfg.stop_ids)
         self.greedy = SamplingParams(max_new_tokens=int(g.max_new_tokens), temperature=0.0, stop_ids=self.stop_ids)
         # Log-probs of the policy that sampled: logits / T, as the sampler used (T 0 or 1: unchanged).
