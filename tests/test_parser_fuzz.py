@@ -294,8 +294,13 @@ def test_open_tag_inside_a_json_string_is_just_text():
     assert res.ok and res.calls[0]["args"]["city"] == "<tool_call>"
 
 
-def test_raw_close_tag_inside_a_json_string_is_reported():
+def test_raw_close_tag_inside_a_json_string_stays_in_the_string():
+    """A grammar-constrained string holds '</tool_call>' as is (no '\\/' escape in llguidance's
+    JSON): the block ends after the call's JSON value, not inside its string."""
     res = check('<tool_call>\n{"name": "get_weather", "args": {"city": "a</tool_call>b"}}\n</tool_call>', TOOLS)
+    assert res.ok and res.calls == [{"name": "get_weather", "args": {"city": "a</tool_call>b"}}]
+    # a block whose JSON is broken still ends at the first closing tag
+    res = check('<tool_call>\n{"name": "get_weather", "args": {"city": "a</tool_call>b"\n</tool_call>', TOOLS)
     assert parse.BAD_JSON in res.error_kinds and parse.STRAY_CLOSE_TAG in res.error_kinds and res.calls == []
 
 

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from gemma_tool_use.format.parse import parse_model_output
+from gemma_tool_use.generation.tool_grammar import ToolChoice
 from gemma_tool_use.serving.openai_api import RequestError, apply_stop, build_message, parse_request
 
 from conftest import REPO
@@ -25,6 +26,20 @@ WEATHER = {
         "name": "get_weather",
         "description": "Current weather of a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+# every argument forced but two binary choices: even the random tiny model finishes a valid call
+SWITCH = {
+    "type": "function",
+    "function": {
+        "name": "set_mode",
+        "description": "Switch the device",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"mode": {"type": "string", "enum": ["on", "off"]}, "loud": {"type": "boolean"}},
+            "required": ["mode", "loud"],
+        },
     },
 }
 
@@ -79,6 +94,18 @@ def test_request_becomes_the_project_conversation():
     }
     assert (req.temperature, req.max_tokens, req.stop, req.stream) == (0.5, 40, ["###"], False)
     assert parse_request({**body, "tool_choice": "none"}, "m").conversation["tools"] == []
+    assert req.tool_choice == ToolChoice("auto") and req.strict_tools == frozenset()
+
+
+def test_tool_choice_and_strict_are_read():
+    body = {"model": "m", "tools": [WEATHER, SWITCH], "messages": [{"role": "user", "content": "hi"}]}
+    req = parse_request({**body, "tool_choice": "required"}, "m")
+    assert req.tool_choice == ToolChoice("required") and req.strict_tools == frozenset({"set_mode"})
+    assert all("strict" not in t for t in req.conversation["tools"])  # not part of the prompt
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    assert parse_request({**body, "tool_choice": named}, "m").tool_choice == ToolChoice("function", "get_weather")
+    none = parse_request({**body, "tool_choice": "none"}, "m")
+    assert none.tool_choice == ToolChoice("none") and none.strict_tools == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -86,7 +113,18 @@ def test_request_becomes_the_project_conversation():
     [
         ({"messages": []}, "messages", "non-empty list"),
         ({"n": 2}, "n", "'n' must be 1"),
-        ({"tool_choice": "required"}, "tool_choice", "not supported"),
+        ({"tool_choice": "required"}, "tool_choice", "needs at least one tool"),
+        ({"tool_choice": "any"}, "tool_choice", 'must be "auto", "none", "required"'),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice.function.name",
+            "not in 'tools'",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]},
+            "tools[0].function.strict",
+            "must be a boolean",
+        ),
         ({"temperature": 3}, "temperature", "in [0, 2]"),
         ({"max_tokens": 0}, "max_tokens", "integer in [1,"),
         ({"frobnicate": 1}, "frobnicate", "unknown parameter"),
@@ -224,9 +262,28 @@ def test_openai_client_talks_to_the_server(server):
     # errors come back as the client's typed exceptions with the server's message
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.BadRequestError, match=r"tool_choice 'required' is not supported"):
+    # tool_choice "required" and a named function, honoured through the grammar (generation.constrain
+    # is "none" here: the request alone asks for it)
+    for tool_choice in ("required", {"type": "function", "function": {"name": "set_mode"}}):
+        tools = [SWITCH] if tool_choice == "required" else [WEATHER, SWITCH]
+        r = client.chat.completions.create(
+            model="tiny-tools",
+            tools=tools,
+            tool_choice=tool_choice,
+            max_tokens=64,
+            messages=[{"role": "user", "content": "Turn it on"}],
+        )
+        calls = r.choices[0].message.tool_calls
+        assert r.choices[0].finish_reason == "tool_calls" and calls, r.choices[0].message
+        assert {c.function.name for c in calls} == {"set_mode"}
+        args = json.loads(calls[0].function.arguments)
+        assert args["mode"] in ("on", "off") and isinstance(args["loud"], bool)
+    with pytest.raises(openai.BadRequestError, match="not in 'tools'"):
         client.chat.completions.create(
-            model="tiny-tools", tools=[WEATHER], tool_choice="required", messages=[{"role": "user", "content": "hi"}]
+            model="tiny-tools",
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "set_mode"}},
+            messages=[{"role": "user", "content": "hi"}],
         )
     with pytest.raises(openai.BadRequestError, match="context limit"):
         client.chat.completions.create(model="tiny-tools", messages=[{"role": "user", "content": "word " * 600}])

@@ -64,8 +64,16 @@ def irrelevance_split(bfcl_dir: str | Path) -> dict | None:
     }
 
 
+def decoding_label(summary: dict) -> str:
+    """'' for BFCL's own harness (unconstrained text); ' [constrained: <mode>]' for a run decoded
+    under a grammar (generation.constrain), which tables must never show unlabelled beside the other."""
+    mode = summary.get("constrain", "none")
+    return "" if mode == "none" else f" [constrained: {mode}]"
+
+
 def _load_summaries(summaries: dict[str, str | Path]) -> tuple[dict, dict]:
-    """({run: its summary.json}, {run: the dir holding it}); a run dir or the file itself."""
+    """({run: its summary.json}, {run: the dir holding it}); a run dir or the file itself. A
+    constrained run's name carries its label (decoding_label)."""
     loaded, dirs = {}, {}
     for name, path in summaries.items():
         p = Path(path)
@@ -73,7 +81,9 @@ def _load_summaries(summaries: dict[str, str | Path]) -> tuple[dict, dict]:
             p = p / "summary.json"
         if not p.is_file():
             raise FileNotFoundError(f"{name}: no BFCL summary.json at {path}")
-        loaded[name], dirs[name] = json.loads(p.read_text()), p.parent
+        summary = json.loads(p.read_text())
+        name = name + decoding_label(summary)
+        loaded[name], dirs[name] = summary, p.parent
     return loaded, dirs
 
 
@@ -266,6 +276,12 @@ def write_bfcl_report(out_dir: Path, summary: dict) -> None:
         ]
     elif summary.get("partial"):
         lines += ["", "Partial: a subset of entries (eval.limit / eval.ids); not comparable to the leaderboard."]
+    if decoding_label(summary):
+        lines += [
+            "",
+            f"Decoding: constrained by the tool-call grammar (generation.constrain={summary['constrain']}), a "
+            "different harness from BFCL's: not comparable to unconstrained scores or the leaderboard.",
+        ]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
@@ -292,7 +308,7 @@ def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     ax.set_xticks(np.arange(len(cats)), cats, rotation=30, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"BFCL per-category accuracy: {summary['model']}")
+    ax.set_title(f"BFCL per-category accuracy: {summary['model']}{decoding_label(summary)}")
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
     fig.tight_layout()
     fig.savefig(out_dir / "accuracy.png", dpi=120)

@@ -132,6 +132,12 @@ def _parse_into(result: ParseResult, text: Any, tools: Any) -> None:
             break
         body = text[body_start:end]
         call, errors = _parse_block(body, block, known)
+        if call is None:  # a '</tool_call>' inside one of the call's strings ended the block too early?
+            json_end = _close_after_json(text, body_start)
+            if json_end is not None and json_end > end:
+                retry, retry_errors = _parse_block(text[body_start:json_end], block, known)
+                if retry is not None:
+                    body, end, call, errors = text[body_start:json_end], json_end, retry, retry_errors
         inner = body.rfind(TOOL_CALL_OPEN)
         if call is None and inner != -1:  # not an '<tool_call>' inside a JSON string: a restarted call
             result.errors.append(
@@ -151,6 +157,26 @@ def _parse_into(result: ParseResult, text: Any, tools: Any) -> None:
     while TOOL_CALL_OPEN in free_text or TOOL_CALL_CLOSE in free_text:  # forged by joining, e.g. '<tool_' + 'call>'
         free_text = free_text.replace(TOOL_CALL_OPEN, "").replace(TOOL_CALL_CLOSE, "")
     result.text = free_text.strip()
+
+
+_JSON_DECODER = json.JSONDecoder()
+_BLANK = " \t\r\n"
+
+
+def _close_after_json(text: str, start: int) -> int | None:
+    """Where a `</tool_call>` right after the JSON value that starts at `start` begins, or None.
+    A grammar-constrained string may hold '</tool_call>' as is (llguidance's JSON has no '\\/'
+    escape, generation/tool_grammar.py); the block then ends after the value, not inside it."""
+    i = start
+    while i < len(text) and text[i] in _BLANK:
+        i += 1
+    try:
+        _, j = _JSON_DECODER.raw_decode(text, i)
+    except (ValueError, RecursionError):
+        return None
+    while j < len(text) and text[j] in _BLANK:
+        j += 1
+    return j if text.startswith(TOOL_CALL_CLOSE, j) else None
 
 
 def _known_tools(tools: Any, result: ParseResult) -> set[str] | None:

@@ -110,6 +110,19 @@ class GrammarCache:
             return None
         return template.deep_copy()
 
+    def first_refused(self, grammar: str, token_ids) -> int | None:
+        """Where `grammar` refuses the token sequence `token_ids` (its index; len(token_ids) when
+        all are taken but the grammar is not complete), or None when it accepts all of them and is
+        then complete. The sequence should end with a stop id. Raises ValueError for a grammar
+        that does not compile."""
+        matcher = self.matcher(grammar)
+        if matcher is None:
+            raise ValueError("the grammar does not compile")
+        for k, t in enumerate(token_ids):
+            if not matcher.consume_token(int(t)):
+                return k
+        return None if matcher.is_stopped() or matcher.is_accepting() else len(token_ids)
+
     def _compile(self, grammar: str):
         llg = _llguidance()
         try:

@@ -16,9 +16,11 @@ that it can be tested without a server or a model:
   "tool_calls"); otherwise the text is the content. `completion_chunks(...)` is the same answer
   as `chat.completion.chunk` events for `stream: true`.
 
-`tool_choice`: "auto" (default) offers the tools; "none" leaves them out of the prompt, so the
-model answers in text. "required" and a named function are refused (400): nothing in this
-model's decoding can force a call, and pretending would return made-up calls.
+`tool_choice` (`ChatRequest.tool_choice`, a generation/tool_grammar.ToolChoice): "auto" (default)
+offers the tools; "none" leaves them out of the prompt, so the model answers in text; "required"
+and `{"type": "function", "function": {"name": ...}}` are honoured through the tool-call grammar
+(the server decodes under it: one or more calls, or exactly one call of that function). A
+function's `strict: true` (`ChatRequest.strict_tools`) puts its arguments under its schema.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 from gemma_tool_use.format.parse import ParseResult
 from gemma_tool_use.format.render import FormatError, validate_conversation
+from gemma_tool_use.generation.tool_grammar import ToolChoice
 
 
 class RequestError(ValueError):
@@ -56,6 +59,8 @@ class ChatRequest:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    strict_tools: frozenset[str] = frozenset()  # functions sent with strict: true
 
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -150,8 +155,31 @@ def _tools(body: dict) -> list[dict]:
         desc = f.get("description", "")
         if not isinstance(desc, str):
             raise RequestError(f"{where}.function.description must be a string", f"{where}.function.description")
-        out.append({"name": name, "description": desc, "parameters": params})
+        strict = f.get("strict", False)
+        if not isinstance(strict, bool) and strict is not None:
+            raise RequestError(f"{where}.function.strict must be a boolean", f"{where}.function.strict")
+        out.append({"name": name, "description": desc, "parameters": params, "strict": bool(strict)})
     return out
+
+
+def _tool_choice(choice: Any, tools: list[dict]) -> ToolChoice:
+    if choice in ("auto", "none"):
+        return ToolChoice(choice)
+    if choice == "required":
+        if not tools:
+            raise RequestError("tool_choice 'required' needs at least one tool in 'tools'", "tool_choice")
+        return ToolChoice("required")
+    function = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name:
+        raise RequestError(
+            'tool_choice must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}, '
+            f"got {choice!r:.80}",
+            "tool_choice",
+        )
+    if name not in {t["name"] for t in tools}:
+        raise RequestError(f"tool_choice names {name!r:.80}, which is not in 'tools'", "tool_choice.function.name")
+    return ToolChoice("function", name)
 
 
 def _messages(raw: Any) -> list[dict]:
@@ -229,15 +257,10 @@ def parse_request(body: Any, default_model: str) -> ChatRequest:
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         raise RequestError('\'response_format\' other than {"type": "text"} is not supported', "response_format")
     tools = _tools(body)
-    choice = body.get("tool_choice", "auto")
-    if choice == "none":
-        tools = []
-    elif choice != "auto":
-        raise RequestError(
-            f"tool_choice {choice!r:.80} is not supported: use 'auto' or 'none' (this model's "
-            "decoding cannot force a call)",
-            "tool_choice",
-        )
+    choice = _tool_choice(body.get("tool_choice", "auto"), tools)
+    strict_tools = frozenset(t["name"] for t in tools if t.pop("strict"))
+    if choice.mode == "none":
+        tools, strict_tools = [], frozenset()
     conversation = {"tools": tools, "messages": _messages(body.get("messages"))}
     try:
         validate_conversation(conversation)
@@ -270,6 +293,8 @@ def parse_request(body: Any, default_model: str) -> ChatRequest:
         stop,
         stream,
         bool(opts.get("include_usage")),
+        choice,
+        strict_tools,
     )
 
 

@@ -37,6 +37,7 @@ from typing import Callable
 from gemma_tool_use.format.parse import parse_model_output
 from gemma_tool_use.format.render import FormatError, render_conversation
 from gemma_tool_use.generation.generator import Generation, SamplingParams
+from gemma_tool_use.generation.tool_grammar import ToolChoiceError, tool_grammar
 from gemma_tool_use.serving.openai_api import (
     RequestError,
     apply_stop,
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 class Job:
     ids: list[int]
     params: SamplingParams
+    grammar: str | None = None  # the tool-call grammar its tokens must follow (None: unconstrained)
     submitted: float = field(default_factory=time.perf_counter)
     done: threading.Event = field(default_factory=threading.Event)
     result: Generation | None = None
@@ -70,8 +72,10 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self._thread.start()
 
-    def submit(self, ids: list[int], params: SamplingParams, timeout_s: float) -> Generation:
-        job = Job(ids, params)
+    def submit(
+        self, ids: list[int], params: SamplingParams, timeout_s: float, grammar: str | None = None
+    ) -> Generation:
+        job = Job(ids, params, grammar)
         self.queue.put(job)
         if not job.done.wait(timeout_s):
             raise RequestError(
@@ -117,7 +121,7 @@ class Batcher:
                     job.done.set()
 
                 try:
-                    self.generate([j.ids for j in jobs], params, finish)
+                    self.generate([j.ids for j in jobs], params, finish, [j.grammar for j in jobs])
                 except BaseException as e:  # noqa: BLE001 - answer the requests, keep the thread alive
                     log.exception("generation failed for a batch of %d request(s)", len(jobs))
                     self.stats["errors"] += 1
@@ -149,13 +153,28 @@ class ChatServer:
         stop_ids: tuple[int, ...],
         request_timeout_s: float,
         max_request_bytes: int,
+        constrain: str = "none",
     ):
         self.tokenizer, self.batcher, self.model_name = tokenizer, batcher, model_name
+        self.constrain = constrain  # generation.constrain: "tools" puts every request under its grammar
         self.render_kwargs = {} if system_prompt is None else {"system_prompt": system_prompt}
         self.max_prompt_len, self.default_max_tokens = int(max_prompt_len), int(default_max_tokens)
         self.max_tokens_limit, self.stop_ids = int(max_tokens_limit), tuple(stop_ids)
         self.request_timeout_s, self.max_request_bytes = float(request_timeout_s), int(max_request_bytes)
         self.started = int(time.time())
+
+    def _grammar(self, req) -> str | None:
+        """The request's tool-call grammar: always under generation.constrain=tools; otherwise only
+        where the request asks for it (tool_choice required or a named function, strict functions,
+        whose arguments alone are then held to their schemas)."""
+        tools, choice = req.conversation["tools"], req.tool_choice
+        if self.constrain == "none" and choice.mode in ("auto", "none") and not req.strict_tools:
+            return None
+        loose = frozenset() if self.constrain == "tools" else frozenset(t["name"] for t in tools) - req.strict_tools
+        try:
+            return tool_grammar(tools, choice, loose=loose)
+        except ToolChoiceError as e:
+            raise RequestError(str(e), "tool_choice") from None
 
     def models(self) -> dict:
         return {
@@ -200,7 +219,7 @@ class ChatServer:
             seed=0 if greedy or req.seed is None else int(req.seed) % (1 << 31),
             stop_ids=self.stop_ids,
         )
-        gen = self.batcher.submit(ids, params, self.request_timeout_s)
+        gen = self.batcher.submit(ids, params, self.request_timeout_s, self._grammar(req))
         token_ids, stop_reason = gen.token_ids, gen.stop_reason
         if len(token_ids) > max_tokens:  # generated to the rounded-up budget: cut to the request's
             token_ids, stop_reason = token_ids[:max_tokens], "length"

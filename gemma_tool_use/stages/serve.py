@@ -32,7 +32,9 @@ def run(cfg: DictConfig) -> float:
         model = build_model(cfg.model, ctx.mesh, cfg.seed)
         generator = Generator.from_config(model, ctx.tokenizer, g, batch_size=int(s.max_batch), overlength="error")
         batcher = Batcher(
-            lambda ids, params, on_result: generator.generate_ids(ids, params, on_result=on_result),
+            lambda ids, params, on_result, grammars: generator.generate_ids(
+                ids, params, on_result=on_result, grammars=grammars
+            ),
             max_batch=int(s.max_batch),
             window_s=float(s.batch_window_ms) / 1000,
         )
@@ -47,6 +49,7 @@ def run(cfg: DictConfig) -> float:
             stop_ids=tuple(g.stop_ids),
             request_timeout_s=float(s.request_timeout_s),
             max_request_bytes=int(s.max_request_bytes),
+            constrain=str(g.constrain),
         )
         server = make_http_server(app, str(s.host), int(s.port))
         host, port = server.server_address[:2]
