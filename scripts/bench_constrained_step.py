@@ -41,10 +41,9 @@ def main():
     from gemma_tool_use.format.render import render_conversation
     from gemma_tool_use.generation.generator import Generator, SamplingParams
     from gemma_tool_use.generation.tool_grammar import tool_grammar
+    from gemma_tool_use.model.loading import load_tokenizer_for
 
     from bench_common import real_model, run_facts
-
-    from gemma_tool_use.model.loading import load_tokenizer_for
 
     cfg, mesh, model = real_model(f"model.lora_checkpoint={args.adapter}", training=False)
     tok = load_tokenizer_for(cfg.model)
