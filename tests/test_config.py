@@ -489,6 +489,7 @@ def test_unknown_group_option_lists_choices():
         ("tpu.axis_sizes=[2]", "tpu.axis_sizes"),
         ("data.length_buckets=[64]", "data.length_buckets"),
         ("eval.limit=0", "eval.limit"),
+        ("generation.constrain=json", "generation.constrain"),
     ],
 )
 def test_semantic_errors_name_the_key(override, key):

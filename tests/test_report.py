@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl
+from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl, write_bfcl_report
 from gemma_tool_use.report import main
 from gemma_tool_use.training.curves import plot_training_curves
 from gemma_tool_use.utils.files import read_jsonl
@@ -42,6 +42,20 @@ def test_compare_lines_up_categories_and_aggregates(tmp_path):
     assert (tmp_path / "cmp" / "bfcl_compare.png").stat().st_size > 5000
     with pytest.raises(FileNotFoundError, match="nope"):
         compare_bfcl({"nope": tmp_path / "missing"}, tmp_path / "x")
+
+
+def test_constrained_runs_are_labelled(tmp_path):
+    """A run decoded under the tool-call grammar is a different harness: every table names it."""
+    free = _summary(tmp_path / "free", {"simple_python": 0.4}, {"non_live": 0.4})
+    held = _summary(tmp_path / "held", {"simple_python": 0.5}, {"non_live": 0.5})
+    summary = json.loads((held / "summary.json").read_text())
+    (held / "summary.json").write_text(json.dumps({**summary, "constrain": "tools"}))
+    result = compare_bfcl({"final": free, "final_grammar": held}, tmp_path / "cmp")
+    assert set(result["runs"]) == {"final", "final_grammar [constrained: tools]"}
+    md = (tmp_path / "cmp" / "bfcl_compare.md").read_text().splitlines()[0]
+    assert " ".join(md.split()) == "| category | final | final_grammar [constrained: tools] |"
+    write_bfcl_report(held, {**summary, "constrain": "tools", "model": "m"})
+    assert "Decoding: constrained by the tool-call grammar" in (held / "results.md").read_text()
 
 
 def test_compare_reports_how_outputs_end(tmp_path):

@@ -227,6 +227,16 @@ class Generator:
         bitmask = io_callback(self._host_masks, shape, rows, tokens, consume, need, ordered=True)
         return _apply_bitmask(logits, bitmask)
 
+    def _pick(self, logits, rng, params: SamplingParams, masks=None):
+        """Each row's next token from its logits [n, V]; `masks` = (rows, tokens, consume, need)
+        puts the rows under their grammars (_masked), None leaves them unconstrained."""
+        return _sample(logits if masks is None else self._masked(logits, *masks), rng, params)
+
+    def _first_masks(self, rows):
+        """`masks` for the first token after a prompt: nothing to consume, every row to mask."""
+        none = jnp.zeros(rows.shape, bool)
+        return rows, jnp.zeros(rows.shape, jnp.int32), none, ~none
+
     def _host_masks(self, rows, tokens, consume, need):
         return self._rows.masks(rows, tokens, consume, need)
 
@@ -270,11 +280,8 @@ class Generator:
             weights = prepare_weights(model)  # once per call, outside the loop (decode_step.py)
             rng, sub = jax.random.split(rng)
             rows = jnp.arange(B, dtype=jnp.int32)
-            logits = logits[:, -1]
-            if constrained:  # the first token after the prompt is masked too
-                none = jnp.zeros((B,), bool)
-                logits = self._masked(logits, rows, jnp.zeros((B,), jnp.int32), none, ~none)
-            token = _sample(logits, sub, params)
+            # the first token after the prompt is masked too
+            token = self._pick(logits[:, -1], sub, params, self._first_masks(rows) if constrained else None)
             next_pos = positions[:, -1] + 1
             out = jnp.full((B, max_new), PAD_ID, jnp.int32)
             done = jnp.zeros((B,), bool)
@@ -291,10 +298,8 @@ class Generator:
                 hidden, cache = decode_step(model, weights, token, next_pos, cache, key_valid, Tp + step)
                 key_valid = key_valid.at[:, Tp + step].set(True)
                 rng, sub = jax.random.split(rng)
-                logits = head_logits(model, hidden)
-                if constrained:
-                    logits = self._masked(logits, rows, token, ~was_done, ~done)
-                token = _sample(logits, sub, params)
+                masks = (rows, token, ~was_done, ~done) if constrained else None
+                token = self._pick(head_logits(model, hidden), sub, params, masks)
                 return step + 1, cache, key_valid, token, next_pos + 1, done, out, rng
 
             carry = (jnp.int32(0), cache, key_valid, token, next_pos, done, out, rng)
@@ -326,11 +331,8 @@ class Generator:
             logits, fresh = model(
                 tokens, positions, _init_cache(cfg, n, Tp, dtype), mask, logits_at=jnp.full((n, 1), Tp - 1, jnp.int32)
             )
-            logits = logits[:, -1]
-            if constrained:  # the new rows' first tokens, under their fresh matchers
-                none = jnp.zeros((n,), bool)
-                logits = self._masked(logits, slots, jnp.zeros((n,), jnp.int32), none, ~none)
-            first = _sample(logits, rng, params)
+            # the new rows' first tokens, under their fresh matchers
+            first = self._pick(logits[:, -1], rng, params, self._first_masks(slots) if constrained else None)
             w = cache["layer_0"]["end_index"][0]
             cols = (w - Tp + jnp.arange(Tp))[None, :]
             rows = slots[:, None]
@@ -373,10 +375,8 @@ class Generator:
                 hidden, cache = decode_step(model, weights, token, next_pos, cache, key_valid, w)
                 key_valid = key_valid.at[:, w].set(~done)
                 rng, sub = jax.random.split(rng)
-                logits = head_logits(model, hidden)
-                if constrained:
-                    logits = self._masked(logits, rows, token, active, ~done)
-                token = _sample(logits, sub, params)
+                masks = (rows, token, active, ~done) if constrained else None
+                token = self._pick(head_logits(model, hidden), sub, params, masks)
                 return step + 1, cache, key_valid, token, next_pos + 1, n_gen, done, out, rng
 
             carry = (jnp.int32(0), cache, key_valid, token, next_pos, n_gen, done, out, rng)
@@ -396,15 +396,12 @@ class Generator:
         refill, decode = self._stream_programs(params, constrained=grammars is not None)
         max_new = int(params.max_new_tokens)
         B = max(1, min(self.batch_size, self.max_batch_tokens // Tp, len(rows)))
-        if grammars is not None:
-            self._rows = self._row_matchers(B, params)
+        self._rows = None if grammars is None else self._row_matchers(B, params)
         S = Tp + 2 * max_new  # see the column budget in the comment below
         cache = _init_cache(self.model_config, B, S, self.dtype)
         cache = {name: {**c, "end_index": jnp.full((B,), Tp, jnp.int32)} for name, c in cache.items()}
         key_valid = jnp.zeros((B, S), bool)
-        token = jnp.zeros((B,), jnp.int32)
-        next_pos = jnp.zeros((B,), jnp.int32)
-        n_gen = jnp.zeros((B,), jnp.int32)
+        token, next_pos, n_gen = (jnp.zeros((B,), jnp.int32) for _ in range(3))
         done = jnp.ones((B,), bool)
         out = jnp.full((B, max_new), PAD_ID, jnp.int32)
         pending = list(rows)
