@@ -58,6 +58,19 @@ def test_constrained_runs_are_labelled(tmp_path):
     assert "Decoding: constrained by the tool-call grammar" in (held / "results.md").read_text()
 
 
+def test_failures_are_counted_by_kind(tmp_path):
+    run = _summary(tmp_path / "run", {"simple_python": 0.25}, {})
+    (run / "bfcl").mkdir()
+    errors = [None, "ast_decoder:decoder_failed", "type_error:simple", "value_error:string", "something:new"]
+    rows = [{"id": f"simple_python_{i}", "valid": e is None, "error_type": e} for i, e in enumerate(errors)]
+    (run / "bfcl" / "simple_python.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    failures = compare_bfcl({"run": run}, tmp_path / "cmp")["runs"]["run"]["failures"]
+    assert failures == {
+        "simple_python": {"entries": 5, "pass": 1, "decode failure": 1, "type error": 1, "wrong value": 1, "other": 1}
+    }
+    assert "Failures by kind" in (tmp_path / "cmp" / "bfcl_compare.md").read_text()
+
+
 def test_compare_reports_how_outputs_end(tmp_path):
     """LoRA-only models got the call right, then never emitted <end_of_turn>: the table shows it."""
     runs = {}

@@ -44,6 +44,64 @@ def output_behaviour(bfcl_dir: str | Path) -> dict | None:
     }
 
 
+# Kinds of failure, from bfcl-eval's error_type (first match wins): what a grammar can fix (the
+# first two) and what it cannot.
+FAILURE_KINDS = (
+    ("decode failure", "ast_decoder"),
+    ("type error", "type_error"),
+    ("called (irrelevance)", "irrelevance_error"),
+    ("missing optional", "missing_optional"),
+    ("missing required", "missing_required"),
+    ("unexpected argument", "unexpected_param"),
+    ("wrong value", "value_error"),
+    ("wrong count", "wrong_count"),
+    ("wrong name", "wrong_func_name"),
+    ("no match (parallel)", "cannot_find_match"),
+)
+
+
+def failure_kinds(bfcl_dir: str | Path) -> dict[str, dict[str, int]] | None:
+    """Per category: entries, passes and failures by kind (FAILURE_KINDS, else "other"); None
+    when the per-entry files are absent."""
+    files = sorted(Path(bfcl_dir).glob("*.jsonl"))
+    if not files:
+        return None
+    out = {}
+    for f in files:
+        counts = {"entries": 0, "pass": 0}
+        for r in read_jsonl(f):
+            counts["entries"] += 1
+            if r.get("valid"):
+                counts["pass"] += 1
+                continue
+            error = str(r.get("error_type") or "")
+            kind = next((k for k, key in FAILURE_KINDS if key in error), "other")
+            counts[kind] = counts.get(kind, 0) + 1
+        out[f.stem] = counts
+    return out
+
+
+def _failure_table(failures: dict) -> list[str]:
+    """Failures by kind, one row per category and run, as Markdown lines."""
+    if not any(failures.values()):
+        return []
+    kinds = [k for k, _ in FAILURE_KINDS] + ["other"]
+    kinds = [k for k in kinds if any(k in c for f in failures.values() if f for c in f.values())]
+    cats = list(dict.fromkeys(c for f in failures.values() if f for c in f))
+    rows = [
+        [c, name, f[c]["entries"], f[c]["pass"], *(f[c].get(k, "") for k in kinds)]
+        for c in cats
+        for name, f in failures.items()
+        if f and c in f
+    ]
+    return [
+        "",
+        "Failures by kind (bfcl-eval's error types):",
+        "",
+        markdown_table(["category", "run", "entries", "pass", *kinds], rows),
+    ]
+
+
 def irrelevance_split(bfcl_dir: str | Path) -> dict | None:
     """BFCL's irrelevance passes split by how they pass: a clean abstention (no `<tool_call>` in
     the text at all) or a decode failure (a call block BFCL's decoder could not read, which BFCL
@@ -168,7 +226,8 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     splits = {name: irrelevance_split(dirs[name] / "bfcl") for name in loaded}
     rows += _irrelevance_rows(splits)
     behaviour = {name: output_behaviour(dirs[name] / "bfcl") for name in loaded}
-    lines = [markdown_table(["category", *loaded], rows), *_behaviour_table(behaviour)]
+    failures = {name: failure_kinds(dirs[name] / "bfcl") for name in loaded}
+    lines = [markdown_table(["category", *loaded], rows), *_behaviour_table(behaviour), *_failure_table(failures)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bfcl_compare.md").write_text("\n".join(lines) + "\n")
@@ -180,6 +239,7 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
                 "aggregates": {k: s.get("aggregates", {}).get(k) for k in agg_keys},
                 "outputs": behaviour[n],
                 "irrelevance_split": splits[n],
+                "failures": failures[n],
             }
             for n, s in loaded.items()
         }
