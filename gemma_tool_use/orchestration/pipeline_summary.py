@@ -1,7 +1,7 @@
 """The pipeline's summary, pipeline_summary.{json,md,png} in the pipeline dir, rewritten after each
 stage: BFCL per category and aggregate for the start and each stage with deltas to the previous
-one, and each stage's wall time and peak memory. Subset scores and full-category scores are never
-put in one table.
+one, and each stage's wall time and peak memory. Subset scores and full-category scores, and
+constrained and unconstrained ones, are never put in one table.
 """
 
 from __future__ import annotations
@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gemma_tool_use.evaluation.bfcl_tables import irrelevance_split, plot_bfcl_compare
+from gemma_tool_use.evaluation.bfcl_tables import decoding_label, irrelevance_split, plot_bfcl_compare
 from gemma_tool_use.utils.markdown import markdown_table
 
 
 def _score_kind(s: dict) -> str:
+    """Which scores may share a table: the same entries, decoded the same way (a constrained run
+    is labelled, decoding_label)."""
     sub = s.get("subset")
-    return (
+    kind = (
         f"subset ({sub['per_category']} per category, seed {sub['seed']})"
         if sub
         else ("partial" if s.get("partial") else "full categories")
     )
+    return kind + decoding_label(s)
 
 
 def _delta_row(label: str, values: list) -> list[str]:
