@@ -93,6 +93,8 @@ AUTO_CASES = [
     ("string for an integer", call("get_weather", {"city": "Paris", "days": "2"}), False),
     ("sentence for a boolean", call("get_weather", {"city": "Paris", "alerts": "yes please"}), False),
     ("value outside the enum", call("get_weather", {"city": "Paris", "unit": "kelvin"}), False),
+    ("integer past JSON's safe range", call("get_weather", {"city": "Paris", "days": 2**53}), False),
+    ("largest safe integer", call("get_weather", {"city": "Paris", "days": 2**53 - 1}), True),
     ("wrong item type", call("get_weather", {"city": "Rome", "hours": ["9am"]}), False),
     ("keys out of schema order", call("get_weather", {"days": 3, "city": "Oslo"}), False),
     ("args not an object", '<tool_call>\n{"name": "get_weather", "args": "Paris"}\n</tool_call>', False),
@@ -166,6 +168,25 @@ def test_strict_schema_closes_listed_objects_at_every_depth():
     assert out["properties"]["open"]["additionalProperties"] is True
     assert out["properties"]["properties"] == {"type": "string"}
     assert "additionalProperties" not in schema  # the input is not changed
+    bounded = strict_schema({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}})
+    assert bounded["properties"]["n"] == {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
+
+
+def test_bfcl_java_and_javascript_arguments_take_any_value(grammars, tokenizer):
+    """BFCL's Java/JavaScript docs say "string" for every argument, its checker takes native values:
+    the eval's grammar leaves the values free and keeps names, keys and required arguments."""
+    from gemma_tool_use.evaluation import bfcl
+
+    entry = bfcl.load_entries("simple_java")[0]
+    offered = bfcl.bfcl_tools(entry["function"])
+    tools = bfcl.grammar_tools("simple_java", offered)
+    assert bfcl.grammar_tools("simple_python", offered) is offered
+    params = tools[0]["parameters"]
+    assert all(v == {} for v in params["properties"].values()) and params["required"]
+    grammar = tool_grammar(tools)
+    args = {k: 5 for k in params["properties"]}  # native values, where the docs said "string"
+    assert accepts(grammars, tokenizer, grammar, call(tools[0]["name"], args))
+    assert not accepts(grammars, tokenizer, grammar, call(tools[0]["name"], {**args, "extra": 1}))
 
 
 def test_grammars_for_follows_the_setting():

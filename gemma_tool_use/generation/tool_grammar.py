@@ -66,14 +66,24 @@ class ToolChoice:
             raise ToolChoiceError("tool_choice: a name goes with mode 'function' only")
 
 
+# JSON's interoperable integers (RFC 8259, section 6): an integer argument without bounds of its
+# own stays within them, so a runaway "5000000000000..." must end (measured on BFCL: README)
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
 def strict_schema(schema: Any) -> Any:
     """A copy of a JSON Schema in which every object that lists its properties refuses other
-    keys (`additionalProperties: false` where the schema says nothing), at every depth."""
+    keys (`additionalProperties: false` where the schema says nothing), and every integer without
+    bounds of its own is held to +-MAX_SAFE_INTEGER, at every depth."""
     if isinstance(schema, list):
         return [strict_schema(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
+    types = out.get("type")
+    if types == "integer" or (isinstance(types, list) and "integer" in types):
+        out.setdefault("minimum", -MAX_SAFE_INTEGER)
+        out.setdefault("maximum", MAX_SAFE_INTEGER)
     if isinstance(out.get("properties"), dict):
         out["properties"] = {k: strict_schema(v) for k, v in out["properties"].items()}
         out.setdefault("additionalProperties", False)
