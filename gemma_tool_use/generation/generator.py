@@ -22,6 +22,11 @@
   every row waits for the slowest.
 * Too-long prompts follow an explicit policy: error (default, naming the prompt), skip
   (reported in the result), or truncate_left (keep <bos> and the most recent tokens).
+* Rows can be held to grammars (`grammars=`, one per prompt or None; generation/tool_grammar.py):
+  each step, an ordered io_callback hands the host the tokens the rows just emitted and brings
+  back the next bitmask of every row (grammar_matcher.RowMatchers), applied to the logits before
+  sampling, the first token after the prompt included. Unconstrained calls compile the programs
+  without the callback.
 """
 
 from __future__ import annotations
