@@ -11,8 +11,12 @@ as its row finishes, not when the whole batch does. Requests that arrive meanwhi
 next round. The HTTP side is the standard library's threading server: one thread per connection,
 so slow clients never block generation.
 
+Tool choice: a request's grammar (tool_grammar.py) rides with it into the batch, one per row:
+every request under `generation.constrain=tools`, otherwise only those with `tool_choice`
+"required" or a named function, or with `strict` functions (ChatServer._grammar).
+
 Robustness: a bad request gets an OpenAI-style 4xx error body naming the field
-(openai_format.RequestError); an unexpected failure answers that request with a 500 whose
+(openai_api.RequestError); an unexpected failure answers that request with a 500 whose
 message names the error (the traceback goes to the server log, not to the client), and the
 server keeps serving. Bodies over `serve.max_request_bytes` get 413 before they are read.
 
