@@ -43,8 +43,7 @@ def main():
         for line in f.read_text().splitlines():
             rec = json.loads(line)
             rows = grammar_matcher.RowMatchers(cache, 1, tok.vocab_size)
-            tools = bfcl.grammar_tools(f.stem, bfcl.entry_conversation(entries[rec["id"]])["tools"])
-            rows.assign(0, tool_grammar(tools))
+            rows.assign(0, tool_grammar(bfcl.entry_conversation(entries[rec["id"]])["tools"]))
             ids = tok.encode(rec["result"]) + ([END_OF_TURN_ID] if rec["stop_reason"] == "stop" else [])
             prev, consume = 0, False
             for t in ids:

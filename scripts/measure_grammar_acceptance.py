@@ -136,8 +136,7 @@ def _count(checker, items) -> dict:
 
 def bfcl_gold_turns(category: str):
     """(tools, assistant message, category) of each entry's ground truth: the first allowed value
-    of every argument, optional ones ("" among the values) left out, in the answer's order; the
-    tools as the constrained eval holds answers to them (bfcl.grammar_tools)."""
+    of every argument, optional ones ("" among the values) left out, in the answer's order."""
     from gemma_tool_use.evaluation import bfcl
 
     answers = bfcl.load_answers(category)
@@ -149,7 +148,7 @@ def bfcl_gold_turns(category: str):
             args = {k: v[0] for k, v in params.items() if v and v[0] != ""}
             calls.append({"name": name, "args": args})
         yield (
-            bfcl.grammar_tools(category, bfcl.bfcl_tools(entry.get("function", []))),
+            bfcl.bfcl_tools(entry.get("function", [])),
             {"role": "assistant", "content": "", "tool_calls": calls},
             category,
         )

@@ -172,23 +172,6 @@ def test_strict_schema_closes_listed_objects_at_every_depth():
     assert bounded["properties"]["n"] == {"type": "integer", "minimum": 0, "maximum": 2**53 - 1}
 
 
-def test_bfcl_java_and_javascript_arguments_take_any_value(grammars, tokenizer):
-    """BFCL's Java/JavaScript docs say "string" for every argument, its checker takes native values:
-    the eval's grammar leaves the values free and keeps names, keys and required arguments."""
-    from gemma_tool_use.evaluation import bfcl
-
-    entry = bfcl.load_entries("simple_java")[0]
-    offered = bfcl.bfcl_tools(entry["function"])
-    tools = bfcl.grammar_tools("simple_java", offered)
-    assert bfcl.grammar_tools("simple_python", offered) is offered
-    params = tools[0]["parameters"]
-    assert all(v == {} for v in params["properties"].values()) and params["required"]
-    grammar = tool_grammar(tools)
-    args = {k: 5 for k in params["properties"]}  # native values, where the docs said "string"
-    assert accepts(grammars, tokenizer, grammar, call(tools[0]["name"], args))
-    assert not accepts(grammars, tokenizer, grammar, call(tools[0]["name"], {**args, "extra": 1}))
-
-
 def test_grammars_for_follows_the_setting():
     assert grammars_for([TOOLS, []], "none") is None
     assert grammars_for([TOOLS, []], "tools") == [tool_grammar(TOOLS), None]

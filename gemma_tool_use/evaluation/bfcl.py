@@ -143,23 +143,6 @@ def bfcl_tools(functions: list[dict]) -> list[dict]:
     return tools
 
 
-def grammar_tools(category: str, tools: list[dict]) -> list[dict]:
-    """The tools a category's constrained answers are held to (generation.constrain=tools). BFCL's
-    Java and JavaScript docs type every argument as a string (its hints: "in string
-    representation"), while its ground truths hold native values (`true`, `5`, lists) and its
-    checker takes both: held to strings, the model wrote `": 42, "` where it meant 42 (measured:
-    experiments/constrained_decoding/README.md). Their arguments' values are left free; names,
-    keys and required arguments stay enforced."""
-    if category not in ("simple_java", "simple_javascript"):
-        return tools
-    out = []
-    for tool in copy.deepcopy(tools):
-        props = tool["parameters"].get("properties") or {}
-        tool["parameters"]["properties"] = {k: {} for k in props}
-        out.append(tool)
-    return out
-
-
 def entry_conversation(entry: dict) -> dict:
     """A single-turn BFCL entry as our canonical conversation (the model answers next)."""
     turns = entry["question"]

@@ -122,8 +122,7 @@ def evaluate_category(category, generator, tokenizer, params, out_path: Path, ev
             f.flush()
             progress.update(1)
 
-        tool_lists = [bfcl.grammar_tools(category, convs[e["id"]]["tools"]) for e in todo]
-        grammars = grammars_for(tool_lists, generator.constrain)
+        grammars = grammars_for([convs[e["id"]]["tools"] for e in todo], generator.constrain)
         generator.generate_ids([prompts[e["id"]] for e in todo], params, on_result=write, grammars=grammars)
     return category_result(out_path, entries, len(todo), eval_cfg)
 
