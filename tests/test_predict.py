@@ -161,7 +161,8 @@ def test_sft_full_initialises_from_an_sft_small_run_by_experiment_name(tmp_path)
 def test_predict_reports_every_bad_row_by_file_line_and_predicts_the_good_ones(tmp_path):
     """A non-UTF-8 byte, a lone surrogate escape, a schema error, a non-JSON line and an overlong
     row (generation.overlength=error, the default) each cost their own line, reported in
-    predict_rejects.jsonl by FILE line; every good row is predicted and the run exits 0."""
+    predict_rejects.jsonl by FILE line; every good row is predicted and the run exits 0. Under
+    generation.constrain=tools the row with tools follows its grammar, the row without is free."""
     good = {"tools": TOOLS, "messages": [{"role": "user", "content": "Weather in Oslo?"}]}
     lines = [
         json.dumps(good).encode(),  # 1 good
@@ -183,6 +184,7 @@ def test_predict_reports_every_bad_row_by_file_line_and_predicts_the_good_ones(t
         f"predict.input_file={src}",
         "generation.max_new_tokens=4",
         "generation.max_prompt_len=256",
+        "generation.constrain=tools",
         "tracking=disabled",
         f"hydra.run.dir={out_dir}",
     )
@@ -190,12 +192,14 @@ def test_predict_reports_every_bad_row_by_file_line_and_predicts_the_good_ones(t
     assert "Traceback" not in r.stderr + r.stdout
     preds = [json.loads(l) for l in (out_dir / "predictions.jsonl").read_text().splitlines()]
     assert [p["line"] for p in preds] == [1, 8]
+    held = preds[0]["raw_text"]  # 4 tokens of an answer the grammar allows: a call's start, or text
+    assert "<tool_call>".startswith(held) or held.startswith("<tool_call>\n") or "<tool" not in held
     rejects = read_rejects(out_dir / "predict_rejects.jsonl")
     assert sorted(rejects) == [2, 3, 4, 5, 7], rejects
     assert "UTF-8" in rejects[2] and "surrogate" in rejects[3] and "messages" in rejects[4]
     assert "JSON" in rejects[5] and "generation.max_prompt_len=256" in rejects[7]
     summary = json.loads((out_dir / "predict_summary.json").read_text())
-    assert summary["rows"] == 2 and summary["rejected_rows"] == 5
+    assert summary["rows"] == 2 and summary["rejected_rows"] == 5 and summary["constrain"] == "tools"
     assert "5 input row(s) rejected" in r.stderr + r.stdout  # the user is told where to look
 
 
