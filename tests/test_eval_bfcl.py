@@ -215,14 +215,15 @@ class ScriptedGenerator:
     """Stands in for the model in multi-turn tests: replays fixed texts, one per step."""
 
     batch_size = 1
+    constrain = "none"
 
     def __init__(self, texts):
         self.texts = list(texts)
 
-    def generate_ids(self, prompts, params):
+    def generate_ids(self, prompts, params, grammars=None):
         from gemma_tool_use.generation.generator import Generation
 
-        assert len(prompts) == 1
+        assert len(prompts) == 1 and grammars is None
         text = self.texts.pop(0)
         return [Generation(0, len(prompts[0]), [1, 2], text, "stop")]
 
