@@ -108,6 +108,30 @@ def test_tool_choice_and_strict_are_read():
     assert none.tool_choice == ToolChoice("none") and none.strict_tools == frozenset()
 
 
+def test_which_requests_are_decoded_under_a_grammar():
+    """generation.constrain=none: only tool_choice required / a named function / strict functions
+    (whose arguments alone are held to their schemas); constrain=tools: every request."""
+    from types import SimpleNamespace
+
+    from gemma_tool_use.generation.tool_grammar import tool_grammar
+    from gemma_tool_use.serving.server import ChatServer
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    free, tools = SimpleNamespace(constrain="none"), SimpleNamespace(constrain="tools")
+    plain = parse_request({**body, "tools": [WEATHER]}, "m")
+    assert ChatServer._grammar(free, plain) is None
+    assert ChatServer._grammar(tools, plain) == tool_grammar(plain.conversation["tools"])
+    strict = parse_request({**body, "tools": [WEATHER, SWITCH]}, "m")
+    offered = strict.conversation["tools"]
+    assert ChatServer._grammar(free, strict) == tool_grammar(offered, loose=frozenset({"get_weather"}))
+    required = parse_request({**body, "tools": [WEATHER], "tool_choice": "required"}, "m")
+    assert ChatServer._grammar(free, required) == tool_grammar(
+        required.conversation["tools"], ToolChoice("required"), loose=frozenset({"get_weather"})
+    )
+    none = parse_request({**body, "tools": [WEATHER], "tool_choice": "none"}, "m")
+    assert ChatServer._grammar(free, none) is None and "tool_call" in ChatServer._grammar(tools, none)
+
+
 @pytest.mark.parametrize(
     "patch, param, text",
     [
