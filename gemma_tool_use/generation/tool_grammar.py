@@ -33,7 +33,8 @@ from gemma_tool_use.config.schema import CONSTRAIN_MODES
 from gemma_tool_use.utils.errors import UserError
 
 # JSON as dump_json writes it (json.dumps defaults, ensure_ascii=False): fixed separators, no
-# other whitespace; unknown schema keywords (BFCL's "optional", "format" and the like) ignored.
+# other whitespace; schema keywords llguidance does not implement are ignored ("lenient"), those it
+# does (types, enums, `format` such as date and time) are enforced.
 _JSON_OPTIONS = {
     "item_separator": ", ",
     "key_separator": ": ",

@@ -127,15 +127,16 @@ def _text_content(content: Any, where: str, allow_none: bool = False) -> str:
     raise RequestError(f"{where} must be a string or a list of text parts", where)
 
 
-def _tools(body: dict) -> list[dict]:
+def _tools(body: dict) -> tuple[list[dict], frozenset[str]]:
+    """(the project tools, the names of those sent with strict: true)."""
     tools = body.get("tools")
     if tools is None:
         if body.get("functions") is not None:
             raise RequestError("'functions' is deprecated by OpenAI and not supported: send 'tools'", "functions")
-        return []
+        return [], frozenset()
     if not isinstance(tools, list):
         raise RequestError("'tools' must be a list", "tools")
-    out, seen = [], set()
+    out, seen, strict_names = [], set(), set()
     for i, t in enumerate(tools):
         where = f"tools[{i}]"
         if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict):
@@ -158,8 +159,10 @@ def _tools(body: dict) -> list[dict]:
         strict = f.get("strict", False)
         if not isinstance(strict, bool) and strict is not None:
             raise RequestError(f"{where}.function.strict must be a boolean", f"{where}.function.strict")
-        out.append({"name": name, "description": desc, "parameters": params, "strict": bool(strict)})
-    return out
+        out.append({"name": name, "description": desc, "parameters": params})
+        if strict:
+            strict_names.add(name)
+    return out, frozenset(strict_names)
 
 
 def _tool_choice(choice: Any, tools: list[dict]) -> ToolChoice:
@@ -256,9 +259,8 @@ def parse_request(body: Any, default_model: str) -> ChatRequest:
     fmt = body.get("response_format")
     if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         raise RequestError('\'response_format\' other than {"type": "text"} is not supported', "response_format")
-    tools = _tools(body)
+    tools, strict_tools = _tools(body)
     choice = _tool_choice(body.get("tool_choice", "auto"), tools)
-    strict_tools = frozenset(t["name"] for t in tools if t.pop("strict"))
     if choice.mode == "none":
         tools, strict_tools = [], frozenset()
     conversation = {"tools": tools, "messages": _messages(body.get("messages"))}
