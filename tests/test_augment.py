@@ -207,3 +207,28 @@ def test_make_row_repairs_stringified_types_and_drops_schema_violations():
     assert report.dropped == {"args_violate_schema": 1}
     with pytest.raises(DataError, match="t:2: args violate the schema"):
         make_row([B], bad, source="t", row_id=2, report=LoadReport(), strict=True)
+
+
+def test_join_same_tool_makes_parallel_calls_of_one_tool_from_real_requests():
+    r3 = row([W], "Weather in Rome?", [{"name": "get_weather", "args": {"city": "Rome", "unit": "c"}}])
+    joined = A.join_same_tool([R1, r3], random.Random(0))
+    validate_conversation(joined)
+    assert joined["meta"]["category"] == "parallel" and joined["meta"]["augmentation"] == "join_same_tool"
+    assert [c["args"]["city"] for c in joined["messages"][1]["tool_calls"]] == ["Oslo", "Rome"]
+    assert (
+        "Weather in Oslo?" in joined["messages"][0]["content"]
+        and "Weather in Rome?" in joined["messages"][0]["content"]
+    )
+    assert sorted(t["name"] for t in joined["tools"]) == ["get_stock", "get_weather"]  # union, no repeats
+    assert A.join_same_tool([R1, R1], random.Random(0)) is None  # the same call twice is one request
+    assert A.join_same_tool([R1, R2], random.Random(0)) is None  # different tools: join_parallel's job
+    other_schema = row([{**W, "description": "changed"}], "Weather in Rome?", r3["messages"][1]["tool_calls"])
+    assert A.join_same_tool([R1, other_schema], random.Random(0)) is None  # one name, two schemas
+
+
+def test_join_same_tool_draws_names_by_their_rows():
+    rows = [row([W], f"Weather in {c}?", [{"name": "get_weather", "args": {"city": c}}]) for c in "ABCDEFGH"] + [R2]
+    out, counts = A.augment_rows(rows, {"join_same_tool": 1.0}, seed=3)
+    made = [r for r in out if r["meta"].get("augmentation") == "join_same_tool"]
+    assert counts["join_same_tool"] == len(made) > 0
+    assert all(called_names(r)[0] == "get_weather" and len(called_names(r)) in (2, 3) for r in made)

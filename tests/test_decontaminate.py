@@ -54,7 +54,9 @@ def test_edited_copies_are_caught(index):
         "tools": [tool],
         "messages": [{"role": "user", "content": "totally new question"}, {"role": "assistant", "content": "x"}],
     }
-    assert contamination_reason(row, index) in ("bfcl_tool_description_exact", "bfcl_tool_near")
+    assert contamination_reason(row, index) == "bfcl_function_name"  # its name alone drops it now
+    renamed = {**row, "tools": [{**tool, "name": "fresh_name", "description": e["description"]}]}
+    assert contamination_reason(renamed, index) == "bfcl_tool_description_exact"
 
 
 def test_clean_rows_are_kept_and_counts_reported(index):
@@ -62,3 +64,16 @@ def test_clean_rows_are_kept_and_counts_reported(index):
     kept, dropped = decontaminate(rows, index)
     assert kept == [CLEAN, CLEAN]
     assert sum(dropped.values()) == 2 and all(k.startswith("bfcl_") for k in dropped)
+
+
+def test_a_row_offering_or_calling_a_bfcl_function_name_is_dropped(index):
+    name = bfcl.load_entries("live_multiple", hints=False)[0]["function"][0]["name"]
+    assert name in index.function_names
+    offered = {**CLEAN, "tools": [*CLEAN["tools"], {"name": name, "description": "new words", "parameters": {}}]}
+    assert contamination_reason(offered, index) == "bfcl_function_name"
+    dotted = next(
+        f["name"] for e in bfcl.load_entries("simple_python", hints=False) for f in e["function"] if "." in f["name"]
+    )
+    as_sent = {"name": dotted.replace(".", "_"), "description": "x y", "parameters": {}}
+    assert contamination_reason({**CLEAN, "tools": [as_sent]}, index) == "bfcl_function_name"
+    assert contamination_reason(CLEAN, index) is None

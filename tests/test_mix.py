@@ -224,3 +224,22 @@ def test_hub_sources_join_a_mix_from_local_upstream_files(tmp_path, monkeypatch)
     assert train and card.steps["loaded"]["by_source"] == {
         "Salesforce/xlam-function-calling-60k": card.steps["loaded"]["rows"]
     }
+
+
+def test_source_caps_sample_train_and_val_after_the_split_and_the_card_names_licences(patched):
+    uncapped, val0, _ = mix_mod.build_mix(data_cfg(augment={}), seed=0)
+    train, val, card = mix_mod.build_mix(data_cfg(augment={}, max_rows_per_source={"synthetic": 20}), seed=0)
+    assert len(train) == 20 and len(uncapped) > 20
+    assert {r["meta"]["row"] for r in train} <= {r["meta"]["row"] for r in uncapped}
+    assert card.dropped["source_caps"] == {"synthetic": len(uncapped) - 20}
+    assert len(val) == min(len(val0), 2)  # val keeps a tenth of the cap
+    assert card.licenses == {"synthetic": "unknown"} and "licences: synthetic: unknown" in card.to_markdown()
+    again, _, _ = mix_mod.build_mix(data_cfg(augment={}, max_rows_per_source={"synthetic": 20}), seed=0)
+    assert json.dumps(again) == json.dumps(train)
+
+
+def test_licences_of_real_sources():
+    assert mix_mod.source_license("sgd/train").startswith("CC-BY-SA-4.0")
+    assert mix_mod.source_license("snips/train").startswith("CC0")
+    assert mix_mod.source_license("clinc150/train_val").startswith("CC-BY-3.0")
+    assert mix_mod.source_license("hub:Team-ACE/ToolACE") == "Apache-2.0"

@@ -167,6 +167,7 @@ def _check_train(train: DictConfig) -> None:
     # eval_batches caps the fixed validation batches (batches[:n]): 0 would evaluate nothing and
     # a negative n silently drops batches from the end.
     _positive("train.eval_batches", train.eval_batches)
+    _positive("train.stop_after_steps", train.get("stop_after_steps"), allow_none=True)
     if train.max_checkpoints_to_keep < 1:  # 0 or less: the final checkpoint (the trained adapters) is deleted
         _fail(
             "train.max_checkpoints_to_keep",
@@ -229,6 +230,10 @@ def _check_data(data: DictConfig) -> None:
         if any(not str(entry).strip() for entry in data[key]):
             _fail(f"data.{key}", f"has an empty entry: {list(data[key])}")
     _positive("data.max_rows_per_category", data.max_rows_per_category, allow_none=True)
+    for source, cap in (data.max_rows_per_source or {}).items():
+        _positive(f"data.max_rows_per_source.{source}", cap)
+        if source not in data.sources:
+            _fail(f"data.max_rows_per_source.{source}", f"names no source of data.sources ({list(data.sources)})")
     _positive("data.max_length", data.max_length)
     if data.overlength not in ("drop", "error"):
         _fail("data.overlength", f"must be 'drop' or 'error', got {data.overlength!r}")
@@ -380,6 +385,26 @@ def _check_tracking(tracking: DictConfig) -> None:
         _fail("tracking.project", "must be a non-empty W&B project name")
 
 
+def _check_curve(cfg: DictConfig) -> None:
+    curve = cfg.curve
+    if cfg.get("pipeline") is not None:
+        _fail("curve", "a learning curve is one SFT run; it cannot be combined with pipeline=...")
+    if str(cfg.stage.name) not in ("sft_small", "sft_full"):
+        _fail(
+            "curve", f"a learning curve slices an SFT stage (stage=sft_small or sft_full), not {str(cfg.stage.name)!r}"
+        )
+    _positive("curve.every_steps", curve.every_steps)
+    _positive("curve.until_steps", curve.until_steps, allow_none=True)
+    if curve.until_steps is not None and curve.until_steps > cfg.train.max_steps:
+        _fail("curve.until_steps", f"{curve.until_steps} is past train.max_steps={cfg.train.max_steps}")
+    _positive("curve.subset_per_category", curve.subset_per_category)
+    _positive("curve.val_prompts", curve.val_prompts, allow_zero=True)
+    _finite("curve.flat_points", curve.flat_points)
+    _positive("curve.flat_points", curve.flat_points, allow_zero=True)
+    if not curve.eval_categories:
+        _fail("curve.eval_categories", "needs at least one BFCL category")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Semantic checks Hydra's typing cannot express: the range of every value, and values that
     must agree with each other. Pure: no filesystem, no JAX (paths are checked by `preflight`).
@@ -400,4 +425,6 @@ def check_config(cfg: DictConfig) -> None:
     pipeline = cfg.get("pipeline")
     if pipeline is not None:
         _check_pipeline(pipeline)
+    if cfg.get("curve") is not None:
+        _check_curve(cfg)
     _check_tracking(cfg.tracking)

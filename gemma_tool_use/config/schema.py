@@ -122,6 +122,7 @@ class AugmentConfig:
     procedural: float = 0.0
     near_miss: float = 0.0  # call rows whose tools are swapped for same-domain ones that do not fit
     procedural_parallel: float = 0.0  # one tool called 2-4 times in one request (BFCL "parallel")
+    join_same_tool: float = 0.0  # 2-3 real requests for one tool joined: as many calls of it (BFCL "parallel")
 
 
 @dataclass
@@ -142,6 +143,8 @@ class DataConfig:
     # Tool schemas for procedural rows and distractors (see data/mix.py tool_pool).
     tool_pools: list[str] = field(default_factory=list)
     max_rows_per_category: Optional[int] = None
+    # Rows kept of a source after decontamination, a seeded sample ({"sgd/train": 4000}); others keep all.
+    max_rows_per_source: dict[str, int] = field(default_factory=dict)
     # JSONL files of canonical conversations ({"tools": [...], "messages": [...]}).
     # Relative paths resolve against the package's bundled data, then the working directory.
     train_files: list[str] = field(default_factory=list)
@@ -212,6 +215,9 @@ class TrainConfig:
     eval_every_steps: int = 50
     eval_batches: int = 4
     checkpoint_every_steps: int = 50
+    # Stop this process after this many steps in all (null: at max_steps); the learning-rate schedule
+    # still spans max_steps, so a long run can be taken in slices (learning curves, sessions).
+    stop_after_steps: Optional[int] = None
     max_checkpoints_to_keep: int = 2
     resume: bool = True
     # Weights to start from: a run dir / checkpoint path, or an experiment name; null = the base.
@@ -386,6 +392,33 @@ class PipelineConfig:
 
 
 @dataclass
+class CurveConfig:
+    """`curve=<recipe>` (conf/curve/): one SFT run taken in slices of `every_steps`, the adapter of
+    each slice scored on BFCL's fixed stratified subset and on call decisions for the held-out-tool
+    validation split (orchestration/learning_curve.py). Resumes in place, like the pipeline."""
+
+    name: str = MISSING
+    every_steps: int = 100
+    until_steps: Optional[int] = None  # the last point (null: train.max_steps)
+    eval_categories: list[str] = field(
+        default_factory=lambda: [
+            "simple_python",
+            "simple_java",
+            "simple_javascript",
+            "multiple",
+            "parallel",
+            "parallel_multiple",
+            "irrelevance",
+        ]
+    )
+    subset_per_category: int = 50
+    val_prompts: int = 300  # held-out-tool validation prompts scored for call decisions (0: none)
+    # Stop once the subset's mean accuracy moved less than this (points) over two consecutive points.
+    flat_points: float = 1.0
+    stop_when_flat: bool = True
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -402,6 +435,7 @@ class Config:
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     pipeline: Optional[PipelineConfig] = None
+    curve: Optional[CurveConfig] = None
     seed: int = 0
     # Free-form notes an experiment config carries (how to run it, what it gave).
     notes: dict[str, Any] = field(default_factory=dict)

@@ -9,6 +9,7 @@
   mask_names      Hammer-style: random function and parameter names, consistently in the
                   tool list and the calls, so the model reads descriptions, not names
   join_parallel   two independent single-call requests joined into one parallel request
+  join_same_tool  2-3 real requests that call the same tool, joined: as many calls of it
   procedural      rows generated from tool schemas alone (valid args drawn from the schema)
   procedural_parallel  one request for the same task 2-4 times: as many calls of one tool
 """
@@ -196,6 +197,56 @@ def join_parallel(a: dict, b: dict, rng: random.Random) -> dict | None:
     return _tag(out, "join_parallel")
 
 
+def join_same_tool(rows: list[dict], rng: random.Random) -> dict | None:
+    """2-3 single-call requests that call one tool (the same schema in each row), joined into one
+    request answered by as many calls of it, in order: BFCL's "parallel" with real wording."""
+    calls = [_single_turn_calls(r) for r in rows]
+    if any(c is None or len(c) != 1 for c in calls):
+        return None
+    name = calls[0][0]["name"]
+    schemas = [next((t for t in r["tools"] if t["name"] == name), None) for r in rows]
+    if any(c[0]["name"] != name for c in calls) or any(s != schemas[0] for s in schemas):
+        return None
+    if len({json.dumps(c[0]["args"], sort_keys=True) for c in calls}) < len(calls):
+        return None  # the same call twice is not two requests
+    queries = [next(m for m in r["messages"] if m["role"] == "user")["content"].strip() for r in rows]
+    query = queries[0] + "".join(rng.choice(JOINERS) + q for q in queries[1:])
+    tools, seen = [], set()
+    for t in (t for r in rows for t in r["tools"]):
+        if t["name"] not in seen:
+            seen.add(t["name"])
+            tools.append(copy.deepcopy(t))
+    rng.shuffle(tools)
+    out = {
+        "tools": tools,
+        "messages": [
+            {"role": "user", "content": query},
+            {"role": "assistant", "content": "", "tool_calls": [copy.deepcopy(c[0]) for c in calls]},
+        ],
+        "meta": {
+            "source": rows[0].get("meta", {}).get("source"),
+            "row": "+".join(str(r.get("meta", {}).get("row")) for r in rows),
+        },
+    }
+    return _tag(out, "join_same_tool")
+
+
+def _same_tool_groups(rows: list[dict], n: int, rng: random.Random) -> list[list[dict]]:
+    """n groups of 2-3 single-call rows calling the same tool name: a name drawn in proportion to its
+    rows (names with >= 2 rows), then its rows."""
+    by_name: dict[str, list[dict]] = {}
+    for r in rows:
+        if (c := _single_turn_calls(r)) and len(c) == 1:
+            by_name.setdefault(c[0]["name"], []).append(r)
+    names = sorted(k for k, v in by_name.items() if len(v) >= 2)
+    if not names:
+        return []
+    weights = [len(by_name[k]) for k in names]
+    return [
+        rng.sample(by_name[k], min(len(by_name[k]), rng.choice((2, 2, 3)))) for k in rng.choices(names, weights, k=n)
+    ]
+
+
 # ------------------------------------------------------------------------------ procedural rows
 
 _WORDS = ("alpha", "orbit", "harbor", "maple", "quartz", "delta", "violet", "summit", "cedar", "nova")
@@ -329,8 +380,8 @@ def procedural_parallel_row(tool: dict, rng: random.Random, pool: list[dict] | N
 
 def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None = None) -> tuple[list[dict], dict]:
     """Originals plus augmented copies, by ratio of the originals (cfg: irrelevance,
-    distractors, mask_names, join_parallel, procedural, near_miss, procedural_parallel; floats
-    >= 0). Deterministic."""
+    distractors, mask_names, join_parallel, procedural, near_miss, procedural_parallel,
+    join_same_tool; floats >= 0). Deterministic."""
     rng = random.Random(seed)
     pool = tool_pool or [t for r in rows for t in r.get("tools", [])]
     out, counts = list(rows), {}
@@ -361,4 +412,6 @@ def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None 
             "procedural_parallel",
             [procedural_parallel_row(t, rng, pool) for t in pick(pool, n_of("procedural_parallel"))],
         )
+    if n_of("join_same_tool"):  # after the others: earlier recipes draw exactly what they drew
+        add("join_same_tool", [join_same_tool(g, rng) for g in _same_tool_groups(rows, n_of("join_same_tool"), rng)])
     return out, counts

@@ -3,6 +3,9 @@
 A training row is dropped when
   * a user message equals a BFCL question after normalisation (case, punctuation, spacing),
     or shares a run of QUERY_NGRAM consecutive words with one (near-duplicate questions);
+  * a tool it offers, or a call it makes, has the name of a BFCL function (also with BFCL's dots
+    written as underscores, as its handlers send them): a model that saw a function name in
+    training may be scored on it;
   * a tool's description equals a BFCL function description after normalisation (if it has
     at least MIN_DESC_WORDS words), or the tool has a BFCL function's name and shares at least
     half of that description's DESC_NGRAM-word runs (a lightly edited copy of a BFCL doc).
@@ -44,6 +47,7 @@ class BfclIndex:
     query_ngrams: set[tuple] = field(default_factory=set)
     descriptions: set[str] = field(default_factory=set)
     desc_ngrams_by_name: dict[str, list[set]] = field(default_factory=dict)
+    function_names: set[str] = field(default_factory=set)
     n_entries: int = 0
 
 
@@ -65,6 +69,8 @@ def bfcl_index() -> BfclIndex:
                     index.query_ngrams |= ngrams(norm.split(), QUERY_NGRAM)
             held_out = [f for fs in (entry.get("missed_function") or {}).values() for f in fs]
             for f in [*entry.get("function", []), *held_out]:
+                if f.get("name"):
+                    index.function_names |= {f["name"], f["name"].replace(".", "_")}
                 norm = normalize(f.get("description") or "")
                 if len(norm.split()) >= MIN_DESC_WORDS:
                     index.descriptions.add(norm)
@@ -84,6 +90,9 @@ def contamination_reason(row: dict, index: BfclIndex | None = None) -> str | Non
             return "bfcl_query_exact"
         if ngrams(norm.split(), QUERY_NGRAM) & index.query_ngrams:
             return "bfcl_query_near"
+    called = {c.get("name") for m in row.get("messages", []) for c in m.get("tool_calls") or []}
+    if any(name in index.function_names for name in called | {t.get("name") for t in row.get("tools", [])}):
+        return "bfcl_function_name"
     for tool in row.get("tools", []):
         norm = normalize(tool.get("description", ""))
         if norm in index.descriptions:

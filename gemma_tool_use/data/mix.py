@@ -22,7 +22,7 @@ from pathlib import Path
 from gemma_tool_use.data.augment import augment_rows
 from gemma_tool_use.data.conversations import DataError, LoadReport
 from gemma_tool_use.data.decontaminate import contamination_reason, decontaminate
-from gemma_tool_use.data.sources import fetch, load_source, seal_tools
+from gemma_tool_use.data.sources import HUB_SOURCES, fetch, load_source, seal_tools
 from gemma_tool_use.model.tokenizer import cache_root
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class MixCard:
     augmentations: dict = field(default_factory=dict)
     token_lengths: dict = field(default_factory=dict)  # split -> histogram
     no_call_share: dict = field(default_factory=dict)
+    licenses: dict = field(default_factory=dict)  # source -> licence of its data
 
     def record(self, step: str, rows: list[dict]) -> None:
         self.steps[step] = {
@@ -65,6 +66,8 @@ class MixCard:
             ]
             lines += [f"dropped: {counts(self.dropped[step])}"] if self.dropped.get(step) else []
             lines.append("")
+        if self.licenses:
+            lines.append(f"licences: {'; '.join(f'{k}: {v}' for k, v in self.licenses.items())}")
         if self.augmentations:
             lines.append(f"augmentations added: {counts(self.augmentations)}")
         lines += [f"no-call share ({split}): {share:.1%}" for split, share in self.no_call_share.items()]
@@ -147,6 +150,7 @@ def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
     rows, load_dropped = load_sources(list(data_cfg.sources), root, bool(data_cfg.strict), dict(data_cfg.hub_files))
     card.record("loaded", rows)
     card.dropped["loaded"] = {f"{s}:{k}": v for s, d in load_dropped.items() for k, v in d.items()}
+    card.licenses = {name: source_license(name) for name in data_cfg.sources}
     if data_cfg.decontaminate:
         rows, dropped = decontaminate(rows)
         card.record("decontaminated", rows)
@@ -159,6 +163,9 @@ def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
         card.record("categories", rows)
     train, val, mixed = split_by_tool(rows, float(data_cfg.val_tool_fraction), seed)
     card.dropped["split"] = {"rows_mixing_train_and_val_tools": mixed}
+    if caps := dict(data_cfg.get("max_rows_per_source") or {}):  # after the split: val draws on every row
+        train, card.dropped["source_caps"] = cap_sources(train, caps, seed)
+        val, card.dropped["source_caps_val"] = cap_sources(val, {k: max(1, v // 10) for k, v in caps.items()}, seed)
     card.record("train_before_augmentation", train)
     card.record("val", val)
     pool = tool_pool(list(data_cfg.tool_pools), root, bool(data_cfg.strict)) if data_cfg.tool_pools else None
@@ -188,6 +195,30 @@ def build_mix(data_cfg, seed: int) -> tuple[list[dict], list[dict], MixCard]:
     return train, val, card
 
 
+def source_license(name: str) -> str:
+    """The licence of a source's data (data/sources: fetch.LICENSES by folder, HUB_SOURCES by id)."""
+    if name.startswith("hub:"):
+        spec = HUB_SOURCES.get(name[4:].partition(":")[0])
+        return spec.license if spec else "unknown"
+    return fetch.LICENSES.get(name.split("/")[0], "unknown")
+
+
+def cap_sources(rows: list[dict], caps: dict[str, int], seed: int) -> tuple[list[dict], dict]:
+    """At most caps[source] rows of each capped source (a seeded sample, in the rows' order);
+    (rows, {source: rows dropped})."""
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_source[r["meta"]["source"]].append(i)
+    drop, dropped = set(), {}
+    for source, cap in caps.items():
+        idx = by_source.get(source, [])
+        if len(idx) > cap:
+            keep = set(random.Random(f"{seed}:{source}").sample(idx, cap))
+            drop |= set(idx) - keep
+            dropped[source] = len(idx) - cap
+    return [r for i, r in enumerate(rows) if i not in drop], dropped
+
+
 def no_call_share(rows: list[dict]) -> float:
     """Share of rows whose answer is text, not a call (refusals with tools present, chat)."""
     return (sum(1 for r in rows if r["meta"]["category"] in ("irrelevance", "chat")) / len(rows)) if rows else 0.0
@@ -197,13 +228,13 @@ def mix_fingerprint(data_cfg, seed: int, tokenizer_source: str) -> str:
     from omegaconf import OmegaConf
 
     # version 2: cached cards carry the train_tokenized step; 3: one data-source framework (data/sources),
-    # one refusal text, jsonschema argument checks
+    # one refusal text, jsonschema argument checks; 4: BFCL function names decontaminated, per-source caps
     blob = json.dumps(
         {
             "data": OmegaConf.to_container(data_cfg, resolve=True),
             "seed": seed,
             "tokenizer": tokenizer_source,
-            "version": 3,
+            "version": 4,
         },
         sort_keys=True,
         default=str,

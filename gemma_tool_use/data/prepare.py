@@ -27,6 +27,7 @@ from gemma_tool_use.utils.files import sha256_file
 log = logging.getLogger(__name__)
 
 LENGTH_EDGES = (128, 256, 512, 1024, 2048, 4096)
+VAL_ROWS = "val_rows.jsonl"  # the validation split's canonical rows (whole held-out tools), in the run dir
 
 
 def length_histogram(ts: TokenizedSet) -> dict[str, int]:
@@ -122,13 +123,16 @@ def prepare_training_data(cfg, tokenizer, run_dir: Path):
         if val:
             _save(tmp / "val.npz", val)
         (tmp / "data_card.json").write_text(json.dumps(card, indent=2))
-        (tmp / "train_rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_rows))
+        for name, rows in (("train_rows.jsonl", train_rows), (VAL_ROWS, val_rows)):
+            (tmp / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         # Written last: the checksums of what a later run may load (a damaged file is rebuilt).
         sums = {f.name: sha256_file(f) for f in tmp.iterdir() if f.suffix in (".npz", ".json")}
         (tmp / "COMPLETE").write_text(json.dumps({"key": key, "sha256": sums}))
         shutil.rmtree(cache, ignore_errors=True)
         tmp.rename(cache)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if (cache / VAL_ROWS).is_file():  # the held-out-tool rows, for call-decision scoring (learning curves)
+        shutil.copyfile(cache / VAL_ROWS, run_dir / VAL_ROWS)
     (run_dir / "data_card.json").write_text(json.dumps({k: v for k, v in card.items() if k != "markdown"}, indent=2))
     (run_dir / "data_card.md").write_text(card["markdown"])
     print(card["markdown"])

@@ -308,13 +308,18 @@ def entry_agreement(a_dir: str | Path, b_dir: str | Path) -> dict:
 def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     """results.md (per category and BFCL v4 aggregates) and accuracy.png (per-category accuracy
     beside the published anchors) of one BFCL evaluation summary."""
-    per = summary["categories"]
+    per, caveats = summary["categories"], summary.get("caveats") or {}
     lines = [
         markdown_table(
             ["category", "accuracy", "correct / total"],
-            [[c, format_pct(v["accuracy"]), f"{v['correct']} / {v['total_count']}"] for c, v in per.items()],
+            [
+                [c + (" *" if c in caveats else ""), format_pct(v["accuracy"]), f"{v['correct']} / {v['total_count']}"]
+                for c, v in per.items()
+            ],
         )
     ]
+    if marked := sorted({why for c, why in caveats.items() if c in per}):
+        lines += ["", *(f"\\* {why}" for why in marked)]
     agg = summary["aggregates"]
     keys = [
         k for k in ("non_live", "simple", "live", "irrelevance", "multi_turn", "overall_agentic_not_run") if k in agg

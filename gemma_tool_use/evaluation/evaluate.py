@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from gemma_tool_use.config.schema import TRAINING_STAGES
 from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.evaluation.bfcl_tables import write_bfcl_report
 from gemma_tool_use.evaluation.multi_turn import run_dialogues, score_dialogue
@@ -28,6 +29,7 @@ from gemma_tool_use.format.parse import parse_model_output
 from gemma_tool_use.format.render import render_conversation
 from gemma_tool_use.generation.generator import Generator, SamplingParams
 from gemma_tool_use.generation.tool_grammar import grammars_for
+from gemma_tool_use.model.adapters import score_caveats, trained_on
 from gemma_tool_use.utils.files import drop_torn_tail, iter_jsonl
 from gemma_tool_use.utils.git import git_commit
 
@@ -237,8 +239,18 @@ def _summary(
         # how the answers were decoded: tables label a constrained run (a different harness)
         "constrain": str(cfg.generation.get("constrain", "none")),
         "grammar_warnings": grammar_warnings,
+        # the data that trained the scored model, and the categories whose scores it makes unclean
+        "trained_on": (lineage := model_lineage(cfg)),
+        "caveats": score_caveats(lineage),
         "total_seconds": round(seconds, 1),
     }
+
+
+def model_lineage(cfg: DictConfig) -> list[str]:
+    """The data sources behind the scored model: a training stage's own sources and those its
+    start adapter records (model.lora_checkpoint)."""
+    own = list(cfg.data.get("sources") or []) if str(cfg.stage.name) in TRAINING_STAGES else []
+    return sorted(set(own) | set(trained_on(cfg.model.get("lora_checkpoint"))))
 
 
 def evaluate_model(

@@ -90,6 +90,7 @@ def export_adapter(
     source: str | None = None,
     commit: str | None = None,
     write: bool = True,
+    trained_on: list[str] | None = None,
 ) -> Path:
     """Write the model's trainable parameters as a portable adapter into out_dir (atomically:
     a temporary file renamed into place, the config last). In a multi-host run every process
@@ -119,10 +120,44 @@ def export_adapter(
         "step": step,
         "source": source,
         "commit": commit,
+        # the data sources of every stage that trained it (its start's too): eval labels scores by them
+        "trained_on": sorted(trained_on or []),
         "num_parameters": int(sum(t.size for t in tensors.values())),
         "tensors_sha256": sha256_file(out / TENSORS),
     }
     write_json_atomic(out / CONFIG, config)
+    return out
+
+
+def trained_on(checkpoint: str | Path | None) -> list[str]:
+    """The data sources recorded by the adapter a checkpoint setting names (an adapter dir, or a
+    run dir holding adapter/); [] for the base model, an older adapter or a bare checkpoint."""
+    if not checkpoint:
+        return []
+    p = Path(checkpoint).expanduser()
+    for d in (p, p / "adapter", p.parent / "adapter"):
+        try:
+            return list(json.loads((d / CONFIG).read_text()).get("trained_on") or [])
+        except (OSError, ValueError, AttributeError):
+            continue
+    return []
+
+
+# Sources whose domains a BFCL category was partly built on: scores there are labelled, not clean.
+OVERLAPPING_SOURCES = {
+    "sgd/": (
+        ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance"),
+        "trained on SGD's domains (BFCL's live entries offer SGD-named functions): not a clean score",
+    ),
+}
+
+
+def score_caveats(sources: list[str]) -> dict[str, str]:
+    """category -> why its score is not clean, for a model trained on `sources`."""
+    out: dict[str, str] = {}
+    for prefix, (categories, why) in OVERLAPPING_SOURCES.items():
+        if any(s.startswith(prefix) for s in sources):
+            out.update(dict.fromkeys(categories, why))
     return out
 
 

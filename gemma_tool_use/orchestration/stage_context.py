@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gemma_tool_use.model.adapters import export_adapter
+from gemma_tool_use.model.adapters import export_adapter, trained_on
 from gemma_tool_use.orchestration.runs import run_dir_of, wandb_group
 from gemma_tool_use.utils.git import git_commit
 from gemma_tool_use.utils.mesh import build_mesh, prepare_runtime
@@ -73,7 +73,9 @@ def open_tracker(ctx: StageContext, run_dir: Path | None = None):
 
 
 def export_trained_adapter(ctx: StageContext, model, step: int, *, write: bool = True) -> str:
-    """The portable adapter (LoRA + trained rows): the next stage's start, the user's takeaway."""
+    """The portable adapter (LoRA + trained rows): the next stage's start, the user's takeaway.
+    It records the data sources of this stage and of the adapter it started from."""
+    lineage = set(ctx.cfg.data.get("sources") or []) | set(trained_on(ctx.cfg.model.get("lora_checkpoint")))
     return str(
         export_adapter(
             model,
@@ -83,6 +85,7 @@ def export_trained_adapter(ctx: StageContext, model, step: int, *, write: bool =
             source=str(ctx.run_dir),
             commit=git_commit(),
             write=write,
+            trained_on=sorted(lineage),
         )
     )
 

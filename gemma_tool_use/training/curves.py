@@ -109,3 +109,44 @@ def plot_grpo_curves(run_dir: str | Path, out_png: str | Path) -> Path:
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
     return out_png
+
+
+def plot_learning_curve(curve: dict, out_png: str | Path) -> Path:
+    """BFCL subset accuracy per category against rows trained (left), and the held-out-tool call
+    decisions, false refusals and false calls, beside them (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = curve["points"]
+    if not pts:
+        raise ValueError("no points to plot")
+    rows = [p["rows_trained"] for p in pts]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for cat in pts[-1]["bfcl_subset"]:
+        ax.plot(rows, [p["bfcl_subset"].get(cat) for p in pts], "o-", lw=1.5, ms=3, label=cat)
+    ax.plot(rows, [p["bfcl_subset_mean"] for p in pts], "k--", lw=2, label="mean")
+    ax.set_xlabel("rows trained")
+    ax.set_ylabel(f"BFCL accuracy, % ({curve['subset_per_category']} fixed entries per category)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    dec = [(r, p["decisions"]) for r, p in zip(rows, pts) if p.get("decisions")]
+    if dec:
+        for key, label in (
+            ("false_refusal_rate", "false refusals (calls due)"),
+            ("false_call_rate", "false calls (no call due)"),
+            ("count_right_rate", "right number of calls"),
+            ("exact_rate", "exact calls"),
+        ):
+            ax2.plot([r for r, _ in dec], [d[key] for _, d in dec], "o-", ms=3, label=label)
+        ax2.legend(fontsize=7)
+    ax2.set_xlabel("rows trained")
+    ax2.set_ylabel("% of held-out-tool validation prompts")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"learning curve ({curve.get('stopped_because') or 'running'})")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png

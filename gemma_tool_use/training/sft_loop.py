@@ -36,11 +36,13 @@ log = logging.getLogger(__name__)
 
 
 def trainer_config(cfg, run_dir: Path) -> peft_trainer.TrainingConfig:
-    """tunix's TrainingConfig from the train group: steps, accumulation, checkpoints under the run dir."""
+    """tunix's TrainingConfig from the train group: steps, accumulation, checkpoints under the run dir.
+    The loop ends at train.stop_after_steps when set (the schedule still spans train.max_steps)."""
     accum = int(cfg.train.grad_accum_steps)
+    stop_after = cfg.train.get("stop_after_steps")
     return peft_trainer.TrainingConfig(
         eval_every_n_steps=int(cfg.train.eval_every_steps),
-        max_steps=int(cfg.train.max_steps),
+        max_steps=min(int(cfg.train.max_steps), int(stop_after)) if stop_after else int(cfg.train.max_steps),
         gradient_accumulation_steps=accum if accum > 1 else None,
         checkpoint_root_directory=str((run_dir / "checkpoints").absolute()),
         checkpointing_options=ocp.CheckpointManagerOptions(

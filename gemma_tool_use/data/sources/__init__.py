@@ -19,11 +19,14 @@ from typing import Callable, Sequence
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
 from gemma_tool_use.data.sources import (
+    clinc150,
     fetch,
     hammer,
     hermes,
     llamafactory,
     seal_tools,
+    sgd,
+    snips,
     toolace,
     toolrl,
     xlam,
@@ -35,11 +38,11 @@ from gemma_tool_use.data.sources.common import convert_rows, load_file
 class LocalSource:
     name: str
     load: Callable[..., list[dict]]  # (source name, [paths], report, strict) -> rows
-    files: tuple[str, ...]  # under the data root, all pinned in fetch.PINNED; the first holds the rows
+    files: tuple[str, ...]  # under the data root, all pinned in fetch.PINNED (a file or its .gz copy)
 
     def __call__(self, root: str | os.PathLike, report: LoadReport, strict: bool = False) -> list[dict]:
         """Rows of the files under `root`, unverified (load_source fetches and verifies first)."""
-        return self.load(self.name, [Path(root) / f for f in self.files], report, strict)
+        return self.load(self.name, [fetch.local_file(root, f) for f in self.files], report, strict)
 
 
 def _each_row(convert: Callable[[dict], tuple[list, list]]) -> Callable[..., list[dict]]:
@@ -48,6 +51,13 @@ def _each_row(convert: Callable[[dict], tuple[list, list]]) -> Callable[..., lis
 
 
 _SEAL_TOOLS = "seal_tools/tool.jsonl"
+
+
+def _sgd_files(split: str) -> tuple[str, ...]:
+    schemas = (f"sgd/{split}/schema.json", *(f"sgd/sgd_x/v{v}/{split}_schema.json" for v in range(1, 6)))
+    return (*schemas, *fetch.SGD_DIALOGUES[split])
+
+
 LOCAL_SOURCES: dict[str, LocalSource] = {
     s.name: s
     for s in (
@@ -80,6 +90,13 @@ LOCAL_SOURCES: dict[str, LocalSource] = {
             _each_row(llamafactory.reason_tool_use_row),
             ("llamafactory/reason_tool_use_demo_50.jsonl",),
         ),
+        # SGD's train and dev splits (its test split is not training data and is not pinned).
+        LocalSource("sgd/train", sgd.load_split, _sgd_files("train")),
+        LocalSource("sgd/dev", sgd.load_split, _sgd_files("dev")),
+        # SNIPS's 7 intents (its validate_* files are its benchmark's and stay out); CLINC150's train
+        # and val parts (load never reads its test split).
+        LocalSource("snips/train", snips.load, tuple(f for f in fetch.PINNED if f.startswith("snips/train_"))),
+        LocalSource("clinc150/train_val", clinc150.load, ("clinc150/data_full.json", "clinc150/domains.json")),
     )
 }
 

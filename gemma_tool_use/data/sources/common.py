@@ -20,11 +20,13 @@ Judgement calls shared by every source:
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import logging
+import random
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from gemma_tool_use.data.conversations import DataError, LoadReport
 from gemma_tool_use.data.rows import coerce, make_row
@@ -526,3 +528,42 @@ def tool_list(value: Any, what: str = "tools", **tool_kw) -> list[dict]:
     if not isinstance(value, list):
         raise RowError("bad_tool_schema", f"{what} are a {type(value).__name__}, not a list")
     return [tool_from(t, **tool_kw) for t in value]
+
+
+# ------------------------------------------------------------------------------- seeded choices
+
+
+class Draw:
+    """Deterministic choices from the sha256 of a key, stable across runs and Python versions:
+    only random.Random's seeding and random() are promised not to change (its sample/shuffle
+    are not), so the choices are made here from random() alone."""
+
+    def __init__(self, *key: str):
+        self._rng = random.Random(int.from_bytes(hashlib.sha256("\x1f".join(key).encode("utf-8")).digest(), "big"))
+
+    def unit(self) -> float:
+        """A number in [0, 1)."""
+        return self._rng.random()
+
+    def below(self, n: int) -> int:
+        return int(self.unit() * n)
+
+    def sample(self, items: Sequence, k: int) -> list:
+        """min(k, len(items)) distinct items, in the order drawn."""
+        n = len(items)
+        if n > 4 * k:  # a few picks from a long pool: redraw a repeat rather than copy the pool
+            picked: list[int] = []
+            while len(picked) < k:
+                if (j := self.below(n)) not in picked:
+                    picked.append(j)
+            return [items[j] for j in picked]
+        pool, out = list(items), []
+        for _ in range(min(k, n)):
+            out.append(pool.pop(self.below(len(pool))))
+        return out
+
+    def shuffled(self, items: Sequence) -> list:
+        return self.sample(items, len(items))
+
+
+# ------------------------------------------------------------------------------- files

@@ -1,0 +1,99 @@
+"""Call decisions on held-out tools: does the model call when calls are due, abstain when none fits,
+and make as many calls as the request needs?
+
+The prompts are the validation split's rows (tools no training row offers: data/mix.py
+split_by_tool) cut before their first model turn; the gold answer is that turn. Scored per prompt
+from `stage=predict`'s parsed calls:
+    false refusal   calls were due, the model made none (the over-generalised abstention of issue 29)
+    false call      no call was due (the gold answer is text), the model called
+    count right     as many calls as the gold answer (calls due)
+    exact           the same calls, names and arguments, in any order (calls due)
+Rates are over the prompts where they apply, with their counts beside them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+
+def _kind(calls: list) -> str:
+    return "no_call" if not calls else "one_call" if len(calls) == 1 else "several_calls"
+
+
+def decision_prompts(rows: list[dict], limit: int, seed: int = 0) -> list[dict]:
+    """Up to `limit` prompts, balanced over the gold kinds (no call, one call, several calls) as far
+    as each has rows, in a fixed order (sha256 of seed and row id): {"tools", "messages", "gold"}."""
+    by_kind: dict[str, list[dict]] = {}
+    for r in rows:
+        msgs = r["messages"]
+        first = next((i for i, m in enumerate(msgs) if m["role"] == "assistant"), None)
+        if first is None or not r.get("tools"):
+            continue
+        gold = msgs[first].get("tool_calls") or []
+        row_id = f"{r.get('meta', {}).get('source')}:{r.get('meta', {}).get('row')}"
+        key = hashlib.sha256(f"{seed}:{row_id}".encode()).hexdigest()
+        by_kind.setdefault(_kind(gold), []).append(
+            (key, {"tools": r["tools"], "messages": msgs[:first], "gold": gold, "id": row_id})
+        )
+    for group in by_kind.values():
+        group.sort(key=lambda kv: kv[0])
+    out: list[dict] = []
+    while len(out) < limit and any(by_kind.values()):  # round robin over the kinds
+        for kind in sorted(by_kind):
+            if by_kind[kind] and len(out) < limit:
+                out.append(by_kind[kind].pop(0)[1])
+    return out
+
+
+def write_prompts(rows_file: Path, out_file: Path, limit: int, seed: int = 0) -> int:
+    """The prompts of a run's val_rows.jsonl as predict input (gold kept beside them); their count."""
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    prompts = decision_prompts(rows, limit, seed)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
+    return len(prompts)
+
+
+def _canon(calls: list) -> Counter:
+    return Counter(json.dumps({"name": c.get("name"), "args": c.get("args", {})}, sort_keys=True) for c in calls)
+
+
+def score(prompts: list[dict], predictions: list[dict]) -> dict:
+    """Decision rates of predictions (stage=predict rows: "line", "tool_calls") against the prompts'
+    gold answers. A prompt with no prediction row counts as an answer without calls."""
+    predicted = {int(p["line"]): p.get("tool_calls") or [] for p in predictions if "line" in p}
+    n = Counter()
+    by_kind: dict[str, Counter] = {}
+    for line, prompt in enumerate(prompts, start=1):
+        gold, got = prompt["gold"], predicted.get(line, [])
+        k = by_kind.setdefault(_kind(gold), Counter())
+        k["prompts"] += 1
+        if gold:
+            n["due"] += 1
+            n["false_refusal"] += not got
+            n["count_right"] += len(got) == len(gold)
+            n["exact"] += _canon(got) == _canon(gold)
+            k["exact"] += _canon(got) == _canon(gold)
+            k["false_refusal"] += not got
+        else:
+            n["not_due"] += 1
+            n["false_call"] += bool(got)
+            k["false_call"] += bool(got)
+
+    def rate(num: str, den: str) -> float | None:
+        return round(100.0 * n[num] / n[den], 2) if n[den] else None
+
+    return {
+        "prompts": len(prompts),
+        "calls_due": n["due"],
+        "no_call_due": n["not_due"],
+        "false_refusal_rate": rate("false_refusal", "due"),
+        "false_call_rate": rate("false_call", "not_due"),
+        "count_right_rate": rate("count_right", "due"),
+        "exact_rate": rate("exact", "due"),
+        "counts": dict(n),
+        "by_gold_kind": {kind: dict(c) for kind, c in sorted(by_kind.items())},
+    }

@@ -1,0 +1,169 @@
+"""A learning curve: `python -m gemma_tool_use stage=sft_full curve=cpu [overrides]`.
+
+One SFT run, taken in slices of `curve.every_steps` steps (train.stop_after_steps: the learning-rate
+schedule still spans train.max_steps), each slice its own process resuming the run in place. After
+each slice its adapter is kept, scored on BFCL's fixed stratified subset (`stage=eval`) and on call
+decisions for the run's held-out-tool validation split (`stage=predict` + evaluation/call_decisions):
+
+    <run dir>/train/                the SFT run (checkpoints, metrics, val_rows.jsonl, adapter/)
+    <run dir>/curve/val_prompts.jsonl
+    <run dir>/curve/step_<k>/       adapter/, bfcl/ (stage=eval dir), val/ (stage=predict dir), point.json
+    <run dir>/learning_curve.{json,png}
+
+Re-running the same command resumes: finished points are kept, an interrupted slice or evaluation
+resumes from its checkpoint / finished entries. It stops after `curve.until_steps` (default
+train.max_steps), or, with curve.stop_when_flat, once the subset's mean accuracy moved less than
+`curve.flat_points` over two consecutive points; learning_curve.json says which.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from gemma_tool_use.evaluation import call_decisions
+from gemma_tool_use.orchestration.pipeline import PipelineError, _pipeline_root, _run_child
+from gemma_tool_use.training.curves import plot_learning_curve
+from gemma_tool_use.utils.files import write_json_atomic
+
+CURVE_FILE = "learning_curve.json"
+
+
+def _user_overrides() -> list[str]:
+    """The command line's overrides for every child: all but the curve's own keys and Hydra's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        task = list(HydraConfig.get().overrides.task)
+    except ValueError:  # outside a Hydra app
+        return []
+    own = ("curve", "hydra.", "train.stop_after_steps", "eval.run_after_training")
+    return [o for o in task if not o.lstrip("+~").startswith(own)]
+
+
+def points(cfg: DictConfig) -> list[int]:
+    last = int(cfg.curve.until_steps or cfg.train.max_steps)
+    every = int(cfg.curve.every_steps)
+    steps = list(range(every, last + 1, every))
+    return steps if steps and steps[-1] == last else [*steps, last]
+
+
+def _child(args: list[str], what: str) -> None:
+    code, seconds, _, stopped = _run_child([sys.executable, "-m", "gemma_tool_use", *args], what)
+    if stopped:
+        raise KeyboardInterrupt(stopped)
+    if code != 0:
+        raise PipelineError(f"learning curve: {what} failed (exit {code}); re-run the same command to resume")
+
+
+def _mean_accuracy(summary: dict) -> float:
+    accs = [v["accuracy"] for v in summary["categories"].values()]
+    return round(100.0 * sum(accs) / len(accs), 2) if accs else 0.0
+
+
+def _point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict:
+    """Train to `step` (resuming), keep its adapter, score it; the point's record."""
+    train_dir, here = root / "train", root / "curve" / f"step_{step}"
+    adapter = here / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        _child(
+            [
+                f"stage={cfg.stage.name}",
+                *overrides,
+                f"train.stop_after_steps={step}",
+                "eval.run_after_training=false",
+                f"hydra.run.dir={train_dir}",
+            ],
+            f"train to step {step}",
+        )
+        done = json.loads((train_dir / "adapter" / "adapter_config.json").read_text())
+        if done.get("step") != step:
+            raise PipelineError(f"learning curve: {train_dir}/adapter is at step {done.get('step')}, not {step}")
+        shutil.copytree(train_dir / "adapter", adapter.with_name("adapter.tmp"), dirs_exist_ok=True)
+        adapter.with_name("adapter.tmp").rename(adapter)
+    prompts = root / "curve" / "val_prompts.jsonl"
+    if not prompts.is_file() and int(cfg.curve.val_prompts) and (train_dir / "val_rows.jsonl").is_file():
+        call_decisions.write_prompts(train_dir / "val_rows.jsonl", prompts, int(cfg.curve.val_prompts))
+    # the scoring children take the model and decoding settings, not the training ones
+    common = [o for o in overrides if not o.lstrip("+~").startswith(("data", "train.", "optim.", "eval.", "predict."))]
+    cats = ",".join(cfg.curve.eval_categories)
+    _child(
+        [
+            "stage=eval",
+            *common,
+            f"model.lora_checkpoint={adapter}",
+            f"eval.categories=[{cats}]",
+            f"eval.subset_per_category={int(cfg.curve.subset_per_category)}",
+            f"hydra.run.dir={here / 'bfcl'}",
+        ],
+        f"BFCL subset at step {step}",
+    )
+    bfcl = json.loads((here / "bfcl" / "summary.json").read_text())
+    record = {
+        "step": step,
+        "rows_trained": step * int(cfg.train.batch_size) * int(cfg.train.grad_accum_steps),
+        "bfcl_subset": {c: round(100.0 * v["accuracy"], 2) for c, v in bfcl["categories"].items()},
+        "bfcl_subset_mean": _mean_accuracy(bfcl),
+        "decisions": None,
+    }
+    if prompts.is_file() and prompts.stat().st_size:
+        _child(
+            [
+                "stage=predict",
+                *common,
+                f"model.lora_checkpoint={adapter}",
+                f"predict.input_file={prompts}",
+                f"hydra.run.dir={here / 'val'}",
+            ],
+            f"held-out-tool decisions at step {step}",
+        )
+        rows = [json.loads(line) for line in prompts.read_text().splitlines() if line.strip()]
+        preds = [json.loads(line) for line in (here / "val" / "predictions.jsonl").read_text().splitlines() if line]
+        record["decisions"] = call_decisions.score(rows, preds)
+    write_json_atomic(here / "point.json", record)
+    return record
+
+
+def is_flat(records: list[dict], tolerance: float) -> bool:
+    """The subset mean moved less than `tolerance` points over each of the last two intervals."""
+    if len(records) < 3:
+        return False
+    a, b, c = (r["bfcl_subset_mean"] for r in records[-3:])
+    return abs(b - a) < tolerance and abs(c - b) < tolerance
+
+
+def run_learning_curve(cfg: DictConfig) -> float:
+    if cfg.data.get("pack_length"):
+        raise PipelineError("curve: rows trained are counted as steps x batch size; set data.pack_length=null")
+    root = _pipeline_root(cfg)
+    overrides = [o for o in _user_overrides() if not o.startswith("stage=")]
+    records, stopped_because = [], "until_steps"
+    for step in points(cfg):
+        done = root / "curve" / f"step_{step}" / "point.json"
+        records.append(json.loads(done.read_text()) if done.is_file() else _point(cfg, root, step, overrides))
+        _write_curve(root, cfg, records, None)
+        if cfg.curve.stop_when_flat and is_flat(records, float(cfg.curve.flat_points)):
+            stopped_because = "flat"
+            break
+    _write_curve(root, cfg, records, stopped_because)
+    return records[-1]["bfcl_subset_mean"]
+
+
+def _write_curve(root: Path, cfg: DictConfig, records: list[dict], stopped_because: str | None) -> None:
+    curve = {
+        "every_steps": int(cfg.curve.every_steps),
+        "batch_size": int(cfg.train.batch_size),
+        "subset_per_category": int(cfg.curve.subset_per_category),
+        "flat_points": float(cfg.curve.flat_points),
+        "stopped_because": stopped_because,  # null while running
+        "points": records,
+    }
+    write_json_atomic(root / CURVE_FILE, curve, indent=2)
+    try:
+        plot_learning_curve(curve, root / "learning_curve.png")
+    except Exception as e:  # noqa: BLE001 - a plot never loses the curve's numbers
+        print(f"warning: could not draw the learning curve: {e}", file=sys.stderr)

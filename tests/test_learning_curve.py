@@ -1,0 +1,226 @@
+"""The learning curve's parts: call-decision scoring on held-out tools, the curve's points and
+flatness rule, its plot, its config checks, train.stop_after_steps, and the data lineage an adapter
+carries into BFCL's summary (live scores of a model trained on SGD are labelled)."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from gemma_tool_use.evaluation import call_decisions as cd
+from gemma_tool_use.model import adapters
+from gemma_tool_use.orchestration import learning_curve as lc
+
+T = [{"name": "f", "description": "d", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}]
+
+
+def _row(i, calls, text=""):
+    return {
+        "tools": T,
+        "messages": [
+            {"role": "user", "content": f"q{i}"},
+            {"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {})},
+            {"role": "user", "content": "more"},
+        ],
+        "meta": {"source": "s", "row": str(i)},
+    }
+
+
+ONE = [{"name": "f", "args": {"x": 1}}]
+TWO = [{"name": "f", "args": {"x": 1}}, {"name": "f", "args": {"x": 2}}]
+
+
+def test_prompts_stop_before_the_first_model_turn_and_balance_the_kinds():
+    rows = [_row(i, ONE) for i in range(10)] + [_row(10 + i, TWO) for i in range(3)] + [_row(20, None, "no")]
+    prompts = cd.decision_prompts(rows, 6)
+    assert len(prompts) == 6 and all(p["messages"][-1]["role"] == "user" and len(p["messages"]) == 1 for p in prompts)
+    kinds = [cd._kind(p["gold"]) for p in prompts]
+    assert kinds == ["no_call", "one_call", "several_calls", "one_call", "several_calls", "one_call"]  # round robin
+    assert cd.decision_prompts(rows, 6) == prompts and cd.decision_prompts(rows, 6, seed=1) != prompts
+
+
+def test_decision_rates():
+    prompts = [{"gold": ONE}, {"gold": TWO}, {"gold": ONE}, {"gold": []}, {"gold": []}]
+    preds = [
+        {"line": 1, "tool_calls": ONE},  # exact
+        {"line": 2, "tool_calls": ONE},  # one call of two: count wrong
+        {"line": 3, "tool_calls": []},  # false refusal
+        {"line": 4, "tool_calls": ONE},  # false call
+        # line 5 missing: no prediction counts as no call (right here)
+    ]
+    s = cd.score(prompts, preds)
+    assert (s["calls_due"], s["no_call_due"]) == (3, 2)
+    assert s["false_refusal_rate"] == pytest.approx(33.33) and s["false_call_rate"] == 50.0
+    assert s["count_right_rate"] == pytest.approx(33.33) and s["exact_rate"] == pytest.approx(33.33)
+    assert s["by_gold_kind"]["several_calls"] == {"prompts": 1, "exact": 0, "false_refusal": 0}
+    reordered = cd.score([{"gold": TWO}], [{"line": 1, "tool_calls": TWO[::-1]}])
+    assert reordered["exact_rate"] == 100.0
+
+
+def test_write_prompts_from_val_rows(tmp_path):
+    rows = tmp_path / "val_rows.jsonl"
+    rows.write_text("".join(json.dumps(_row(i, ONE if i % 2 else None, "no")) + "\n" for i in range(8)))
+    n = cd.write_prompts(rows, tmp_path / "curve" / "p.jsonl", 5)
+    lines = (tmp_path / "curve" / "p.jsonl").read_text().splitlines()
+    assert n == len(lines) == 5 and {"tools", "messages", "gold", "id"} <= set(json.loads(lines[0]))
+
+
+def test_points_and_flatness():
+    cfg = OmegaConf.create({"curve": {"until_steps": None, "every_steps": 100}, "train": {"max_steps": 350}})
+    assert lc.points(cfg) == [100, 200, 300, 350]
+    cfg.curve.until_steps = 200
+    assert lc.points(cfg) == [100, 200]
+    recs = [{"bfcl_subset_mean": m} for m in (10.0, 20.0, 20.5)]
+    assert not lc.is_flat(recs, 1.0)
+    assert lc.is_flat([*recs, {"bfcl_subset_mean": 20.9}], 1.0)
+    assert not lc.is_flat(recs[:2], 100.0)  # two points are one interval
+
+
+def test_learning_curve_plot(tmp_path):
+    from gemma_tool_use.training.curves import plot_learning_curve
+
+    dec = {"false_refusal_rate": 10.0, "false_call_rate": 5.0, "count_right_rate": 60.0, "exact_rate": 30.0}
+    curve = {
+        "subset_per_category": 50,
+        "stopped_because": None,
+        "points": [
+            {
+                "rows_trained": 800 * k,
+                "bfcl_subset": {"simple_python": 40.0 + k},
+                "bfcl_subset_mean": 30.0,
+                "decisions": dec,
+            }
+            for k in (1, 2)
+        ],
+    }
+    out = plot_learning_curve(curve, tmp_path / "c.png")
+    assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["stage=eval", "curve=cpu"], "curve"),
+        (["stage=sft_full", "data=sft_full", "curve=cpu", "curve.every_steps=0"], "curve.every_steps"),
+        (["stage=sft_full", "data=sft_full", "curve=cpu", "curve.until_steps=100000"], "curve.until_steps"),
+        (["stage=sft_full", "data=sft_full", "train.stop_after_steps=0"], "train.stop_after_steps"),
+        (["stage=sft_full", "data=sft_broad", "+data.max_rows_per_source.nope=3"], "data.max_rows_per_source.nope"),
+    ],
+)
+def test_config_errors_name_the_key(overrides, key):
+    from hydra import compose, initialize_config_dir
+
+    from gemma_tool_use.config.checks import check_config
+    from gemma_tool_use.config.schema import register_configs
+    from gemma_tool_use.utils.errors import UserError
+    from gemma_tool_use.utils.paths import conf_dir
+
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        check_config(cfg)
+
+
+def test_stop_after_steps_ends_the_loop_not_the_schedule(tmp_path):
+    from gemma_tool_use.training.sft_loop import trainer_config
+
+    cfg = OmegaConf.create(
+        {
+            "train": {
+                "grad_accum_steps": 1,
+                "eval_every_steps": 10,
+                "max_steps": 500,
+                "stop_after_steps": 125,
+                "checkpoint_every_steps": 25,
+                "max_checkpoints_to_keep": 2,
+            },
+            "stage": {"name": "sft_full"},
+        }
+    )
+    assert trainer_config(cfg, tmp_path).max_steps == 125
+    cfg.train.stop_after_steps = None
+    assert trainer_config(cfg, tmp_path).max_steps == 500
+
+
+def test_adapter_lineage_labels_live_scores(tmp_path):
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / adapters.CONFIG).write_text(json.dumps({"trained_on": ["sgd/train", "snips/train"]}))
+    assert adapters.trained_on(a) == ["sgd/train", "snips/train"]
+    assert adapters.trained_on(tmp_path) == []  # no adapter/ under it
+    (tmp_path / "run" / "adapter").mkdir(parents=True)
+    (tmp_path / "run" / "adapter" / adapters.CONFIG).write_text(json.dumps({"trained_on": ["seal_tools/dev"]}))
+    assert adapters.trained_on(tmp_path / "run") == ["seal_tools/dev"]  # a run dir stands for its adapter
+    assert adapters.trained_on(None) == []
+    caveats = adapters.score_caveats(["sgd/train"])
+    assert set(caveats) == {
+        "live_simple",
+        "live_multiple",
+        "live_parallel",
+        "live_parallel_multiple",
+        "live_irrelevance",
+    }
+    assert "SGD" in caveats["live_multiple"] and adapters.score_caveats(["snips/train"]) == {}
+
+
+def test_results_table_marks_caveated_categories(tmp_path):
+    from gemma_tool_use.evaluation.bfcl_tables import write_bfcl_report
+
+    per = {c: {"accuracy": 0.5, "correct": 1, "total_count": 2} for c in ("simple_python", "live_simple")}
+    summary = {"model": "m", "categories": per, "aggregates": {}, "caveats": adapters.score_caveats(["sgd/train"])}
+    write_bfcl_report(tmp_path, summary)
+    text = (tmp_path / "results.md").read_text()
+    assert "live_simple *" in text and "simple_python *" not in text and "trained on SGD's domains" in text
+
+
+def test_tiny_curve_trains_in_slices_scores_each_and_resumes(tmp_path):
+    """The whole driver on the tiny model: two slices of one run, each adapter kept and scored on a
+    BFCL subset and on call decisions; a re-run finds every point done and trains nothing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = tmp_path / "curve_run"
+    tiny_val = Path(__file__).resolve().parents[1] / "gemma_tool_use" / "resources" / "data" / "tiny" / "val.jsonl"
+    assert cd.write_prompts(tiny_val, root / "curve" / "val_prompts.jsonl", 4) == 4
+    cmd = [
+        sys.executable,
+        "-m",
+        "gemma_tool_use",
+        "stage=sft_small",
+        "model=tiny",
+        "data=tiny",
+        "tracking=disabled",
+        "generation.max_new_tokens=4",
+        "train.max_steps=2",
+        "train.batch_size=2",
+        "train.checkpoint_every_steps=1",
+        "train.eval_every_steps=2",
+        "train.eval_batches=1",
+        "model.train_token_ids=[105,106]",
+        "curve=cpu",
+        "curve.every_steps=1",
+        "curve.subset_per_category=2",
+        "curve.eval_categories=[simple_python]",
+        f"hydra.run.dir={root}",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
+    r = subprocess.run(cmd, cwd=root.parents[0], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    curve = json.loads((root / "learning_curve.json").read_text())
+    assert [p["step"] for p in curve["points"]] == [1, 2] and curve["stopped_because"] == "until_steps"
+    assert [p["rows_trained"] for p in curve["points"]] == [2, 4]
+    for p in curve["points"]:
+        assert (
+            json.loads((root / "curve" / f"step_{p['step']}" / "adapter" / "adapter_config.json").read_text())["step"]
+            == p["step"]
+        )
+        assert set(p["bfcl_subset"]) == {"simple_python"} and p["decisions"]["prompts"] == 4
+    assert (root / "learning_curve.png").stat().st_size > 0
+    stamps = {f: f.stat().st_mtime_ns for f in [*root.glob("curve/step_*/point.json"), *root.glob("train/adapter/*")]}
+    again = subprocess.run(cmd, cwd=root.parents[0], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # nothing trained or scored again
+    assert json.loads((root / "learning_curve.json").read_text())["points"] == curve["points"]
