@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from gemma_tool_use.config.checks import check_config
 from gemma_tool_use.config.schema import TRAINING_STAGES, register_configs
+from gemma_tool_use.orchestration.learning_curve import CHILD_ENV as CURVE_CHILD_ENV
 from gemma_tool_use.orchestration.learning_curve import run_learning_curve
 from gemma_tool_use.orchestration.pipeline import run_pipeline
 from gemma_tool_use.orchestration.preflight import preflight
@@ -68,7 +69,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         check_config(cfg)  # values: ranges and agreement (pure)
         if cfg.get("pipeline") is not None:  # `pipeline=<recipe>`: each stage in its own process
             return run_pipeline(cfg)
-        if cfg.get("curve") is not None:  # `curve=<recipe>`: one SFT run in slices, scored after each
+        if cfg.get("curve") is not None and not os.environ.get(CURVE_CHILD_ENV):  # one SFT run in slices
             return run_learning_curve(cfg)
         preflight(cfg)  # the files and runs the config names: before JAX loads
         # Before JAX allocates: in training, glibc returns XLA's freed buffers (host_memory.py).

@@ -19,6 +19,7 @@ train.max_steps), or, with curve.stop_when_flat, once the subset's mean accuracy
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ from gemma_tool_use.training.curves import plot_learning_curve
 from gemma_tool_use.utils.files import write_json_atomic
 
 CURVE_FILE = "learning_curve.json"
+# Set for the curve's own children: a child whose config also names a curve (an experiment file
+# that sets curve.*) runs its stage, never a curve of its own.
+CHILD_ENV = "GTU_CURVE_CHILD"
 
 
 def _user_overrides() -> list[str]:
@@ -53,7 +57,11 @@ def points(cfg: DictConfig) -> list[int]:
 
 
 def _child(args: list[str], what: str) -> None:
-    code, seconds, _, stopped = _run_child([sys.executable, "-m", "gemma_tool_use", *args], what)
+    os.environ[CHILD_ENV] = "1"  # _run_child passes os.environ on
+    try:
+        code, seconds, _, stopped = _run_child([sys.executable, "-m", "gemma_tool_use", *args], what)
+    finally:
+        os.environ.pop(CHILD_ENV, None)
     if stopped:
         raise KeyboardInterrupt(stopped)
     if code != 0:
