@@ -58,6 +58,18 @@ class TrackingMode(_StrEnum):
     disabled = "disabled"  # no W&B at all; metrics.jsonl is still written
 
 
+# BFCL's non-live default set: what stage=eval, the pipeline and learning curves score unless told.
+DEFAULT_BFCL_CATEGORIES = (
+    "simple_python",
+    "simple_java",
+    "simple_javascript",
+    "multiple",
+    "parallel",
+    "parallel_multiple",
+    "irrelevance",
+)
+
+
 @dataclass
 class ArchConfig:
     """Gemma 3 architecture (mirrors tunix's ModelConfig fields)."""
@@ -228,17 +240,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    categories: list[str] = field(
-        default_factory=lambda: [
-            "simple_python",
-            "simple_java",
-            "simple_javascript",
-            "multiple",
-            "parallel",
-            "parallel_multiple",
-            "irrelevance",
-        ]
-    )
+    categories: list[str] = field(default_factory=lambda: list(DEFAULT_BFCL_CATEGORIES))
     limit: Optional[int] = None
     ids: list[str] = field(default_factory=list)
     # A fixed stratified subset: this many entries per category, the same ones on every run and
@@ -375,17 +377,7 @@ class PipelineConfig:
     # The start of the first stage: a stage dir, run dir, checkpoint or portable adapter dir.
     resume_from: Optional[str] = None
     baseline: bool = True  # BFCL of the start before the first stage
-    eval_categories: list[str] = field(
-        default_factory=lambda: [
-            "simple_python",
-            "simple_java",
-            "simple_javascript",
-            "multiple",
-            "parallel",
-            "parallel_multiple",
-            "irrelevance",
-        ]
-    )
+    eval_categories: list[str] = field(default_factory=lambda: list(DEFAULT_BFCL_CATEGORIES))
     # Per-stage BFCL on a fixed stratified subset (entries per category); null = full categories.
     eval_subset_per_category: Optional[int] = None
     final_full_eval: bool = False  # full-category BFCL of the final model (when the stages used a subset)
@@ -400,17 +392,7 @@ class CurveConfig:
     name: str = MISSING
     every_steps: int = 100
     until_steps: Optional[int] = None  # the last point (null: train.max_steps)
-    eval_categories: list[str] = field(
-        default_factory=lambda: [
-            "simple_python",
-            "simple_java",
-            "simple_javascript",
-            "multiple",
-            "parallel",
-            "parallel_multiple",
-            "irrelevance",
-        ]
-    )
+    eval_categories: list[str] = field(default_factory=lambda: list(DEFAULT_BFCL_CATEGORIES))
     subset_per_category: int = 50
     val_prompts: int = 300  # held-out-tool validation prompts scored for call decisions (0: none)
     # Stop once the subset's mean accuracy moved less than this (points) over two consecutive points.

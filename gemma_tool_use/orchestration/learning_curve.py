@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gemma_tool_use.evaluation import call_decisions
-from gemma_tool_use.orchestration.pipeline import PipelineError, _pipeline_root, _run_child
+from gemma_tool_use.orchestration.pipeline import PipelineError, _pipeline_root, _run_child, command_overrides
 from gemma_tool_use.training.curves import plot_learning_curve
 from gemma_tool_use.utils.files import write_json_atomic
 
@@ -38,15 +38,8 @@ CHILD_ENV = "GTU_CURVE_CHILD"
 
 
 def _user_overrides() -> list[str]:
-    """The command line's overrides for every child: all but the curve's own keys and Hydra's."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        task = list(HydraConfig.get().overrides.task)
-    except ValueError:  # outside a Hydra app
-        return []
-    own = ("curve", "hydra.", "train.stop_after_steps", "eval.run_after_training")
-    return [o for o in task if not o.lstrip("+~").startswith(own)]
+    """What goes to the children: all but the curve's own keys, the slice's stop and Hydra's."""
+    return command_overrides(("curve", "train.stop_after_steps", "eval.run_after_training", "stage="))
 
 
 def points(cfg: DictConfig) -> list[int]:
@@ -148,7 +141,7 @@ def run_learning_curve(cfg: DictConfig) -> float:
     if cfg.data.get("pack_length"):
         raise PipelineError("curve: rows trained are counted as steps x batch size; set data.pack_length=null")
     root = _pipeline_root(cfg)
-    overrides = [o for o in _user_overrides() if not o.startswith("stage=")]
+    overrides = _user_overrides()
     records, stopped_because = [], "until_steps"
     for step in points(cfg):
         done = root / "curve" / f"step_{step}" / "point.json"

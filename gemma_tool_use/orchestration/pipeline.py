@@ -54,17 +54,21 @@ class PipelineError(UserError, RuntimeError):
     """A stage failed, or the pipeline dir holds results of another start."""
 
 
-def _user_overrides() -> list[str]:
-    """The command line's overrides that go to every stage: all but the pipeline's own keys and
-    Hydra's (the stage dirs are the pipeline's)."""
+def command_overrides(own: tuple[str, ...]) -> list[str]:
+    """The command line's overrides for the child processes: all but those starting with `own`
+    (the orchestrator's own keys) and Hydra's."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
         task = list(HydraConfig.get().overrides.task)
     except ValueError:  # outside a Hydra app
         return []
-    own = ("pipeline", "hydra.", "stage=", "train.init_from")
-    return [o for o in task if not o.lstrip("+~").startswith(own)]
+    return [o for o in task if not o.lstrip("+~").startswith(("hydra.", *own))]
+
+
+def _user_overrides() -> list[str]:
+    """What goes to every stage: all but the pipeline's own keys and Hydra's (the stage dirs are the pipeline's)."""
+    return command_overrides(("pipeline", "stage=", "train.init_from"))
 
 
 def plan(cfg: DictConfig) -> list[dict]:
