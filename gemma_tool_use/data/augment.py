@@ -210,6 +210,8 @@ def join_same_tool(rows: list[dict], rng: random.Random) -> dict | None:
     if len({json.dumps(c[0]["args"], sort_keys=True) for c in calls}) < len(calls):
         return None  # the same call twice is not two requests
     queries = [next(m for m in r["messages"] if m["role"] == "user")["content"].strip() for r in rows]
+    # SNIPS-like requests have no closing punctuation: end each one so the joined text reads as sentences
+    queries = [q if q[-1:] in ".?!" else q + "." for q in queries]
     query = queries[0] + "".join(rng.choice(JOINERS) + q for q in queries[1:])
     tools, seen = [], set()
     for t in (t for r in rows for t in r["tools"]):

@@ -228,13 +228,14 @@ def mix_fingerprint(data_cfg, seed: int, tokenizer_source: str) -> str:
     from omegaconf import OmegaConf
 
     # version 2: cached cards carry the train_tokenized step; 3: one data-source framework (data/sources),
-    # one refusal text, jsonschema argument checks; 4: BFCL function names decontaminated, per-source caps
+    # one refusal text, jsonschema argument checks; 4: BFCL function names decontaminated, per-source caps;
+    # 5: join_same_tool ends each joined request with punctuation
     blob = json.dumps(
         {
             "data": OmegaConf.to_container(data_cfg, resolve=True),
             "seed": seed,
             "tokenizer": tokenizer_source,
-            "version": 4,
+            "version": 5,
         },
         sort_keys=True,
         default=str,
