@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from gemma_tool_use.evaluation import call_decisions
 from gemma_tool_use.orchestration.pipeline import PipelineError, _pipeline_root, _run_child, command_overrides
 from gemma_tool_use.training.curves import plot_learning_curve
-from gemma_tool_use.utils.files import write_json_atomic
+from gemma_tool_use.utils.files import read_jsonl, write_json_atomic
 
 CURVE_FILE = "learning_curve.json"
 # Set for the curve's own children: a child whose config also names a curve (an experiment file
@@ -122,9 +122,7 @@ def _point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict
             ],
             f"held-out-tool decisions at step {step}",
         )
-        rows = [json.loads(line) for line in prompts.read_text().splitlines() if line.strip()]
-        preds = [json.loads(line) for line in (here / "val" / "predictions.jsonl").read_text().splitlines() if line]
-        record["decisions"] = call_decisions.score(rows, preds)
+        record["decisions"] = call_decisions.score(read_jsonl(prompts), read_jsonl(here / "val" / "predictions.jsonl"))
     write_json_atomic(here / "point.json", record)
     return record
 
