@@ -191,7 +191,13 @@ def test_rewordings_and_name_styles_come_from_the_row_id(split_files):
     }
     assert v3["parameters"]["required"] == ["city_v3", "party_size_v3"]
     offered = [convert._row_tools(f"d{i}:0", [("Restaurants_1", "FindRestaurants")]) for i in range(60)]
-    called = {next(n["name"] for src, n in row if src["description"].endswith("Find a restaurant.")) for row in offered}
+    called = {next(n["name"] for key, src, n in row if key == ("Restaurants_1", "FindRestaurants")) for row in offered}
+    assert all(
+        src["description"].endswith("Find a restaurant.")
+        for row in offered
+        for key, src, _ in row
+        if key[1] == "FindRestaurants"
+    )
     assert {"find_restaurants", "FindRestaurants", "find_restaurants_v2", "FindRestaurantsV5"} <= called
     again = [convert._row_tools("d7:0", [("Restaurants_1", "FindRestaurants")]) for _ in range(2)]
     assert again[0] == again[1]

@@ -175,6 +175,11 @@ def _check_train(train: DictConfig) -> None:
         )
     if train.init_from is not None and not str(train.init_from).strip():
         _fail("train.init_from", "must be null or a run dir, checkpoint path or experiment name")
+    start = int(train.get("start_step") or 0)
+    if not 0 <= start < int(train.max_steps):
+        _fail("train.start_step", f"must be in [0, train.max_steps={train.max_steps}), got {start}")
+    if start and not train.init_from:
+        _fail("train.start_step", "needs train.init_from: the adapter the lost run saved at that step")
 
 
 def _check_seed(seed: int) -> None:
@@ -413,6 +418,8 @@ def check_config(cfg: DictConfig) -> None:
     _check_model(cfg.model, cfg.optim)
     _check_optim(cfg.optim)
     _check_train(cfg.train)
+    if cfg.train.get("start_step") and cfg.stage.name not in ("sft_small", "sft_full"):
+        _fail("train.start_step", f"takes up an SFT run; stage={cfg.stage.name} does not read it")
     _check_seed(cfg.seed)
     _check_eval(cfg.eval)
     _check_generation(cfg.generation, cfg.model.arch.num_embed)

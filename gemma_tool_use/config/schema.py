@@ -234,6 +234,10 @@ class TrainConfig:
     resume: bool = True
     # Weights to start from: a run dir / checkpoint path, or an experiment name; null = the base.
     init_from: Optional[str] = None
+    # Take up a run whose run dir (checkpoints, optimizer state) was lost, from the adapter it saved
+    # at this step (train.init_from=<that adapter>): the step count, the data order and the
+    # learning-rate schedule go on from here; only the optimizer's moments start afresh.
+    start_step: int = 0
     # After training: write merged weights as a Hugging Face checkpoint (<run dir>/merged_hf).
     export_merged: bool = False
 

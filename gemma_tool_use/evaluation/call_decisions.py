@@ -18,6 +18,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from gemma_tool_use.utils.files import read_jsonl
+
 
 def _kind(calls: list) -> str:
     return "no_call" if not calls else "one_call" if len(calls) == 1 else "several_calls"
@@ -50,7 +52,7 @@ def decision_prompts(rows: list[dict], limit: int, seed: int = 0) -> list[dict]:
 
 def write_prompts(rows_file: Path, out_file: Path, limit: int, seed: int = 0) -> int:
     """The prompts of a run's val_rows.jsonl as predict input (gold kept beside them); their count."""
-    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(rows_file)
     prompts = decision_prompts(rows, limit, seed)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))

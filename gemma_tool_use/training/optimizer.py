@@ -20,10 +20,15 @@ def learning_rate_schedule(optim_cfg, max_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
 
-def make_optimizer(optim_cfg, max_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    optim_cfg, max_steps: int, start_step: int = 0
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, schedule by run step). A run taken up at `start_step` (train.start_step) has a
+    fresh optimizer state whose count starts at 0, so its rate is read `start_step` steps on."""
     if optim_cfg.name != "adamw":
         raise ValueError(f"optim.name={optim_cfg.name!r}: only 'adamw' is supported")
     schedule = learning_rate_schedule(optim_cfg, max_steps)
+    by_count = (lambda count: schedule(count + start_step)) if start_step else schedule
 
     def chain(learning_rate):
         parts = [optax.adamw(learning_rate, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay)]
@@ -32,4 +37,4 @@ def make_optimizer(optim_cfg, max_steps: int) -> tuple[optax.GradientTransformat
         return optax.chain(*parts)
 
     # inject_hyperparams exposes the current learning rate in the optimizer state (logged).
-    return optax.inject_hyperparams(chain)(learning_rate=schedule), schedule
+    return optax.inject_hyperparams(chain)(learning_rate=by_count), schedule

@@ -63,7 +63,8 @@ def resumable_step(cfg, run_dir: Path) -> int | None:
 
 def build_trainer(cfg, model, run_dir: Path, tracker, throughput: Throughput):
     """(SftTrainer with the completion-only loss, its TrainingConfig, the lr schedule)."""
-    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.max_steps)
+    start_step = int(cfg.train.get("start_step") or 0)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.max_steps, start_step)
     training_config = trainer_config(cfg, run_dir)
     resume_step = resumable_step(cfg, run_dir)
     try:
@@ -73,7 +74,10 @@ def build_trainer(cfg, model, run_dir: Path, tracker, throughput: Throughput):
             training_config,
             metrics_logger=TrackerMetricsLogger(tracker, throughput),
             throughput=throughput,
+            start_step=start_step,
         )
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - the checkpoint reads back, so it is of another shape
         if resume_step is None:
             raise

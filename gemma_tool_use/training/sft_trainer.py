@@ -14,6 +14,7 @@ import dataclasses
 from tunix.sft import metrics_logger as tunix_metrics
 from tunix.sft import peft_trainer
 
+from gemma_tool_use.model.checkpoints import CheckpointError
 from gemma_tool_use.training.metrics import (
     Throughput,
     TrackerMetricsLogger,
@@ -41,18 +42,34 @@ class SftTrainer(peft_trainer.PeftTrainer):
     checkpoint's metadata), flushes each step's metrics as soon as they are complete, and ends
     with an evaluation of the final weights when the last step was not an eval step."""
 
-    def __init__(self, *args, throughput: Throughput, **kwargs):
+    def __init__(self, *args, throughput: Throughput, start_step: int = 0, **kwargs):
         super().__init__(*args, **kwargs)  # restores the latest checkpoint, if any
         self.throughput = throughput
+        self.start_step = start_step
         restored = self._restored_custom_metadata or {}
         throughput.tokens = int(restored.get("tokens_trained", 0))
         throughput.target_tokens = int(restored.get("target_tokens_trained", 0))
+        if self._train_steps and int(restored.get("start_step", 0)) != start_step:
+            # the optimizer's step count is offset by start_step: another offset misreads the schedule
+            raise CheckpointError(
+                f"checkpoint at step {self._train_steps} was taken with train.start_step="
+                f"{int(restored.get('start_step', 0))}, not {start_step}; keep the value the run began with"
+            )
+        if not self._train_steps and start_step:
+            # A run taken up from the adapter it saved at `start_step` (its checkpoints were lost):
+            # tunix counts steps from here and skips the batches already trained on.
+            accum = self.config.get_with_default("gradient_accumulation_steps", 1)
+            self._train_steps, self._iter_steps = start_step, start_step * accum
         self._eval_ds = None
         self._last_eval_step = None
         self._closing = False  # save_now / close: no stop may be raised from inside them
 
     def custom_checkpoint_metadata(self) -> dict:
-        return {"tokens_trained": self.throughput.tokens, "target_tokens_trained": self.throughput.target_tokens}
+        return {
+            "tokens_trained": self.throughput.tokens,
+            "target_tokens_trained": self.throughput.target_tokens,
+            "start_step": self.start_step,
+        }
 
     def _prepare_inputs(self, input_data):
         if self._mode == tunix_metrics.Mode.TRAIN:  # eval batches are not trained tokens

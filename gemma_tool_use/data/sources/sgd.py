@@ -181,8 +181,8 @@ class SgdConverter:
     def __init__(self, tools: dict[tuple[str, str], list[dict]]):
         self.tools = tools
 
-    def _row_tools(self, row_id: str, called: list[tuple[str, str]]) -> list[tuple[dict, dict]]:
-        """(source tool, named tool) pairs offered in a row, in a seeded order: the called intents,
+    def _row_tools(self, row_id: str, called: list[tuple[str, str]]) -> list[tuple[tuple[str, str], dict, dict]]:
+        """((service, intent), source tool, named tool) offered in a row, in a seeded order: the called intents,
         half the time one more intent of a called service, and 0-1 intent of another service.
         Few tools: an SGD intent's schema is ~200 tokens, and rows must fit data.max_length."""
         variant, style = _hash("variant", row_id.split(":")[0]) % VARIANTS, _hash("style", row_id) % 2
@@ -199,7 +199,7 @@ class SgdConverter:
             named = _named(self.tools[key][variant], style)
             if named["name"] not in names:
                 names.add(named["name"])
-                tools.append((self.tools[key][variant], named))
+                tools.append((key, self.tools[key][variant], named))
         order = sorted(range(len(tools)), key=lambda i: _hash("order", row_id, i))
         return [tools[i] for i in order]
 
@@ -209,11 +209,7 @@ class SgdConverter:
             (f["service"], f["service_call"]["method"]) for t in turns for f in t["frames"] if "service_call" in f
         ]
         tools = self._row_tools(row["id"], called)
-        by_key = {}
-        for key, variants in self.tools.items():
-            for source, named in tools:
-                if source in variants:
-                    by_key[key] = (source, named)
+        by_key = {key: (source, named) for key, source, named in tools}
         d = Dialogue(TODAY)
         for turn in turns:
             if turn["speaker"] == "USER":
@@ -237,7 +233,7 @@ class SgdConverter:
             d.model("", [{"name": named["name"], "args": args}])
             d.results(frame.get("service_results", [])[:RESULTS_KEPT])
             d.model(turn["utterance"])
-        return [named for _, named in tools], d.messages
+        return [named for _, _, named in tools], d.messages
 
 
 def load_split(source: str, paths: list[Path], report: LoadReport, strict: bool = False) -> list[dict]:
