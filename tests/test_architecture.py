@@ -39,8 +39,17 @@ FLOORS = {
 LAZY_IMPORTS_ALLOWED = ("stages/", "orchestration/stage_context.py")
 MAX_FUNCTION_LINES = 80
 # Exceptions that never reach the user as a CLI error: BFCL's decoder signal, a data row skipped
-# and counted, an HTTP 400 answer to a client.
-NOT_USER_ERRORS = {"DecodeError", "RowError", "RequestError", "_NumberTooLarge", "_TooDeep"}
+# and counted, an HTTP 4xx/5xx answer to a client (the front door's slow and idle connections too).
+NOT_USER_ERRORS = {
+    "DecodeError",
+    "RowError",
+    "RequestError",
+    "ShuttingDown",
+    "Idle",
+    "TooSlow",
+    "_NumberTooLarge",
+    "_TooDeep",
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -97,14 +97,16 @@ def _check_export(export) -> None:
 def _check_serve(serve, generation) -> None:
     if not 0 <= int(serve.port) <= 65535:
         _fail("serve.port", f"must be in [0, 65535] (0 = any free port), got {serve.port}")
-    for key in ("max_batch", "max_tokens_limit", "max_request_bytes"):
+    for key in ("max_batch", "max_tokens_limit", "max_request_bytes", "max_connections", "max_queue", "workers"):
         if int(serve[key]) < 1:
             _fail(f"serve.{key}", f"must be >= 1, got {serve[key]}")
-    if float(serve.batch_window_ms) < 0 or float(serve.request_timeout_s) <= 0:
-        _fail(
-            "serve.batch_window_ms" if float(serve.batch_window_ms) < 0 else "serve.request_timeout_s",
-            "must be >= 0 (window) / > 0 (timeout)",
-        )
+    if not float(serve.batch_window_ms) >= 0:  # also NaN
+        _fail("serve.batch_window_ms", f"must be >= 0, got {serve.batch_window_ms}")
+    for key in ("request_timeout_s", "read_timeout_s", "shutdown_grace_s"):
+        if not 0 < float(serve[key]) < float("inf"):
+            _fail(f"serve.{key}", f"must be a finite number of seconds > 0, got {serve[key]}")
+    if serve.api_key is not None and not str(serve.api_key).strip():
+        _fail("serve.api_key", "is empty: set a key, or null for none")
     if int(generation.max_new_tokens) > int(serve.max_tokens_limit):
         _fail(
             "generation.max_new_tokens",

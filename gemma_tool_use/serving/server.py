@@ -1,24 +1,16 @@
-"""An OpenAI-compatible HTTP server on the project's Generator (`stage=serve`).
-
-    POST /v1/chat/completions   tools in, tool_calls (or content) out; stream: true as SSE events
-    GET  /v1/models             the one served model
-    GET  /health                readiness and counters
+"""The model side of `stage=serve`: the batcher that runs every generation, and the chat logic
+that turns an OpenAI request into token ids and a generation back into an OpenAI answer. The HTTP
+side (connections, keys, timeouts, limits, the access log, shutdown) is serving/front_door.py.
 
 Concurrent requests are batched: a single generation thread takes every request that arrives
 within `serve.batch_window_ms` of the first (up to `serve.max_batch`), groups them by sampling
 settings and runs each group as one continuous-batching generation; each answer goes back as soon
 as its row finishes, not when the whole batch does. Requests that arrive meanwhile wait for the
-next round. The HTTP side is the standard library's threading server: one thread per connection,
-so slow clients never block generation.
+next round. A request waits on a future, never on a thread of its own.
 
 Tool choice: a request's grammar (tool_grammar.py) rides with it into the batch, one per row:
 every request under `generation.constrain=tools`, otherwise only those with `tool_choice`
 "required" or a named function, or with `strict` functions (ChatServer._grammar).
-
-Robustness: a bad request gets an OpenAI-style 4xx error body naming the field
-(openai_api.RequestError); an unexpected failure answers that request with a 500 whose
-message names the error (the traceback goes to the server log, not to the client), and the
-server keeps serving. Bodies over `serve.max_request_bytes` get 413 before they are read.
 
 Compiles: generation programs are keyed by (max_new_tokens bucket, temperature, top_p). A
 request's max_tokens is rounded up to a power of two (>= 32) for generation and the answer cut
@@ -28,14 +20,13 @@ server compiles a handful of programs, not one per distinct request.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from gemma_tool_use.format.parse import parse_model_output
@@ -60,13 +51,16 @@ class Job:
     params: SamplingParams
     grammar: str | None = None  # the tool-call grammar its tokens must follow (None: unconstrained)
     submitted: float = field(default_factory=time.perf_counter)
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Generation | None = None
-    error: BaseException | None = None
+    future: Future = field(default_factory=Future)  # its Generation, or the error that ended it
+
+
+class ShuttingDown(RequestError):
+    def __init__(self):
+        super().__init__("the server is shutting down; retry on another instance", status=503, code="shutting_down")
 
 
 class Batcher:
-    """One thread runs every generation; requests queue for it and wait for their own row."""
+    """One thread runs every generation; requests queue for it and wait on a future for their row."""
 
     def __init__(self, generate: Callable, max_batch: int, window_s: float):
         self.generate, self.max_batch, self.window_s = generate, int(max_batch), float(window_s)
@@ -76,22 +70,31 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self._thread.start()
 
-    def submit(
-        self, ids: list[int], params: SamplingParams, timeout_s: float, grammar: str | None = None
-    ) -> Generation:
+    def submit(self, ids: list[int], params: SamplingParams, grammar: str | None = None) -> Future:
+        """The request's future: its Generation, or an error (ShuttingDown once close() ran)."""
         job = Job(ids, params, grammar)
-        self.queue.put(job)
-        if not job.done.wait(timeout_s):
-            raise RequestError(
-                f"generation did not finish within serve.request_timeout_s={timeout_s:g}", status=503, code="timeout"
-            )
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[return-value]
+        if self._stop.is_set():
+            job.future.set_exception(ShuttingDown())
+        else:
+            self.queue.put(job)
+        return job.future
 
-    def close(self) -> None:
+    def fail_waiting(self) -> int:
+        """Answer every request still queued with ShuttingDown (shutdown past its grace); their count."""
+        failed = 0
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                return failed
+            failed += settle(job.future, error=ShuttingDown())
+
+    def close(self, wait_s: float = 5.0) -> None:
+        """Stop taking batches; requests still queued are answered ShuttingDown."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        self.fail_waiting()
+        self._thread.join(timeout=wait_s)
+        self.fail_waiting()  # anything queued while the thread finished its batch
 
     def _take_batch(self) -> list[Job]:
         try:
@@ -109,7 +112,8 @@ class Batcher:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            batch = self._take_batch()
+            # a request that timed out or was failed at shutdown before its turn costs no generation
+            batch = [job for job in self._take_batch() if not job.future.done()]
             if not batch:
                 continue
             self.stats["batches"] += 1
@@ -120,9 +124,7 @@ class Batcher:
             for params, jobs in groups.items():
 
                 def finish(gen: Generation, jobs=jobs) -> None:
-                    job = jobs[gen.index]
-                    job.result = gen
-                    job.done.set()
+                    settle(jobs[gen.index].future, result=gen)
 
                 try:
                     self.generate([j.ids for j in jobs], params, finish, [j.grammar for j in jobs])
@@ -130,10 +132,21 @@ class Batcher:
                     log.exception("generation failed for a batch of %d request(s)", len(jobs))
                     self.stats["errors"] += 1
                     for job in jobs:
-                        if not job.done.is_set():
-                            job.error = e
-                            job.done.set()
+                        settle(job.future, error=e)
                 self.stats["requests"] += len(jobs)
+
+
+def settle(future: Future, result=None, error: BaseException | None = None) -> int:
+    """Set a request's outcome once: a future already answered (failed at shutdown, then finished
+    by the generation in flight) keeps its first outcome. 1 if this call set it."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+        return 1
+    except Exception:  # noqa: BLE001 - InvalidStateError: answered already
+        return 0
 
 
 def _generation_budget(max_tokens: int) -> int:
@@ -141,8 +154,20 @@ def _generation_budget(max_tokens: int) -> int:
     return max(32, 1 << (int(max_tokens) - 1).bit_length())
 
 
+@dataclass
+class Prepared:
+    """A request ready for the batcher: its token ids, sampling settings and grammar."""
+
+    req: object  # openai_api.ChatRequest
+    ids: list[int]
+    params: SamplingParams
+    grammar: str | None
+    max_tokens: int
+
+
 class ChatServer:
-    """What the HTTP handler needs: the tokenizer, the batcher and the limits."""
+    """The chat logic the front door calls: prepare(body) -> token ids for the batcher, then
+    respond(prepared, generation) -> the OpenAI answer."""
 
     def __init__(
         self,
@@ -155,8 +180,6 @@ class ChatServer:
         default_max_tokens: int,
         max_tokens_limit: int,
         stop_ids: tuple[int, ...],
-        request_timeout_s: float,
-        max_request_bytes: int,
         constrain: str = "none",
     ):
         self.tokenizer, self.batcher, self.model_name = tokenizer, batcher, model_name
@@ -164,7 +187,6 @@ class ChatServer:
         self.render_kwargs = {} if system_prompt is None else {"system_prompt": system_prompt}
         self.max_prompt_len, self.default_max_tokens = int(max_prompt_len), int(default_max_tokens)
         self.max_tokens_limit, self.stop_ids = int(max_tokens_limit), tuple(stop_ids)
-        self.request_timeout_s, self.max_request_bytes = float(request_timeout_s), int(max_request_bytes)
         self.started = int(time.time())
 
     def _grammar(self, req) -> str | None:
@@ -186,8 +208,8 @@ class ChatServer:
             "data": [{"id": self.model_name, "object": "model", "created": self.started, "owned_by": "gemma_tool_use"}],
         }
 
-    def chat(self, body) -> tuple[dict | list[dict], bool]:
-        """(response object or stream events, is_stream) for a parsed JSON body; RequestError on bad input."""
+    def prepare(self, body) -> Prepared:
+        """A parsed JSON body, checked and rendered to token ids; RequestError on bad input."""
         req = parse_request(body, self.model_name)
         if req.model != self.model_name:
             raise RequestError(
@@ -223,7 +245,11 @@ class ChatServer:
             seed=0 if greedy or req.seed is None else int(req.seed) % (1 << 31),
             stop_ids=self.stop_ids,
         )
-        gen = self.batcher.submit(ids, params, self.request_timeout_s, self._grammar(req))
+        return Prepared(req, ids, params, self._grammar(req), max_tokens)
+
+    def respond(self, prep: Prepared, gen: Generation) -> tuple[dict | list[dict], bool, int]:
+        """(response object or stream events, is_stream, completion tokens) for a finished generation."""
+        req, max_tokens = prep.req, prep.max_tokens
         token_ids, stop_reason = gen.token_ids, gen.stop_reason
         if len(token_ids) > max_tokens:  # generated to the rounded-up budget: cut to the request's
             token_ids, stop_reason = token_ids[:max_tokens], "length"
@@ -236,90 +262,7 @@ class ChatServer:
             parsed.calls = []  # no tool offered (or tool_choice none): a call-shaped text is content
         message, finish = build_message(text.strip(), parsed, stop_reason)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
+        n_prompt, n_new = len(prep.ids), len(token_ids)
         if req.stream:
-            return completion_chunks(rid, req.model, message, finish, len(ids), len(token_ids), req.include_usage), True
-        return completion_response(rid, req.model, message, finish, len(ids), len(token_ids)), False
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: the openai client reuses connections
-    server_version = "gemma_tool_use"
-
-    @property
-    def app(self) -> ChatServer:
-        return self.server.app  # type: ignore[attr-defined]
-
-    def log_message(self, fmt, *args):  # the standard library prints every request to stderr
-        log.debug("%s %s", self.address_string(), fmt % args)
-
-    def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def _json(self, status: int, obj) -> None:
-        self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"))
-
-    def _error(self, e: RequestError) -> None:
-        self._json(e.status, e.body())
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "/v1/models":
-            self._json(200, self.app.models())
-        elif path == "/v1/models/" + self.app.model_name:
-            self._json(200, self.app.models()["data"][0])
-        elif path == "/health":
-            self._json(200, {"status": "ok", "model": self.app.model_name, **self.app.batcher.stats})
-        else:
-            self._error(RequestError(f"no route GET {path}", status=404, code="not_found"))
-
-    def do_POST(self):  # noqa: N802
-        path = self.path.split("?", 1)[0].rstrip("/")
-        try:
-            if path != "/v1/chat/completions":
-                raise RequestError(
-                    f"no route POST {path} (this server has /v1/chat/completions)", status=404, code="not_found"
-                )
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                raise RequestError("a Content-Length header is required", status=411)
-            if int(length) > self.app.max_request_bytes:
-                self.close_connection = True  # the body is not read: the connection cannot be reused
-                raise RequestError(
-                    f"request body of {length} bytes > serve.max_request_bytes={self.app.max_request_bytes}", status=413
-                )
-            raw = self.rfile.read(int(length))
-            try:
-                body = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-                raise RequestError(f"the request body is not valid JSON: {e}"[:300]) from None
-            result, stream = self.app.chat(body)
-            if stream:
-                events = "".join(f"data: {json.dumps(ev, ensure_ascii=False)}\n\n" for ev in result)
-                self._send(200, (events + "data: [DONE]\n\n").encode("utf-8"), "text/event-stream")
-            else:
-                self._json(200, result)
-        except RequestError as e:
-            self._error(e)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away; nothing to answer
-        except Exception as e:  # noqa: BLE001 - one request fails, the server stays up
-            log.exception("internal error on %s", path)
-            self._error(
-                RequestError(f"internal error: {type(e).__name__}: {e}"[:500], status=500, code="internal_error")
-            )
-
-    def do_PUT(self):  # noqa: N802
-        self._error(RequestError(f"method PUT not allowed on {self.path}", status=405, code="method_not_allowed"))
-
-    do_DELETE = do_PATCH = do_PUT
-
-
-def make_http_server(app: ChatServer, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), _Handler)
-    server.daemon_threads = True
-    server.app = app  # type: ignore[attr-defined]
-    return server
+            return completion_chunks(rid, req.model, message, finish, n_prompt, n_new, req.include_usage), True, n_new
+        return completion_response(rid, req.model, message, finish, n_prompt, n_new), False, n_new
