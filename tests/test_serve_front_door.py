@@ -190,6 +190,26 @@ def test_slow_requests_get_408_and_idle_connections_close_quietly(door):
     assert _read_all(s) == b"" and READ_TIMEOUT_S - 0.2 < time.monotonic() - t0 < READ_TIMEOUT_S + 5
 
 
+def test_malformed_http_gets_a_clean_answer_and_the_server_stays_up(door):
+    proc, url, addr, run_dir = door
+    auth = f"Authorization: Bearer {KEY}\r\n"
+    cases = {
+        b"HTTP/1.1 431": f"GET /v1/models HTTP/1.1\r\n{auth}X-Big: {'a' * 70_000}\r\n\r\n".encode(),
+        b"HTTP/1.1 411": f"POST /v1/chat/completions HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n".encode(),
+        b"HTTP/1.1 413": f"POST /v1/chat/completions HTTP/1.1\r\n{auth}Content-Length: 99999999\r\n\r\n".encode(),
+        b"HTTP/1.1 400": b"NONSENSE\r\n\r\n",
+        b"HTTP/1.1 505": b"GET / HTTP/2.0\r\n\r\n",
+    }
+    for status, data in cases.items():
+        s = _raw(addr, data)
+        try:
+            answer = _read_all(s)
+        except ConnectionResetError:
+            answer = b""
+        assert answer.startswith(status), (status, answer[:200])
+    assert _request(addr, "GET", "/health")[0] == 200
+
+
 def test_connections_over_the_bound_get_503_and_threads_stay_bounded(door):
     proc, url, addr, run_dir = door
     idle = [_raw(addr, b"") for _ in range(MAX_CONNECTIONS)]
