@@ -127,23 +127,47 @@ def start_server(args, run_dir: Path):
 
 
 def drill_idle(addr, args) -> dict:
+    """--idle silent connections held open while --clients normal requests are answered (after a
+    warm-up round, so that compiling is not what the idle connections wait through)."""
     t0 = time.monotonic()
-    idle = [socket.create_connection(addr, timeout=60) for _ in range(args.idle)]
+    with ThreadPoolExecutor(args.clients) as pool:
+        list(pool.map(lambda i: request(addr, "POST", "/v1/chat/completions", chat(i, 16)), range(args.clients)))
+    warmup_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    idle = [socket.create_connection(addr, timeout=120) for _ in range(args.idle)]
     opened_s = time.monotonic() - t0
+    seen, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.append(request(addr, "GET", "/health")[2])
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.monotonic()
     with ThreadPoolExecutor(args.clients) as pool:
         answers = list(
             pool.map(lambda i: request(addr, "POST", "/v1/chat/completions", chat(i, 16)), range(args.clients))
         )
-    health = request(addr, "GET", "/health")[2]
+    normal_s = time.monotonic() - t0
+    done.set()
+    watcher.join()
     for s in idle:
         s.close()
     return {
         "idle_connections": args.idle,
         "seconds_to_open": round(opened_s, 2),
+        "warmup_seconds": round(warmup_s, 1),
         "normal_requests": args.clients,
         "normal_answered_200": sum(a[0] == 200 for a in answers),
-        "seconds": round(time.monotonic() - t0, 1),
-        "health_while_idle": {k: health[k] for k in ("connections_open", "threads", "connections_refused")},
+        "normal_seconds": round(normal_s, 1),
+        "connections_open_while_answering": [
+            min(h["connections_open"] for h in seen),
+            max(h["connections_open"] for h in seen),
+        ],
+        "python_threads_max": max(h["threads"] for h in seen),
+        "connections_refused": seen[-1]["connections_refused"],
     }
 
 
@@ -227,6 +251,7 @@ def _soak_request(i: int, rnd: random.Random) -> tuple[str, dict]:
     return kind, {"body": body}
 
 
+PHASES = ["idle", "slow", "keys", "burst", "soak", "sigterm"]
 EXPECTED = {"valid": 200, "bad_json": 400, "unknown_model": 404, "wrong_key": 401, "too_long": 400}
 
 
@@ -317,9 +342,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--soak", type=int, default=1000)
     ap.add_argument("--slow-each", type=int, default=4)
-    ap.add_argument("--read-timeout", type=float, default=20.0)
+    ap.add_argument("--read-timeout", type=float, default=30.0)
     ap.add_argument("--max-queue", type=int, default=32)
     ap.add_argument("--sigterm-after", type=float, default=2.0)
+    ap.add_argument("--phases", nargs="+", choices=PHASES, default=PHASES, help="in this order")
     ap.add_argument("server_args", nargs="*", help="after --: overrides for stage=serve")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -329,29 +355,38 @@ def main() -> None:
     proc, addr = start_server(args, run_dir)
     sampler = Sampler(proc.pid)
     sampler.start()
-    report = {"server_args": args.server_args, "startup_s": round(time.monotonic() - t_start, 1)}
+    # a re-run of some phases (--phases) updates those in an earlier drill.json and keeps the rest
+    old = args.out / "drill.json"
+    report = json.loads(old.read_text()) if old.is_file() and args.phases != PHASES else {}
+    report.update(server_args=args.server_args, startup_s=round(time.monotonic() - t_start, 1))
+    phases = {
+        "idle": lambda: drill_idle(addr, args),
+        "slow": lambda: drill_slow(addr, args),
+        "keys": lambda: drill_keys(addr),
+        "burst": lambda: drill_burst(addr, args),
+        "soak": lambda: drill_soak(addr, args, run_dir),
+        "sigterm": lambda: drill_sigterm(proc, addr, args),
+    }
     try:
-        for name, fn in [
-            ("idle", lambda: drill_idle(addr, args)),
-            ("slow", lambda: drill_slow(addr, args)),
-            ("keys", lambda: drill_keys(addr)),
-            ("burst", lambda: drill_burst(addr, args)),
-            ("soak", lambda: drill_soak(addr, args, run_dir)),
-        ]:
+        for name in args.phases:
+            if name == "sigterm":
+                report["peak_before_sigterm"] = {
+                    "rss_mib": round(sampler.peak_rss_mib),
+                    "os_threads": sampler.peak_threads,
+                }
             print(f"[drill] {name} ...", flush=True)
-            report[name] = fn()
+            report[name] = {**phases[name](), "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             print(f"[drill] {name}: {json.dumps(report[name])}", flush=True)
-        report["peak_before_sigterm"] = {"rss_mib": round(sampler.peak_rss_mib), "os_threads": sampler.peak_threads}
-        print("[drill] sigterm ...", flush=True)
-        report["sigterm"] = drill_sigterm(proc, addr, args)
-        print(f"[drill] sigterm: {json.dumps(report['sigterm'])}", flush=True)
     finally:
         sampler.stop.set()
         if proc.poll() is None:
-            proc.kill()
-    report["peak"] = {"rss_mib": round(sampler.peak_rss_mib), "os_threads": sampler.peak_threads}
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+    peak = {"rss_mib": round(sampler.peak_rss_mib), "os_threads": sampler.peak_threads}
+    report["peak" if args.phases == PHASES else "peak_rerun_" + "_".join(args.phases)] = peak
     (args.out / "drill.json").write_text(json.dumps(report, indent=2) + "\n")
-    shutil.copy(run_dir / "access.jsonl", args.out / "access.jsonl")
+    if args.phases == PHASES:
+        shutil.copy(run_dir / "access.jsonl", args.out / "access.jsonl")
     print(json.dumps(report, indent=2))
 
 
