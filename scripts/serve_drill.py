@@ -28,7 +28,6 @@ import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -36,7 +35,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+
+from gemma_tool_use.serving.front_door import API_KEY_ENV  # noqa: E402
+from gemma_tool_use.serving.process import host_port, start_server  # noqa: E402
+
 KEY = "sk-drill-" + os.urandom(6).hex()
 TOOLS = [
     {
@@ -98,32 +101,16 @@ def chat(i: int, max_tokens: int) -> dict:
     }
 
 
-def start_server(args, run_dir: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    env["GEMMA_TOOL_USE_API_KEY"] = KEY
-    cmd = [
-        sys.executable,
-        "-m",
-        "gemma_tool_use",
-        "stage=serve",
-        "tracking=disabled",
-        "serve.port=0",
+def start(args, run_dir: Path):
+    overrides = [
         "serve.model_name=drill",
         f"serve.read_timeout_s={args.read_timeout}",
         f"serve.max_queue={args.max_queue}",
-        f"hydra.run.dir={run_dir}",
         *args.server_args,
     ]
-    log = (run_dir.parent / "server_stdout.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 900
-    while not (run_dir / "server.json").is_file():
-        if proc.poll() is not None or time.time() > deadline:
-            raise SystemExit(f"server did not start; see {log.name}")
-        time.sleep(0.5)
-    url = json.loads((run_dir / "server.json").read_text())["url"]
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    return proc, (host, int(port))
+    log = run_dir.parent / "server_stdout.log"
+    proc, url = start_server(overrides, run_dir, env_extra={API_KEY_ENV: KEY}, log_file=log)
+    return proc, host_port(url)
 
 
 def drill_idle(addr, args) -> dict:
@@ -352,7 +339,7 @@ def main() -> None:
     run_dir = args.out / "server_run"
     shutil.rmtree(run_dir, ignore_errors=True)
     t_start = time.monotonic()
-    proc, addr = start_server(args, run_dir)
+    proc, addr = start(args, run_dir)
     sampler = Sampler(proc.pid)
     sampler.start()
     # a re-run of some phases (--phases) updates those in an earlier drill.json and keeps the rest

@@ -18,7 +18,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,7 +26,9 @@ from pathlib import Path
 
 import openai
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+
+from gemma_tool_use.serving.process import host_port, start_server  # noqa: E402
 
 
 def fn(name, desc, props, required):
@@ -66,38 +67,8 @@ CASES = [
 ]
 
 
-def start_server(overrides: list[str], run_dir: Path) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gemma_tool_use",
-            "stage=serve",
-            "tracking=disabled",
-            "serve.port=0",
-            "serve.model_name=served",
-            f"hydra.run.dir={run_dir}",
-            *overrides,
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 900
-    while not (run_dir / "server.json").is_file():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise SystemExit(f"server did not start:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.5)
-    return proc, json.loads((run_dir / "server.json").read_text())["url"]
-
-
 def health(url: str) -> dict:
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn = http.client.HTTPConnection(*host_port(url), timeout=60)
     conn.request("GET", "/health")
     return json.loads(conn.getresponse().read())
 
@@ -211,7 +182,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    proc, url = start_server(args.overrides, Path(tempfile.mkdtemp(prefix="serve_load_")))
+    run_dir = Path(tempfile.mkdtemp(prefix="serve_load_"))
+    proc, url = start_server(["serve.model_name=served", *args.overrides], run_dir)
     load_s = time.time() - t_start
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900)
     # warm-up: compile the programs before timing (one request per prompt bucket is enough here)

@@ -39,7 +39,8 @@ FLOORS = {
 LAZY_IMPORTS_ALLOWED = ("stages/", "orchestration/stage_context.py")
 MAX_FUNCTION_LINES = 80
 # Exceptions that never reach the user as a CLI error: BFCL's decoder signal, a data row skipped
-# and counted, an HTTP 4xx/5xx answer to a client (the front door's slow and idle connections too).
+# and counted, an HTTP 4xx/5xx answer to a client (the front door's slow and idle connections too), a
+# server child that scripts and tests start.
 NOT_USER_ERRORS = {
     "DecodeError",
     "RowError",
@@ -47,6 +48,7 @@ NOT_USER_ERRORS = {
     "ShuttingDown",
     "Idle",
     "TooSlow",
+    "ServerDidNotStart",
     "_NumberTooLarge",
     "_TooDeep",
 }

@@ -4,12 +4,8 @@ in a slow test: a correct tool call)."""
 
 import http.client
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 
 import openai
 import pytest
@@ -17,6 +13,7 @@ import pytest
 from gemma_tool_use.format.parse import parse_model_output
 from gemma_tool_use.generation.tool_grammar import ToolChoice
 from gemma_tool_use.serving.openai_api import RequestError, apply_stop, build_message, parse_request
+from gemma_tool_use.serving.process import STDOUT_LOG, ServerDidNotStart, host_port, start_server
 
 from conftest import REPO
 
@@ -218,38 +215,19 @@ def test_model_text_becomes_tool_calls_or_content():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    overrides = [
+        "model=tiny",
+        "serve.model_name=tiny-tools",
+        "serve.batch_window_ms=200",
+        "generation.max_new_tokens=8",
+        "generation.max_prompt_len=512",
+    ]
     run_dir = tmp_path_factory.mktemp("serve")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gemma_tool_use",
-            "stage=serve",
-            "model=tiny",
-            "tracking=disabled",
-            "serve.port=0",
-            "serve.model_name=tiny-tools",
-            "serve.batch_window_ms=200",
-            "generation.max_new_tokens=8",
-            "generation.max_prompt_len=512",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    info = run_dir / "server.json"
-    deadline = time.time() + 300
-    while not info.is_file():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.5)
-    url = json.loads(info.read_text())["url"]
-    yield proc, url
+    try:
+        proc, url = start_server(overrides, run_dir, timeout_s=300)
+    except ServerDidNotStart as e:
+        pytest.fail(str(e))
+    yield proc, url, run_dir
     if proc.poll() is None:
         proc.kill()
 
@@ -259,7 +237,7 @@ def _client(url):
 
 
 def test_openai_client_talks_to_the_server(server):
-    proc, url = server
+    proc, url, run_dir = server
     client = _client(url)
     assert [m.id for m in client.models.list().data] == ["tiny-tools"]
     r = client.chat.completions.create(
@@ -312,7 +290,7 @@ def test_openai_client_talks_to_the_server(server):
     with pytest.raises(openai.BadRequestError, match="context limit"):
         client.chat.completions.create(model="tiny-tools", messages=[{"role": "user", "content": "word " * 600}])
     # raw HTTP: broken JSON, unknown route, wrong method; the server answers each and stays up
-    host, port = url.split("//")[1].split("/")[0].split(":")
+    host, port = host_port(url)
     for method, path, body, status in [
         ("POST", "/v1/chat/completions", b"{not json", 400),
         ("GET", "/v1/nothing", None, 404),
@@ -327,7 +305,7 @@ def test_openai_client_talks_to_the_server(server):
 
 
 def test_concurrent_requests_are_batched_and_none_is_dropped(server):
-    proc, url = server
+    proc, url, run_dir = server
     client = _client(url)
     questions = [f"Weather in city number {i}?" for i in range(12)]
     answers, errors = {}, []
@@ -360,48 +338,25 @@ def test_concurrent_requests_are_batched_and_none_is_dropped(server):
 
 
 def _health(url):
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn = http.client.HTTPConnection(*host_port(url), timeout=60)
     conn.request("GET", "/health")
     return json.loads(conn.getresponse().read())
 
 
 def test_sigterm_stops_the_server_cleanly(server):
-    proc, url = server
+    proc, url, run_dir = server
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
-    assert '"requests"' in proc.stdout.read()  # the final counters were logged
+    assert '"requests"' in (run_dir / STDOUT_LOG).read_text()  # the final counters were logged
 
 
 @pytest.mark.slow
 def test_tuned_model_answers_the_openai_client_with_a_correct_tool_call(tmp_path):
     adapter = REPO / "experiments" / "grpo_from_sft_short" / "start_adapter"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gemma_tool_use",
-            "stage=serve",
-            "model=gemma3_270m",
-            f"model.lora_checkpoint={adapter}",
-            "tracking=disabled",
-            "serve.port=0",
-            "serve.model_name=tuned",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    overrides = ["model=gemma3_270m", f"model.lora_checkpoint={adapter}", "serve.model_name=tuned"]
+    proc, url = start_server(overrides, tmp_path, timeout_s=600)
     try:
-        deadline = time.time() + 600
-        while not (tmp_path / "server.json").is_file():
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-            time.sleep(1)
-        client = _client(json.loads((tmp_path / "server.json").read_text())["url"])
+        client = _client(url)
         r = client.chat.completions.create(
             model="tuned",
             tools=[WEATHER],

@@ -4,11 +4,8 @@ thread count, the access log, and SIGTERM under load."""
 
 import http.client
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,8 +13,7 @@ import openai
 import pytest
 
 from gemma_tool_use.serving.front_door import API_KEY_ENV, exposure_warning
-
-from conftest import REPO
+from gemma_tool_use.serving.process import ServerDidNotStart, host_port, start_server
 
 KEY = "sk-test-7f3a"
 READ_TIMEOUT_S = 2.0
@@ -72,43 +68,22 @@ def test_front_door_settings_are_checked(override, key):
 @pytest.fixture(scope="module")
 def door(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("door")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYDRA_", "WANDB_"))}
-    env[API_KEY_ENV] = KEY  # the key from the environment: never in the run's saved config
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gemma_tool_use",
-            "stage=serve",
-            "model=tiny",
-            "tracking=disabled",
-            "serve.port=0",
-            "serve.model_name=tiny-tools",
-            "serve.batch_window_ms=1500",  # requests wait together: the queue bound is reached
-            f"serve.read_timeout_s={READ_TIMEOUT_S}",
-            f"serve.max_connections={MAX_CONNECTIONS}",
-            f"serve.max_queue={MAX_QUEUE}",
-            "serve.shutdown_grace_s=1",
-            "generation.max_new_tokens=8",
-            "generation.max_prompt_len=512",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    info = run_dir / "server.json"
-    deadline = time.time() + 300
-    while not info.is_file():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.3)
-    url = json.loads(info.read_text())["url"]
-    host, port = url.split("//")[1].split("/")[0].split(":")
-    yield proc, url, (host, int(port)), run_dir
+    overrides = [
+        "model=tiny",
+        "serve.model_name=tiny-tools",
+        "serve.batch_window_ms=1500",  # requests wait together: the queue bound is reached
+        f"serve.read_timeout_s={READ_TIMEOUT_S}",
+        f"serve.max_connections={MAX_CONNECTIONS}",
+        f"serve.max_queue={MAX_QUEUE}",
+        "serve.shutdown_grace_s=1",
+        "generation.max_new_tokens=8",
+        "generation.max_prompt_len=512",
+    ]
+    try:  # the key from the environment: never in the run's saved config
+        proc, url = start_server(overrides, run_dir, env_extra={API_KEY_ENV: KEY}, timeout_s=300)
+    except ServerDidNotStart as e:
+        pytest.fail(str(e))
+    yield proc, url, host_port(url), run_dir
     if proc.poll() is None:
         proc.kill()
 
