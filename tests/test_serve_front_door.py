@@ -11,6 +11,7 @@ import time
 
 import openai
 import pytest
+from test_serve import WEATHER
 
 from gemma_tool_use.serving.front_door import API_KEY_ENV, exposure_warning
 from gemma_tool_use.serving.process import ServerDidNotStart, host_port, start_server
@@ -20,14 +21,6 @@ READ_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 24
 MAX_QUEUE = 3
 MARKER = "zebra-marker-4411"  # a prompt word that must never reach the access log
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def test_exposure_warning_only_for_a_non_loopback_host_without_a_key():
