@@ -139,15 +139,15 @@ def test_resume_after_kill_continues_the_same_curve(full_run, tmp_path):
     assert summary["final_train_loss"] == pytest.approx(train_losses(read_metrics(tmp_path))[STEPS])
 
 
-def test_start_step_takes_up_a_lost_run_from_the_adapter_it_saved(full_run, tmp_path):
+def test_start_step_takes_up_a_lost_run_from_the_weights_it_saved(full_run, tmp_path):
     """train.start_step: a run whose run dir was lost (checkpoints, optimizer state) goes on from the
-    adapter it saved at step k, with the same step count, data order and learning rate; only Adam's
-    moments start afresh, so step k+1 (computed before any update) repeats the full run's loss."""
-    k, first, taken_up = 6, tmp_path / "first", tmp_path / "taken_up"
-    r = run_cli(*COMMON, f"train.stop_after_steps={k}", f"hydra.run.dir={first}", "tracking=disabled")
-    assert r.returncode == 0, r.stderr[-4000:]
-    resume = [*COMMON, f"train.init_from={first / 'adapter'}", "tracking=disabled", f"hydra.run.dir={taken_up}"]
-    r = run_cli(*resume, f"train.start_step={k}")
+    weights it saved at step k (here its step-9 checkpoint; a committed adapter works the same),
+    with the same step count, data order and learning rate; only Adam's moments start afresh, so
+    step k+1 (computed before any update) repeats the full run's loss."""
+    k, taken_up = 9, tmp_path / "taken_up"
+    assert (full_run / "checkpoints" / str(k)).is_dir()
+    resume = [*COMMON, f"train.init_from={full_run / 'checkpoints' / str(k)}", "tracking=disabled"]
+    r = run_cli(*resume, f"train.start_step={k}", f"hydra.run.dir={taken_up}")
     assert r.returncode == 0, r.stderr[-4000:]
     assert json.loads((taken_up / "adapter" / "adapter_config.json").read_text())["step"] == STEPS
     records, full = read_metrics(taken_up), read_metrics(full_run)
@@ -158,8 +158,8 @@ def test_start_step_takes_up_a_lost_run_from_the_adapter_it_saved(full_run, tmp_
     full_lr = {rec["step"]: rec["train/learning_rate"] for rec in full if "train/learning_rate" in rec}
     assert lr and all(lr[s] == pytest.approx(full_lr[s]) for s in lr), (lr, full_lr)
     # its checkpoints remember the offset: resuming them with another start_step is refused
-    r = run_cli(*resume, "train.start_step=3")
-    assert r.returncode != 0 and "train.start_step=6" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    r = run_cli(*resume, "train.start_step=3", f"hydra.run.dir={taken_up}")
+    assert r.returncode != 0 and f"train.start_step={k}" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
 def test_sigterm_saves_the_current_step_and_final_metrics_describe_the_final_weights(tmp_path):
