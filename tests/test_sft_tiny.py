@@ -180,6 +180,8 @@ def test_sigterm_saves_the_current_step_and_final_metrics_describe_the_final_wei
     steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     done = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
     assert steps and max(steps) == max(done) >= 2, (steps, done)
+    # and the portable adapter of the steps done, to commit or take up elsewhere
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["step"] == max(steps)
 
     r = run_cli(*common)
     assert r.returncode == 0, r.stderr[-4000:]

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 from gemma_tool_use.orchestration import stage_context
 from gemma_tool_use.orchestration.runs import adopt_start_model, resolve_init_from
 from gemma_tool_use.orchestration.stage_context import StageContext, open_stage, open_tracker
+from gemma_tool_use.utils.interrupt import signals_ignored
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,29 @@ def run(cfg: DictConfig) -> float:
                         "data/no_call_share": data_card["no_call_share"]["train_tokenized"],
                     }
                 )
-            summary = train_sft(
-                cfg, model, train_set, val_set, ctx.run_dir, ctx.tracker, own_dir=own_dir, proc=proc, nproc=nproc
-            )
+            try:
+                summary = train_sft(
+                    cfg, model, train_set, val_set, ctx.run_dir, ctx.tracker, own_dir=own_dir, proc=proc, nproc=nproc
+                )
+            except KeyboardInterrupt as e:
+                _keep_adapter_of_a_stopped_run(ctx, model, getattr(e, "stopped_at_step", None), proc)
+                raise
             if cfg.model.lora.enabled:
                 summary["adapter"] = stage_context.export_trained_adapter(ctx, model, summary["steps"], write=proc == 0)
             if nproc > 1 and not _process_zero_goes_on(cfg, ctx.run_dir, proc, nproc, summary["steps"]):
                 return _objective(summary)
             _finish(ctx, model, summary)
     return _objective(summary)
+
+
+def _keep_adapter_of_a_stopped_run(ctx: StageContext, model, step: int | None, proc: int) -> None:
+    """A stopped run's portable adapter at the step it reached: a few MB that can be committed and
+    taken up elsewhere (train.start_step) if the run dir and its checkpoints are lost."""
+    if not step or not ctx.cfg.model.lora.enabled:
+        return
+    with signals_ignored():  # a second Ctrl-C must not tear the adapter files
+        stage_context.export_trained_adapter(ctx, model, step, write=proc == 0)
+    log.warning("wrote %s/adapter at step %d (the steps done so far)", ctx.run_dir, step)
 
 
 def _objective(summary: dict) -> float:

@@ -130,6 +130,7 @@ def train_sft(
             trainer.train_steps,
             run_dir,
         )
+        e.stopped_at_step = trainer.train_steps  # the stage writes the portable adapter of these steps
         raise
     train_seconds = time.time() - t_train
     trainer.metrics_logger.flush()
