@@ -163,3 +163,42 @@ def test_mean_reward_rises_on_a_learnable_toy_reward_sampling_the_current_policy
     rewards = [r["reward/total_mean"] for r in records]
     first, last = np.mean(rewards[:4]), np.mean(rewards[-4:])
     assert last > first + 0.1, rewards
+
+
+def test_groups_to_train_takes_the_first_with_spread_up_to_the_limit():
+    from gemma_tool_use.training.grpo.grpo_loop import groups_to_train
+
+    flat = np.array([True, False, True, False, False, False])
+    assert groups_to_train(flat, 2, True).tolist() == [False, True, False, True, False, False]
+    assert groups_to_train(flat, 6, True).tolist() == (~flat).tolist()
+    assert groups_to_train(flat, 2, False).tolist() == [True, True, False, False, False, False]
+    assert not groups_to_train(np.ones(3, bool), 2, True).any()  # all flat: nothing to train
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["grpo.draw_prompts_per_step=1"], ["grpo.draw_prompts_per_step=4", "grpo.drop_zero_variance_groups=false"]],
+)
+def test_draw_prompts_per_step_is_checked(overrides):
+    from gemma_tool_use.config.checks import check_config
+    from gemma_tool_use.utils.errors import UserError
+
+    with pytest.raises(UserError, match=r"grpo\.draw_prompts_per_step"):
+        check_config(compose(overrides))
+
+
+def test_dynamic_sampling_draws_more_prompts_and_trains_at_most_prompts_per_step_groups(tmp_path, tokenizer):
+    """grpo.draw_prompts_per_step=4 with prompts_per_step=2: 4 groups rolled out per step, at most 2
+    (with reward spread) in each update."""
+    summary, records, _ = run_loop(
+        tmp_path,
+        tokenizer,
+        ["train.max_steps=2", "grpo.draw_prompts_per_step=4", "grpo.max_new_tokens=4", "grpo.probe_size=2"],
+        [("ascii", 1.0, ascii_share)],
+    )
+    assert summary["groups"] == 8 and summary["groups_trained"] <= 4
+    assert [r["groups/trained"] for r in records] and all(r["groups/trained"] <= 2 for r in records)
+    assert summary["groups_trained"] == sum(r["groups/trained"] for r in records)
+    # each update took min(2, the groups with spread among the 4 drawn)
+    spread = [round(4 * (1 - r["groups/zero_variance_share"])) for r in records]
+    assert [r["groups/trained"] for r in records] == [min(2, n) for n in spread]

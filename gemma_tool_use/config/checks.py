@@ -321,6 +321,17 @@ def _check_grpo(grpo: DictConfig) -> None:
             "grpo.num_generations",
             f"must be >= 2 (a group's advantages compare its completions), got {grpo.num_generations}",
         )
+    draw = grpo.get("draw_prompts_per_step")
+    if draw is not None and draw < grpo.prompts_per_step:
+        _fail(
+            "grpo.draw_prompts_per_step",
+            f"must be null or >= grpo.prompts_per_step={grpo.prompts_per_step}, got {draw}",
+        )
+    if draw is not None and draw > grpo.prompts_per_step and not grpo.drop_zero_variance_groups:
+        _fail(
+            "grpo.draw_prompts_per_step",
+            "draws extra prompts to replace flat groups: needs grpo.drop_zero_variance_groups=true",
+        )
     _positive("grpo.beta", grpo.beta, allow_zero=True)
     _positive("grpo.micro_batch_size", grpo.micro_batch_size, allow_zero=True)
     _positive("grpo.samples_to_log", grpo.samples_to_log, allow_zero=True)

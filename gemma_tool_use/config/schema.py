@@ -331,7 +331,11 @@ class GrpoConfig:
     checkpoints and the starting SFT run (`train.init_from`, required) come from train/optim."""
 
     num_generations: int = 4  # G completions per prompt (a group)
-    prompts_per_step: int = 2
+    prompts_per_step: int = 2  # groups an update trains on (at most)
+    # Prompts rolled out per step (null: prompts_per_step). More than prompts_per_step is DAPO's
+    # dynamic sampling: the update takes the first prompts_per_step groups whose rewards differ, so
+    # flat groups (no gradient) are replaced instead of shrinking the update.
+    draw_prompts_per_step: Optional[int] = None
     num_iterations: int = 1  # mu: policy updates per rollout batch (1: ratio 1, no clipping)
     # Rows per forward/backward: one update accumulates the gradients of the kept rows in
     # micro-batches of this many (0: all P x G rows at once). Memory, not maths: same update.

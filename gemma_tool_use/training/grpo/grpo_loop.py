@@ -107,6 +107,7 @@ class GrpoLoop:
         self.cfg, self.g, self.model, self.prompt_set, self.probe = cfg, g, model, prompt_set, probe
         self.reward_fns, self.run_dir, self.tracker = reward_fns, run_dir, tracker
         self.G, self.P, self.max_steps = int(g.num_generations), int(g.prompts_per_step), int(cfg.train.max_steps)
+        self.D = int(g.get("draw_prompts_per_step") or self.P)  # prompts rolled out per step
         # The KL reference is the starting policy: its adapters, copied before any GRPO state is restored.
         self.reference = jax.tree.map(jnp.copy, nnx.state(model, nnx.LoRAParam)) if g.beta > 0 else None
         tx, self.schedule = make_optimizer(cfg.optim, self.max_steps)
@@ -132,7 +133,7 @@ class GrpoLoop:
             model,
             tokenizer,
             gen_cfg,
-            batch_size=max(int(gen_cfg.batch_size), self.P * self.G),
+            batch_size=max(int(gen_cfg.batch_size), self.D * self.G),
             max_prompt_len=int(g.max_prompt_len),
             overlength="skip",
             refill=False,
@@ -181,7 +182,7 @@ class GrpoLoop:
 
     def sample(self, step: int):
         """This step's prompts and G completions each from the current policy."""
-        prompts = step_prompts(self.prompt_set, step, self.P, float(self.g.no_call_share), int(self.cfg.seed))
+        prompts = step_prompts(self.prompt_set, step, self.D, float(self.g.no_call_share), int(self.cfg.seed))
         self.generator.sync(self.model)  # sample from the weights the last update wrote
         g = self.g
         params = SamplingParams(
@@ -242,7 +243,8 @@ class GrpoLoop:
         total = terms["total"]
         adv = np.asarray(grpo.group_advantages(jnp.asarray(total), self.G, str(self.g.advantage)), np.float32)
         flat = np.asarray(grpo.zero_variance_groups(jnp.asarray(total), self.G), bool)
-        keep = np.repeat(~flat if self.g.drop_zero_variance_groups else np.ones_like(flat), self.G)
+        trained = groups_to_train(flat, self.P, bool(self.g.drop_zero_variance_groups))
+        keep = np.repeat(trained, self.G)
         batches = self.micro_batches(prompts, comps, adv, keep)
         aux_means = self.update(batches)
         update_s = time.time() - t1
@@ -252,9 +254,11 @@ class GrpoLoop:
         self.counters["generated_tokens"] += new_tokens
         self.counters["zero_variance_groups"] += int(flat.sum())
         self.counters["groups"] += len(flat)
+        self.counters["groups_trained"] += int(trained.sum())
         rec = step_record(prompts, comps, terms, aux_means)
         rec |= {
             "groups/zero_variance_share": float(flat.mean()),
+            "groups/trained": int(trained.sum()),
             "train/learning_rate": float(self.schedule(step)),
             "time/rollout_s": rollout_s,
             "time/update_s": update_s,
@@ -277,7 +281,7 @@ class GrpoLoop:
     def log_samples(self, step: int, prompts, comps, adv, terms) -> None:
         """The first completion of the first groups, with its rewards, to samples.jsonl."""
         with self.samples_path.open("a", encoding="utf-8") as f:
-            for k in range(0, min(int(self.g.samples_to_log), self.P) * self.G, self.G):
+            for k in range(0, min(int(self.g.samples_to_log), self.D) * self.G, self.G):
                 c = comps[k]
                 f.write(
                     json.dumps(
@@ -345,11 +349,22 @@ class GrpoLoop:
             "seconds_per_step": round(loop_seconds / steps_here, 2) if steps_here > 0 else None,
             "zero_variance_groups": int(c["zero_variance_groups"]),
             "groups": int(c["groups"]),
+            "groups_trained": int(c["groups_trained"]),
             "trained_tokens": int(c["trained_tokens"]),
             "generated_tokens": int(c["generated_tokens"]),
             "peak_rss_gib": round(peak_rss_gib(), 2),
             "checkpoint_dir": str(self.ckpt_root),
         }
+
+
+def groups_to_train(flat: np.ndarray, limit: int, drop_flat: bool) -> np.ndarray:
+    """Which drawn groups the update trains on: the first `limit` of them, flat ones (equal
+    rewards: no gradient) skipped when drop_flat; with more groups drawn than `limit`, the spare
+    ones stand in for the flat ones (dynamic sampling)."""
+    eligible = ~flat if drop_flat else np.ones_like(flat)
+    chosen = np.zeros_like(eligible)
+    chosen[np.flatnonzero(eligible)[:limit]] = True
+    return chosen
 
 
 def step_record(prompts, comps, terms: dict, aux_means: dict) -> dict[str, float]:
