@@ -58,15 +58,17 @@ REFUSED_READ_S = 1.0  # how long a connection over the limit may take to send th
 
 @dataclass
 class DoorLimits:
-    api_key: str | None = None
-    read_timeout_s: float = 30.0
-    request_timeout_s: float = 600.0
-    max_request_bytes: int = 4_000_000
-    max_connections: int = 4096
-    max_queue: int = 256
-    shutdown_grace_s: float = 30.0
-    workers: int = 4
-    log_prompts: bool = False
+    """The serve.* settings of the front door (their defaults and meanings: config/schema.py's ServeConfig)."""
+
+    api_key: str | None
+    read_timeout_s: float
+    request_timeout_s: float
+    max_request_bytes: int
+    max_connections: int
+    max_queue: int
+    shutdown_grace_s: float
+    workers: int
+    log_prompts: bool
 
 
 @dataclass
@@ -246,9 +248,10 @@ class FrontDoor:
             conn.writer.close()
 
     async def _write(self, conn: _Connection, answer: Answer, keep: bool, req: HttpRequest | None) -> None:
-        conn.writer.write(response_bytes(answer.status, answer.payload, answer.content_type, keep, answer.headers))
+        # logged before the answer leaves: a client that reads the log after its answer finds the line
         self.counts[answer.status] += 1
         self._log(conn, answer, req)
+        conn.writer.write(response_bytes(answer.status, answer.payload, answer.content_type, keep, answer.headers))
         # a client that stops reading cannot hold the connection past the read timeout either
         await asyncio.wait_for(conn.writer.drain(), float(self.limits.read_timeout_s))
 

@@ -50,7 +50,6 @@ class Job:
     ids: list[int]
     params: SamplingParams
     grammar: str | None = None  # the tool-call grammar its tokens must follow (None: unconstrained)
-    submitted: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)  # its Generation, or the error that ended it
 
 
