@@ -364,7 +364,23 @@ def claims_grpo_from_sft_short_r3():
     ]
 
 
+def claims_sft_broad_curve():
+    # The curve is recorded point by point: the comment states every point scored so far.
+    curve = recorded("sft_broad_curve/learning_curve.json")
+    return [
+        fig(
+            "step {} ({} rows): BFCL subset mean {}, false refusals {}%",
+            p["step"],
+            p["rows_trained"],
+            p["bfcl_subset_mean"],
+            p["decisions"]["false_refusal_rate"],
+        )
+        for p in curve["points"]
+    ]
+
+
 RESULT_CLAIMS = {
+    "sft_broad_curve": claims_sft_broad_curve,
     "grpo_from_sft_short": claims_grpo_from_sft_short,
     "grpo_from_sft_short_r3": claims_grpo_from_sft_short_r3,
     "bfcl_baseline_base": claims_bfcl_baseline_base,
