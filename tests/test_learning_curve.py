@@ -52,7 +52,7 @@ def test_decision_rates():
     assert (s["calls_due"], s["no_call_due"]) == (3, 2)
     assert s["false_refusal_rate"] == pytest.approx(33.33) and s["false_call_rate"] == 50.0
     assert s["count_right_rate"] == pytest.approx(33.33) and s["exact_rate"] == pytest.approx(33.33)
-    assert s["by_gold_kind"]["several_calls"] == {"prompts": 1, "exact": 0, "false_refusal": 0}
+    assert s["by_gold_kind"]["several_calls"] == {"prompts": 1, "exact": 0, "false_refusal": 0, "names_right": 0}
     reordered = cd.score([{"gold": TWO}], [{"line": 1, "tool_calls": TWO[::-1]}])
     assert reordered["exact_rate"] == 100.0
 
@@ -95,6 +95,12 @@ def test_learning_curve_plot(tmp_path):
     }
     out = plot_learning_curve(curve, tmp_path / "c.png")
     assert out.stat().st_size > 10_000
+    several = {"several_calls": {"prompts": 4, "names_right": 1}}
+    curve["points"][1]["heldout"] = {**dec, "by_gold_kind": several}  # a third panel: the held-out set
+    wide = plot_learning_curve(curve, tmp_path / "wide.png")
+    from PIL import Image
+
+    assert Image.open(wide).size[0] > Image.open(out).size[0]
 
 
 @pytest.mark.parametrize(
@@ -228,3 +234,21 @@ def test_tiny_curve_trains_in_slices_scores_each_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps  # nothing trained or scored again
     assert json.loads((root / "learning_curve.json").read_text())["points"] == curve["points"]
+    # a held-out set named later is scored on the recorded points (stage=predict writes decisions.json)
+    heldout = tmp_path / "heldout.jsonl"
+    rows = [json.loads(line) for line in (root / "curve" / "val_prompts.jsonl").read_text().splitlines()]
+    heldout.write_text("".join(json.dumps({**r, "source": "s", "how": "real"}) + "\n" for r in rows[:3]))
+    later = subprocess.run(
+        [*cmd, f"curve.heldout_prompts={heldout}"],
+        cwd=root.parents[0],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert later.returncode == 0, later.stdout[-3000:] + later.stderr[-3000:]
+    points = json.loads((root / "learning_curve.json").read_text())["points"]
+    for p, before in zip(points, curve["points"]):
+        assert p["heldout"]["prompts"] == 3 and p["heldout"]["by_source"]["s"]["prompts"] == 3
+        assert p["heldout"]["prompts_sha256"] and {k: v for k, v in p.items() if k != "heldout"} == before
+        assert (root / "curve" / f"step_{p['step']}" / "heldout" / "decisions.json").is_file()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -415,6 +416,11 @@ def _check_curve(cfg: DictConfig) -> None:
         _fail("curve.until_steps", f"{curve.until_steps} is past train.max_steps={cfg.train.max_steps}")
     _positive("curve.subset_per_category", curve.subset_per_category)
     _positive("curve.val_prompts", curve.val_prompts, allow_zero=True)
+    if curve.get("heldout_prompts") and not Path(str(curve.heldout_prompts)).expanduser().is_file():
+        _fail(
+            "curve.heldout_prompts",
+            f"no such file: {curve.heldout_prompts} (python -m gemma_tool_use.data.heldout_calls writes one)",
+        )
     _finite("curve.flat_points", curve.flat_points)
     _positive("curve.flat_points", curve.flat_points, allow_zero=True)
     if not curve.eval_categories:

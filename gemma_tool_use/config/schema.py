@@ -412,6 +412,9 @@ class CurveConfig:
     eval_categories: list[str] = field(default_factory=lambda: list(DEFAULT_BFCL_CATEGORIES))
     subset_per_category: int = 50
     val_prompts: int = 300  # held-out-tool validation prompts scored for call decisions (0: none)
+    # A scored prompt file (data/heldout_calls: test splits whose tools no training source offers)
+    # predicted at every point too; points recorded before it was set are scored on the next run.
+    heldout_prompts: Optional[str] = None
     # Stop once the subset's mean accuracy moved less than this (points) over two consecutive points.
     flat_points: float = 1.0
     stop_when_flat: bool = True

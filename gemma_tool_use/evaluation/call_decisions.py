@@ -7,6 +7,8 @@ from `stage=predict`'s parsed calls:
     false refusal   calls were due, the model made none (the over-generalised abstention of issue 29)
     false call      no call was due (the gold answer is text), the model called
     count right     as many calls as the gold answer (calls due)
+    names right     the same functions as many times, any arguments, any order (calls due): the
+                    decision and the choice of tool, apart from how an argument value is written
     exact           the same calls, names and arguments, in any order (calls due)
 Rates are over the prompts where they apply, with their counts beside them.
 """
@@ -63,27 +65,59 @@ def _canon(calls: list) -> Counter:
     return Counter(json.dumps({"name": c.get("name"), "args": c.get("args", {})}, sort_keys=True) for c in calls)
 
 
-def score(prompts: list[dict], predictions: list[dict]) -> dict:
-    """Decision rates of predictions (stage=predict rows: "line", "tool_calls") against the prompts'
-    gold answers. A prompt with no prediction row counts as an answer without calls."""
-    predicted = {int(p["line"]): p.get("tool_calls") or [] for p in predictions if "line" in p}
-    n = Counter()
-    by_kind: dict[str, Counter] = {}
-    for line, prompt in enumerate(prompts, start=1):
-        gold, got = prompt["gold"], predicted.get(line, [])
-        k = by_kind.setdefault(_kind(gold), Counter())
-        k["prompts"] += 1
+def _names(calls: list) -> Counter:
+    return Counter(str(c.get("name")) for c in calls)
+
+
+def _tally(gold: list, got: list, *counters: Counter) -> None:
+    """Count one prompt's decision into each counter."""
+    for n in counters:
+        n["prompts"] += 1
         if gold:
             n["due"] += 1
             n["false_refusal"] += not got
             n["count_right"] += len(got) == len(gold)
+            n["names_right"] += _names(got) == _names(gold)
             n["exact"] += _canon(got) == _canon(gold)
-            k["exact"] += _canon(got) == _canon(gold)
-            k["false_refusal"] += not got
         else:
             n["not_due"] += 1
             n["false_call"] += bool(got)
-            k["false_call"] += bool(got)
+
+
+def _kind_counts(c: Counter, kind: str) -> dict:
+    """The counts that apply to prompts of one gold kind (the record's long-standing shape)."""
+    keys = ("prompts", "false_call") if kind == "no_call" else ("prompts", "exact", "false_refusal", "names_right")
+    return {k: c[k] for k in keys}
+
+
+def _group_counts(c: Counter) -> dict:
+    keys = ("prompts", "due", "false_refusal", "count_right", "names_right", "exact", "not_due", "false_call")
+    return {k: c[k] for k in keys if c[k] or k == "prompts"}
+
+
+def score(prompts: list[dict], predictions: list[dict]) -> dict:
+    """Decision rates of predictions (stage=predict rows: "line", "tool_calls") against the gold
+    answers of the prompts (the predict input file's rows, in order). A prompt with no prediction
+    row counts as an answer without calls. Counts per gold kind, and per prompt "source" and "how"
+    where the prompts say (data/heldout_calls)."""
+    return score_lines(list(enumerate(prompts, start=1)), predictions)
+
+
+def score_lines(prompts: list[tuple[int, dict]], predictions: list[dict]) -> dict:
+    """score() of (file line, prompt) pairs: the rows of a file some of whose lines were not predicted."""
+    predicted = {int(p["line"]): p.get("tool_calls") or [] for p in predictions if "line" in p}
+    n = Counter()
+    by_kind: dict[str, Counter] = {}
+    by_source: dict[str, Counter] = {}
+    by_how: dict[str, Counter] = {}
+    for line, prompt in prompts:
+        gold, got = prompt["gold"], predicted.get(line, [])
+        groups = [by_kind.setdefault(_kind(gold), Counter())]
+        if "source" in prompt:
+            groups.append(by_source.setdefault(str(prompt["source"]), Counter()))
+        if "how" in prompt:
+            groups.append(by_how.setdefault(f"{_kind(gold)}/{prompt['how']}", Counter()))
+        _tally(gold, got, n, *groups)
 
     def rate(num: str, den: str) -> float | None:
         return round(100.0 * n[num] / n[den], 2) if n[den] else None
@@ -96,6 +130,9 @@ def score(prompts: list[dict], predictions: list[dict]) -> dict:
         "false_call_rate": rate("false_call", "not_due"),
         "count_right_rate": rate("count_right", "due"),
         "exact_rate": rate("exact", "due"),
-        "counts": dict(n),
-        "by_gold_kind": {kind: dict(c) for kind, c in sorted(by_kind.items())},
+        "names_right_rate": rate("names_right", "due"),
+        "counts": {k: v for k, v in n.items() if k != "prompts"},
+        "by_gold_kind": {kind: _kind_counts(c, kind) for kind, c in sorted(by_kind.items())},
+        **({"by_source": {k: _group_counts(c) for k, c in sorted(by_source.items())}} if by_source else {}),
+        **({"by_how": {k: _group_counts(c) for k, c in sorted(by_how.items())}} if by_how else {}),
     }

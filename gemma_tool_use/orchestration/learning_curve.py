@@ -7,7 +7,8 @@ decisions for the run's held-out-tool validation split (`stage=predict` + evalua
 
     <run dir>/train/                the SFT run (checkpoints, metrics, val_rows.jsonl, adapter/)
     <run dir>/curve/val_prompts.jsonl
-    <run dir>/curve/step_<k>/       adapter/, bfcl/ (stage=eval dir), val/ (stage=predict dir), point.json
+    <run dir>/curve/step_<k>/       adapter/, bfcl/ (stage=eval dir), val/ (stage=predict dir), point.json,
+                                    heldout/ (stage=predict dir, with curve.heldout_prompts)
     <run dir>/learning_curve.{json,png}
 
 Re-running the same command resumes: finished points are kept, an interrupted slice or evaluation
@@ -29,7 +30,7 @@ from omegaconf import DictConfig
 from gemma_tool_use.evaluation import call_decisions
 from gemma_tool_use.orchestration.pipeline import PipelineError, _pipeline_root, _run_child, command_overrides
 from gemma_tool_use.training.curves import plot_learning_curve
-from gemma_tool_use.utils.files import read_jsonl, write_json_atomic
+from gemma_tool_use.utils.files import read_jsonl, sha256_file, write_json_atomic
 
 CURVE_FILE = "learning_curve.json"
 # Set for the curve's own children: a child whose config also names a curve (an experiment file
@@ -66,9 +67,8 @@ def _mean_accuracy(summary: dict) -> float:
     return round(100.0 * sum(accs) / len(accs), 2) if accs else 0.0
 
 
-def _point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict:
-    """Train to `step` (resuming), keep its adapter, score it; the point's record."""
-    train_dir, here = root / "train", root / "curve" / f"step_{step}"
+def _train_slice(cfg: DictConfig, train_dir: Path, here: Path, step: int, overrides: list[str]) -> Path:
+    """Train to `step` (resuming) and keep that step's adapter in the point's folder."""
     adapter = here / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         _child(
@@ -86,11 +86,45 @@ def _point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict
             raise PipelineError(f"learning curve: {train_dir}/adapter is at step {done.get('step')}, not {step}")
         shutil.copytree(train_dir / "adapter", adapter.with_name("adapter.tmp"), dirs_exist_ok=True)
         adapter.with_name("adapter.tmp").rename(adapter)
+    return adapter
+
+
+def _scoring_overrides(overrides: list[str]) -> list[str]:
+    """The scoring children take the model and decoding settings, not the training ones."""
+    return [o for o in overrides if not o.lstrip("+~").startswith(("data", "train.", "optim.", "eval.", "predict."))]
+
+
+def _predict(here: Path, name: str, prompts: Path, common: list[str], what: str) -> Path:
+    """stage=predict of the point's adapter on a prompt file; its run dir."""
+    _child(
+        [
+            "stage=predict",
+            *common,
+            f"model.lora_checkpoint={here / 'adapter'}",
+            f"predict.input_file={prompts}",
+            f"hydra.run.dir={here / name}",
+        ],
+        what,
+    )
+    return here / name
+
+
+def _heldout(cfg: DictConfig, here: Path, step: int, common: list[str]) -> dict:
+    """Call decisions on the held-out tool-calling set (curve.heldout_prompts), with the set's sha256."""
+    prompts = Path(str(cfg.curve.heldout_prompts)).expanduser()
+    out = _predict(here, "heldout", prompts, common, f"held-out tool-calling set at step {step}")
+    decisions = json.loads((out / "decisions.json").read_text())
+    return {"prompts_file": str(cfg.curve.heldout_prompts), "prompts_sha256": sha256_file(prompts), **decisions}
+
+
+def _point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict:
+    """Train to `step` (resuming), keep its adapter, score it; the point's record."""
+    train_dir, here = root / "train", root / "curve" / f"step_{step}"
+    adapter = _train_slice(cfg, train_dir, here, step, overrides)
     prompts = root / "curve" / "val_prompts.jsonl"
     if not prompts.is_file() and int(cfg.curve.val_prompts) and (train_dir / "val_rows.jsonl").is_file():
         call_decisions.write_prompts(train_dir / "val_rows.jsonl", prompts, int(cfg.curve.val_prompts))
-    # the scoring children take the model and decoding settings, not the training ones
-    common = [o for o in overrides if not o.lstrip("+~").startswith(("data", "train.", "optim.", "eval.", "predict."))]
+    common = _scoring_overrides(overrides)
     cats = ",".join(cfg.curve.eval_categories)
     _child(
         [
@@ -112,18 +146,21 @@ def _point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict
         "decisions": None,
     }
     if prompts.is_file() and prompts.stat().st_size:
-        _child(
-            [
-                "stage=predict",
-                *common,
-                f"model.lora_checkpoint={adapter}",
-                f"predict.input_file={prompts}",
-                f"hydra.run.dir={here / 'val'}",
-            ],
-            f"held-out-tool decisions at step {step}",
-        )
-        record["decisions"] = call_decisions.score(read_jsonl(prompts), read_jsonl(here / "val" / "predictions.jsonl"))
+        val = _predict(here, "val", prompts, common, f"held-out-tool decisions at step {step}")
+        record["decisions"] = call_decisions.score(read_jsonl(prompts), read_jsonl(val / "predictions.jsonl"))
+    if cfg.curve.get("heldout_prompts"):
+        record["heldout"] = _heldout(cfg, here, step, common)
     write_json_atomic(here / "point.json", record)
+    return record
+
+
+def _recorded_point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict:
+    """A finished point's record, scored on the held-out set first if it was set after the point."""
+    here = root / "curve" / f"step_{step}"
+    record = json.loads((here / "point.json").read_text())
+    if cfg.curve.get("heldout_prompts") and record.get("heldout") is None:
+        record["heldout"] = _heldout(cfg, here, step, _scoring_overrides(overrides))
+        write_json_atomic(here / "point.json", record)
     return record
 
 
@@ -143,7 +180,9 @@ def run_learning_curve(cfg: DictConfig) -> float:
     records, stopped_because = [], "until_steps"
     for step in points(cfg):
         done = root / "curve" / f"step_{step}" / "point.json"
-        records.append(json.loads(done.read_text()) if done.is_file() else _point(cfg, root, step, overrides))
+        records.append(
+            _recorded_point(cfg, root, step, overrides) if done.is_file() else _point(cfg, root, step, overrides)
+        )
         _write_curve(root, cfg, records, None)
         if cfg.curve.stop_when_flat and is_flat(records, float(cfg.curve.flat_points)):
             stopped_because = "flat"

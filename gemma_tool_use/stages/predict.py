@@ -4,6 +4,9 @@ Input rows: {"tools": [...], "messages": [...]} (the conversation so far; the mo
 next). Output rows (predictions.jsonl in the run dir unless predict.output_file is set):
     {"line", "raw_text", "tool_calls", "text", "parse_errors", "prompt_tokens", "new_tokens",
      "stop_reason"}
+Where every row also carries "gold" (the calls due; [] for none), as data/heldout_calls writes
+them, the decisions are scored too: <run dir>/decisions.json (evaluation/call_decisions: false
+refusals, false calls, right call counts, right functions, exact calls; per kind, source, how).
 
 A bad input row never stops the run: each one is written to <run dir>/predict_rejects.jsonl as
 {"line": <file line>, "reason": ...} and every other row is predicted. Bad rows are lines that
@@ -27,16 +30,18 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gemma_tool_use.evaluation import call_decisions
 from gemma_tool_use.format.parse import parse_model_output
 from gemma_tool_use.format.render import FormatError, render_conversation, validate_conversation
 from gemma_tool_use.orchestration.runs import run_dir_of
 from gemma_tool_use.orchestration.stage_context import open_stage
 from gemma_tool_use.utils.errors import UserError
-from gemma_tool_use.utils.files import iter_jsonl
+from gemma_tool_use.utils.files import iter_jsonl, read_jsonl, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 REJECTS_FILE = "predict_rejects.jsonl"
+DECISIONS_FILE = "decisions.json"  # written when every input row carries its "gold" calls
 
 
 class PredictInputError(UserError, ValueError):
@@ -250,6 +255,11 @@ def run(cfg: DictConfig) -> float:
         "output": str(out_path),
         "rejects": str(rejects_path),
     }
+    if all("gold" in row for _, row in kept):  # a scored set (data/heldout_calls, the curve's val prompts)
+        decisions = call_decisions.score_lines(kept, read_jsonl(out_path))
+        write_json_atomic(run_dir / DECISIONS_FILE, decisions, indent=2)
+        summary["decisions"] = {k: v for k, v in decisions.items() if k.endswith("_rate")}
+        summary["decisions_file"] = str(run_dir / DECISIONS_FILE)
     (run_dir / "predict_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("predict: %s", json.dumps(summary))
     return float(n_errors)

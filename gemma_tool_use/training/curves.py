@@ -111,9 +111,37 @@ def plot_grpo_curves(run_dir: str | Path, out_png: str | Path) -> Path:
     return out_png
 
 
+def _plot_decisions(ax, rows: list[int], pts: list[dict], key: str, ylabel: str) -> None:
+    """Decision rates of the points that have them (point[key]: evaluation/call_decisions.score)."""
+    dec = [(r, p[key]) for r, p in zip(rows, pts) if p.get(key)]
+    if dec:
+        for rate, label in (
+            ("false_refusal_rate", "false refusals (calls due)"),
+            ("false_call_rate", "false calls (no call due)"),
+            ("count_right_rate", "right number of calls"),
+            ("exact_rate", "exact calls"),
+        ):
+            ax.plot([r for r, _ in dec], [d[rate] for _, d in dec], "o-", ms=3, label=label)
+        several = [(r, d.get("by_gold_kind", {}).get("several_calls")) for r, d in dec]
+        several = [(r, k) for r, k in several if k and k.get("prompts") and "names_right" in k]
+        if several:  # the several-call requests' right functions: the call count learned, not guessed
+            ax.plot(
+                [r for r, _ in several],
+                [100.0 * k["names_right"] / k["prompts"] for _, k in several],
+                "s--",
+                ms=3,
+                label="several-call requests: right functions",
+            )
+        ax.legend(fontsize=7)
+    ax.set_xlabel("rows trained")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
 def plot_learning_curve(curve: dict, out_png: str | Path) -> Path:
-    """BFCL subset accuracy per category against rows trained (left), and the held-out-tool call
-    decisions, false refusals and false calls, beside them (right)."""
+    """BFCL subset accuracy per category against rows trained (left), and the call decisions, false
+    refusals and false calls, beside them: on the held-out-tool validation split, and on the held-out
+    tool-calling set (data/heldout_calls) where the points have it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,7 +151,9 @@ def plot_learning_curve(curve: dict, out_png: str | Path) -> Path:
     if not pts:
         raise ValueError("no points to plot")
     rows = [p["rows_trained"] for p in pts]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    heldout = any(p.get("heldout") for p in pts)
+    fig, axes = plt.subplots(1, 3 if heldout else 2, figsize=(18 if heldout else 12, 4.5))
+    ax = axes[0]
     for cat in pts[-1]["bfcl_subset"]:
         ax.plot(rows, [p["bfcl_subset"].get(cat) for p in pts], "o-", lw=1.5, ms=3, label=cat)
     ax.plot(rows, [p["bfcl_subset_mean"] for p in pts], "k--", lw=2, label="mean")
@@ -131,19 +161,9 @@ def plot_learning_curve(curve: dict, out_png: str | Path) -> Path:
     ax.set_ylabel(f"BFCL accuracy, % ({curve['subset_per_category']} fixed entries per category)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    dec = [(r, p["decisions"]) for r, p in zip(rows, pts) if p.get("decisions")]
-    if dec:
-        for key, label in (
-            ("false_refusal_rate", "false refusals (calls due)"),
-            ("false_call_rate", "false calls (no call due)"),
-            ("count_right_rate", "right number of calls"),
-            ("exact_rate", "exact calls"),
-        ):
-            ax2.plot([r for r, _ in dec], [d[key] for _, d in dec], "o-", ms=3, label=label)
-        ax2.legend(fontsize=7)
-    ax2.set_xlabel("rows trained")
-    ax2.set_ylabel("% of held-out-tool validation prompts")
-    ax2.grid(alpha=0.3)
+    _plot_decisions(axes[1], rows, pts, "decisions", "% of held-out-tool validation prompts")
+    if heldout:
+        _plot_decisions(axes[2], rows, pts, "heldout", "% of the held-out tool-calling set (test splits)")
     fig.suptitle(f"learning curve ({curve.get('stopped_because') or 'running'})")
     fig.tight_layout()
     out_png = Path(out_png)
