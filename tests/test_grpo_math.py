@@ -417,3 +417,21 @@ def test_micro_batched_update_equals_the_whole_batch(batch, mode):
         grpo.AccumulatingStep(loss_agg_mode=mode)(
             micro, opt_m, [dict(second, completion_mask=0 * second["completion_mask"])]
         )
+
+
+def test_step_prompts_weight_several_call_prompts_and_stay_a_function_of_the_step():
+    from gemma_tool_use.training.grpo.rollouts import Prompt, PromptSet, step_prompts
+
+    def p(i, n_calls):
+        return Prompt([i], [], [], [{"name": "f", "args": {"i": i, "k": k}} for k in range(n_calls)], "c")
+
+    ps = PromptSet([p(i, i % 3) for i in range(30)])  # 10 no-call, 10 one-call, 10 two-call prompts
+    for step in range(5):
+        got = step_prompts(ps, step, 8, 0.25, 0, several_calls_share=0.5)
+        assert all(len(x.gold_calls) >= 2 for x in got[3:6])  # 3 of the 6 call prompts drawn from several
+        assert sum(not x.gold_calls for x in got) == 2 and all(x.gold_calls for x in got[:6])
+        assert got == step_prompts(ps, step, 8, 0.25, 0, several_calls_share=0.5)  # resumable: same prompts
+    plain = step_prompts(ps, 3, 8, 0.25, 0)
+    assert plain == step_prompts(ps, 3, 8, 0.25, 0, several_calls_share=0.0)
+    only_one = PromptSet([p(i, 1) for i in range(10)])  # no several-call prompt: the share is ignored
+    assert len(step_prompts(only_one, 0, 4, 0.0, 0, several_calls_share=1.0)) == 4

@@ -347,6 +347,7 @@ def _check_grpo(grpo: DictConfig) -> None:
     _in_range("grpo.top_p", grpo.top_p, 0, 1, lo_open=True)
     _positive("grpo.top_k", grpo.top_k, allow_zero=True)
     _in_range("grpo.no_call_share", grpo.no_call_share, 0, 1)
+    _in_range("grpo.several_calls_share", grpo.several_calls_share, 0, 1)
     unknown = [c for c in grpo.categories if c not in _GRPO_CATEGORIES]
     if unknown or not grpo.categories:
         wanted, got = ", ".join(_GRPO_CATEGORIES), list(grpo.categories)

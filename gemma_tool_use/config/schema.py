@@ -353,6 +353,9 @@ class GrpoConfig:
     max_new_tokens: int = 96
     # Prompts whose gold answer is "no call" (no offered tool fits): their share of each step.
     no_call_share: float = 0.3
+    # Of the prompts with gold calls, the share drawn from those that need several calls (0: no
+    # weighting, every call prompt alike). The SFT models' commonest miss is the call count.
+    several_calls_share: float = 0.0
     categories: list[str] = field(
         default_factory=lambda: ["simple", "multiple", "parallel", "parallel_multiple", "irrelevance"]
     )

@@ -182,7 +182,14 @@ class GrpoLoop:
 
     def sample(self, step: int):
         """This step's prompts and G completions each from the current policy."""
-        prompts = step_prompts(self.prompt_set, step, self.D, float(self.g.no_call_share), int(self.cfg.seed))
+        prompts = step_prompts(
+            self.prompt_set,
+            step,
+            self.D,
+            float(self.g.no_call_share),
+            int(self.cfg.seed),
+            float(self.g.several_calls_share),
+        )
         self.generator.sync(self.model)  # sample from the weights the last update wrote
         g = self.g
         params = SamplingParams(

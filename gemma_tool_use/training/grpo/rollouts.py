@@ -109,14 +109,22 @@ def _nth(pool: list, index: int, seed: int):
     return pool[order[i]]
 
 
-def step_prompts(prompt_set: PromptSet, step: int, n: int, no_call_share: float, seed: int) -> list[Prompt]:
+def step_prompts(
+    prompt_set: PromptSet, step: int, n: int, no_call_share: float, seed: int, several_calls_share: float = 0.0
+) -> list[Prompt]:
     """The `n` prompts of a step: round(n * no_call_share) abstention prompts (when the set has
-    any), the rest with gold calls."""
+    any), the rest with gold calls; of those, round(rest * several_calls_share) need several calls
+    (when the set has any: the call count is what the SFT model gets wrong most), the others are
+    drawn from every call prompt as before."""
     calls, no_calls = prompt_set.split_by_gold()
     n_no = min(n, round(n * no_call_share)) if no_calls else 0
     if not calls:
         n_no = n
-    chosen = [_nth(calls, step * (n - n_no) + j, seed) for j in range(n - n_no)]
+    several = [p for p in calls if len(p.gold_calls) >= 2]
+    n_several = round((n - n_no) * several_calls_share) if several else 0
+    n_any = n - n_no - n_several
+    chosen = [_nth(calls, step * n_any + j, seed) for j in range(n_any)]
+    chosen += [_nth(several, step * n_several + j, seed + 2) for j in range(n_several)]
     chosen += [_nth(no_calls, step * n_no + j, seed + 1) for j in range(n_no)]
     return chosen
 
