@@ -49,6 +49,14 @@ def test_only_rows_whose_every_tool_is_new_and_the_gold_turn_by_source():
     ]
     (p,) = hc.real_prompts("sgd/dev", [dialogue], trained)
     assert p["gold"][0]["args"] == {"city": "Paris"} and len(p["messages"]) == 3
+    # a gold credential the conversation never states can only be guessed: left out, counted
+    guessed = _row(3, ["new_c"], [{"name": "new_c", "args": {"access_key": "75619bf6", "keywords": "x"}}])
+    stated = _row(4, ["new_c"], [{"name": "new_c", "args": {"apiKey": "k-42"}}])
+    stated["messages"][0]["content"] = "my key is k-42"
+    dropped = {}
+    assert [p["id"] for p in hc.real_prompts("s", [guessed, stated], trained, dropped)] == ["s:4"]
+    assert dropped == {"gold_needs_an_unstated_secret": 1}
+    assert not hc.needs_an_unstated_secret([], [{"name": "f", "args": {"keywords": "history"}}])
 
 
 def _real(n_per_source=6):

@@ -7,7 +7,8 @@ calls, or by none. Prompts come from test splits we never train on (hammer/apiba
 hammer/apibank_l2, hammer/toolalpaca, toolrl/rlla_4k_test) and from SGD's dev split (services the
 train split lacks), kept only when every offered tool is new: its name (lowercased, letters and
 digits only) is offered by no row of any training source and is in no tool pool, a stricter test
-than "not in the rows this run trained". Each prompt is labelled with how it was made:
+than "not in the rows this run trained"; and left out when a gold call passes a credential the
+conversation never states (SECRET_ARG). Each prompt is labelled with how it was made:
 
     real       the source's own request and gold answer (the last model turn; for SGD dialogues,
                the first turn with calls), the conversation before it as the prompt
@@ -73,14 +74,35 @@ def _gold_turn(source: str, messages: list[dict]) -> int | None:
     return turns[-1] if turns else None
 
 
-def real_prompts(source: str, rows: list[dict], trained: set[str]) -> list[dict]:
-    """The source's rows as prompts, where every offered tool is new."""
-    out = []
+# Argument names of credentials: a gold value for one that the conversation never states can only
+# be guessed (ToolAlpaca's access keys, API-Bank's tokens), and "the request lacks a required
+# parameter" is then a right answer. Such prompts are left out (counted in the card).
+# Matched at the end of the name, letters and digits only: "access_key", "apiKey", "token", not "keywords".
+SECRET_ARG = re.compile(r"(key|token|appid|secret|password)$")
+
+
+def needs_an_unstated_secret(messages: list[dict], gold: list[dict]) -> bool:
+    """A gold call passes a credential whose value the conversation does not contain."""
+    said = json.dumps(messages, ensure_ascii=False)
+    return any(
+        SECRET_ARG.search(tool_key(k)) and isinstance(v, str) and json.dumps(v, ensure_ascii=False)[1:-1] not in said
+        for c in gold
+        for k, v in (c.get("args") or {}).items()
+    )
+
+
+def real_prompts(source: str, rows: list[dict], trained: set[str], dropped: dict | None = None) -> list[dict]:
+    """The source's rows as prompts, where every offered tool is new and every gold value can be
+    known (`dropped` counts the rest by reason)."""
+    out, dropped = [], dropped if dropped is not None else {}
     for r in rows:
         if not r.get("tools") or any(tool_key(t["name"]) in trained for t in r["tools"]):
             continue
         turn = _gold_turn(source, r["messages"])
         if turn is None:
+            continue
+        if needs_an_unstated_secret(r["messages"][:turn], r["messages"][turn].get("tool_calls") or []):
+            dropped["gold_needs_an_unstated_secret"] = dropped.get("gold_needs_an_unstated_secret", 0) + 1
             continue
         out.append(
             {
@@ -193,8 +215,9 @@ def build(data_cfg, root: Path, per_kind: dict[str, int] | None = None, seed: in
     real, card = [], {"trained_tool_names": len(trained), "sources": {}}
     for source in EVAL_SOURCES:
         rows = load_source(source, root, LoadReport())
-        kept = real_prompts(source, rows, trained)
-        card["sources"][source] = {"rows": len(rows), "all_tools_new": len(kept)}
+        dropped: dict = {}
+        kept = real_prompts(source, rows, trained, dropped)
+        card["sources"][source] = {"rows": len(rows), "kept": len(kept), **dropped}
         real += kept
     made = real + joined_prompts(real, per_kind.get("several_calls", 0), seed) + other_tools_prompts(real, seed)
     prompts = balanced(made, per_kind, seed)

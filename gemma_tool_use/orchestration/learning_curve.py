@@ -155,10 +155,12 @@ def _point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict
 
 
 def _recorded_point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict:
-    """A finished point's record, scored on the held-out set first if it was set after the point."""
+    """A finished point's record, scored on the held-out set first if the set was named, or changed,
+    after the point was scored."""
     here = root / "curve" / f"step_{step}"
     record = json.loads((here / "point.json").read_text())
-    if cfg.curve.get("heldout_prompts") and record.get("heldout") is None:
+    wanted = cfg.curve.get("heldout_prompts")
+    if wanted and (record.get("heldout") or {}).get("prompts_sha256") != sha256_file(Path(str(wanted)).expanduser()):
         record["heldout"] = _heldout(cfg, here, step, _scoring_overrides(overrides))
         write_json_atomic(here / "point.json", record)
     return record
