@@ -110,6 +110,10 @@ def test_learning_curve_plot(tmp_path):
         (["stage=sft_full", "data=sft_full", "curve=cpu", "curve.every_steps=0"], "curve.every_steps"),
         (["stage=sft_full", "data=sft_full", "curve=cpu", "curve.until_steps=100000"], "curve.until_steps"),
         (["stage=sft_full", "data=sft_full", "train.stop_after_steps=0"], "train.stop_after_steps"),
+        (
+            ["stage=sft_full", "data=sft_full", "curve=cpu", "curve.heldout_prompts=/no/such.jsonl"],
+            "curve.heldout_prompts",
+        ),
         (["stage=sft_small", "train.start_step=5"], "train.start_step"),  # no init_from
         (["stage=sft_full", "data=sft_full", "train.init_from=x", "train.start_step=-1"], "train.start_step"),
         (["stage=sft_full", "data=sft_full", "train.init_from=x", "train.start_step=100000"], "train.start_step"),
