@@ -68,6 +68,7 @@ def test_recipes_compose_check_and_plan(recipe):
         ("+pipeline.recipe.eval=[]", "pipeline.recipe"),
         ("pipeline.recipe.grpo=['train.init_from=x']", "pipeline.recipe.grpo"),
         ("pipeline.eval_subset_per_category=0", "pipeline.eval_subset_per_category"),
+        ("pipeline.heldout_prompts=/no/such.jsonl", "pipeline.heldout_prompts"),
     ],
 )
 def test_bad_pipeline_configs_name_the_key(override, key):
@@ -208,23 +209,36 @@ def test_three_stage_pipeline_kill_in_stage_2_resumes_it_then_a_slice_and_a_wron
     )
     assert r.returncode == 0 and "loaded LoRA adapters" in r.stderr + r.stdout, r.stderr[-3000:]
 
-    # a slice: GRPO alone from stage 2's result, in a new pipeline dir, no baseline
+    # a slice: GRPO alone from stage 2's result, in a new pipeline dir, no baseline, its model also
+    # scored on a held-out tool-calling set (data/heldout_calls' shape: rows with their gold calls)
+    from gemma_tool_use.evaluation import call_decisions
+
+    heldout = tmp_path / "heldout.jsonl"
+    call_decisions.write_prompts(REPO / "gemma_tool_use" / "resources" / "data" / "tiny" / "val.jsonl", heldout, 3)
+    rows = [json.loads(line) for line in heldout.read_text().splitlines()]
+    heldout.write_text("".join(json.dumps({**row, "source": "tiny", "how": "real"}) + "\n" for row in rows))
     sliced = tmp_path / "slice"
-    r = subprocess.run(
-        _pipeline(
-            sliced, "pipeline.stages=[grpo]", "pipeline.baseline=false", f"pipeline.resume_from={root / '2_sft_full'}"
-        ),
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    slice_cmd = _pipeline(
+        sliced,
+        "pipeline.stages=[grpo]",
+        "pipeline.baseline=false",
+        f"pipeline.resume_from={root / '2_sft_full'}",
+        f"pipeline.heldout_prompts={heldout}",
     )
+    r = subprocess.run(slice_cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     state = json.loads((sliced / "pipeline_state.json").read_text())
     assert list(state["stages"]) == ["3_grpo"] and state["stages"]["3_grpo"]["start"] == str(
         root / "2_sft_full" / "adapter"
     )
+    record = sliced / "3_grpo" / "heldout" / "heldout.json"
+    scored = json.loads((sliced / "pipeline_summary.json").read_text())["heldout"]["3_grpo"]
+    assert scored["prompts"] == 3 and scored["prompts_sha256"] == json.loads(record.read_text())["prompts_sha256"]
+    assert "## Held-out tool calling" in (sliced / "pipeline_summary.md").read_text()
+    stamp = record.stat().st_mtime_ns
+    r = subprocess.run(slice_cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "finished earlier, skipped" in r.stdout, (r.stdout + r.stderr)[-3000:]
+    assert record.stat().st_mtime_ns == stamp  # the recorded score of the same set is reused
     # the same dir from another start is refused, not silently reused
     r = subprocess.run(
         _pipeline(

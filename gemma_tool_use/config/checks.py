@@ -371,6 +371,11 @@ def _check_process_split(tpu: DictConfig, train_batch_size: int) -> None:
         )
 
 
+def _heldout_file(key: str, value) -> None:
+    if value and not Path(str(value)).expanduser().is_file():
+        _fail(key, f"no such file: {value} (python -m gemma_tool_use.data.heldout_calls writes one)")
+
+
 def _check_pipeline(pipeline: DictConfig) -> None:
     """pipeline.* (only composed for the pipeline command)."""
     bad = [stage for stage in pipeline.recipe if stage not in TRAINING_STAGES]
@@ -396,6 +401,7 @@ def _check_pipeline(pipeline: DictConfig) -> None:
     _positive("pipeline.eval_subset_per_category", pipeline.eval_subset_per_category, allow_none=True)
     if not pipeline.eval_categories:
         _fail("pipeline.eval_categories", "must list at least one BFCL category")
+    _heldout_file("pipeline.heldout_prompts", pipeline.get("heldout_prompts"))
 
 
 def _check_tracking(tracking: DictConfig) -> None:

@@ -401,6 +401,9 @@ class PipelineConfig:
     # Per-stage BFCL on a fixed stratified subset (entries per category); null = full categories.
     eval_subset_per_category: Optional[int] = None
     final_full_eval: bool = False  # full-category BFCL of the final model (when the stages used a subset)
+    # A scored prompt file (data/heldout_calls) the start and each training stage's model are
+    # predicted on too: call decisions on tools no training source offers, beside BFCL.
+    heldout_prompts: Optional[str] = None
 
 
 @dataclass

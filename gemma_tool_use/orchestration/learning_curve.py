@@ -28,9 +28,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gemma_tool_use.evaluation import call_decisions
+from gemma_tool_use.orchestration.heldout_scoring import score_heldout
 from gemma_tool_use.orchestration.pipeline import PipelineError, _pipeline_root, _run_child, command_overrides
 from gemma_tool_use.training.curves import plot_learning_curve
-from gemma_tool_use.utils.files import read_jsonl, sha256_file, write_json_atomic
+from gemma_tool_use.utils.files import read_jsonl, write_json_atomic
 
 CURVE_FILE = "learning_curve.json"
 # Set for the curve's own children: a child whose config also names a curve (an experiment file
@@ -111,10 +112,13 @@ def _predict(here: Path, name: str, prompts: Path, common: list[str], what: str)
 
 def _heldout(cfg: DictConfig, here: Path, step: int, common: list[str]) -> dict:
     """Call decisions on the held-out tool-calling set (curve.heldout_prompts), with the set's sha256."""
-    prompts = Path(str(cfg.curve.heldout_prompts)).expanduser()
-    out = _predict(here, "heldout", prompts, common, f"held-out tool-calling set at step {step}")
-    decisions = json.loads((out / "decisions.json").read_text())
-    return {"prompts_file": str(cfg.curve.heldout_prompts), "prompts_sha256": sha256_file(prompts), **decisions}
+    return score_heldout(
+        str(cfg.curve.heldout_prompts),
+        here / "heldout",
+        [*common, f"model.lora_checkpoint={here / 'adapter'}"],
+        _child,
+        f"held-out tool-calling set at step {step}",
+    )
 
 
 def _point(cfg: DictConfig, root: Path, step: int, overrides: list[str]) -> dict:
@@ -159,10 +163,11 @@ def _recorded_point(cfg: DictConfig, root: Path, step: int, overrides: list[str]
     after the point was scored."""
     here = root / "curve" / f"step_{step}"
     record = json.loads((here / "point.json").read_text())
-    wanted = cfg.curve.get("heldout_prompts")
-    if wanted and (record.get("heldout") or {}).get("prompts_sha256") != sha256_file(Path(str(wanted)).expanduser()):
-        record["heldout"] = _heldout(cfg, here, step, _scoring_overrides(overrides))
-        write_json_atomic(here / "point.json", record)
+    if cfg.curve.get("heldout_prompts"):
+        heldout = _heldout(cfg, here, step, _scoring_overrides(overrides))
+        if record.get("heldout") != heldout:
+            record["heldout"] = heldout
+            write_json_atomic(here / "point.json", record)
     return record
 
 

@@ -19,8 +19,9 @@ A stage is recorded in the pipeline's state file (pipeline_state.py) when its pr
 Re-running the same command skips recorded stages and re-runs the interrupted one in its own
 directory, where training and BFCL resume from their checkpoints / finished entries. A recorded
 stage whose start differs from the one this command would give it is refused (use another
-pipeline dir: `hydra.run.dir=...`). After each stage: pipeline_summary.{json,md,png}
-(pipeline_summary.py).
+pipeline dir: `hydra.run.dir=...`). With `pipeline.heldout_prompts` (data/heldout_calls), the start
+and each training stage's model are also scored on that held-out tool-calling set
+(`<stage dir>/heldout/`). After each stage: pipeline_summary.{json,md,png} (pipeline_summary.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from omegaconf import DictConfig
 
 from gemma_tool_use.config.schema import EvalConfig
 from gemma_tool_use.model.checkpoints import check_same_architecture
+from gemma_tool_use.orchestration.heldout_scoring import RECORD as HELDOUT_RECORD
+from gemma_tool_use.orchestration.heldout_scoring import score_heldout
 from gemma_tool_use.orchestration.pipeline_state import (
     absolute,
     portable,
@@ -48,6 +51,8 @@ from gemma_tool_use.utils.errors import UserError
 from gemma_tool_use.utils.git import git_commit
 from gemma_tool_use.utils.interrupt import Stopped
 from gemma_tool_use.utils.progress import POSITION_ENV
+
+HELDOUT_DIR = "heldout"  # in a stage's dir: the held-out set's stage=predict run
 
 
 class PipelineError(UserError, RuntimeError):
@@ -285,17 +290,45 @@ def _run_stage(
     return f"{name}/adapter" if stage != "eval" else None
 
 
+def _score_heldout(cfg: DictConfig, root: Path, step: dict, model: str | None, user: list[str], position: str) -> None:
+    """The held-out set (pipeline.heldout_prompts) on the model a stage ends with: the start for the
+    baseline, the stage's adapter for a training stage (the final full eval has no model of its own)."""
+    if not cfg.pipeline.get("heldout_prompts") or step.get("full"):
+        return
+
+    def run(args: list[str], what: str) -> None:
+        code, _, _, stopped = _run_child([sys.executable, "-m", "gemma_tool_use", *args], what)
+        if stopped:
+            raise Stopped(stopped)
+        if code != 0:
+            raise PipelineError(f"{what} failed (exit {code}); re-run the same command to resume")
+
+    lora = f"model.lora_checkpoint={absolute(root, model)}" if model else "model.lora_checkpoint=null"
+    score_heldout(
+        str(cfg.pipeline.heldout_prompts),
+        root / step["name"] / HELDOUT_DIR,
+        [*cfg.pipeline.common, *user, lora],
+        run,
+        f"{position}: held-out tool-calling set",
+    )
+
+
 def _summarise(root: Path, state: dict, steps: list[dict]) -> None:
-    """pipeline_summary.{json,md,png} from the finished stages' BFCL summaries."""
+    """pipeline_summary.{json,md,png} from the finished stages' BFCL summaries and held-out records."""
+    done = [s for s in steps if state["stages"].get(s["name"], {}).get("status") == "done"]
     write_pipeline_summary(
         root,
         state,
-        {
-            s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"])
-            for s in steps
-            if state["stages"].get(s["name"], {}).get("status") == "done"
-        },
+        {s["name"]: _bfcl_summary(root / state["stages"][s["name"]]["dir"], s["stage"]) for s in done},
+        {s["name"]: _heldout_record(root / state["stages"][s["name"]]["dir"]) for s in done},
     )
+
+
+def _heldout_record(stage_dir: Path) -> dict | None:
+    try:
+        return json.loads((stage_dir / HELDOUT_DIR / HELDOUT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def run_pipeline(cfg: DictConfig) -> float | None:
@@ -315,15 +348,15 @@ def run_pipeline(cfg: DictConfig) -> float | None:
         name = step["name"]
         stage_dir = (root / name).absolute()
         rec = state["stages"].get(name)
+        position = f"pipeline {pl.name}, stage {k}/{n}: {name}"
         if _finished_earlier(rec, stage_dir, current):
             print(f"[pipeline {pl.name}] stage {k}/{n}: {name} finished earlier, skipped", flush=True)
             current = rec.get("adapter") or current
-            continue
-        args = _stage_command(cfg, step, stage_dir, root, current, user, group)
-        print(f"[pipeline {pl.name}] stage {k}/{n}: {name} -> {stage_dir}", flush=True)
-        current = (
-            _run_stage(pl, root, state, step, current, args, f"pipeline {pl.name}, stage {k}/{n}: {name}") or current
-        )
+        else:
+            args = _stage_command(cfg, step, stage_dir, root, current, user, group)
+            print(f"[pipeline {pl.name}] stage {k}/{n}: {name} -> {stage_dir}", flush=True)
+            current = _run_stage(pl, root, state, step, current, args, position) or current
+        _score_heldout(cfg, root, step, current, user, position)  # a recorded score of this set is reused
         _summarise(root, state, steps)
     _summarise(root, state, steps)  # also when every stage was recorded earlier: the table from the files alone
     print(f"[pipeline {pl.name}] done: {root / 'pipeline_summary.md'}", flush=True)

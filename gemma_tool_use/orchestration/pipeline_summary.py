@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from gemma_tool_use.evaluation.bfcl_tables import decoding_label, irrelevance_split, plot_bfcl_compare
+from gemma_tool_use.orchestration.heldout_scoring import SUMMARY_RATES, several_calls_right
 from gemma_tool_use.utils.markdown import markdown_table
 
 
@@ -71,10 +72,46 @@ def _bfcl_section(root: Path, stages: dict, scored: dict, label: str, names: lis
     return lines, out
 
 
-def write_pipeline_summary(root: str | Path, state: dict, bfcl: dict[str, dict | None]) -> dict:
+def _heldout_section(records: dict[str, dict]) -> tuple[list[str], dict]:
+    """(Markdown lines, JSON entries) of the held-out tool-calling set's rates per stage, with
+    deltas; stages scored on another version of the set (its sha256) get their own table."""
+    lines, out = [], {}
+    by_set: dict[str, list[str]] = {}
+    for n, r in records.items():
+        by_set.setdefault(r.get("prompts_sha256", ""), []).append(n)
+    for sha, names in by_set.items():
+        first = records[names[0]]
+        rows = [
+            _delta_row(label, [None if records[n].get(k) is None else records[n][k] / 100 for n in names])
+            for k, label in SUMMARY_RATES
+        ]
+        several = [several_calls_right(records[n]) for n in names]
+        rows.append(
+            _delta_row("several-call requests: right functions", [None if v is None else v / 100 for v in several])
+        )
+        headers = ["rate, %"]
+        for i, n in enumerate(names):
+            headers += [n] if i == 0 else [n, "Δ"]
+        lines += [
+            f"## Held-out tool calling: {first.get('prompts_file')} ({first.get('prompts')} prompts, sha256 {sha[:12]})",
+            "",
+            markdown_table(headers, rows),
+            "",
+        ]
+        for n in names:
+            out[n] = {k: records[n].get(k) for k in ("prompts_file", "prompts_sha256", "prompts")}
+            out[n] |= {k: records[n].get(k) for k, _ in SUMMARY_RATES}
+            out[n]["several_calls_right_rate"] = several_calls_right(records[n])
+    return lines, out
+
+
+def write_pipeline_summary(
+    root: str | Path, state: dict, bfcl: dict[str, dict | None], heldout: dict[str, dict | None] | None = None
+) -> dict:
     """`pipeline_summary.{json,md,png}` in the pipeline dir: BFCL per category and aggregate for
-    the start and each stage, with deltas to the previous stage, wall time and peak memory per
-    stage. Subset scores and full-category scores are never put in one table."""
+    the start and each stage, with deltas to the previous stage, call decisions on the held-out
+    tool-calling set where scored, wall time and peak memory per stage. Subset scores and
+    full-category scores are never put in one table."""
     root = Path(root)
     stages = state.get("stages", {})
     scored = {n: s for n, s in bfcl.items() if s}
@@ -98,6 +135,9 @@ def write_pipeline_summary(root: str | Path, state: dict, bfcl: dict[str, dict |
         section, entries = _bfcl_section(root, stages, scored, label, names)
         lines += section
         out["bfcl"].update(entries)
+    if records := {n: r for n, r in (heldout or {}).items() if r}:
+        section, out["heldout"] = _heldout_section(records)
+        lines += section
     rows = []
     for n, st in stages.items():
         rows.append(
