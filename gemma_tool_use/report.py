@@ -5,7 +5,8 @@
         sft_small=outputs/sft_small/<run>/bfcl_eval/summary.json --out experiments/bfcl_progress
 
     python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
-    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement
+    python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement,
+        # and the entries gained and lost from a to b with the sign test's p (is the change chance?)
 
 The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
 its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
@@ -20,9 +21,28 @@ import argparse
 import json
 from pathlib import Path
 
-from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl, entry_agreement
+from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl, entry_agreement, paired_change
 from gemma_tool_use.orchestration.collect import collect_pipeline, collect_run
 from gemma_tool_use.training.curves import plot_training_curves
+
+
+def _print_agreement(a: str, b: str, out: str | None) -> None:
+    result = entry_agreement(a, b)
+    change = paired_change(a, b)
+    if out:
+        Path(out).write_text(json.dumps({**result, "change": change}, indent=1) + "\n")
+    for cat, c in result["categories"].items():
+        d = change["categories"][cat]
+        print(
+            f"{cat:20s} {c['verdicts_equal']:4d}/{c['compared']:<4d} verdicts equal, {c['texts_equal']:4d} texts equal;"
+            f" a -> b: +{d['gained']} -{d['lost']} ({d['points']:+.1f} points, sign test p={d['p_value']:.3g});"
+            f" flipped {c['flipped']}"
+        )
+    print(
+        f"{'all':20s} {result['verdicts_equal']:4d}/{result['compared']:<4d} verdicts equal, "
+        f"{result['texts_equal']:4d} texts equal; a -> b: +{change['gained']} -{change['lost']} "
+        f"(sign test p={change['p_value']:.3g})"
+    )
 
 
 def main(argv=None) -> int:
@@ -43,19 +63,7 @@ def main(argv=None) -> int:
     g.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
     if args.cmd == "agree":
-        result = entry_agreement(args.a, args.b)
-        text = json.dumps(result, indent=1)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
-        for cat, c in result["categories"].items():
-            print(
-                f"{cat:20s} {c['verdicts_equal']:4d}/{c['compared']:<4d} verdicts equal, {c['texts_equal']:4d} texts equal;"
-                f" flipped {c['flipped']}"
-            )
-        print(
-            f"{'all':20s} {result['verdicts_equal']:4d}/{result['compared']:<4d} verdicts equal, "
-            f"{result['texts_equal']:4d} texts equal"
-        )
+        _print_agreement(args.a, args.b, args.out)
         return 0
     if args.cmd == "collect":
         collect = collect_pipeline if (Path(args.run_dir) / "pipeline_state.json").is_file() else collect_run

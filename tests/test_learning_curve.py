@@ -233,6 +233,11 @@ def test_tiny_curve_trains_in_slices_scores_each_and_resumes(tmp_path):
         )
         assert set(p["bfcl_subset"]) == {"simple_python"} and p["decisions"]["prompts"] == 4
     assert (root / "learning_curve.png").stat().st_size > 0
+    (change,) = curve["changes"]  # step 1 -> 2 on the same two entries: its gains and losses are the move
+    sp = change["categories"]["simple_python"]
+    assert (change["from_step"], change["to_step"], sp["compared"]) == (1, 2, 2)
+    a, b = (p["bfcl_subset"]["simple_python"] for p in curve["points"])
+    assert sp["points"] == round(b - a, 2) and 0 < sp["p_value"] <= 1
     stamps = {f: f.stat().st_mtime_ns for f in [*root.glob("curve/step_*/point.json"), *root.glob("train/adapter/*")]}
     again = subprocess.run(cmd, cwd=root.parents[0], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]

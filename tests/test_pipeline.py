@@ -58,6 +58,26 @@ def test_recipes_compose_check_and_plan(recipe):
     assert [s["name"] for s in plan(cfg)] == ["0_baseline"]
 
 
+def test_final_full_eval_takes_its_own_categories_and_a_constrained_twin(tmp_path):
+    """The final model on the default set + live categories, unconstrained and under the tools
+    grammar: two full-category evals after the subset evals, the second labelled by its decoding."""
+    from gemma_tool_use.config.checks import check_config
+    from gemma_tool_use.orchestration.pipeline import _stage_command, plan
+
+    cats = "[simple_python,irrelevance,live_simple]"
+    cfg = compose(["pipeline=cpu", f"pipeline.final_eval_categories={cats}", "pipeline.final_constrained_eval=true"])
+    check_config(cfg)
+    steps = plan(cfg)
+    assert [s["name"] for s in steps[-2:]] == ["4_final_full_eval", "5_final_full_eval_constrained"]
+    for step, constrained in zip(steps[-2:], (False, True)):
+        args = _stage_command(cfg, step, tmp_path / step["name"], tmp_path, "1_sft_small/adapter", [], "g")
+        assert f"eval.categories={cats}" in args and not any("subset_per_category" in a for a in args)
+        assert ("generation.constrain=tools" in args) == constrained
+    # the stages' subset evals keep pipeline.eval_categories
+    sub = _stage_command(cfg, steps[1], tmp_path / "1", tmp_path, None, [], "g")
+    assert "eval.subset_per_category=50" in sub and f"eval.categories={cats}" not in sub
+
+
 @pytest.mark.parametrize(
     "override, key",
     [
@@ -69,6 +89,8 @@ def test_recipes_compose_check_and_plan(recipe):
         ("pipeline.recipe.grpo=['train.init_from=x']", "pipeline.recipe.grpo"),
         ("pipeline.eval_subset_per_category=0", "pipeline.eval_subset_per_category"),
         ("pipeline.heldout_prompts=/no/such.jsonl", "pipeline.heldout_prompts"),
+        ("pipeline.final_eval_categories=[]", "pipeline.final_eval_categories"),
+        ("pipeline.final_constrained_eval=true pipeline.final_full_eval=false", "pipeline.final_constrained_eval"),
     ],
 )
 def test_bad_pipeline_configs_name_the_key(override, key):

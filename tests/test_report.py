@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl, write_bfcl_report
+from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl, sign_test_p, write_bfcl_report
 from gemma_tool_use.report import main
 from gemma_tool_use.training.curves import plot_training_curves
 from gemma_tool_use.utils.files import read_jsonl
@@ -150,4 +150,14 @@ def test_agree_counts_equal_verdicts_and_texts_per_entry(tmp_path, capsys):
     assert (sp["compared"], sp["verdicts_equal"], sp["texts_equal"]) == (3, 1, 1)
     assert sorted(sp["flipped"]) == ["s2", "s3"] and sp["flipped_to_valid"] == ["s2"]
     assert set(r["categories"]) == {"simple_python"} and r["compared"] == 3
-    assert "1/3" in capsys.readouterr().out
+    change = r["change"]["categories"]["simple_python"]  # s2 gained, s3 lost
+    assert (change["gained"], change["lost"], change["points"], change["p_value"]) == (1, 1, 0.0, 1.0)
+    printed = capsys.readouterr().out
+    assert "1/3" in printed and "+1 -1" in printed
+
+
+def test_sign_test_p_is_mcnemars_exact_test():
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(5, 0) == sign_test_p(0, 5) == 0.0625  # 2 / 2**5
+    assert sign_test_p(1, 8) == round(2 * (1 + 9) / 2**9, 4)  # 0.0391: the curve's irrelevance, step 200 -> 400
+    assert sign_test_p(16, 22) > 0.4  # the curve's whole subset, step 200 -> 400: chance

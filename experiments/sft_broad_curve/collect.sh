@@ -20,5 +20,11 @@ if [ -f $R/train/adapter/adapter_config.json ]; then
   s=$(python3 -c "import json;print(json.load(open('$R/train/adapter/adapter_config.json'))['step'])")
   if [ ! -d $E/curve/step_$s ]; then rm -rf $E/in_progress_adapter; cp -r $R/train/adapter $E/in_progress_adapter; fi
 fi
+# an in-progress adapter no newer than the newest point is superseded by that point's adapter
+if [ -f $E/in_progress_adapter/adapter_config.json ]; then
+  s=$(python3 -c "import json;print(json.load(open('$E/in_progress_adapter/adapter_config.json'))['step'])")
+  newest=$(ls -d $E/curve/step_* | sed 's/.*step_//' | sort -n | tail -1)
+  if [ "$s" -le "$newest" ]; then rm -rf $E/in_progress_adapter; fi
+fi
 cp $R/train/metrics.jsonl $E/train_metrics.jsonl
 du -sh $E; find $E -type f | wc -l

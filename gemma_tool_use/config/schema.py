@@ -401,6 +401,10 @@ class PipelineConfig:
     # Per-stage BFCL on a fixed stratified subset (entries per category); null = full categories.
     eval_subset_per_category: Optional[int] = None
     final_full_eval: bool = False  # full-category BFCL of the final model (when the stages used a subset)
+    # The final full eval's categories (null: the default set), e.g. the default set + live ones.
+    final_eval_categories: Optional[list[str]] = None
+    # Also the final full eval with generation.constrain=tools (its own, labelled table).
+    final_constrained_eval: bool = False
     # A scored prompt file (data/heldout_calls) the start and each training stage's model are
     # predicted on too: call decisions on tools no training source offers, beside BFCL.
     heldout_prompts: Optional[str] = None

@@ -5,12 +5,16 @@ bfcl_compare.{md,json,png}, one bar group per category).
 Beside accuracy, the comparison shows how the outputs end (stopped on `<end_of_turn>` or at
 max_new_tokens, with a decoded call, with parse errors) and splits irrelevance passes into clean
 abstentions and decode failures, which BFCL counts alike. `entry_agreement` compares two runs
-entry by entry (`report agree`), e.g. the same model before and after a speed change.
+entry by entry (`report agree`), e.g. the same model before and after a speed change, and
+`paired_change` says whether two models' difference on the same entries is more than chance
+(entries gained and lost, McNemar's exact test): on a 50-entry category one entry is 2 points, and
+a 7-point swing can be noise.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from gemma_tool_use.evaluation import bfcl
@@ -302,6 +306,38 @@ def entry_agreement(a_dir: str | Path, b_dir: str | Path) -> dict:
         out["compared"] += len(ids)
         out["verdicts_equal"] += len(ids) - len(flipped)
         out["texts_equal"] += len(ids) - len(texts)
+    return out
+
+
+def sign_test_p(gained: int, lost: int) -> float:
+    """Two-sided exact sign test (McNemar's exact test) on the entries whose verdict changed: the
+    chance of a split at least this uneven if gains and losses were equally likely."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1))
+    return round(min(1.0, 2.0 * tail / 2**n), 4)
+
+
+def paired_change(a_dir: str | Path, b_dir: str | Path) -> dict:
+    """From run a to run b on the same entries (two BFCL runs' JSONL folders): per category and in
+    all, the entries gained (wrong in a, right in b) and lost, the change in points and the sign
+    test's p. Only entries present in both are compared."""
+    agree = entry_agreement(a_dir, b_dir)
+    out: dict = {"categories": {}}
+    for cat, c in agree["categories"].items():
+        gained = len(c["flipped_to_valid"])
+        lost = len(c["flipped"]) - gained
+        out["categories"][cat] = {
+            "compared": c["compared"],
+            "gained": gained,
+            "lost": lost,
+            "points": round(100.0 * (gained - lost) / c["compared"], 2) if c["compared"] else 0.0,
+            "p_value": sign_test_p(gained, lost),
+        }
+    gained = sum(c["gained"] for c in out["categories"].values())
+    lost = sum(c["lost"] for c in out["categories"].values())
+    out.update(compared=agree["compared"], gained=gained, lost=lost, p_value=sign_test_p(gained, lost))
     return out
 
 

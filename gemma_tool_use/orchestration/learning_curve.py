@@ -14,7 +14,10 @@ decisions for the run's held-out-tool validation split (`stage=predict` + evalua
 Re-running the same command resumes: finished points are kept, an interrupted slice or evaluation
 resumes from its checkpoint / finished entries. It stops after `curve.until_steps` (default
 train.max_steps), or, with curve.stop_when_flat, once the subset's mean accuracy moved less than
-`curve.flat_points` over two consecutive points; learning_curve.json says which.
+`curve.flat_points` over two consecutive points; learning_curve.json says which. Between
+consecutive points it also records the subset entries gained and lost and the sign test's p
+(evaluation/bfcl_tables.paired_change): the subset is 50 entries a category, where chance moves a
+category by several points.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gemma_tool_use.evaluation import call_decisions
+from gemma_tool_use.evaluation.bfcl_tables import paired_change
 from gemma_tool_use.orchestration.heldout_scoring import score_heldout
 from gemma_tool_use.orchestration.pipeline import PipelineError, _pipeline_root, _run_child, command_overrides
 from gemma_tool_use.training.curves import plot_learning_curve
@@ -198,6 +202,17 @@ def run_learning_curve(cfg: DictConfig) -> float:
     return records[-1]["bfcl_subset_mean"]
 
 
+def _changes(root: Path, records: list[dict]) -> list[dict]:
+    """Entries gained and lost between consecutive points on the same subset (per category and in
+    all, with the sign test's p), where both points' per-entry BFCL records are on disk."""
+    out = []
+    for a, b in zip(records, records[1:]):
+        dirs = [root / "curve" / f"step_{r['step']}" / "bfcl" / "bfcl" for r in (a, b)]
+        if all(d.is_dir() for d in dirs):
+            out.append({"from_step": a["step"], "to_step": b["step"], **paired_change(*dirs)})
+    return out
+
+
 def _write_curve(root: Path, cfg: DictConfig, records: list[dict], stopped_because: str | None) -> None:
     curve = {
         "every_steps": int(cfg.curve.every_steps),
@@ -206,6 +221,7 @@ def _write_curve(root: Path, cfg: DictConfig, records: list[dict], stopped_becau
         "flat_points": float(cfg.curve.flat_points),
         "stopped_because": stopped_because,  # null while running
         "points": records,
+        "changes": _changes(root, records),
     }
     write_json_atomic(root / CURVE_FILE, curve, indent=2)
     try:

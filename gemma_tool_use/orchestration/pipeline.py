@@ -88,20 +88,17 @@ def plan(cfg: DictConfig) -> list[dict]:
         i = order.index(stage) + 1
         steps.append({"index": i, "stage": stage, "name": f"{i}_{stage}", "overrides": list(pl.recipe[stage])})
     if pl.final_full_eval and pl.eval_subset_per_category:
-        steps.append(
-            {
-                "index": len(order) + 1,
-                "stage": "eval",
-                "name": f"{len(order) + 1}_final_full_eval",
-                "overrides": [],
-                "full": True,
-            }
-        )
+        finals = [("final_full_eval", [])]
+        if pl.get("final_constrained_eval"):  # the same entries, decoded under the tools grammar
+            finals.append(("final_full_eval_constrained", ["generation.constrain=tools"]))
+        for j, (name, overrides) in enumerate(finals):
+            i = len(order) + 1 + j
+            steps.append({"index": i, "stage": "eval", "name": f"{i}_{name}", "overrides": overrides, "full": True})
     return steps
 
 
 def _eval_overrides(pl, full: bool = False) -> list[str]:
-    cats = ",".join(pl.eval_categories) if not full else ",".join(_default_categories())
+    cats = ",".join(pl.eval_categories if not full else (pl.get("final_eval_categories") or _default_categories()))
     out = [f"eval.categories=[{cats}]"]
     if pl.eval_subset_per_category and not full:
         out.append(f"eval.subset_per_category={int(pl.eval_subset_per_category)}")
