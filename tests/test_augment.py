@@ -232,3 +232,41 @@ def test_join_same_tool_draws_names_by_their_rows():
     made = [r for r in out if r["meta"].get("augmentation") == "join_same_tool"]
     assert counts["join_same_tool"] == len(made) > 0
     assert all(called_names(r)[0] == "get_weather" and len(called_names(r)) in (2, 3) for r in made)
+
+
+def test_other_tools_offers_only_another_sources_unrelated_tools():
+    donor_same = {**row([B], "Table for 4", []), "meta": {"source": "t"}}  # same source as R1: never a donor
+    related = {**row([_tool("weather_alerts", "Storm alerts for a city.")], "x", []), "meta": {"source": "u"}}
+    unrelated = {**row([B, _tool("translate_text", "Translate a text.")], "y", []), "meta": {"source": "u"}}
+    for seed in range(10):
+        out = A.make_other_tools(R1, [donor_same, related, unrelated], random.Random(seed))
+        validate_conversation(out)
+        assert {t["name"] for t in out["tools"]} <= {"book_table", "translate_text"} and out["tools"]
+        assert called_names(out) == [] and out["messages"][-1]["content"] == A.REFUSAL
+        assert out["messages"][0] == R1["messages"][0]
+        assert out["meta"]["augmentation"] == "other_tools" and out["meta"]["category"] == "irrelevance"
+    # a donor naming a word of the request ("Oslo") or sharing the called tool's words is skipped
+    oslo = {**row([_tool("oslo_metro_times", "Metro departures.")], "z", []), "meta": {"source": "u"}}
+    assert A.make_other_tools(R1, [donor_same, related, oslo], random.Random(0)) is None
+    assert A.make_other_tools(row([W], "hi", []), [unrelated], random.Random(0)) is None  # not a call row
+
+
+def test_other_tools_in_augment_rows_and_the_mix_cache_key():
+    from omegaconf import OmegaConf
+
+    from gemma_tool_use.data.mix import mix_fingerprint
+
+    rows = [R1, {**R2, "meta": {"source": "u", "row": "r2"}}] * 5
+    cfg = {"irrelevance": 0.2}
+    before, _ = A.augment_rows(rows, cfg, seed=3)
+    out, counts = A.augment_rows(rows, {**cfg, "other_tools": 0.4}, seed=3)
+    assert json.dumps(out[: len(before)]) == json.dumps(before) and counts["other_tools"] == 4
+    for r in out[len(before) :]:  # each request offered the other source's tools only
+        names = {t["name"] for t in r["tools"]}
+        assert r["meta"]["augmentation"] == "other_tools"
+        assert names == {"book_table"} if r["meta"]["source"] == "t" else names <= {"get_weather", "get_stock"}
+
+    def key(**augment):
+        return mix_fingerprint(OmegaConf.create({"name": "m", "augment": {"near_miss": 0.1, **augment}}), 0, "tok")
+
+    assert key() == key(other_tools=0.0) != key(other_tools=0.1)  # a default-zero new option keeps old caches

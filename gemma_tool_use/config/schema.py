@@ -135,6 +135,7 @@ class AugmentConfig:
     near_miss: float = 0.0  # call rows whose tools are swapped for same-domain ones that do not fit
     procedural_parallel: float = 0.0  # one tool called 2-4 times in one request (BFCL "parallel")
     join_same_tool: float = 0.0  # 2-3 real requests for one tool joined: as many calls of it (BFCL "parallel")
+    other_tools: float = 0.0  # call rows' requests offered only another source's unrelated tools -> REFUSAL
 
 
 @dataclass

@@ -12,6 +12,9 @@
   join_same_tool  2-3 real requests that call the same tool, joined: as many calls of it
   procedural      rows generated from tool schemas alone (valid args drawn from the schema)
   procedural_parallel  one request for the same task 2-4 times: as many calls of one tool
+  other_tools     a call row's request offered only another source's tools that share no
+                  specific word with it (a request meeting an unrelated API, as in BFCL's
+                  irrelevance and live_irrelevance): the answer is the REFUSAL
 """
 
 from __future__ import annotations
@@ -131,6 +134,42 @@ def make_near_miss(row: dict, index: NearMissIndex, rng: random.Random, k: int =
     rng.shuffle(out["tools"])
     out["messages"][-1] = {"role": "assistant", "content": REFUSAL}
     return _tag(out, "near_miss")
+
+
+def _request_words(row: dict) -> frozenset[str]:
+    """Content words of the row's user turns and of the tools it calls: what its request is about."""
+    called = {c["name"] for c in _single_turn_calls(row) or []}
+    text = " ".join(m.get("content") or "" for m in row["messages"] if m["role"] == "user")
+    words = {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3} - _STOP_WORDS - _GENERIC_NAME_WORDS
+    return frozenset(words).union(*(_tool_words(t) for t in row["tools"] if t["name"] in called))
+
+
+def _unrelated(tool: dict, about: frozenset[str], max_similarity: float) -> bool:
+    words = _tool_words(tool)
+    return not (_name_words(tool["name"]) & about) and len(words & about) < max_similarity * max(1, len(words))
+
+
+def make_other_tools(
+    row: dict, donors: list[dict], rng: random.Random, k: int = 4, max_similarity: float = 0.15
+) -> dict | None:
+    """A single-turn call row whose tools are all replaced by up to k tools of the first donor row
+    (from another source) none of whose tools names a word of the request or of the called tools,
+    or shares more than max_similarity of its content words with them; the answer is the REFUSAL.
+    None when the row is not a call row or no donor qualifies."""
+    if not _single_turn_calls(row):
+        return None
+    about, source = _request_words(row), row.get("meta", {}).get("source")
+    names = {t["name"] for t in row["tools"]}
+    for donor in donors:
+        tools = donor.get("tools") or []
+        if donor.get("meta", {}).get("source") == source or not tools or names & {t["name"] for t in tools}:
+            continue
+        if all(_unrelated(t, about, max_similarity) for t in tools):
+            out = copy.deepcopy(row)
+            out["tools"] = copy.deepcopy(rng.sample(tools, min(k, len(tools))))
+            out["messages"][-1] = {"role": "assistant", "content": REFUSAL}
+            return _tag(out, "other_tools")
+    return None
 
 
 def add_distractors(row: dict, pool: list[dict], rng: random.Random, k: int = 3) -> dict:
@@ -383,7 +422,7 @@ def procedural_parallel_row(tool: dict, rng: random.Random, pool: list[dict] | N
 def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None = None) -> tuple[list[dict], dict]:
     """Originals plus augmented copies, by ratio of the originals (cfg: irrelevance,
     distractors, mask_names, join_parallel, procedural, near_miss, procedural_parallel,
-    join_same_tool; floats >= 0). Deterministic."""
+    join_same_tool, other_tools; floats >= 0). Deterministic."""
     rng = random.Random(seed)
     pool = tool_pool or [t for r in rows for t in r.get("tools", [])]
     out, counts = list(rows), {}
@@ -416,4 +455,7 @@ def augment_rows(rows: list[dict], cfg, seed: int, tool_pool: list[dict] | None 
         )
     if n_of("join_same_tool"):  # after the others: earlier recipes draw exactly what they drew
         add("join_same_tool", [join_same_tool(g, rng) for g in _same_tool_groups(rows, n_of("join_same_tool"), rng)])
+    if n_of("other_tools"):
+        with_tools = [r for r in rows if r.get("tools")]
+        add("other_tools", [make_other_tools(r, pick(with_tools, 8), rng) for r in pick(singles, n_of("other_tools"))])
     return out, counts

@@ -224,15 +224,25 @@ def no_call_share(rows: list[dict]) -> float:
     return (sum(1 for r in rows if r["meta"]["category"] in ("irrelevance", "chat")) / len(rows)) if rows else 0.0
 
 
+_ADDED_AUGMENTATIONS = {"other_tools": 0.0}
+
+
 def mix_fingerprint(data_cfg, seed: int, tokenizer_source: str) -> str:
     from omegaconf import OmegaConf
 
     # version 2: cached cards carry the train_tokenized step; 3: one data-source framework (data/sources),
     # one refusal text, jsonschema argument checks; 4: BFCL function names decontaminated, per-source caps;
     # 5: join_same_tool ends each joined request with punctuation
+    data = OmegaConf.to_container(data_cfg, resolve=True)
+    # options added since version 5 leave the key alone while at their default (the same rows), so
+    # adding one does not rebuild every cached mix
+    augment = data.get("augment") or {}
+    for k, default in _ADDED_AUGMENTATIONS.items():
+        if augment.get(k, default) == default:
+            augment.pop(k, None)
     blob = json.dumps(
         {
-            "data": OmegaConf.to_container(data_cfg, resolve=True),
+            "data": data,
             "seed": seed,
             "tokenizer": tokenizer_source,
             "version": 5,
