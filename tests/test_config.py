@@ -368,9 +368,8 @@ def claims_sft_broad_curve():
     # The curve is recorded point by point: the comment states every point scored so far.
     curve = recorded("sft_broad_curve/learning_curve.json")
     return [
-        fig(
-            "step {} ({} rows): BFCL subset mean {}, false refusals {}%",
-            p["step"],
+        fig(  # the step written literally: one phrase per point, each found once
+            f"step {p['step']} ({{}} rows): BFCL subset mean {{}}, false refusals {{}}%",
             p["rows_trained"],
             p["bfcl_subset_mean"],
             p["decisions"]["false_refusal_rate"],
