@@ -34,7 +34,7 @@ def compose(overrides, hydra=False):
     return cfg
 
 
-@pytest.mark.parametrize("recipe", ["cpu", "tpu_v5e8"])
+@pytest.mark.parametrize("recipe", ["cpu", "cpu_broad", "tpu_v5e8"])
 def test_recipes_compose_check_and_plan(recipe):
     from gemma_tool_use.config.checks import check_config
     from gemma_tool_use.orchestration.pipeline import plan
@@ -44,7 +44,8 @@ def test_recipes_compose_check_and_plan(recipe):
     check_config(cfg)
     names = [s["name"] for s in plan(cfg)]
     assert names[:4] == ["0_baseline", "1_sft_small", "2_sft_full", "3_grpo"]
-    assert names[4:] == (["4_final_full_eval"] if recipe == "cpu" else [])
+    finals = {"cpu": ["4_final_full_eval"], "cpu_broad": ["4_final_full_eval", "5_final_full_eval_constrained"]}
+    assert names[4:] == finals.get(recipe, [])
     # every stage's own command composes and passes the checks
     for step in plan(cfg)[1:4]:
         check_config(
@@ -90,7 +91,6 @@ def test_final_full_eval_takes_its_own_categories_and_a_constrained_twin(tmp_pat
         ("pipeline.eval_subset_per_category=0", "pipeline.eval_subset_per_category"),
         ("pipeline.heldout_prompts=/no/such.jsonl", "pipeline.heldout_prompts"),
         ("pipeline.final_eval_categories=[]", "pipeline.final_eval_categories"),
-        ("pipeline.final_constrained_eval=true pipeline.final_full_eval=false", "pipeline.final_constrained_eval"),
     ],
 )
 def test_bad_pipeline_configs_name_the_key(override, key):

@@ -404,14 +404,6 @@ def _check_pipeline(pipeline: DictConfig) -> None:
     final = pipeline.get("final_eval_categories")
     if final is not None and not final:
         _fail("pipeline.final_eval_categories", "must list at least one BFCL category, or be null (the default set)")
-    if (pipeline.get("final_constrained_eval") or final) and not (
-        pipeline.final_full_eval and pipeline.eval_subset_per_category
-    ):
-        _fail(
-            "pipeline.final_eval_categories" if final else "pipeline.final_constrained_eval",
-            "shapes the final full eval, which runs with pipeline.final_full_eval=true after subset evals "
-            "(pipeline.eval_subset_per_category)",
-        )
     _heldout_file("pipeline.heldout_prompts", pipeline.get("heldout_prompts"))
 
 
