@@ -65,15 +65,23 @@ def test_final_full_eval_takes_its_own_categories_and_a_constrained_twin(tmp_pat
     from gemma_tool_use.config.checks import check_config
     from gemma_tool_use.orchestration.pipeline import _stage_command, plan
 
-    cats = "[simple_python,irrelevance,live_simple]"
-    cfg = compose(["pipeline=cpu", f"pipeline.final_eval_categories={cats}", "pipeline.final_constrained_eval=true"])
+    cats, constrained_cats = "[simple_python,irrelevance,live_simple]", "[simple_python,irrelevance]"
+    cfg = compose(
+        [
+            "pipeline=cpu",
+            f"pipeline.final_eval_categories={cats}",
+            f"pipeline.final_constrained_categories={constrained_cats}",
+        ]
+    )
     check_config(cfg)
     steps = plan(cfg)
     assert [s["name"] for s in steps[-2:]] == ["4_final_full_eval", "5_final_full_eval_constrained"]
-    for step, constrained in zip(steps[-2:], (False, True)):
+    for step, want, constrained in zip(steps[-2:], (cats, constrained_cats), (False, True)):
         args = _stage_command(cfg, step, tmp_path / step["name"], tmp_path, "1_sft_small/adapter", [], "g")
-        assert f"eval.categories={cats}" in args and not any("subset_per_category" in a for a in args)
+        assert f"eval.categories={want}" in args and not any("subset_per_category" in a for a in args)
         assert ("generation.constrain=tools" in args) == constrained
+    default = plan(compose(["pipeline=cpu"]))[-1]  # no categories named: the default set, no constrained twin
+    assert default["name"] == "4_final_full_eval" and "live_simple" not in default["full"]
     # the stages' subset evals keep pipeline.eval_categories
     sub = _stage_command(cfg, steps[1], tmp_path / "1", tmp_path, None, [], "g")
     assert "eval.subset_per_category=50" in sub and f"eval.categories={cats}" not in sub
@@ -91,6 +99,7 @@ def test_final_full_eval_takes_its_own_categories_and_a_constrained_twin(tmp_pat
         ("pipeline.eval_subset_per_category=0", "pipeline.eval_subset_per_category"),
         ("pipeline.heldout_prompts=/no/such.jsonl", "pipeline.heldout_prompts"),
         ("pipeline.final_eval_categories=[]", "pipeline.final_eval_categories"),
+        ("pipeline.final_constrained_categories=[]", "pipeline.final_constrained_categories"),
     ],
 )
 def test_bad_pipeline_configs_name_the_key(override, key):

@@ -401,9 +401,10 @@ def _check_pipeline(pipeline: DictConfig) -> None:
     _positive("pipeline.eval_subset_per_category", pipeline.eval_subset_per_category, allow_none=True)
     if not pipeline.eval_categories:
         _fail("pipeline.eval_categories", "must list at least one BFCL category")
-    final = pipeline.get("final_eval_categories")
-    if final is not None and not final:
-        _fail("pipeline.final_eval_categories", "must list at least one BFCL category, or be null (the default set)")
+    for key, null in (("final_eval_categories", "the default set"), ("final_constrained_categories", "none")):
+        cats = pipeline.get(key)
+        if cats is not None and not cats:
+            _fail(f"pipeline.{key}", f"must list at least one BFCL category, or be null ({null})")
     _heldout_file("pipeline.heldout_prompts", pipeline.get("heldout_prompts"))
 
 

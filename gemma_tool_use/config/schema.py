@@ -404,8 +404,9 @@ class PipelineConfig:
     final_full_eval: bool = False  # full-category BFCL of the final model (when the stages used a subset)
     # The final full eval's categories (null: the default set), e.g. the default set + live ones.
     final_eval_categories: Optional[list[str]] = None
-    # Also the final full eval with generation.constrain=tools (its own, labelled table).
-    final_constrained_eval: bool = False
+    # The final model again under generation.constrain=tools on these full categories (its own,
+    # labelled table); null: none. Live prompts are long: on a CPU the default set alone is ~1 h.
+    final_constrained_categories: Optional[list[str]] = None
     # A scored prompt file (data/heldout_calls) the start and each training stage's model are
     # predicted on too: call decisions on tools no training source offers, beside BFCL.
     heldout_prompts: Optional[str] = None

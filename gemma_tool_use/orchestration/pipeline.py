@@ -88,17 +88,23 @@ def plan(cfg: DictConfig) -> list[dict]:
         i = order.index(stage) + 1
         steps.append({"index": i, "stage": stage, "name": f"{i}_{stage}", "overrides": list(pl.recipe[stage])})
     if pl.final_full_eval and pl.eval_subset_per_category:
-        finals = [("final_full_eval", [])]
-        if pl.get("final_constrained_eval"):  # the same entries, decoded under the tools grammar
-            finals.append(("final_full_eval_constrained", ["generation.constrain=tools"]))
-        for j, (name, overrides) in enumerate(finals):
+        finals = [("final_full_eval", [], pl.get("final_eval_categories") or _default_categories())]
+        if pl.get("final_constrained_categories"):  # decoded under the tools grammar
+            finals.append(
+                ("final_full_eval_constrained", ["generation.constrain=tools"], pl.final_constrained_categories)
+            )
+        for j, (name, overrides, cats) in enumerate(finals):
             i = len(order) + 1 + j
-            steps.append({"index": i, "stage": "eval", "name": f"{i}_{name}", "overrides": overrides, "full": True})
+            steps.append(
+                {"index": i, "stage": "eval", "name": f"{i}_{name}", "overrides": overrides, "full": list(cats)}
+            )
     return steps
 
 
-def _eval_overrides(pl, full: bool = False) -> list[str]:
-    cats = ",".join(pl.eval_categories if not full else (pl.get("final_eval_categories") or _default_categories()))
+def _eval_overrides(pl, full: list[str] | None = None) -> list[str]:
+    """BFCL categories of a stage's eval: the subset of pipeline.eval_categories, or a final eval's
+    full categories (`full`)."""
+    cats = ",".join(full or pl.eval_categories)
     out = [f"eval.categories=[{cats}]"]
     if pl.eval_subset_per_category and not full:
         out.append(f"eval.subset_per_category={int(pl.eval_subset_per_category)}")
@@ -222,7 +228,7 @@ def _stage_command(
         *user,
         f"hydra.run.dir={stage_dir}",
         f"tracking.group={group}",
-        *_eval_overrides(pl, step.get("full", False)),
+        *_eval_overrides(pl, step.get("full")),
     ]
     if stage == "eval":
         args.append(
