@@ -77,7 +77,7 @@ def test_points_and_flatness():
 
 
 def test_learning_curve_plot(tmp_path):
-    from gemma_tool_use.training.curves import plot_learning_curve
+    from gemma_tool_use.training.curves import change_labels, plot_learning_curve
 
     dec = {"false_refusal_rate": 10.0, "false_call_rate": 5.0, "count_right_rate": 60.0, "exact_rate": 30.0}
     curve = {
@@ -95,6 +95,11 @@ def test_learning_curve_plot(tmp_path):
     }
     out = plot_learning_curve(curve, tmp_path / "c.png")
     assert out.stat().st_size > 10_000
+    for k, p in zip((1, 2), curve["points"]):
+        p["step"] = 100 * k
+    curve["changes"] = [{"from_step": 100, "to_step": 200, "gained": 9, "lost": 1, "p_value": 0.0215}]
+    assert change_labels(curve) == [(1200.0, 30.0, "+9 -1\np=0.021", True)]
+    assert plot_learning_curve(curve, tmp_path / "c.png").stat().st_size > 10_000
     several = {"several_calls": {"prompts": 4, "names_right": 1}}
     curve["points"][1]["heldout"] = {**dec, "by_gold_kind": several}  # a third panel: the held-out set
     wide = plot_learning_curve(curve, tmp_path / "wide.png")

@@ -138,6 +138,20 @@ def _plot_decisions(ax, rows: list[int], pts: list[dict], key: str, ylabel: str)
     ax.grid(alpha=0.3)
 
 
+def change_labels(curve: dict) -> list[tuple[float, float, str, bool]]:
+    """(x, y, text, significant) per interval of the curve's recorded `changes`: the subset entries
+    gained and lost between two points and the sign test's p, placed between them on the mean line;
+    significant when p < 0.05."""
+    where = {p.get("step"): (p["rows_trained"], p["bfcl_subset_mean"]) for p in curve["points"]}
+    out = []
+    for c in curve.get("changes") or []:
+        a, b = where.get(c["from_step"]), where.get(c["to_step"])
+        if a and b:
+            text = f"+{c['gained']} -{c['lost']}\np={c['p_value']:.2g}"
+            out.append(((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, text, c["p_value"] < 0.05))
+    return out
+
+
 def plot_learning_curve(curve: dict, out_png: str | Path) -> Path:
     """BFCL subset accuracy per category against rows trained (left), and the call decisions, false
     refusals and false calls, beside them: on the held-out-tool validation split, and on the held-out
@@ -157,6 +171,8 @@ def plot_learning_curve(curve: dict, out_png: str | Path) -> Path:
     for cat in pts[-1]["bfcl_subset"]:
         ax.plot(rows, [p["bfcl_subset"].get(cat) for p in pts], "o-", lw=1.5, ms=3, label=cat)
     ax.plot(rows, [p["bfcl_subset_mean"] for p in pts], "k--", lw=2, label="mean")
+    for x, y, text, significant in change_labels(curve):  # is the move more than chance?
+        ax.annotate(text, (x, y), fontsize=6, ha="center", va="bottom", weight="bold" if significant else "normal")
     ax.set_xlabel("rows trained")
     ax.set_ylabel(f"BFCL accuracy, % ({curve['subset_per_category']} fixed entries per category)")
     ax.grid(alpha=0.3)
