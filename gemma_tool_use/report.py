@@ -28,7 +28,7 @@ from gemma_tool_use.training.curves import plot_training_curves
 
 def _print_agreement(a: str, b: str, out: str | None) -> None:
     result = entry_agreement(a, b)
-    change = paired_change(a, b)
+    change = paired_change(result)  # from the same reading of both folders
     if out:
         Path(out).write_text(json.dumps({**result, "change": change}, indent=1) + "\n")
     for cat, c in result["categories"].items():

@@ -73,10 +73,14 @@ def _name_words(name: str) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", split.lower()) if len(w) >= 3} - _GENERIC_NAME_WORDS
 
 
-def _tool_words(tool: dict) -> frozenset[str]:
-    text = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", f"{tool['name']} {tool.get('description') or ''}")
+def _content_words(text: str) -> frozenset[str]:
+    """Lowercase words of 3+ letters that are neither stop words nor generic name words."""
     words = re.findall(r"[a-z]+", text.lower())
     return frozenset(w for w in words if len(w) >= 3 and w not in _STOP_WORDS and w not in _GENERIC_NAME_WORDS)
+
+
+def _tool_words(tool: dict) -> frozenset[str]:
+    return _content_words(re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", f"{tool['name']} {tool.get('description') or ''}"))
 
 
 class NearMissIndex:
@@ -140,8 +144,7 @@ def _request_words(row: dict) -> frozenset[str]:
     """Content words of the row's user turns and of the tools it calls: what its request is about."""
     called = {c["name"] for c in _single_turn_calls(row) or []}
     text = " ".join(m.get("content") or "" for m in row["messages"] if m["role"] == "user")
-    words = {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) >= 3} - _STOP_WORDS - _GENERIC_NAME_WORDS
-    return frozenset(words).union(*(_tool_words(t) for t in row["tools"] if t["name"] in called))
+    return _content_words(text).union(*(_tool_words(t) for t in row["tools"] if t["name"] in called))
 
 
 def _unrelated(tool: dict, about: frozenset[str], max_similarity: float) -> bool:

@@ -319,11 +319,10 @@ def sign_test_p(gained: int, lost: int) -> float:
     return round(min(1.0, 2.0 * tail / 2**n), 4)
 
 
-def paired_change(a_dir: str | Path, b_dir: str | Path) -> dict:
-    """From run a to run b on the same entries (two BFCL runs' JSONL folders): per category and in
+def paired_change(agree: dict) -> dict:
+    """From run a to run b on the same entries (their `entry_agreement(a, b)`): per category and in
     all, the entries gained (wrong in a, right in b) and lost, the change in points and the sign
     test's p. Only entries present in both are compared."""
-    agree = entry_agreement(a_dir, b_dir)
     out: dict = {"categories": {}}
     for cat, c in agree["categories"].items():
         gained = len(c["flipped_to_valid"])

@@ -31,7 +31,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gemma_tool_use.evaluation import call_decisions
-from gemma_tool_use.evaluation.bfcl_tables import paired_change
+from gemma_tool_use.evaluation.bfcl_tables import entry_agreement, paired_change
 from gemma_tool_use.orchestration.heldout_scoring import score_heldout
 from gemma_tool_use.orchestration.pipeline import PipelineError, _pipeline_root, _run_child, command_overrides
 from gemma_tool_use.training.curves import plot_learning_curve
@@ -209,7 +209,7 @@ def _changes(root: Path, records: list[dict]) -> list[dict]:
     for a, b in zip(records, records[1:]):
         dirs = [root / "curve" / f"step_{r['step']}" / "bfcl" / "bfcl" for r in (a, b)]
         if all(d.is_dir() for d in dirs):
-            out.append({"from_step": a["step"], "to_step": b["step"], **paired_change(*dirs)})
+            out.append({"from_step": a["step"], "to_step": b["step"], **paired_change(entry_agreement(*dirs))})
     return out
 
 
