@@ -161,3 +161,4 @@ def test_sign_test_p_is_mcnemars_exact_test():
     assert sign_test_p(5, 0) == sign_test_p(0, 5) == 0.0625  # 2 / 2**5
     assert sign_test_p(1, 8) == round(2 * (1 + 9) / 2**9, 4)  # 0.0391: the curve's irrelevance, step 200 -> 400
     assert sign_test_p(16, 22) > 0.4  # the curve's whole subset, step 200 -> 400: chance
+    assert 0 < sign_test_p(44, 11) < 1e-4  # the curve's start -> step 800: tiny, never rounded to 0

@@ -316,7 +316,8 @@ def sign_test_p(gained: int, lost: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1))
-    return round(min(1.0, 2.0 * tail / 2**n), 4)
+    # three significant digits, not four decimals: a large split's p (e.g. 2e-7) must not print as 0
+    return float(f"{min(1.0, 2.0 * tail / 2**n):.3g}")
 
 
 def paired_change(agree: dict) -> dict:
