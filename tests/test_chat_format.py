@@ -155,6 +155,16 @@ def test_unknown_tool_is_kept_and_flagged():
     assert res.calls == [{"name": "nope", "args": {}}] and res.error_kinds == [parse.UNKNOWN_TOOL]
 
 
+def test_repeated_key_keeps_the_last_value_and_is_flagged():
+    # the curve's step-800 model folded two BFCL parallel calls into one block this way
+    res = parse.parse_model_output(
+        '<tool_call>\n{"name": "f", "args": {"a": 3, "b": 4, "a": 5, "o": {"k": 1, "k": 2}, "b": 12}}\n</tool_call>'
+    )
+    assert res.calls == [{"name": "f", "args": {"a": 5, "o": {"k": 2}, "b": 12}}]
+    assert res.error_kinds == [parse.DUPLICATE_KEY] and all(f"'{k}'" in res.errors[0].detail for k in "akb")
+    assert parse.parse_model_output('<tool_call>\n{"name": "f", "args": {"a": 3, "b": 4}}\n</tool_call>').ok
+
+
 def test_one_bad_block_does_not_hide_good_ones():
     text = (
         '<tool_call>\n{"name": "get_weather", "args": {"city": "A"}}\n</tool_call>\n'

@@ -86,6 +86,18 @@ def test_wrong_and_malformed_outputs_fail_with_bfcls_error_types(entries):
         assert not verdict["valid"] and verdict["error_type"].startswith(kind), (text, verdict)
 
 
+def test_a_repeated_key_is_decoded_with_its_last_value_as_json_loads_would(entries):
+    es, answers = entries["simple_python"]
+    e, ans = es[0], answers[es[0]["id"]]
+    name, args = first_answer_args(ans)[0]
+    key = next(iter(args))
+    right = call_text((name, args))
+    repeated_wrong_first = right.replace('"args": {', '"args": {' + json.dumps(key) + ": 123456, ", 1)
+    repeated_right_first = right.replace("}}\n</tool_call>", ", " + json.dumps(key) + ": 123456}}\n</tool_call>")
+    assert bfcl.score_entry("simple_python", e, repeated_wrong_first, ans)["valid"]
+    assert bfcl.score_entry("simple_python", e, repeated_right_first, ans)["error_type"].startswith("value_error")
+
+
 def test_irrelevance_rule(entries):
     e = entries["irrelevance"][0][0]
     assert bfcl.score_entry("irrelevance", e, "Sorry, none of the tools can do that.", None)["valid"]

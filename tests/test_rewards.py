@@ -319,6 +319,15 @@ def test_best_assignment_is_exact_and_greedy_fallback_is_bounded():
     assert R._best_assignment(many) == 12
 
 
+def test_a_repeated_key_zeroes_the_format_term_only():
+    folded = '<tool_call>\n{"name": "get_weather", "args": {"city": "Paris", "city": "Rome"}}\n</tool_call>'
+    cols = dict(tools=[TOOLS], gold_calls=[[PARIS, ROME]], stop_reasons=["stop"])
+    assert R.format_reward(None, [folded], **cols) == [0.0]
+    assert R.format_reward(None, [out(ROME)], **cols) == [1.0]
+    # the content is scored as the call json.loads reads (city Rome), the same as the tidy one
+    assert R.correctness_reward(None, [folded], **cols) == R.correctness_reward(None, [out(ROME)], **cols)
+
+
 def test_made_call():
     assert R.made_call(out(PARIS), TOOLS) and R.made_call(BAD_JSON, TOOLS)
     assert R.made_call("oops </tool_call>", TOOLS)

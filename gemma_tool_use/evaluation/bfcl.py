@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from gemma_tool_use.format.parse import parse_model_output
+from gemma_tool_use.format.parse import DUPLICATE_KEY, parse_model_output
 from gemma_tool_use.utils.errors import UserError
 
 # bfcl-eval writes into its project root unless told otherwise; keep it out of site-packages.
@@ -52,8 +52,10 @@ class DecodeError(ValueError):
 
 def _calls_or_raise(text: str) -> list[dict]:
     parsed = parse_model_output(text)
-    if parsed.errors:
-        raise DecodeError("; ".join(f"{e.kind}: {e.detail}" for e in parsed.errors))
+    # a repeated key keeps its last value, as a json.loads decode would: not a decode failure
+    errors = [e for e in parsed.errors if e.kind != DUPLICATE_KEY]
+    if errors:
+        raise DecodeError("; ".join(f"{e.kind}: {e.detail}" for e in errors))
     return [{c["name"]: c["args"]} for c in parsed.calls]
 
 

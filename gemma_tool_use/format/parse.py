@@ -31,6 +31,9 @@ NESTED_OPEN_TAG = "nested_open_tag"  # '<tool_call>' again inside an open block;
 NUMBER_TOO_LARGE = "number_too_large"  # int over MAX_INT_DIGITS digits, or a float that overflows to inf
 TOO_DEEP = "too_deep"  # JSON nested deeper than MAX_NESTING
 INVALID_UNICODE = "invalid_unicode"  # lone surrogates (e.g. the escape "\ud800"), replaced by U+FFFD
+# an object of the call repeats a key (e.g. two calls folded into one: {"a": 3, "b": 4, "a": 5});
+# the call is kept with the last value, as json.loads keeps it, so BFCL's decode ignores this kind
+DUPLICATE_KEY = "duplicate_key"
 BAD_TOOLS = "bad_tools"  # the caller's tool list is malformed (the caller's bug, not the model's)
 PARSER_ERROR = "parser_error"  # a bug in this parser, reported rather than raised (tests expect none)
 ERROR_KINDS = (
@@ -45,6 +48,7 @@ ERROR_KINDS = (
     NUMBER_TOO_LARGE,
     TOO_DEEP,
     INVALID_UNICODE,
+    DUPLICATE_KEY,
     BAD_TOOLS,
     PARSER_ERROR,
 )
@@ -269,8 +273,24 @@ def _clean(value: Any, depth: int, flags: set) -> Any:
 def _parse_block(body: str, block: int, known: set | None) -> tuple[dict | None, list[ParseError]]:
     """(the call or None, its errors) for one block's content."""
     too_deep = ParseError(TOO_DEEP, f"JSON nested deeper than {MAX_NESTING} levels", block)
+    repeated: list[str] = []
+
+    def last_value_wins(pairs: list) -> dict:
+        seen = set()
+        for k, _ in pairs:
+            if k in seen:
+                repeated.append(k)
+            seen.add(k)
+        return dict(pairs)
+
     try:
-        obj = json.loads(body.strip(), parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
+        obj = json.loads(
+            body.strip(),
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_reject_constant,
+            object_pairs_hook=last_value_wins,
+        )
     except _NumberTooLarge as e:
         return None, [ParseError(NUMBER_TOO_LARGE, str(e), block)]
     except RecursionError:
@@ -293,6 +313,9 @@ def _parse_block(body: str, block: int, known: set | None) -> tuple[dict | None,
     errors = []
     if flags:
         errors.append(ParseError(INVALID_UNICODE, "lone surrogate in a string, replaced by U+FFFD", block))
+    if repeated:
+        keys = ", ".join(f"'{k}'" for k in dict.fromkeys(repeated))
+        errors.append(ParseError(DUPLICATE_KEY, f"repeated key(s) {keys}; the last value is kept", block))
     if known is not None and name not in known:
         errors.append(ParseError(UNKNOWN_TOOL, f"'{name}' is not among the listed tools", block))
     return {"name": name, "args": args}, errors
