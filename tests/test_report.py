@@ -113,6 +113,9 @@ def test_collect_copies_small_artifacts_only(tmp_path):
     (run / "train_summary.json").write_text(json.dumps({"checkpoint_dir": f"{run.resolve()}/checkpoints"}))
     (run / "bfcl_eval" / "bfcl").mkdir(parents=True)
     (run / "bfcl_eval" / "bfcl" / "simple_python.jsonl").write_text("{}\n")
+    (run / "heldout").mkdir()
+    for name in ("heldout.json", "predictions.jsonl", "gemma_tool_use.log"):
+        (run / "heldout" / name).write_text("{}\n")
     (run / "checkpoints" / "13").mkdir(parents=True)
     (run / "checkpoints" / "13" / "weights.bin").write_bytes(b"x" * 100)
     dest = tmp_path / "exp"
@@ -121,6 +124,8 @@ def test_collect_copies_small_artifacts_only(tmp_path):
     assert files == [
         "bfcl_eval/bfcl/simple_python.jsonl",
         "config_resolved.yaml",
+        "heldout/heldout.json",
+        "heldout/predictions.jsonl",
         "overrides.yaml",
         "train_summary.json",
     ]

@@ -392,8 +392,16 @@ def _check_pipeline(pipeline: DictConfig) -> None:
     if pipeline.stages is not None:
         order = list(pipeline.recipe)
         unknown = [s for s in pipeline.stages if s not in order]
-        if unknown or not (pipeline.stages or pipeline.baseline):  # [] with the baseline: BFCL of the start only
+        if unknown:
             _fail("pipeline.stages", f"a slice of the recipe's stages {order}, got {list(pipeline.stages)}")
+        # []: BFCL of the start only (the baseline), or the final evals of the start (an adapter trained elsewhere)
+        finals = pipeline.final_full_eval and pipeline.eval_subset_per_category  # as plan() has it
+        if not (pipeline.stages or pipeline.baseline or finals):
+            _fail(
+                "pipeline.stages",
+                "[] with pipeline.baseline=false and no final full eval runs nothing; "
+                f"name stages of {order}, or set pipeline.baseline or pipeline.final_full_eval",
+            )
         if len(set(pipeline.stages)) != len(pipeline.stages) or [s for s in order if s in pipeline.stages] != list(
             pipeline.stages
         ):

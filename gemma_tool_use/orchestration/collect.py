@@ -36,6 +36,11 @@ COLLECTED = [
     "bfcl_eval/accuracy.png",
     "bfcl_eval/bfcl/*.jsonl",
     "bfcl/*.jsonl",
+    # a pipeline stage's held-out tool-calling set (heldout_scoring): the record the pipeline summary
+    # reads back, the decisions and each prompt's raw output
+    "heldout/heldout.json",
+    "heldout/decisions.json",
+    "heldout/predictions.jsonl",
     ".hydra/overrides.yaml",
 ]
 
