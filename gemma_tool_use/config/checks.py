@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gemma_tool_use.config.schema import CONSTRAIN_MODES, GEMMA3_VOCAB, TRAINING_STAGES, Config
+from gemma_tool_use.config.schema import CONSTRAIN_MODES, GEMMA3_VOCAB, TRAINING_STAGES, Config, runs_final_evals
 from gemma_tool_use.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -395,8 +395,7 @@ def _check_pipeline(pipeline: DictConfig) -> None:
         if unknown:
             _fail("pipeline.stages", f"a slice of the recipe's stages {order}, got {list(pipeline.stages)}")
         # []: BFCL of the start only (the baseline), or the final evals of the start (an adapter trained elsewhere)
-        finals = pipeline.final_full_eval and pipeline.eval_subset_per_category  # as plan() has it
-        if not (pipeline.stages or pipeline.baseline or finals):
+        if not (pipeline.stages or pipeline.baseline or runs_final_evals(pipeline)):
             _fail(
                 "pipeline.stages",
                 "[] with pipeline.baseline=false and no final full eval runs nothing; "

@@ -394,7 +394,8 @@ class PipelineConfig:
     # stage name (sft_small | sft_full | grpo) -> its overrides, in run order
     recipe: dict[str, list[str]] = field(default_factory=dict)
     common: list[str] = field(default_factory=list)  # overrides for every stage process (e.g. tpu=...)
-    stages: Optional[list[str]] = None  # a slice of the recipe, e.g. [sft_full, grpo]; null = all; [] = baseline only
+    # a slice of the recipe, e.g. [sft_full, grpo]; null = all; []: the baseline and/or the final evals of the start
+    stages: Optional[list[str]] = None
     # The start of the first stage: a stage dir, run dir, checkpoint or portable adapter dir.
     resume_from: Optional[str] = None
     baseline: bool = True  # BFCL of the start before the first stage
@@ -410,6 +411,12 @@ class PipelineConfig:
     # A scored prompt file (data/heldout_calls) the start and each training stage's model are
     # predicted on too: call decisions on tools no training source offers, beside BFCL.
     heldout_prompts: Optional[str] = None
+
+
+def runs_final_evals(pipeline) -> bool:
+    """Whether a pipeline ends with the final full-category evals: only when its stages scored a
+    subset (with full-category stage evals the last stage's eval is already the final one)."""
+    return bool(pipeline.final_full_eval and pipeline.eval_subset_per_category)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from gemma_tool_use.config.schema import EvalConfig
+from gemma_tool_use.config.schema import EvalConfig, runs_final_evals
 from gemma_tool_use.model.checkpoints import check_same_architecture
 from gemma_tool_use.orchestration.heldout_scoring import RECORD as HELDOUT_RECORD
 from gemma_tool_use.orchestration.heldout_scoring import score_heldout
@@ -87,7 +87,7 @@ def plan(cfg: DictConfig) -> list[dict]:
     for stage in chosen:
         i = order.index(stage) + 1
         steps.append({"index": i, "stage": stage, "name": f"{i}_{stage}", "overrides": list(pl.recipe[stage])})
-    if pl.final_full_eval and pl.eval_subset_per_category:
+    if runs_final_evals(pl):
         finals = [("final_full_eval", [], pl.get("final_eval_categories") or _default_categories())]
         if pl.get("final_constrained_categories"):  # decoded under the tools grammar
             finals.append(
