@@ -7,6 +7,8 @@
     python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
     python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement,
         # and the entries gained and lost from a to b with the sign test's p (is the change chance?)
+    python -m gemma_tool_use.report decisions experiments/heldout_calls/prompts.jsonl \
+        experiments/<run>/heldout/predictions.jsonl    # held-out call decisions, per turn, kind and source
 
 The SFT stage draws the curve itself when training ends; `compare` is how experiments/ gets
 its stage-by-stage table (Markdown + PNG, one bar group per category); `collect` copies the
@@ -21,9 +23,12 @@ import argparse
 import json
 from pathlib import Path
 
+from gemma_tool_use.evaluation import call_decisions
 from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl, entry_agreement, paired_change
 from gemma_tool_use.orchestration.collect import collect_pipeline, collect_run
+from gemma_tool_use.orchestration.heldout_scoring import SUMMARY_RATES
 from gemma_tool_use.training.curves import plot_training_curves
+from gemma_tool_use.utils.files import read_jsonl
 
 
 def _print_agreement(a: str, b: str, out: str | None) -> None:
@@ -45,6 +50,43 @@ def _print_agreement(a: str, b: str, out: str | None) -> None:
     )
 
 
+_DUE_COLS = ("due", "false_refusal", "count_right", "names_right", "exact")
+
+
+def _cell(counts: dict, col: str) -> str:
+    """A count, 0 where the column applies but nothing counted (the record leaves zeros out), blank
+    where it does not apply (no prompt of the row had calls due, or none had no call due)."""
+    if col in counts:
+        return str(counts[col])
+    applies = counts.get("due") if col in _DUE_COLS else counts.get("not_due")
+    return "0" if applies else ""
+
+
+def _decision_tables(record: dict) -> str:
+    """Markdown: the overall rates, then the counts per turn, gold kind, source and how."""
+    lines = [
+        f"{record['prompts']} prompts: {record['calls_due']} with calls due, {record['no_call_due']} with none",
+        "",
+    ]
+    lines += [f"- {label}: {record[key]}%" for key, label in SUMMARY_RATES if record.get(key) is not None]
+    cols = ("prompts", "due", "false_refusal", "count_right", "names_right", "exact", "not_due", "false_call")
+    for group in ("by_turn", "by_gold_kind", "by_source", "by_how"):
+        if not record.get(group):
+            continue
+        lines += ["", f"| {group[3:]} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for name, counts in record[group].items():
+            lines.append(f"| {name} | " + " | ".join(_cell(counts, c) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _print_decisions(prompts: str, predictions: str, out: str | None) -> None:
+    """Score a stage=predict run's predictions against the prompt file it read (the lines match)."""
+    record = call_decisions.score(read_jsonl(Path(prompts)), read_jsonl(Path(predictions)))
+    if out:
+        Path(out).write_text(json.dumps(record, indent=1) + "\n")
+    print(_decision_tables(record))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gemma_tool_use.report", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -61,7 +103,14 @@ def main(argv=None) -> int:
     g.add_argument("a")
     g.add_argument("b")
     g.add_argument("--out", default=None, help="write the JSON here too")
+    d = sub.add_parser("decisions", help="held-out call decisions of a predict run's predictions.jsonl, per turn")
+    d.add_argument("prompts", help="the predict input file (rows with tools, messages, gold)")
+    d.add_argument("predictions", help="the predict run's predictions.jsonl")
+    d.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
+    if args.cmd == "decisions":
+        _print_decisions(args.prompts, args.predictions, args.out)
+        return 0
     if args.cmd == "agree":
         _print_agreement(args.a, args.b, args.out)
         return 0

@@ -125,6 +125,27 @@ def test_scores_per_source_and_how_and_right_functions():
     assert cd.score_lines([(1, prompts[0]), (3, prompts[2])], preds)["prompts"] == 2
 
 
+def test_scores_per_turn_where_the_decision_falls():
+    """The first user turn, a later user turn, and right after a tool result: issue 29's false
+    refusals sat after tool results, which no count per kind or source shows."""
+    call = [{"name": "f", "args": {}}]
+    user, tool = {"role": "user", "content": "u"}, {"role": "tool", "content": "r"}
+    said = {"role": "assistant", "content": "", "tool_calls": call}
+    system = {"role": "system", "content": "s"}
+    prompts = [
+        {"gold": call, "messages": [system, user]},  # a system prompt is not a user turn
+        {"gold": call, "messages": [user, said, tool]},
+        {"gold": [], "messages": [user, {"role": "assistant", "content": "a"}, user]},
+        {"gold": call, "messages": [user, said, tool, {"role": "assistant", "content": "a"}, user]},
+    ]
+    preds = [{"line": 1, "tool_calls": call}, {"line": 2, "tool_calls": []}, {"line": 3, "tool_calls": call}]
+    by_turn = cd.score(prompts, preds)["by_turn"]
+    assert by_turn["first_user_turn"] == {"prompts": 1, "due": 1, "count_right": 1, "names_right": 1, "exact": 1}
+    assert by_turn["after_tool_result"] == {"prompts": 1, "due": 1, "false_refusal": 1}
+    assert by_turn["later_user_turn"] == {"prompts": 2, "due": 1, "false_refusal": 1, "not_due": 1, "false_call": 1}
+    assert cd.turn([user, said]) == "after_assistant"  # kept visible, not folded into a turn it is not
+
+
 SHARED = Path(
     os.environ.get("GEMMA_TOOL_USE_TEST_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets"
 )

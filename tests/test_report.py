@@ -161,6 +161,30 @@ def test_agree_counts_equal_verdicts_and_texts_per_entry(tmp_path, capsys):
     assert "1/3" in printed and "+1 -1" in printed
 
 
+def test_decisions_rescore_predictions_per_turn(tmp_path, capsys):
+    """`report decisions` re-scores a committed predictions.jsonl against its prompt file: the
+    tables a README quotes come from a command, not a throwaway script."""
+    call = [{"name": "f", "args": {"x": 1}}]
+    user, tool = {"role": "user", "content": "u"}, {"role": "tool", "content": "r"}
+    prompts = [
+        {"gold": call, "messages": [user], "source": "a", "how": "real"},
+        {"gold": call, "messages": [user, {"role": "assistant", "content": "", "tool_calls": call}, tool]},
+        {"gold": [], "messages": [user], "source": "a", "how": "other_tools"},
+    ]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    preds = [{"line": 1, "tool_calls": call}, {"line": 2, "text": "done"}, {"line": 3, "tool_calls": call}]
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    assert (
+        main(["decisions", str(tmp_path / "p.jsonl"), str(tmp_path / "pred.jsonl"), "--out", str(tmp_path / "d.json")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "- false refusals (calls due): 50.0%" in out and "- false calls (no call fits): 100.0%" in out
+    assert "| after_tool_result | 1 | 1 | 1 | 0 | 0 | 0 |  |  |" in out
+    assert "| first_user_turn | 2 | 1 | 0 | 1 | 1 | 1 | 1 | 1 |" in out
+    assert json.loads((tmp_path / "d.json").read_text())["by_source"]["a"]["false_call"] == 1
+
+
 def test_sign_test_p_is_mcnemars_exact_test():
     assert sign_test_p(0, 0) == 1.0
     assert sign_test_p(5, 0) == sign_test_p(0, 5) == 0.0625  # 2 / 2**5

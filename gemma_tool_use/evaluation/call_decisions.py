@@ -10,7 +10,10 @@ from `stage=predict`'s parsed calls:
     names right     the same functions as many times, any arguments, any order (calls due): the
                     decision and the choice of tool, apart from how an argument value is written
     exact           the same calls, names and arguments, in any order (calls due)
-Rates are over the prompts where they apply, with their counts beside them.
+Rates are over the prompts where they apply, with their counts beside them; counts per gold kind,
+per source and how (where the prompts say), and per turn: where in the conversation the decision
+falls (the first user turn, a later user turn, or right after a tool result, where the next call of
+a chain is due). Issue 29's false refusals sat in the later two.
 """
 
 from __future__ import annotations
@@ -65,6 +68,17 @@ def _canon(calls: list) -> Counter:
     return Counter(json.dumps({"name": c.get("name"), "args": c.get("args", {})}, sort_keys=True) for c in calls)
 
 
+def turn(messages: list[dict]) -> str:
+    """Where the model's turn falls: "first_user_turn" (one user message so far, system aside),
+    "later_user_turn", or "after_tool_result" (the prompt ends with a tool message)."""
+    last = messages[-1]["role"] if messages else None
+    if last == "tool":
+        return "after_tool_result"
+    if last == "user":
+        return "first_user_turn" if sum(m["role"] == "user" for m in messages) == 1 else "later_user_turn"
+    return f"after_{last}"  # not a prompt our data makes; kept visible rather than folded in
+
+
 def _names(calls: list) -> Counter:
     return Counter(str(c.get("name")) for c in calls)
 
@@ -98,8 +112,8 @@ def _group_counts(c: Counter) -> dict:
 def score(prompts: list[dict], predictions: list[dict]) -> dict:
     """Decision rates of predictions (stage=predict rows: "line", "tool_calls") against the gold
     answers of the prompts (the predict input file's rows, in order). A prompt with no prediction
-    row counts as an answer without calls. Counts per gold kind, and per prompt "source" and "how"
-    where the prompts say (data/heldout_calls)."""
+    row counts as an answer without calls. Counts per gold kind, per turn (from the prompt's
+    "messages"), and per prompt "source" and "how" where the prompts say (data/heldout_calls)."""
     return score_lines(list(enumerate(prompts, start=1)), predictions)
 
 
@@ -110,9 +124,12 @@ def score_lines(prompts: list[tuple[int, dict]], predictions: list[dict]) -> dic
     by_kind: dict[str, Counter] = {}
     by_source: dict[str, Counter] = {}
     by_how: dict[str, Counter] = {}
+    by_turn: dict[str, Counter] = {}
     for line, prompt in prompts:
         gold, got = prompt["gold"], predicted.get(line, [])
         groups = [by_kind.setdefault(_kind(gold), Counter())]
+        if "messages" in prompt:
+            groups.append(by_turn.setdefault(turn(prompt["messages"]), Counter()))
         if "source" in prompt:
             groups.append(by_source.setdefault(str(prompt["source"]), Counter()))
         if "how" in prompt:
@@ -135,4 +152,5 @@ def score_lines(prompts: list[tuple[int, dict]], predictions: list[dict]) -> dic
         "by_gold_kind": {kind: _kind_counts(c, kind) for kind, c in sorted(by_kind.items())},
         **({"by_source": {k: _group_counts(c) for k, c in sorted(by_source.items())}} if by_source else {}),
         **({"by_how": {k: _group_counts(c) for k, c in sorted(by_how.items())}} if by_how else {}),
+        **({"by_turn": {k: _group_counts(c) for k, c in sorted(by_turn.items())}} if by_turn else {}),
     }
