@@ -7,6 +7,8 @@
     python -m gemma_tool_use.report collect outputs/sft_small/<run> experiments/<name>
     python -m gemma_tool_use.report agree experiments/<a>/bfcl outputs/eval/<run>/bfcl   # per-entry agreement,
         # and the entries gained and lost from a to b with the sign test's p (is the change chance?)
+    python -m gemma_tool_use.report results outputs/eval/<run>      # results.md + accuracy.png again from
+        # its summary.json, with today's labels (a category whose domains the model trained on)
     python -m gemma_tool_use.report decisions experiments/heldout_calls/prompts.jsonl \
         experiments/<run>/heldout/predictions.jsonl    # held-out call decisions, per turn, kind and source
 
@@ -24,7 +26,7 @@ import json
 from pathlib import Path
 
 from gemma_tool_use.evaluation import call_decisions
-from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl, entry_agreement, paired_change
+from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl, entry_agreement, paired_change, write_bfcl_report
 from gemma_tool_use.orchestration.collect import collect_pipeline, collect_run
 from gemma_tool_use.orchestration.heldout_scoring import SUMMARY_RATES
 from gemma_tool_use.training.curves import plot_training_curves
@@ -103,11 +105,20 @@ def main(argv=None) -> int:
     g.add_argument("a")
     g.add_argument("b")
     g.add_argument("--out", default=None, help="write the JSON here too")
+    r = sub.add_parser("results", help="rewrite an eval dir's results.md and accuracy.png from its summary.json")
+    r.add_argument("eval_dir", help="the folder holding summary.json (an eval run, or a stage's bfcl_eval/)")
     d = sub.add_parser("decisions", help="held-out call decisions of a predict run's predictions.jsonl, per turn")
     d.add_argument("prompts", help="the predict input file (rows with tools, messages, gold)")
     d.add_argument("predictions", help="the predict run's predictions.jsonl")
     d.add_argument("--out", default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
+    if args.cmd == "results":
+        eval_dir = Path(args.eval_dir)
+        if not (eval_dir / "summary.json").is_file():
+            ap.error(f"{eval_dir / 'summary.json'}: no such file (give the folder an evaluation wrote)")
+        write_bfcl_report(eval_dir, json.loads((eval_dir / "summary.json").read_text()))
+        print(eval_dir / "results.md")
+        return 0
     if args.cmd == "decisions":
         _print_decisions(args.prompts, args.predictions, args.out)
         return 0

@@ -7,6 +7,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.evaluation import call_decisions as cd
 from gemma_tool_use.model import adapters
 from gemma_tool_use.orchestration import learning_curve as lc
@@ -173,14 +174,11 @@ def test_adapter_lineage_labels_live_scores(tmp_path):
     assert adapters.trained_on(tmp_path / "run") == ["seal_tools/dev"]  # a run dir stands for its adapter
     assert adapters.trained_on(None) == []
     caveats = adapters.score_caveats(["sgd/train"])
-    assert set(caveats) == {
-        "live_simple",
-        "live_multiple",
-        "live_parallel",
-        "live_parallel_multiple",
-        "live_irrelevance",
-    }
+    # every live category: live_relevance too (7 of its 16 entries offer SGD-named functions)
+    assert set(caveats) == {c for c in bfcl.SINGLE_TURN if c.startswith("live_")}
     assert "SGD" in caveats["live_multiple"] and adapters.score_caveats(["snips/train"]) == {}
+    # an aggregate of a marked category is marked; non-live is clean
+    assert set(bfcl.aggregate_caveats(caveats)) == {"live", "irrelevance", "overall_agentic_not_run"}
 
 
 def test_results_table_marks_caveated_categories(tmp_path):
@@ -191,6 +189,47 @@ def test_results_table_marks_caveated_categories(tmp_path):
     write_bfcl_report(tmp_path, summary)
     text = (tmp_path / "results.md").read_text()
     assert "live_simple *" in text and "simple_python *" not in text and "trained on SGD's domains" in text
+    summary["aggregates"] = {"non_live": 0.5, "live": 0.5, "irrelevance": None}
+    write_bfcl_report(tmp_path, summary)
+    text = (tmp_path / "results.md").read_text()
+    assert "| live *" in text and "| non_live " in text and "| irrelevance " in text  # n/a is no score to mark
+    # `report compare` marks the cells of the run trained on SGD's domains, not the other run's
+    from gemma_tool_use.evaluation.bfcl_tables import compare_bfcl
+
+    for name, caveats in (("sgd", summary["caveats"]), ("clean", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({**summary, "caveats": caveats, "commit": "c"}))
+    compare_bfcl({"sgd": tmp_path / "sgd", "clean": tmp_path / "clean"}, tmp_path / "cmp")
+    md = (tmp_path / "cmp" / "bfcl_compare.md").read_text()
+    live_row = next(line for line in md.splitlines() if line.startswith("| live_simple"))
+    assert live_row.count("*") == 1 and "(1/2) *" in live_row and "trained on SGD's domains" in md
+    live_agg = [cell.strip() for cell in next(ln for ln in md.splitlines() if "**live**" in ln).split("|")[2:4]]
+    assert live_agg == ["50.00 *", "50.00"]
+
+
+def test_pipeline_summary_marks_caveated_categories_and_aggregates(tmp_path):
+    """The pipeline's summary labels a model trained on SGD's domains as its stage's results.md does."""
+    from gemma_tool_use.orchestration.pipeline_summary import write_pipeline_summary
+
+    per = {
+        c: {"accuracy": 0.5, "correct": 1, "total_count": 2} for c in ("simple_python", "irrelevance", "live_simple")
+    }
+    clean = {"model": "m", "categories": per, "aggregates": {"live": 0.5, "irrelevance": 0.5}, "caveats": {}}
+    state = {
+        "stages": {"0_baseline": {"dir": "0_baseline", "stage": "eval"}, "1_sft": {"dir": "1_sft", "stage": "sft"}}
+    }
+    trained = {**clean, "caveats": adapters.score_caveats(["sgd/train"])}
+    out = write_pipeline_summary(tmp_path, state, {"0_baseline": clean, "1_sft": trained})
+    md = (tmp_path / "pipeline_summary.md").read_text()
+    assert "| live_simple *" in md and "| simple_python " in md and "| **live ***" in md
+    # the aggregate "irrelevance" takes in live_irrelevance; the category of that name is clean
+    assert "| **irrelevance ***" in md and "| irrelevance " in md
+    assert "\\* trained on SGD's domains" in md
+    assert "live_simple" in out["bfcl"]["1_sft"]["caveats"] and out["bfcl"]["0_baseline"]["caveats"] == {}
+    # a record written before a rule was added (here: none recorded) is labelled by its trained_on
+    old = {**clean, "trained_on": ["sgd/train"]}
+    write_pipeline_summary(tmp_path, state, {"0_baseline": clean, "1_sft": old})
+    assert "| live_simple *" in (tmp_path / "pipeline_summary.md").read_text()
 
 
 def test_tiny_curve_trains_in_slices_scores_each_and_resumes(tmp_path):

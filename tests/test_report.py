@@ -161,6 +161,17 @@ def test_agree_counts_equal_verdicts_and_texts_per_entry(tmp_path, capsys):
     assert "1/3" in printed and "+1 -1" in printed
 
 
+def test_results_rewrites_an_eval_dirs_tables_with_todays_labels(tmp_path, capsys):
+    per = {c: {"accuracy": 0.5, "correct": 1, "total_count": 2} for c in ("simple_python", "live_relevance")}
+    summary = {"model": "m", "categories": per, "aggregates": {}, "caveats": {}, "trained_on": ["sgd/train"]}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert main(["results", str(tmp_path)]) == 0
+    assert "live_relevance *" in (tmp_path / "results.md").read_text() and (tmp_path / "accuracy.png").is_file()
+    with pytest.raises(SystemExit):
+        main(["results", str(tmp_path / "nowhere")])
+    assert "nowhere/summary.json: no such file" in capsys.readouterr().err
+
+
 def test_decisions_rescore_predictions_per_turn(tmp_path, capsys):
     """`report decisions` re-scores a committed predictions.jsonl against its prompt file: the
     tables a README quotes come from a command, not a throwaway script."""

@@ -29,6 +29,15 @@ NON_LIVE_AST = ("simple_python", "simple_java", "simple_javascript", "multiple",
 LIVE_AST = ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple")
 RELEVANCE = ("irrelevance", "live_irrelevance", "live_relevance")
 MULTI_TURN = ("multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context")
+# BFCL v4's aggregates and the categories each is computed from (aggregate() below).
+AGGREGATE_PARTS = {
+    "non_live": NON_LIVE_AST,
+    "simple": NON_LIVE_AST[:3],
+    "live": LIVE_AST,
+    "irrelevance": ("irrelevance", "live_irrelevance"),
+    "multi_turn": MULTI_TURN,
+}
+AGGREGATE_PARTS["overall_agentic_not_run"] = tuple(c for v in AGGREGATE_PARTS.values() for c in v)
 NOT_RUN = {
     "web_search": "needs internet access",
     "memory": "needs hub-hosted embedding models",
@@ -218,19 +227,19 @@ def aggregate(per_category: dict[str, dict]) -> dict:
         if missing:
             out["missing"][name] = missing
 
-    simple, miss = acc(("simple_python", "simple_java", "simple_javascript"))
-    rest, miss2 = acc(("multiple", "parallel", "parallel_multiple"))
+    simple, miss = acc(AGGREGATE_PARTS["simple"])
+    rest, miss2 = acc(NON_LIVE_AST[3:])
     if simple is not None and rest is not None:
         simple_acc = calculate_unweighted_accuracy(simple)
         put("non_live", calculate_unweighted_accuracy([simple_acc] + rest)["accuracy"], [])
         out["simple"] = simple_acc["accuracy"]
     else:
         put("non_live", None, miss + miss2)
-    live, miss = acc(LIVE_AST)
+    live, miss = acc(AGGREGATE_PARTS["live"])
     put("live", calculate_weighted_accuracy(live)["accuracy"] if live else None, miss)
-    irr, miss = acc(("irrelevance", "live_irrelevance"))
+    irr, miss = acc(AGGREGATE_PARTS["irrelevance"])
     put("irrelevance", calculate_unweighted_accuracy(irr)["accuracy"] if irr else None, miss)
-    mt, miss = acc(MULTI_TURN)
+    mt, miss = acc(AGGREGATE_PARTS["multi_turn"])
     put("multi_turn", calculate_unweighted_accuracy(mt)["accuracy"] if mt else None, miss)
     parts = [out["non_live"], out["live"], out["irrelevance"], out["multi_turn"]]
     if all(p is not None for p in parts):
@@ -240,6 +249,16 @@ def aggregate(per_category: dict[str, dict]) -> dict:
         out["overall_agentic_not_run"] = None
     out["agentic_run"] = False
     return out
+
+
+def aggregate_caveats(caveats: dict[str, str]) -> dict[str, str]:
+    """aggregate -> why its value is not clean: an aggregate of any category that is not
+    (`caveats`: category -> why, adapters.score_caveats)."""
+    return {
+        agg: why
+        for agg, parts in AGGREGATE_PARTS.items()
+        if (why := next((caveats[c] for c in parts if c in caveats), None)) is not None
+    }
 
 
 # Published BFCL v4 numbers (leaderboard 2025-12-16, FC mode unless noted; FunctionGemma from its

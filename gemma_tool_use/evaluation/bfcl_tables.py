@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from gemma_tool_use.evaluation import bfcl
+from gemma_tool_use.model.adapters import score_caveats
 from gemma_tool_use.utils.files import read_jsonl
 from gemma_tool_use.utils.markdown import markdown_table
 
@@ -152,12 +153,14 @@ def _load_summaries(summaries: dict[str, str | Path]) -> tuple[dict, dict]:
 def _category_rows(loaded: dict, cats: list[str]) -> tuple[list[list], dict]:
     """One table row per category (accuracy and counts of each run), and the same as numbers."""
     rows, table = [], {}
+    caveats = {name: summary_caveats(s) for name, s in loaded.items()}
     for c in cats:
         cells = []
         for name, s in loaded.items():
             v = s["categories"].get(c)
             table.setdefault(name, {})[c] = v and {k: v[k] for k in ("accuracy", "correct", "total_count")}
-            cells.append("-" if v is None else f"{100 * v['accuracy']:.2f} ({v['correct']}/{v['total_count']})")
+            mark = " *" if c in caveats[name] else ""  # this run's model trained on the category's domains
+            cells.append("-" if v is None else f"{100 * v['accuracy']:.2f} ({v['correct']}/{v['total_count']}){mark}")
         rows.append([c, *cells])
     return rows, table
 
@@ -226,12 +229,29 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     cats = list(dict.fromkeys(c for s in loaded.values() for c in s["categories"]))
     rows, table = _category_rows(loaded, cats)
     agg_keys = _aggregate_keys(loaded)
-    rows += [[f"**{k}**", *(format_pct(s.get("aggregates", {}).get(k)) for s in loaded.values())] for k in agg_keys]
+    agg_caveats = {name: bfcl.aggregate_caveats(summary_caveats(s)) for name, s in loaded.items()}
+    rows += [
+        [
+            f"**{k}**",
+            *(
+                format_pct(v := s.get("aggregates", {}).get(k))
+                + (" *" if v is not None and k in agg_caveats[name] else "")
+                for name, s in loaded.items()
+            ),
+        ]
+        for k in agg_keys
+    ]
     splits = {name: irrelevance_split(dirs[name] / "bfcl") for name in loaded}
     rows += _irrelevance_rows(splits)
     behaviour = {name: output_behaviour(dirs[name] / "bfcl") for name in loaded}
     failures = {name: failure_kinds(dirs[name] / "bfcl") for name in loaded}
-    lines = [markdown_table(["category", *loaded], rows), *_behaviour_table(behaviour), *_failure_table(failures)]
+    notes = sorted({why for name, s in loaded.items() for c, why in summary_caveats(s).items() if c in cats})
+    lines = [
+        markdown_table(["category", *loaded], rows),
+        *(["", *(f"\\* {why}" for why in notes)] if notes else []),
+        *_behaviour_table(behaviour),
+        *_failure_table(failures),
+    ]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bfcl_compare.md").write_text("\n".join(lines) + "\n")
@@ -341,10 +361,17 @@ def paired_change(agree: dict) -> dict:
     return out
 
 
+def summary_caveats(summary: dict) -> dict[str, str]:
+    """category -> why its score is not clean: the ones the summary recorded, and those today's
+    rules (adapters.score_caveats) give the data it records as training the model, so that a
+    record written before a rule was added is labelled by it too."""
+    return {**score_caveats(summary.get("trained_on") or []), **(summary.get("caveats") or {})}
+
+
 def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     """results.md (per category and BFCL v4 aggregates) and accuracy.png (per-category accuracy
     beside the published anchors) of one BFCL evaluation summary."""
-    per, caveats = summary["categories"], summary.get("caveats") or {}
+    per, caveats = summary["categories"], summary_caveats(summary)
     lines = [
         markdown_table(
             ["category", "accuracy", "correct / total"],
@@ -356,14 +383,16 @@ def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     ]
     if marked := sorted({why for c, why in caveats.items() if c in per}):
         lines += ["", *(f"\\* {why}" for why in marked)]
-    agg = summary["aggregates"]
+    agg, agg_caveats = summary["aggregates"], bfcl.aggregate_caveats(caveats)
     keys = [
         k for k in ("non_live", "simple", "live", "irrelevance", "multi_turn", "overall_agentic_not_run") if k in agg
     ]
+    marked_value = {k for k in keys if k in agg_caveats and agg[k] is not None}  # n/a is not a score
     lines += [
         "",
         markdown_table(
-            ["aggregate (BFCL v4)", "value"], [[k, "n/a" if agg[k] is None else format_pct(agg[k])] for k in keys]
+            ["aggregate (BFCL v4)", "value"],
+            [[k + (" *" if k in marked_value else ""), "n/a" if agg[k] is None else format_pct(agg[k])] for k in keys],
         ),
     ]
     if summary.get("not_run"):

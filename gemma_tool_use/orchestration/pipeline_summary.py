@@ -9,7 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gemma_tool_use.evaluation.bfcl_tables import decoding_label, irrelevance_split, plot_bfcl_compare
+from gemma_tool_use.evaluation import bfcl
+from gemma_tool_use.evaluation.bfcl_tables import (
+    decoding_label,
+    irrelevance_split,
+    plot_bfcl_compare,
+    summary_caveats,
+)
 from gemma_tool_use.orchestration.heldout_scoring import SUMMARY_RATES, several_calls_right
 from gemma_tool_use.utils.markdown import markdown_table
 
@@ -37,7 +43,7 @@ def _delta_row(label: str, values: list) -> list[str]:
     return cells
 
 
-def _bfcl_section(root: Path, stages: dict, scored: dict, label: str, names: list[str]) -> tuple[list[str], dict]:
+def _bfcl_section(root: Path, stages: dict, scored: dict, kind: str, names: list[str]) -> tuple[list[str], dict]:
     """(Markdown lines, JSON entries per stage) of one group of comparable BFCL scores."""
     cats = list(dict.fromkeys(c for n in names for c in scored[n]["categories"]))
     aggs = [
@@ -48,8 +54,20 @@ def _bfcl_section(root: Path, stages: dict, scored: dict, label: str, names: lis
     headers = ["category"]
     for i, n in enumerate(names):
         headers += [n] if i == 0 else [n, "Δ"]
-    rows = [_delta_row(c, [scored[n]["categories"].get(c, {}).get("accuracy") for n in names]) for c in cats]
-    rows += [_delta_row(f"**{k}**", [scored[n].get("aggregates", {}).get(k) for n in names]) for k in aggs]
+    # a category (and an aggregate of it) that any stage's model was trained on the domains of is
+    # marked, with why beneath the table (adapters.score_caveats)
+    caveats = {c: why for n in names for c, why in summary_caveats(scored[n]).items()}
+    agg_caveats = bfcl.aggregate_caveats(caveats)  # apart: "irrelevance" names a category and an aggregate
+
+    def mark(name: str, marked: dict) -> str:
+        return name + (" *" if name in marked else "")
+
+    rows = [
+        _delta_row(mark(c, caveats), [scored[n]["categories"].get(c, {}).get("accuracy") for n in names]) for c in cats
+    ]
+    rows += [
+        _delta_row(f"**{mark(k, agg_caveats)}**", [scored[n].get("aggregates", {}).get(k) for n in names]) for k in aggs
+    ]
     splits = {
         n: irrelevance_split(root / stages[n]["dir"] / ("bfcl" if stages[n]["stage"] == "eval" else "bfcl_eval/bfcl"))
         for n in names
@@ -59,10 +77,15 @@ def _bfcl_section(root: Path, stages: dict, scored: dict, label: str, names: lis
         rows.append(
             _delta_row("irrelevance: clean abstentions", [(splits.get(n) or {}).get("clean_accuracy") for n in names])
         )
-    lines = [f"## BFCL, {label}", "", markdown_table(headers, rows), ""]
+    notes = sorted(
+        {why for c, why in caveats.items() if c in cats} | {agg_caveats[k] for k in aggs if k in agg_caveats}
+    )
+    lines = [f"## BFCL, {kind}", "", markdown_table(headers, rows), "", *(f"\\* {why}" for why in notes)]
+    lines += [""] if notes else []
     out = {
         n: {
-            "kind": label,
+            "kind": kind,
+            "caveats": summary_caveats(scored[n]),
             "categories": {c: v["accuracy"] for c, v in scored[n]["categories"].items()},
             "aggregates": {k: scored[n].get("aggregates", {}).get(k) for k in aggs},
             "irrelevance_split": splits.get(n),
