@@ -31,6 +31,7 @@ from gemma_tool_use.orchestration.collect import collect_pipeline, collect_run
 from gemma_tool_use.orchestration.heldout_scoring import SUMMARY_RATES
 from gemma_tool_use.training.curves import plot_training_curves
 from gemma_tool_use.utils.files import read_jsonl
+from gemma_tool_use.utils.markdown import markdown_table
 
 
 def _print_agreement(a: str, b: str, out: str | None) -> None:
@@ -52,15 +53,12 @@ def _print_agreement(a: str, b: str, out: str | None) -> None:
     )
 
 
-_DUE_COLS = ("due", "false_refusal", "count_right", "names_right", "exact")
-
-
 def _cell(counts: dict, col: str) -> str:
     """A count, 0 where the column applies but nothing counted (the record leaves zeros out), blank
     where it does not apply (no prompt of the row had calls due, or none had no call due)."""
     if col in counts:
         return str(counts[col])
-    applies = counts.get("due") if col in _DUE_COLS else counts.get("not_due")
+    applies = counts.get("due") if col in call_decisions.DUE_COUNTS else counts.get("not_due")
     return "0" if applies else ""
 
 
@@ -71,13 +69,11 @@ def _decision_tables(record: dict) -> str:
         "",
     ]
     lines += [f"- {label}: {record[key]}%" for key, label in SUMMARY_RATES if record.get(key) is not None]
-    cols = ("prompts", "due", "false_refusal", "count_right", "names_right", "exact", "not_due", "false_call")
+    cols = call_decisions.GROUP_COUNTS
     for group in ("by_turn", "by_gold_kind", "by_source", "by_how"):
-        if not record.get(group):
-            continue
-        lines += ["", f"| {group[3:]} | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for name, counts in record[group].items():
-            lines.append(f"| {name} | " + " | ".join(_cell(counts, c) for c in cols) + " |")
+        if record.get(group):
+            rows = [[name, *(_cell(counts, c) for c in cols)] for name, counts in record[group].items()]
+            lines += ["", markdown_table([group[3:], *cols], rows)]
     return "\n".join(lines)
 
 

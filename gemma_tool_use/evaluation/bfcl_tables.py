@@ -150,10 +150,10 @@ def _load_summaries(summaries: dict[str, str | Path]) -> tuple[dict, dict]:
     return loaded, dirs
 
 
-def _category_rows(loaded: dict, cats: list[str]) -> tuple[list[list], dict]:
-    """One table row per category (accuracy and counts of each run), and the same as numbers."""
+def _category_rows(loaded: dict, cats: list[str], caveats: dict[str, dict]) -> tuple[list[list], dict]:
+    """One table row per category (accuracy and counts of each run, marked where the run's
+    `caveats` say), and the same as numbers."""
     rows, table = [], {}
-    caveats = {name: summary_caveats(s) for name, s in loaded.items()}
     for c in cats:
         cells = []
         for name, s in loaded.items():
@@ -227,9 +227,10 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     Categories missing from a run show as '-'; counts come from each summary.json."""
     loaded, dirs = _load_summaries(summaries)
     cats = list(dict.fromkeys(c for s in loaded.values() for c in s["categories"]))
-    rows, table = _category_rows(loaded, cats)
+    caveats = {name: summary_caveats(s) for name, s in loaded.items()}
+    rows, table = _category_rows(loaded, cats, caveats)
     agg_keys = _aggregate_keys(loaded)
-    agg_caveats = {name: bfcl.aggregate_caveats(summary_caveats(s)) for name, s in loaded.items()}
+    agg_caveats = {name: bfcl.aggregate_caveats(c) for name, c in caveats.items()}
     rows += [
         [
             f"**{k}**",
@@ -245,10 +246,10 @@ def compare_bfcl(summaries: dict[str, str | Path], out_dir: str | Path) -> dict:
     rows += _irrelevance_rows(splits)
     behaviour = {name: output_behaviour(dirs[name] / "bfcl") for name in loaded}
     failures = {name: failure_kinds(dirs[name] / "bfcl") for name in loaded}
-    notes = sorted({why for name, s in loaded.items() for c, why in summary_caveats(s).items() if c in cats})
+    notes = caveat_notes({c: why for run in caveats.values() for c, why in run.items()}, cats)
     lines = [
         markdown_table(["category", *loaded], rows),
-        *(["", *(f"\\* {why}" for why in notes)] if notes else []),
+        *(["", *notes] if notes else []),
         *_behaviour_table(behaviour),
         *_failure_table(failures),
     ]
@@ -368,6 +369,12 @@ def summary_caveats(summary: dict) -> dict[str, str]:
     return {**score_caveats(summary.get("trained_on") or []), **(summary.get("caveats") or {})}
 
 
+def caveat_notes(caveats: dict[str, str], shown) -> list[str]:
+    """The footnotes under a table: why the marked categories among `shown` are not clean, once each.
+    (An aggregate is marked only with a marked category among its parts, so that covers it too.)"""
+    return [f"\\* {why}" for why in sorted({why for c, why in caveats.items() if c in shown})]
+
+
 def write_bfcl_report(out_dir: Path, summary: dict) -> None:
     """results.md (per category and BFCL v4 aggregates) and accuracy.png (per-category accuracy
     beside the published anchors) of one BFCL evaluation summary."""
@@ -381,8 +388,8 @@ def write_bfcl_report(out_dir: Path, summary: dict) -> None:
             ],
         )
     ]
-    if marked := sorted({why for c, why in caveats.items() if c in per}):
-        lines += ["", *(f"\\* {why}" for why in marked)]
+    if notes := caveat_notes(caveats, per):
+        lines += ["", *notes]
     agg, agg_caveats = summary["aggregates"], bfcl.aggregate_caveats(caveats)
     keys = [
         k for k in ("non_live", "simple", "live", "irrelevance", "multi_turn", "overall_agentic_not_run") if k in agg

@@ -104,9 +104,14 @@ def _kind_counts(c: Counter, kind: str) -> dict:
     return {k: c[k] for k in keys}
 
 
+# The counts _tally keeps: those of prompts with calls due, and those of prompts with none.
+DUE_COUNTS = ("due", "false_refusal", "count_right", "names_right", "exact")
+NOT_DUE_COUNTS = ("not_due", "false_call")
+GROUP_COUNTS = ("prompts", *DUE_COUNTS, *NOT_DUE_COUNTS)
+
+
 def _group_counts(c: Counter) -> dict:
-    keys = ("prompts", "due", "false_refusal", "count_right", "names_right", "exact", "not_due", "false_call")
-    return {k: c[k] for k in keys if c[k] or k == "prompts"}
+    return {k: c[k] for k in GROUP_COUNTS if c[k] or k == "prompts"}
 
 
 def score(prompts: list[dict], predictions: list[dict]) -> dict:

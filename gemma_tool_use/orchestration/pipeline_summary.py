@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gemma_tool_use.evaluation import bfcl
 from gemma_tool_use.evaluation.bfcl_tables import (
+    caveat_notes,
     decoding_label,
     irrelevance_split,
     plot_bfcl_compare,
@@ -56,7 +57,8 @@ def _bfcl_section(root: Path, stages: dict, scored: dict, kind: str, names: list
         headers += [n] if i == 0 else [n, "Δ"]
     # a category (and an aggregate of it) that any stage's model was trained on the domains of is
     # marked, with why beneath the table (adapters.score_caveats)
-    caveats = {c: why for n in names for c, why in summary_caveats(scored[n]).items()}
+    per_stage = {n: summary_caveats(scored[n]) for n in names}
+    caveats = {c: why for n in names for c, why in per_stage[n].items()}
     agg_caveats = bfcl.aggregate_caveats(caveats)  # apart: "irrelevance" names a category and an aggregate
 
     def mark(name: str, marked: dict) -> str:
@@ -77,15 +79,13 @@ def _bfcl_section(root: Path, stages: dict, scored: dict, kind: str, names: list
         rows.append(
             _delta_row("irrelevance: clean abstentions", [(splits.get(n) or {}).get("clean_accuracy") for n in names])
         )
-    notes = sorted(
-        {why for c, why in caveats.items() if c in cats} | {agg_caveats[k] for k in aggs if k in agg_caveats}
-    )
-    lines = [f"## BFCL, {kind}", "", markdown_table(headers, rows), "", *(f"\\* {why}" for why in notes)]
+    notes = caveat_notes(caveats, cats)
+    lines = [f"## BFCL, {kind}", "", markdown_table(headers, rows), "", *notes]
     lines += [""] if notes else []
     out = {
         n: {
             "kind": kind,
-            "caveats": summary_caveats(scored[n]),
+            "caveats": per_stage[n],
             "categories": {c: v["accuracy"] for c, v in scored[n]["categories"].items()},
             "aggregates": {k: scored[n].get("aggregates", {}).get(k) for k in aggs},
             "irrelevance_split": splits.get(n),
